@@ -1,0 +1,32 @@
+//! Link-time glue for the libtorch that `scripts/provision-libtorch.sh` lays out in `.libtorch/`.
+//!
+//! - rpath to libtorch and the CUDA runtime wheel folder, so binaries and tests run without
+//!   `LD_LIBRARY_PATH` (RUNPATH, so `LD_LIBRARY_PATH` still wins on a GPU host with its own torch).
+//! - `cuda` feature: force a NEEDED entry on libtorch_cuda; nothing references its symbols
+//!   directly, so without `--no-as-needed` the linker would drop it and CUDA would never register.
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    println!("cargo:rerun-if-changed=build.rs");
+    let libtorch = match std::env::var("LIBTORCH") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".libtorch/torch"),
+    };
+    let lib = libtorch.join("lib");
+    let cuda_rt = libtorch.join("../nvidia/cu13/lib");
+    for dir in [&lib, &cuda_rt] {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
+        // Lets the linker resolve libtorch_cpu's own NEEDED libcudart/libcupti at link time.
+        println!("cargo:rustc-link-arg=-Wl,-rpath-link,{}", dir.display());
+    }
+    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        println!("cargo:rustc-link-search=native={}", lib.display());
+        // libtorch_cuda needs cuDNN, cuBLAS, ... which live only on the GPU host.
+        println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
+        println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-ltorch_cuda_linalg");
+        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+    }
+}

@@ -1,0 +1,35 @@
+//! Command-line entry points.
+pub mod predict;
+
+use clap::{Parser, Subcommand};
+
+/// promptd: one frozen T5, thousands of soft-prompt tasks, mixed in one batch.
+#[derive(Debug, Parser)]
+#[command(name = "promptd", version, about)]
+pub struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true, env = "PROMPTD_LOG_JSON")]
+    pub log_json: bool,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read JSON lines {"task","input","labels"?,"max_new_tokens"?} on stdin, write one result line each.
+    Predict(predict::PredictArgs),
+}
+
+/// Logs go to stderr so stdout carries only results.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PROMPTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

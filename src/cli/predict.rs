@@ -1,0 +1,208 @@
+//! `promptd predict`: JSON lines in, JSON lines out, run as mixed-task batches.
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
+use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+use crate::prompts::{load_prompt_dir, PromptLimits};
+
+/// Arguments of `promptd predict`.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Hugging Face T5 directory (config.json, model.safetensors[.index.json], tokenizer.json).
+    #[arg(long, env = "PROMPTD_MODEL")]
+    pub model: PathBuf,
+    /// Folder of prompts: <task>.safetensors, <task>.npy or PEFT adapter folders <task>/.
+    #[arg(long, env = "PROMPTD_PROMPTS")]
+    pub prompts: Option<PathBuf>,
+    /// Default cap on generated tokens per input (a line may set its own "max_new_tokens").
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Inputs per forward pass; consecutive lines of any tasks share a pass.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch_size: u32,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
+    #[arg(long, default_value = "auto")]
+    pub dtype: DtypeSpec,
+    /// Longest accepted prompt, in virtual tokens.
+    #[arg(long, default_value_t = 512)]
+    pub max_prompt_length: usize,
+    /// Longest accepted input, in tokens including </s>; longer inputs get an error line.
+    #[arg(long, default_value_t = 4096)]
+    pub max_input_tokens: usize,
+    /// Largest accepted max_new_tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub max_new_tokens_limit: usize,
+}
+
+/// One input line.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputLine {
+    #[serde(default)]
+    task: Option<String>,
+    input: String,
+    #[serde(default)]
+    labels: Option<Vec<String>>,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+}
+
+/// One output line.
+#[derive(Debug, Serialize)]
+struct OutputLine<'a> {
+    task: Option<&'a str>,
+    input: &'a str,
+    text: String,
+    token_ids: Vec<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scores: Option<Vec<f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorLine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input: Option<&'a str>,
+    line: usize,
+    error: String,
+}
+
+struct Context {
+    engine: Engine,
+    tokenizer: T5Tokenizer,
+    slots: HashMap<String, Arc<PromptSlot>>,
+    args: PredictArgs,
+}
+
+/// Runs `promptd predict` over stdin/stdout.
+pub fn run(args: PredictArgs) -> Result<(), String> {
+    let _guard = tch::no_grad_guard();
+    let device = args.device.resolve()?;
+    let kind = args.dtype.resolve(device);
+    let model = T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
+    let eos = model.config.eos_ids()[0];
+    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos).map_err(|e| e.to_string())?;
+    let d_model = model.config.d_model as usize;
+    let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
+    let mut slots = HashMap::new();
+    if let Some(dir) = &args.prompts {
+        let limits = PromptLimits { max_rows: args.max_prompt_length, ..PromptLimits::default() };
+        let loaded = load_prompt_dir(dir, d_model, &limits).map_err(|e| e.to_string())?;
+        for (path, err) in &loaded.errors {
+            tracing::warn!(path = %path.display(), "skipping prompt: {err}");
+        }
+        for (task, prompt) in &loaded.prompts {
+            let slot = engine.register_prompt(prompt).map_err(|e| e.to_string())?;
+            slots.insert(task.to_string(), slot);
+        }
+        tracing::info!(prompts = slots.len(), "prompts loaded");
+    }
+    let batch = args.max_batch_size as usize;
+    let mut ctx = Context { engine, tokenizer, slots, args };
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut pending: Vec<(usize, String)> = Vec::with_capacity(batch);
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.map_err(|e| format!("reading stdin: {e}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        pending.push((n + 1, line));
+        if pending.len() == batch {
+            ctx.run_lines(&pending, &mut out)?;
+            pending.clear();
+        }
+    }
+    ctx.run_lines(&pending, &mut out)?;
+    out.flush().map_err(|e| e.to_string())
+}
+
+impl Context {
+    fn prepare(&self, line: &InputLine) -> Result<RowInput, String> {
+        let prompt = match line.task.as_deref() {
+            None | Some("") => None,
+            Some(task) => Some(self.slots.get(task).cloned().ok_or_else(|| format!("unknown task {task:?}"))?),
+        };
+        let input_ids = self.tokenizer.encode(&line.input).map_err(|e| e.to_string())?;
+        if input_ids.len() > self.args.max_input_tokens {
+            return Err(format!(
+                "input has {} tokens; the limit is {} (--max-input-tokens)",
+                input_ids.len(),
+                self.args.max_input_tokens
+            ));
+        }
+        let max_new_tokens = line.max_new_tokens.unwrap_or(self.args.max_new_tokens);
+        if max_new_tokens > self.args.max_new_tokens_limit {
+            return Err(format!(
+                "max_new_tokens {max_new_tokens} exceeds the limit {} (--max-new-tokens-limit)",
+                self.args.max_new_tokens_limit
+            ));
+        }
+        let labels = line
+            .labels
+            .iter()
+            .flatten()
+            .map(|l| self.tokenizer.encode(l).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RowInput { prompt, input_ids, max_new_tokens, labels })
+    }
+
+    fn run_lines(&mut self, lines: &[(usize, String)], out: &mut impl Write) -> Result<(), String> {
+        let parsed: Vec<Result<InputLine, String>> =
+            lines.iter().map(|(_, l)| serde_json::from_str(l).map_err(|e| format!("invalid JSON line: {e}"))).collect();
+        let rows: Vec<Result<RowInput, String>> =
+            parsed.iter().map(|p| p.as_ref().map_err(Clone::clone).and_then(|l| self.prepare(l))).collect();
+        let valid: Vec<RowInput> = rows.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+        let mut results: Box<dyn Iterator<Item = Result<RowOutput, String>>> = match self.engine.run_batch(&valid) {
+            Ok(outputs) => Box::new(outputs.into_iter().map(Ok)),
+            Err(e) => {
+                let msg = e.to_string();
+                Box::new(std::iter::repeat_with(move || Err(msg.clone())))
+            }
+        };
+        for (((n, _), parsed), row) in lines.iter().zip(&parsed).zip(&rows) {
+            let line = parsed.as_ref().ok();
+            let task = line.and_then(|l| l.task.as_deref());
+            let input = line.map(|l| l.input.as_str());
+            let result = match row {
+                Err(e) => Err(e.clone()),
+                Ok(_) => results.next().unwrap_or_else(|| Err("internal: missing output".into())),
+            };
+            let json = match result {
+                Ok(o) => {
+                    let text = self.tokenizer.decode(&o.token_ids).map_err(|e| e.to_string())?;
+                    let label = o.scores.as_ref().and_then(|s| best_label(line?.labels.as_deref()?, s));
+                    serde_json::to_string(&OutputLine {
+                        task,
+                        input: input.unwrap_or_default(),
+                        text,
+                        token_ids: o.token_ids,
+                        scores: o.scores,
+                        label,
+                    })
+                }
+                Err(error) => serde_json::to_string(&ErrorLine { task, input, line: *n, error }),
+            }
+            .map_err(|e| e.to_string())?;
+            writeln!(out, "{json}").map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn best_label<'a>(labels: &'a [String], scores: &[f64]) -> Option<&'a str> {
+    let (i, _) = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+    labels.get(i).map(String::as_str)
+}

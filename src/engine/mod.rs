@@ -1,0 +1,164 @@
+//! The engine: the only code that runs the model. It owns the model and the prompt bank,
+//! turns a batch of rows (each with its own prompt) into one encoder pass, then greedy
+//! decoding and label scoring.
+pub mod bank;
+pub mod device;
+pub mod greedy;
+pub mod score;
+
+use std::sync::Arc;
+
+use tch::{Kind, Tensor};
+
+pub use bank::{PromptBank, PromptSlot};
+pub use device::{DeviceSpec, DtypeSpec};
+
+use crate::model::{ModelError, T5Model};
+use crate::prompts::Prompt;
+use score::LabelPair;
+
+/// Errors while running a batch.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A row is malformed (caught before any tensor work).
+    #[error("invalid row {row}: {why}")]
+    InvalidRow {
+        /// Index of the row in the batch.
+        row: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+impl From<tch::TchError> for EngineError {
+    fn from(e: tch::TchError) -> Self {
+        EngineError::Model(ModelError::Torch(e))
+    }
+}
+
+/// One request row: its prompt (or none), tokenized input, and what to compute.
+#[derive(Debug, Clone)]
+pub struct RowInput {
+    /// The task's prompt in the bank; `None` runs the plain model.
+    pub prompt: Option<Arc<PromptSlot>>,
+    /// Input token ids, ending with `</s>`.
+    pub input_ids: Vec<i64>,
+    /// Tokens to generate at most (0: no generation).
+    pub max_new_tokens: usize,
+    /// Candidate labels as token ids, each ending with `</s>`.
+    pub labels: Vec<Vec<i64>>,
+}
+
+/// What one row produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowOutput {
+    /// Generated ids without the start token, up to and including `</s>`.
+    pub token_ids: Vec<i64>,
+    /// Log-likelihood of each label, in the order given (None without labels).
+    pub scores: Option<Vec<f64>>,
+}
+
+/// The model plus its prompt bank.
+pub struct Engine {
+    model: T5Model,
+    bank: PromptBank,
+}
+
+impl Engine {
+    /// Wraps a loaded model with an empty prompt bank on its device.
+    pub fn new(model: T5Model) -> Result<Self, ModelError> {
+        let opts = model.options();
+        let bank = PromptBank::new(model.vocab_size(), model.config.d_model, opts.device, opts.kind)?;
+        Ok(Self { model, bank })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &T5Model {
+        &self.model
+    }
+
+    /// The prompt bank.
+    pub fn bank(&self) -> &PromptBank {
+        &self.bank
+    }
+
+    /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
+    pub fn register_prompt(&mut self, prompt: &Prompt) -> Result<Arc<PromptSlot>, ModelError> {
+        self.bank.insert(&prompt.encoder)
+    }
+
+    /// Runs a mixed-task batch: one encoder pass over `[prompt rows ; input]` for every row,
+    /// then greedy decoding and label scoring.
+    pub fn run_batch(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.check_rows(rows)?;
+        let opts = self.model.options();
+        let pad = self.model.config.pad_id();
+        let width = rows.iter().map(|r| r.prompt.as_ref().map_or(0, |p| p.len()) + r.input_ids.len()).max().unwrap_or(1);
+        let mut ids = vec![pad; rows.len() * width];
+        let mut mask = vec![0i64; rows.len() * width];
+        for (i, row) in rows.iter().enumerate() {
+            let virtual_ids = row.prompt.iter().flat_map(|p| p.virtual_ids());
+            for (j, id) in virtual_ids.chain(row.input_ids.iter().copied()).enumerate() {
+                ids[i * width + j] = id;
+                mask[i * width + j] = 1;
+            }
+        }
+        let shape = [rows.len() as i64, width as i64];
+        let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?.f_to_device(opts.device)?;
+        let mask = Tensor::f_from_slice(&mask)?.f_view(shape)?.f_to_device(opts.device)?;
+        let embeds = self.bank.embed(self.model.shared(), &ids)?;
+        let encoder_out = self.model.encode(&embeds, &mask)?;
+
+        let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
+        let generated = greedy::generate(&self.model, &encoder_out, &mask, &max_new)?;
+
+        let pairs: Vec<LabelPair> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(i, r)| r.labels.iter().map(move |l| LabelPair { row: i, target: l }))
+            .collect();
+        let mut scores = score::score_labels(&self.model, &encoder_out, &mask, &pairs)?.into_iter();
+        Ok(rows
+            .iter()
+            .zip(generated)
+            .map(|(row, token_ids)| RowOutput {
+                token_ids,
+                scores: (!row.labels.is_empty()).then(|| scores.by_ref().take(row.labels.len()).collect()),
+            })
+            .collect())
+    }
+
+    fn check_rows(&self, rows: &[RowInput]) -> Result<(), EngineError> {
+        let vocab = self.model.vocab_size();
+        for (i, row) in rows.iter().enumerate() {
+            let bad = |why: String| Err(EngineError::InvalidRow { row: i, why });
+            if row.input_ids.is_empty() {
+                return bad("empty input ids (need at least </s>)".into());
+            }
+            let ids = row.input_ids.iter().chain(row.labels.iter().flatten());
+            if let Some(id) = ids.into_iter().find(|&&id| id < 0 || id >= vocab) {
+                return bad(format!("token id {id} is outside the model's vocabulary of {vocab}"));
+            }
+            if row.labels.iter().any(|l| l.is_empty()) {
+                return bad("a label has no tokens (need at least </s>)".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Kind name for logs.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Float => "f32",
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "f16",
+        _ => "other",
+    }
+}

@@ -1,0 +1,8 @@
+//! promptd: serve one frozen T5 encoder–decoder to many tasks through soft prompts, with
+//! requests of different tasks sharing one forward pass.
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod engine;
+pub mod model;
+pub mod prompts;

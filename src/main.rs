@@ -1,0 +1,17 @@
+use clap::Parser;
+use promptd::cli::{init_tracing, Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let result = match cli.command {
+        Command::Predict(args) => promptd::cli::predict::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("promptd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

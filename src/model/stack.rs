@@ -1,0 +1,176 @@
+//! `T5Block` and `T5Stack` (encoder and decoder), with the decoder's KV cache kept outside.
+use tch::{Kind, Tensor};
+
+use super::config::T5Config;
+use super::layers::{position_bias, T5Attention, T5LayerFF, T5LayerNorm};
+use super::weights::Weights;
+use super::ModelError;
+
+/// Keys and values of one decoder block: self-attention grows per step, cross-attention is fixed.
+pub struct LayerCache {
+    /// Self-attention keys [B, H, t, d_kv] (None before the first step).
+    pub self_kv: Option<(Tensor, Tensor)>,
+    /// Cross-attention keys and values over the encoder output [B, H, S, d_kv].
+    pub cross_kv: (Tensor, Tensor),
+}
+
+impl LayerCache {
+    /// Keeps the batch rows in `keep` (int64 indices on the cache's device).
+    pub fn select(&self, keep: &Tensor) -> Result<Self, ModelError> {
+        let pick = |(k, v): &(Tensor, Tensor)| -> Result<(Tensor, Tensor), ModelError> {
+            Ok((k.f_index_select(0, keep)?, v.f_index_select(0, keep)?))
+        };
+        Ok(Self { self_kv: self.self_kv.as_ref().map(pick).transpose()?, cross_kv: pick(&self.cross_kv)? })
+    }
+}
+
+/// `T5Block`: self-attention, cross-attention (decoder only), feed-forward; all pre-norm residual.
+pub struct T5Block {
+    self_attn: T5Attention,
+    self_norm: T5LayerNorm,
+    cross: Option<(T5Attention, T5LayerNorm)>,
+    ff: T5LayerFF,
+}
+
+/// Replaces ±inf in f16 hidden states as transformers does, so f16 checkpoints stay finite.
+fn clamp_half(x: Tensor) -> Result<Tensor, ModelError> {
+    if x.kind() != Kind::Half {
+        return Ok(x);
+    }
+    let max = 65504.0;
+    let any_inf = x.f_isinf()?.f_any()?.int64_value(&[]) != 0;
+    let bound = if any_inf { max - 1000.0 } else { max };
+    Ok(x.f_clamp(-bound, bound)?)
+}
+
+impl T5Block {
+    fn load(w: &Weights, prefix: &str, cfg: &T5Config, is_decoder: bool, first: bool) -> Result<Self, ModelError> {
+        let self_attn = T5Attention::load(w, &format!("{prefix}.layer.0.SelfAttention"), cfg, first)?;
+        let self_norm = T5LayerNorm::load(w, &format!("{prefix}.layer.0.layer_norm"), cfg)?;
+        let (cross, ff_index) = if is_decoder {
+            let attn = T5Attention::load(w, &format!("{prefix}.layer.1.EncDecAttention"), cfg, false)?;
+            let norm = T5LayerNorm::load(w, &format!("{prefix}.layer.1.layer_norm"), cfg)?;
+            (Some((attn, norm)), 2)
+        } else {
+            (None, 1)
+        };
+        let ff = T5LayerFF::load(w, &format!("{prefix}.layer.{ff_index}"), cfg)?;
+        Ok(Self { self_attn, self_norm, cross, ff })
+    }
+
+    fn cross_part(&self) -> Result<&(T5Attention, T5LayerNorm), ModelError> {
+        self.cross.as_ref().ok_or_else(|| ModelError::Weights("encoder block used as decoder".into()))
+    }
+
+    /// Encoder block, or decoder block over a whole target sequence (no cache).
+    fn forward(&self, x: &Tensor, self_bias: &Tensor, cross: Option<(&(Tensor, Tensor), &Tensor)>) -> Result<Tensor, ModelError> {
+        let h = self.self_norm.forward(x)?;
+        let (k, v) = self.self_attn.key_values(&h)?;
+        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
+        if let Some(((ck, cv), cross_bias)) = cross {
+            let (attn, norm) = self.cross_part()?;
+            let h = norm.forward(&x)?;
+            x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias)?)?)?;
+        }
+        clamp_half(self.ff.forward(&x)?)
+    }
+
+    /// Decoder block for the newest position only, appending its keys/values to `cache`.
+    fn step(&self, x: &Tensor, self_bias: &Tensor, cross_bias: &Tensor, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
+        let h = self.self_norm.forward(x)?;
+        let (k_new, v_new) = self.self_attn.key_values(&h)?;
+        let (k, v) = match cache.self_kv.take() {
+            None => (k_new, v_new),
+            Some((k, v)) => (Tensor::f_cat(&[k, k_new], 2)?, Tensor::f_cat(&[v, v_new], 2)?),
+        };
+        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
+        cache.self_kv = Some((k, v));
+        let (attn, norm) = self.cross_part()?;
+        let h = norm.forward(&x)?;
+        let (ck, cv) = &cache.cross_kv;
+        x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias)?)?)?;
+        clamp_half(self.ff.forward(&x)?)
+    }
+}
+
+/// `T5Stack`: blocks plus the final norm; the first block owns the relative position bias.
+pub struct T5Stack {
+    blocks: Vec<T5Block>,
+    final_layer_norm: T5LayerNorm,
+    is_decoder: bool,
+    cfg: T5Config,
+}
+
+impl T5Stack {
+    /// Loads `encoder.*` or `decoder.*`.
+    pub fn load(w: &Weights, cfg: &T5Config, is_decoder: bool) -> Result<Self, ModelError> {
+        let (name, layers) = if is_decoder { ("decoder", cfg.decoder_layers()) } else { ("encoder", cfg.num_layers) };
+        let blocks = (0..layers)
+            .map(|i| T5Block::load(w, &format!("{name}.block.{i}"), cfg, is_decoder, i == 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let final_layer_norm = T5LayerNorm::load(w, &format!("{name}.final_layer_norm"), cfg)?;
+        Ok(Self { blocks, final_layer_norm, is_decoder, cfg: cfg.clone() })
+    }
+
+    /// Relative position bias [1, H, tq, tk] for queries starting at `query_start` (zeros without blocks).
+    pub fn position_bias(&self, query_start: i64, tq: i64, tk: i64, like: &Tensor) -> Result<Tensor, ModelError> {
+        match self.blocks.first().and_then(|b| b.self_attn.relative_attention_bias.as_ref()) {
+            Some(table) => position_bias(table, &self.cfg, !self.is_decoder, query_start, tq, tk),
+            None => Ok(Tensor::f_zeros([1, self.cfg.num_heads, tq, tk], (like.kind(), like.device()))?),
+        }
+    }
+
+    /// Encoder forward: `x` [B, S, d] embeddings, `mask_bias` [B, 1, 1, S] additive.
+    pub fn encode(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor, ModelError> {
+        let s = x.size()[1];
+        let bias = self.position_bias(0, s, s, x)?.f_add(mask_bias)?;
+        let mut h = x.shallow_clone();
+        for block in &self.blocks {
+            h = block.forward(&h, &bias, None)?;
+        }
+        self.final_layer_norm.forward(&h)
+    }
+
+    /// Cross-attention keys/values of every decoder block over the encoder output.
+    pub fn cross_caches(&self, encoder_out: &Tensor) -> Result<Vec<LayerCache>, ModelError> {
+        self.blocks
+            .iter()
+            .map(|b| Ok(LayerCache { self_kv: None, cross_kv: b.cross_part()?.0.key_values(encoder_out)? }))
+            .collect()
+    }
+
+    /// Decoder over whole target sequences `x` [B, T, d] (teacher forcing).
+    pub fn decode_full(&self, x: &Tensor, caches: &[LayerCache], cross_bias: &Tensor) -> Result<Tensor, ModelError> {
+        let t = x.size()[1];
+        let device = x.device();
+        // Causal: key position > query position is masked.
+        let future = Tensor::f_ones([t, t], (Kind::Bool, device))?.f_triu(1)?;
+        let causal = Tensor::f_zeros([t, t], (x.kind(), device))?.f_masked_fill(&future, min_value(x.kind()))?;
+        let bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
+        let mut h = x.shallow_clone();
+        for (block, cache) in self.blocks.iter().zip(caches) {
+            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)))?;
+        }
+        self.final_layer_norm.forward(&h)
+    }
+
+    /// Decoder for one new position `step` of every row; `x` [B, 1, d].
+    pub fn decode_step(&self, x: &Tensor, step: i64, caches: &mut [LayerCache], cross_bias: &Tensor) -> Result<Tensor, ModelError> {
+        let bias = self.position_bias(step, 1, step + 1, x)?;
+        let mut h = x.shallow_clone();
+        for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
+            h = block.step(&h, &bias, cross_bias, cache)?;
+        }
+        self.final_layer_norm.forward(&h)
+    }
+}
+
+/// The additive "masked" value: the dtype's lowest finite number, as transformers uses.
+pub fn min_value(kind: Kind) -> f64 {
+    match kind {
+        Kind::Half => -65504.0,
+        Kind::BFloat16 => -3.3895313892515355e38,
+        Kind::Double => f64::MIN,
+        _ => f32::MIN as f64,
+    }
+}

@@ -1,0 +1,130 @@
+//! `T5ForConditionalGeneration`: shared embedding, encoder, decoder, LM head.
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor};
+
+use super::config::T5Config;
+use super::stack::{min_value, LayerCache, T5Stack};
+use super::weights::Weights;
+use super::ModelError;
+
+/// Where and in which dtype the model lives.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelOptions {
+    /// Device for every weight and activation.
+    pub device: Device,
+    /// Weight and activation dtype (norms and softmax still accumulate in f32).
+    pub kind: Kind,
+}
+
+/// A frozen T5 encoder–decoder.
+pub struct T5Model {
+    /// The checkpoint's configuration.
+    pub config: T5Config,
+    shared: Tensor,
+    encoder: T5Stack,
+    decoder: T5Stack,
+    lm_head: Tensor,
+    lm_scale: Option<f64>,
+    opts: ModelOptions,
+}
+
+/// Decoder state for a batch being generated; lives outside the model.
+pub struct DecoderState {
+    caches: Vec<LayerCache>,
+    cross_bias: Tensor,
+    /// Positions already decoded (the next token's position).
+    pub step: i64,
+}
+
+impl DecoderState {
+    /// Keeps only the batch rows in `keep` (indices into the current batch).
+    pub fn select(&self, keep: &Tensor) -> Result<Self, ModelError> {
+        Ok(Self {
+            caches: self.caches.iter().map(|c| c.select(keep)).collect::<Result<_, _>>()?,
+            cross_bias: self.cross_bias.f_index_select(0, keep)?,
+            step: self.step,
+        })
+    }
+}
+
+impl T5Model {
+    /// Loads `config.json` and the safetensors weights from a Hugging Face directory.
+    pub fn load(dir: &Path, opts: ModelOptions) -> Result<Self, ModelError> {
+        let config = T5Config::from_file(&dir.join("config.json"))?;
+        let w = Weights::open(dir, opts.device, opts.kind)?;
+        let emb_shape = [config.vocab_size, config.d_model];
+        let shared_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+            .into_iter()
+            .find(|n| w.contains(n))
+            .ok_or_else(|| ModelError::MissingTensor("shared.weight".into()))?;
+        let shared = w.get(shared_name, &emb_shape)?;
+        let encoder = T5Stack::load(&w, &config, false)?;
+        let decoder = T5Stack::load(&w, &config, true)?;
+        // An lm_head in the file wins (untied v1.1/Flan); otherwise it is the shared embedding.
+        let lm_head = if w.contains("lm_head.weight") { w.get("lm_head.weight", &emb_shape)? } else { shared.shallow_clone() };
+        let lm_scale = config.scale_decoder_outputs().then(|| (config.d_model as f64).powf(-0.5));
+        Ok(Self { config, shared, encoder, decoder, lm_head, lm_scale, opts })
+    }
+
+    /// Device and dtype.
+    pub fn options(&self) -> ModelOptions {
+        self.opts
+    }
+
+    /// Rows of the vocabulary embedding (ids at or past this are virtual prompt tokens).
+    pub fn vocab_size(&self) -> i64 {
+        self.config.vocab_size
+    }
+
+    /// The shared (vocabulary) embedding [vocab, d].
+    pub fn shared(&self) -> &Tensor {
+        &self.shared
+    }
+
+    /// Embeds token ids [B, S] → [B, S, d].
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(Tensor::f_embedding(&self.shared, ids, -1, false, false)?)
+    }
+
+    /// Additive attention bias [B, 1, 1, S] from a 0/1 mask [B, S].
+    pub fn mask_bias(&self, mask: &Tensor) -> Result<Tensor, ModelError> {
+        let masked = mask.f_eq(0)?.f_unsqueeze(1)?.f_unsqueeze(1)?;
+        let zeros = Tensor::f_zeros(masked.size(), (self.opts.kind, self.opts.device))?;
+        Ok(zeros.f_masked_fill(&masked, min_value(self.opts.kind))?)
+    }
+
+    /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S].
+    pub fn encode(&self, embeds: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+        self.encoder.encode(embeds, &self.mask_bias(mask)?)
+    }
+
+    /// Starts decoding: cross-attention keys/values are computed once here.
+    pub fn start_decoder(&self, encoder_out: &Tensor, mask: &Tensor) -> Result<DecoderState, ModelError> {
+        Ok(DecoderState { caches: self.decoder.cross_caches(encoder_out)?, cross_bias: self.mask_bias(mask)?, step: 0 })
+    }
+
+    /// One greedy step: `tokens` [B] (the previous token of each row) → logits [B, vocab].
+    pub fn decode_step(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor, ModelError> {
+        let x = self.embed(&tokens.f_unsqueeze(1)?)?;
+        let h = self.decoder.decode_step(&x, state.step, &mut state.caches, &state.cross_bias)?;
+        state.step += 1;
+        self.logits(&h.f_squeeze_dim(1)?)
+    }
+
+    /// Teacher-forced decoder over `decoder_ids` [B, T] → logits [B, T, vocab].
+    pub fn decode_full(&self, decoder_ids: &Tensor, encoder_out: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+        let caches = self.decoder.cross_caches(encoder_out)?;
+        let x = self.embed(decoder_ids)?;
+        let h = self.decoder.decode_full(&x, &caches, &self.mask_bias(mask)?)?;
+        self.logits(&h)
+    }
+
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor, ModelError> {
+        let h = match self.lm_scale {
+            Some(scale) => hidden.f_mul_scalar(scale)?,
+            None => hidden.shallow_clone(),
+        };
+        Ok(h.f_linear::<Tensor>(&self.lm_head, None)?)
+    }
+}

@@ -1,0 +1,37 @@
+//! `tokenizer.json` through the `tokenizers` crate, with T5's trailing `</s>`.
+use std::path::Path;
+
+use super::ModelError;
+
+/// A T5 tokenizer: encodes text and appends `</s>`; decodes without special tokens.
+pub struct T5Tokenizer {
+    inner: tokenizers::Tokenizer,
+    eos_id: i64,
+}
+
+impl T5Tokenizer {
+    /// Loads `tokenizer.json`; `eos_id` is appended to every encoded input.
+    pub fn from_file(path: &Path, eos_id: i64) -> Result<Self, ModelError> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self { inner, eos_id })
+    }
+
+    /// Token ids of `text` followed by `</s>`.
+    ///
+    /// The tokenizer's own post-processor is bypassed so the result is the same whether or not
+    /// the file declares T5's `$A </s>` template.
+    pub fn encode(&self, text: &str) -> Result<Vec<i64>, ModelError> {
+        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
+        ids.push(self.eos_id);
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens skipped; ids outside the vocabulary are skipped too.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, ModelError> {
+        let vocab = self.inner.get_vocab_size(true) as i64;
+        let ids: Vec<u32> = ids.iter().filter(|&&i| (0..vocab).contains(&i)).map(|&i| i as u32).collect();
+        self.inner.decode(&ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+}

@@ -1,0 +1,104 @@
+//! Our T5 + soft prompts against transformers + PEFT (fixtures from scripts/make_fixtures.py).
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{assert_matches, cases, load, model_names, Case};
+
+#[test]
+fn tokenizer_matches_transformers() {
+    for model in model_names() {
+        let loaded = load(&model);
+        for case in cases(&model) {
+            assert_eq!(loaded.tokenizer.encode(&case.input).unwrap(), case.input_ids, "{model}: {:?}", case.input);
+            assert_eq!(loaded.tokenizer.decode(&case.token_ids).unwrap(), case.text, "{model}: decode");
+        }
+    }
+}
+
+#[test]
+fn each_row_alone_matches_peft_generate() {
+    for model in model_names() {
+        let mut loaded = load(&model);
+        for case in cases(&model) {
+            let out = loaded.run(&[&case]);
+            assert_matches(&case, &out[0], &format!("{model} alone"));
+        }
+    }
+}
+
+#[test]
+fn one_mixed_batch_matches_rows_alone() {
+    for model in model_names() {
+        let mut loaded = load(&model);
+        let all = cases(&model);
+        let tasks: std::collections::BTreeSet<_> = all.iter().map(|c| c.task.clone()).collect();
+        assert!(tasks.len() > 20, "the batch must mix 20+ tasks");
+        assert!(all.iter().any(|c| c.input_ids.len() > 128), "some input must reach the far buckets");
+        let refs: Vec<&Case> = all.iter().collect();
+        let batched = loaded.run(&refs);
+        for (case, out) in all.iter().zip(&batched) {
+            assert_matches(case, out, &format!("{model} mixed batch"));
+            let alone = loaded.run(&[case]);
+            assert_eq!(alone[0].token_ids, out.token_ids);
+            if let (Some(a), Some(b)) = (&alone[0].scores, &out.scores) {
+                for (x, y) in a.iter().zip(b) {
+                    assert!((x - y).abs() < 1e-4, "batched score {y} vs alone {x}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mixed_batch_equals_each_task_run_separately() {
+    for model in model_names() {
+        let mut loaded = load(&model);
+        let all = cases(&model);
+        // Reverse order too: a row's result must not depend on its neighbours.
+        let mixed: Vec<&Case> = all.iter().rev().collect();
+        let mixed_out = loaded.run(&mixed);
+        let mut by_task: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for (i, c) in mixed.iter().enumerate() {
+            by_task.entry(c.task.clone()).or_default().push(i);
+        }
+        for indices in by_task.values() {
+            let group: Vec<&Case> = indices.iter().map(|&i| mixed[i]).collect();
+            let out = loaded.run(&group);
+            for (&i, o) in indices.iter().zip(&out) {
+                assert_eq!(o.token_ids, mixed_out[i].token_ids, "{model}: task {:?}", mixed[i].task);
+            }
+        }
+    }
+}
+
+#[test]
+fn prompts_change_the_output() {
+    // Guards the fixtures' power: if prompts were ignored, these would coincide.
+    for model in model_names() {
+        let mut loaded = load(&model);
+        let all = cases(&model);
+        let base = all.iter().find(|c| c.task.is_some() && c.max_new_tokens >= 8).unwrap();
+        let mut outputs = std::collections::BTreeSet::new();
+        let tasks: Vec<String> = loaded.slots.keys().cloned().collect();
+        for task in tasks.iter().chain(std::iter::once(&String::new())) {
+            let mut case = base.clone();
+            case.task = (!task.is_empty()).then(|| task.clone());
+            outputs.insert(loaded.run(&[&case])[0].token_ids.clone());
+        }
+        assert!(outputs.len() > tasks.len() / 2, "{model}: only {} distinct outputs over {} prompts", outputs.len(), tasks.len());
+    }
+}
+
+#[test]
+fn finished_rows_and_zero_token_rows() {
+    let model = &model_names()[0];
+    let mut loaded = load(model);
+    let all = cases(model);
+    let mut zero = all[1].clone();
+    zero.max_new_tokens = 0;
+    zero.token_ids.clear();
+    let out = loaded.run(&[&zero, &all[2]]);
+    assert!(out[0].token_ids.is_empty());
+    assert_matches(&all[2], &out[1], "next to a zero-token row");
+}

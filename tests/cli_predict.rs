@@ -1,0 +1,97 @@
+//! `promptd predict` end to end: JSON lines in, JSON lines out, in order, errors per line.
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn predict(model: &str, args: &[&str], stdin: &str) -> (Vec<serde_json::Value>, String, bool) {
+    let fx = common::fixtures();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .arg("predict")
+        .arg("--model")
+        .arg(fx.join("models").join(model))
+        .arg("--prompts")
+        .arg(fx.join("prompts").join(model))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+}
+
+#[test]
+fn predict_matches_fixtures_in_input_order() {
+    for model in common::model_names() {
+        let cases = common::cases(&model);
+        let input: String = cases
+            .iter()
+            .map(|c| {
+                let mut line = serde_json::json!({"task": c.task, "input": c.input, "max_new_tokens": c.max_new_tokens});
+                if !c.labels.is_empty() {
+                    line["labels"] = serde_json::json!(c.labels);
+                }
+                format!("{line}\n")
+            })
+            .collect();
+        // A batch size that does not divide the input count, so batches of mixed tasks differ in size.
+        let (lines, stderr, ok) = predict(&model, &["--max-batch-size", "7"], &input);
+        assert!(ok, "{stderr}");
+        assert_eq!(lines.len(), cases.len());
+        for (c, l) in cases.iter().zip(&lines) {
+            assert_eq!(l["input"], c.input.as_str());
+            assert_eq!(l["task"], serde_json::json!(c.task));
+            assert_eq!(l["text"], c.text.as_str());
+            let ids: Vec<i64> = serde_json::from_value(l["token_ids"].clone()).unwrap();
+            assert_eq!(ids, c.token_ids, "{model} {:?}", c.task);
+            if c.labels.is_empty() {
+                assert!(l.get("scores").is_none());
+            } else {
+                let scores: Vec<f64> = serde_json::from_value(l["scores"].clone()).unwrap();
+                for (g, w) in scores.iter().zip(&c.scores) {
+                    assert!(common::score_close(*g, *w), "{g} vs {w}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_lines_get_error_lines_and_the_rest_still_run() {
+    let input = concat!(
+        "{\"task\": \"task00\", \"input\": \"the quick fox\", \"max_new_tokens\": 4}\n",
+        "{\"task\": \"nope\", \"input\": \"x\"}\n",
+        "not json\n",
+        "\n",
+        "{\"task\": \"task01\", \"input\": \"a\", \"max_new_tokens\": 100000}\n",
+        "{\"input\": \"plain model\", \"max_new_tokens\": 3}\n",
+        "{\"task\": \"task02\", \"input\": \"x\", \"extra\": 1}\n",
+    );
+    let (lines, stderr, ok) = predict("t5-v1_0-tiny", &[], input);
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert!(lines[0].get("error").is_none());
+    assert_eq!(lines[0]["token_ids"].as_array().unwrap().len(), 4);
+    assert!(lines[1]["error"].as_str().unwrap().contains("unknown task \"nope\""));
+    assert!(lines[2]["error"].as_str().unwrap().contains("invalid JSON"));
+    assert!(lines[3]["error"].as_str().unwrap().contains("max_new_tokens 100000"));
+    assert_eq!(lines[4]["task"], serde_json::Value::Null);
+    assert!(lines[4].get("error").is_none());
+    assert!(lines[5]["error"].as_str().unwrap().contains("extra"));
+}
+
+#[test]
+fn unusable_model_dir_fails_clearly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .args(["predict", "--model", "/nonexistent/model"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model/config.json"));
+}

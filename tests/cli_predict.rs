@@ -4,7 +4,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn predict(model: &str, args: &[&str], stdin: &str) -> (Vec<serde_json::Value>, String, bool) {
+fn predict(model: &str, args: &[&str], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
     let fx = common::fixtures();
     let mut child = Command::new(env!("CARGO_BIN_EXE_promptd"))
         .arg("predict")
@@ -19,10 +19,18 @@ fn predict(model: &str, args: &[&str], stdin: &str) -> (Vec<serde_json::Value>, 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    (lines, String::from_utf8_lossy(&out.stderr).into_owned(), out.status.success())
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
 }
 
 #[test]
@@ -39,22 +47,28 @@ fn predict_matches_fixtures_in_input_order() {
                 format!("{line}\n")
             })
             .collect();
-        // A batch size that does not divide the input count, so batches of mixed tasks differ in size.
-        let (lines, stderr, ok) = predict(&model, &["--max-batch-size", "7"], &input);
-        assert!(ok, "{stderr}");
-        assert_eq!(lines.len(), cases.len());
-        for (c, l) in cases.iter().zip(&lines) {
-            assert_eq!(l["input"], c.input.as_str());
-            assert_eq!(l["task"], serde_json::json!(c.task));
-            assert_eq!(l["text"], c.text.as_str());
-            let ids: Vec<i64> = serde_json::from_value(l["token_ids"].clone()).unwrap();
-            assert_eq!(ids, c.token_ids, "{model} {:?}", c.task);
-            if c.labels.is_empty() {
-                assert!(l.get("scores").is_none());
-            } else {
-                let scores: Vec<f64> = serde_json::from_value(l["scores"].clone()).unwrap();
-                for (g, w) in scores.iter().zip(&c.scores) {
-                    assert!(common::score_close(*g, *w), "{g} vs {w}");
+        // A batch size that does not divide the input count, so batches of mixed tasks differ in
+        // size; then a token budget that splits batches further.
+        for args in [
+            &["--max-batch-size", "7"][..],
+            &["--max-batch-size", "64", "--max-batch-tokens", "300"][..],
+        ] {
+            let (lines, stderr, ok) = predict(&model, args, input.as_bytes());
+            assert!(ok, "{stderr}");
+            assert_eq!(lines.len(), cases.len());
+            for (c, l) in cases.iter().zip(&lines) {
+                assert_eq!(l["input"], c.input.as_str());
+                assert_eq!(l["task"], serde_json::json!(c.task));
+                assert_eq!(l["text"], c.text.as_str());
+                let ids: Vec<i64> = serde_json::from_value(l["token_ids"].clone()).unwrap();
+                assert_eq!(ids, c.token_ids, "{model} {:?}", c.task);
+                if c.labels.is_empty() {
+                    assert!(l.get("scores").is_none());
+                } else {
+                    let scores: Vec<f64> = serde_json::from_value(l["scores"].clone()).unwrap();
+                    for (g, w) in scores.iter().zip(&c.scores) {
+                        assert!(common::score_close(*g, *w), "{g} vs {w}");
+                    }
                 }
             }
         }
@@ -72,14 +86,27 @@ fn bad_lines_get_error_lines_and_the_rest_still_run() {
         "{\"input\": \"plain model\", \"max_new_tokens\": 3}\n",
         "{\"task\": \"task02\", \"input\": \"x\", \"extra\": 1}\n",
     );
-    let (lines, stderr, ok) = predict("t5-v1_0-tiny", &[], input);
+    let mut input = input.as_bytes().to_vec();
+    input.extend_from_slice(b"{\"input\": \"\xff\xfe\"}\n");
+    input.extend_from_slice(
+        b"{\"task\": \"task03\", \"input\": \"last line, no newline\", \"max_new_tokens\": 2}",
+    );
+    let (lines, stderr, ok) = predict("t5-v1_0-tiny", &[], &input);
     assert!(ok, "{stderr}");
-    assert_eq!(lines.len(), 6, "{lines:?}");
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert!(lines[6]["error"].as_str().unwrap().contains("UTF-8"));
+    assert_eq!(lines[7]["token_ids"].as_array().unwrap().len(), 2);
     assert!(lines[0].get("error").is_none());
     assert_eq!(lines[0]["token_ids"].as_array().unwrap().len(), 4);
-    assert!(lines[1]["error"].as_str().unwrap().contains("unknown task \"nope\""));
+    assert!(lines[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown task \"nope\""));
     assert!(lines[2]["error"].as_str().unwrap().contains("invalid JSON"));
-    assert!(lines[3]["error"].as_str().unwrap().contains("max_new_tokens 100000"));
+    assert!(lines[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_new_tokens 100000"));
     assert_eq!(lines[4]["task"], serde_json::Value::Null);
     assert!(lines[4].get("error").is_none());
     assert!(lines[5]["error"].as_str().unwrap().contains("extra"));

@@ -8,11 +8,16 @@ use safetensors::tensor::TensorView;
 use safetensors::SafeTensors;
 
 fn cpu() -> ModelOptions {
-    ModelOptions { device: tch::Device::Cpu, kind: tch::Kind::Float }
+    ModelOptions {
+        device: tch::Device::Cpu,
+        kind: tch::Kind::Float,
+    }
 }
 
 /// Copies the single-file fixture model, letting `edit` rewrite its tensors.
-fn edited_copy(edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>) -> tempfile::TempDir {
+fn edited_copy(
+    edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, Vec<u8>)>,
+) -> tempfile::TempDir {
     let src = common::fixtures().join("models/t5-v1_0-tiny");
     let dir = tempfile::tempdir().unwrap();
     for f in ["config.json", "tokenizer.json"] {
@@ -26,9 +31,15 @@ fn edited_copy(edit: impl Fn(&str, Vec<usize>, Vec<u8>) -> Option<(Vec<usize>, V
             kept.push((name, view.dtype(), shape, data));
         }
     }
-    let views: Vec<(String, TensorView)> =
-        kept.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
-    std::fs::write(dir.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let views: Vec<(String, TensorView)> = kept
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
     dir
 }
 
@@ -46,7 +57,9 @@ fn both_families_and_sharded_checkpoints_load() {
         assert!(model.vocab_size() > 0);
     }
     // t5-v1_1-tiny ships as model.safetensors.index.json + two shards.
-    assert!(common::fixtures().join("models/t5-v1_1-tiny/model.safetensors.index.json").is_file());
+    assert!(common::fixtures()
+        .join("models/t5-v1_1-tiny/model.safetensors.index.json")
+        .is_file());
 }
 
 #[test]
@@ -69,7 +82,10 @@ fn misshaped_tensor_is_named_with_both_shapes() {
         }
     });
     let err = load_err(dir.path());
-    assert!(err.contains(name) && err.contains("[16, 32]") && err.contains("[32, 32]"), "{err}");
+    assert!(
+        err.contains(name) && err.contains("[16, 32]") && err.contains("[32, 32]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,8 +95,15 @@ fn missing_files_and_bad_config_are_clear() {
     std::fs::write(empty.path().join("config.json"), r#"{"d_model": 8}"#).unwrap();
     assert!(load_err(empty.path()).contains("model.safetensors"));
     std::fs::write(empty.path().join("config.json"), r#"{"d_model": "wide"}"#).unwrap();
-    assert!(matches!(T5Model::load(empty.path(), cpu()), Err(ModelError::Config(_))));
+    assert!(matches!(
+        T5Model::load(empty.path(), cpu()),
+        Err(ModelError::Config(_))
+    ));
     std::fs::write(empty.path().join("config.json"), "{}").unwrap();
-    std::fs::write(empty.path().join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\xffjunk").unwrap();
+    std::fs::write(
+        empty.path().join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\xffjunk",
+    )
+    .unwrap();
     assert!(load_err(empty.path()).contains("model.safetensors"));
 }

@@ -10,8 +10,17 @@ fn tokenizer_matches_transformers() {
     for model in model_names() {
         let loaded = load(&model);
         for case in cases(&model) {
-            assert_eq!(loaded.tokenizer.encode(&case.input).unwrap(), case.input_ids, "{model}: {:?}", case.input);
-            assert_eq!(loaded.tokenizer.decode(&case.token_ids).unwrap(), case.text, "{model}: decode");
+            assert_eq!(
+                loaded.tokenizer.encode(&case.input).unwrap(),
+                case.input_ids,
+                "{model}: {:?}",
+                case.input
+            );
+            assert_eq!(
+                loaded.tokenizer.decode(&case.token_ids).unwrap(),
+                case.text,
+                "{model}: decode"
+            );
         }
     }
 }
@@ -34,7 +43,10 @@ fn one_mixed_batch_matches_rows_alone() {
         let all = cases(&model);
         let tasks: std::collections::BTreeSet<_> = all.iter().map(|c| c.task.clone()).collect();
         assert!(tasks.len() > 20, "the batch must mix 20+ tasks");
-        assert!(all.iter().any(|c| c.input_ids.len() > 128), "some input must reach the far buckets");
+        assert!(
+            all.iter().any(|c| c.input_ids.len() > 128),
+            "some input must reach the far buckets"
+        );
         let refs: Vec<&Case> = all.iter().collect();
         let batched = loaded.run(&refs);
         for (case, out) in all.iter().zip(&batched) {
@@ -66,7 +78,11 @@ fn mixed_batch_equals_each_task_run_separately() {
             let group: Vec<&Case> = indices.iter().map(|&i| mixed[i]).collect();
             let out = loaded.run(&group);
             for (&i, o) in indices.iter().zip(&out) {
-                assert_eq!(o.token_ids, mixed_out[i].token_ids, "{model}: task {:?}", mixed[i].task);
+                assert_eq!(
+                    o.token_ids, mixed_out[i].token_ids,
+                    "{model}: task {:?}",
+                    mixed[i].task
+                );
             }
         }
     }
@@ -78,7 +94,10 @@ fn prompts_change_the_output() {
     for model in model_names() {
         let mut loaded = load(&model);
         let all = cases(&model);
-        let base = all.iter().find(|c| c.task.is_some() && c.max_new_tokens >= 8).unwrap();
+        let base = all
+            .iter()
+            .find(|c| c.task.is_some() && c.max_new_tokens >= 8)
+            .unwrap();
         let mut outputs = std::collections::BTreeSet::new();
         let tasks: Vec<String> = loaded.slots.keys().cloned().collect();
         for task in tasks.iter().chain(std::iter::once(&String::new())) {
@@ -86,7 +105,12 @@ fn prompts_change_the_output() {
             case.task = (!task.is_empty()).then(|| task.clone());
             outputs.insert(loaded.run(&[&case])[0].token_ids.clone());
         }
-        assert!(outputs.len() > tasks.len() / 2, "{model}: only {} distinct outputs over {} prompts", outputs.len(), tasks.len());
+        assert!(
+            outputs.len() > tasks.len() / 2,
+            "{model}: only {} distinct outputs over {} prompts",
+            outputs.len(),
+            tasks.len()
+        );
     }
 }
 

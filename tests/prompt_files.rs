@@ -10,7 +10,12 @@ const D: usize = 8;
 fn st_bytes(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, dt, shape, data)| (n.to_string(), TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .map(|(n, dt, shape, data)| {
+            (
+                n.to_string(),
+                TensorView::new(*dt, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize(views, None).unwrap()
 }
@@ -37,30 +42,69 @@ fn values(rows: usize) -> Vec<f32> {
 }
 
 fn limits() -> PromptLimits {
-    PromptLimits { max_rows: 100, max_file_bytes: 1 << 20 }
+    PromptLimits {
+        max_rows: 100,
+        max_file_bytes: 1 << 20,
+    }
 }
 
 #[test]
 fn all_formats_decode_to_the_same_rows() {
     let v = values(5);
-    let bf16: Vec<f32> = v.iter().map(|x| half::bf16::from_f32(*x).to_f32()).collect();
+    let bf16: Vec<f32> = v
+        .iter()
+        .map(|x| half::bf16::from_f32(*x).to_f32())
+        .collect();
     let f16: Vec<f32> = v.iter().map(|x| half::f16::from_f32(*x).to_f32()).collect();
     let cases: Vec<(Vec<u8>, &Vec<f32>)> = vec![
-        (st_bytes(&[("p", Dtype::F32, vec![5, D], f32_bytes(&v))]), &v),
-        (st_bytes(&[("prompt_embeddings", Dtype::F32, vec![5, D], f32_bytes(&v)), ("other", Dtype::F32, vec![1], f32_bytes(&[1.0]))]), &v),
         (
-            st_bytes(&[("p", Dtype::BF16, vec![5, D], v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect())]),
+            st_bytes(&[("p", Dtype::F32, vec![5, D], f32_bytes(&v))]),
+            &v,
+        ),
+        (
+            st_bytes(&[
+                ("prompt_embeddings", Dtype::F32, vec![5, D], f32_bytes(&v)),
+                ("other", Dtype::F32, vec![1], f32_bytes(&[1.0])),
+            ]),
+            &v,
+        ),
+        (
+            st_bytes(&[(
+                "p",
+                Dtype::BF16,
+                vec![5, D],
+                v.iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            )]),
             &bf16,
         ),
         (
-            st_bytes(&[("p", Dtype::F16, vec![5, D], v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect())]),
+            st_bytes(&[(
+                "p",
+                Dtype::F16,
+                vec![5, D],
+                v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            )]),
             &f16,
         ),
         (npy_bytes("<f4", "(5, 8)", &f32_bytes(&v)), &v),
-        (npy_bytes("<f2", "(5, 8)", &v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect::<Vec<_>>()), &f16),
+        (
+            npy_bytes(
+                "<f2",
+                "(5, 8)",
+                &v.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect::<Vec<_>>(),
+            ),
+            &f16,
+        ),
     ];
     for (i, (bytes, want)) in cases.into_iter().enumerate() {
-        let p = Prompt::from_tensor_file(&bytes, D, &limits()).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        let p = Prompt::from_tensor_file(&bytes, D, &limits())
+            .unwrap_or_else(|e| panic!("case {i}: {e}"));
         assert_eq!(p.encoder.rows, 5, "case {i}");
         assert_eq!(&p.encoder.values, want, "case {i}");
         assert!(p.decoder.is_none());
@@ -80,25 +124,90 @@ fn bad_prompts_are_rejected_with_reasons() {
         v
     };
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("wrong width", st_bytes(&[("p", Dtype::F32, vec![2, D + 1], f32_bytes(&(0..2 * (D + 1)).map(|i| i as f32).collect::<Vec<_>>()))]), "d_model 8"),
-        ("NaN", st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&nan))]), "row 1, column 3 is NaN"),
-        ("Inf", npy_bytes("<f4", "(2, 8)", &f32_bytes(&inf)), "finite"),
-        ("zero rows", st_bytes(&[("p", Dtype::F32, vec![0, D], vec![])]), "0 rows"),
-        ("too many rows", st_bytes(&[("p", Dtype::F32, vec![101, D], f32_bytes(&values(101)))]), "limit is 100"),
-        ("1-D", st_bytes(&[("p", Dtype::F32, vec![D], f32_bytes(&values(1)))]), "2-D"),
-        ("3-D", npy_bytes("<f4", "(1, 1, 8)", &f32_bytes(&values(1))), "2-D"),
-        ("int dtype", st_bytes(&[("p", Dtype::I32, vec![1, D], vec![0; 4 * D])]), "F32, F16 or BF16"),
-        ("f64 npy", npy_bytes("<f8", "(1, 8)", &[0; 64]), "float32 or float16"),
-        ("two tensors", st_bytes(&[("a", Dtype::F32, vec![1, D], f32_bytes(&values(1))), ("b", Dtype::F32, vec![1, D], f32_bytes(&values(1)))]), "expected one tensor"),
+        (
+            "wrong width",
+            st_bytes(&[(
+                "p",
+                Dtype::F32,
+                vec![2, D + 1],
+                f32_bytes(&(0..2 * (D + 1)).map(|i| i as f32).collect::<Vec<_>>()),
+            )]),
+            "d_model 8",
+        ),
+        (
+            "NaN",
+            st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&nan))]),
+            "row 1, column 3 is NaN",
+        ),
+        (
+            "Inf",
+            npy_bytes("<f4", "(2, 8)", &f32_bytes(&inf)),
+            "finite",
+        ),
+        (
+            "zero rows",
+            st_bytes(&[("p", Dtype::F32, vec![0, D], vec![])]),
+            "0 rows",
+        ),
+        (
+            "too many rows",
+            st_bytes(&[("p", Dtype::F32, vec![101, D], f32_bytes(&values(101)))]),
+            "limit is 100",
+        ),
+        (
+            "1-D",
+            st_bytes(&[("p", Dtype::F32, vec![D], f32_bytes(&values(1)))]),
+            "2-D",
+        ),
+        (
+            "3-D",
+            npy_bytes("<f4", "(1, 1, 8)", &f32_bytes(&values(1))),
+            "2-D",
+        ),
+        (
+            "int dtype",
+            st_bytes(&[("p", Dtype::I32, vec![1, D], vec![0; 4 * D])]),
+            "F32, F16 or BF16",
+        ),
+        (
+            "f64 npy",
+            npy_bytes("<f8", "(1, 8)", &[0; 64]),
+            "float32 or float16",
+        ),
+        (
+            "two tensors",
+            st_bytes(&[
+                ("a", Dtype::F32, vec![1, D], f32_bytes(&values(1))),
+                ("b", Dtype::F32, vec![1, D], f32_bytes(&values(1))),
+            ]),
+            "expected one tensor",
+        ),
         ("empty", vec![], "empty"),
-        ("not a tensor", b"hello, this is text and not a tensor file".to_vec(), "not a prompt tensor file"),
-        ("huge header length", [&u64::MAX.to_le_bytes()[..], b"{}"].concat(), "safetensors"),
-        ("truncated", st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&values(2)))])[..60].to_vec(), "safetensors"),
+        (
+            "not a tensor",
+            b"hello, this is text and not a tensor file".to_vec(),
+            "not a prompt tensor file",
+        ),
+        (
+            "huge header length",
+            [&u64::MAX.to_le_bytes()[..], b"{}"].concat(),
+            "safetensors",
+        ),
+        (
+            "truncated",
+            st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&values(2)))])[..60].to_vec(),
+            "safetensors",
+        ),
         ("too big", vec![b'x'; (1 << 20) + 1], "limit is 1048576"),
     ];
     for (name, bytes, needle) in cases {
-        let err = Prompt::from_tensor_file(&bytes, D, &limits()).expect_err(name).to_string();
-        assert!(err.contains(needle), "{name}: {err:?} should mention {needle:?}");
+        let err = Prompt::from_tensor_file(&bytes, D, &limits())
+            .expect_err(name)
+            .to_string();
+        assert!(
+            err.contains(needle),
+            "{name}: {err:?} should mention {needle:?}"
+        );
     }
 }
 
@@ -118,20 +227,35 @@ fn peft_adapter_splits_encoder_and_decoder_rows() {
     assert_eq!(p.encoder.values, v[..3 * D]);
     assert_eq!(p.decoder.as_ref().unwrap().values, v[3 * D..]);
     // The same file alone is a bare tensor: all rows feed the encoder.
-    assert_eq!(Prompt::from_tensor_file(&weights, D, &limits()).unwrap().encoder.rows, 6);
-    let single = Prompt::from_peft(adapter_config(6, 1).as_bytes(), &weights, D, &limits()).unwrap();
+    assert_eq!(
+        Prompt::from_tensor_file(&weights, D, &limits())
+            .unwrap()
+            .encoder
+            .rows,
+        6
+    );
+    let single =
+        Prompt::from_peft(adapter_config(6, 1).as_bytes(), &weights, D, &limits()).unwrap();
     assert_eq!((single.encoder.rows, single.decoder.is_none()), (6, true));
 
     let bad: Vec<(String, &str)> = vec![
         (adapter_config(4, 2), "implies 4 x 2 = 8"),
         (adapter_config(3, 3), "must be 1 or 2"),
         (adapter_config(0, 2), "at least 1"),
-        (adapter_config(3, 2).replace("PROMPT_TUNING", "LORA"), "not a soft prompt"),
-        (adapter_config(3, 2).replace(&format!("\"token_dim\": {D}"), "\"token_dim\": 4"), "token_dim is 4"),
+        (
+            adapter_config(3, 2).replace("PROMPT_TUNING", "LORA"),
+            "not a soft prompt",
+        ),
+        (
+            adapter_config(3, 2).replace(&format!("\"token_dim\": {D}"), "\"token_dim\": 4"),
+            "token_dim is 4",
+        ),
         ("{not json".into(), "adapter_config.json"),
     ];
     for (cfg, needle) in bad {
-        let err = Prompt::from_peft(cfg.as_bytes(), &weights, D, &limits()).unwrap_err().to_string();
+        let err = Prompt::from_peft(cfg.as_bytes(), &weights, D, &limits())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(needle), "{err:?} should mention {needle:?}");
     }
 }
@@ -141,13 +265,32 @@ fn peft_saved_adapters_load_as_is() {
     // Written by PEFT's save_pretrained in scripts/make_fixtures.py.
     for model in common::model_names() {
         let dir = common::fixtures().join("prompts").join(&model);
-        let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(common::fixtures().join("models").join(&model).join("config.json")).unwrap()).unwrap();
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                common::fixtures()
+                    .join("models")
+                    .join(&model)
+                    .join("config.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
         let d = cfg["d_model"].as_u64().unwrap() as usize;
         let loaded = load_prompt_dir(&dir, d, &PromptLimits::default()).unwrap();
         assert!(loaded.errors.is_empty());
-        let peft_dirs = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
-        let with_decoder = loaded.prompts.values().filter(|p| p.decoder.is_some()).count();
-        assert_eq!(with_decoder, peft_dirs, "every PEFT seq2seq adapter keeps its decoder rows");
+        let peft_dirs = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
+        let with_decoder = loaded
+            .prompts
+            .values()
+            .filter(|p| p.decoder.is_some())
+            .count();
+        assert_eq!(
+            with_decoder, peft_dirs,
+            "every PEFT seq2seq adapter keeps its decoder rows"
+        );
         assert!(loaded.prompts.values().any(|p| p.encoder.rows == 100));
         assert!(loaded.prompts.values().any(|p| p.encoder.rows == 1));
     }
@@ -159,7 +302,11 @@ fn prompt_dir_reports_bad_entries_and_keeps_good_ones() {
     let good = st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&values(2)))]);
     std::fs::write(dir.path().join("good.safetensors"), &good).unwrap();
     std::fs::write(dir.path().join("dup.safetensors"), &good).unwrap();
-    std::fs::write(dir.path().join("dup.npy"), npy_bytes("<f4", "(2, 8)", &f32_bytes(&values(2)))).unwrap();
+    std::fs::write(
+        dir.path().join("dup.npy"),
+        npy_bytes("<f4", "(2, 8)", &f32_bytes(&values(2))),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("broken.npy"), b"\x93NUMPY\x01\x00").unwrap();
     std::fs::write(dir.path().join("-bad-name.npy"), &good).unwrap();
     std::fs::write(dir.path().join(".hidden.safetensors"), b"junk").unwrap();
@@ -172,7 +319,12 @@ fn prompt_dir_reports_bad_entries_and_keeps_good_ones() {
 
 fn valid_files() -> Vec<Vec<u8>> {
     vec![
-        st_bytes(&[("prompt_embeddings", Dtype::F32, vec![3, D], f32_bytes(&values(3)))]),
+        st_bytes(&[(
+            "prompt_embeddings",
+            Dtype::F32,
+            vec![3, D],
+            f32_bytes(&values(3)),
+        )]),
         st_bytes(&[("p", Dtype::BF16, vec![2, D], vec![0x3f; 2 * D * 2])]),
         npy_bytes("<f4", "(3, 8)", &f32_bytes(&values(3))),
         npy_bytes("<f2", "(2, 8)", &[0x3c; 2 * D * 2]),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
+use crate::engine::{
+    split_by_token_budget, DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput,
+};
 use crate::model::{ModelOptions, T5Model, T5Tokenizer};
 use crate::prompts::{load_prompt_dir, PromptLimits};
 
@@ -35,11 +37,14 @@ pub struct PredictArgs {
     #[arg(long, default_value_t = 512)]
     pub max_prompt_length: usize,
     /// Longest accepted input, in tokens including </s>; longer inputs get an error line.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 2048)]
     pub max_input_tokens: usize,
     /// Largest accepted max_new_tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens_limit: usize,
+    /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_tokens: u64,
 }
 
 /// One input line.
@@ -90,14 +95,19 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
     let device = args.device.resolve()?;
     let kind = args.dtype.resolve(device);
-    let model = T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
+    let model =
+        T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos).map_err(|e| e.to_string())?;
+    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
+        .map_err(|e| e.to_string())?;
     let d_model = model.config.d_model as usize;
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
     let mut slots = HashMap::new();
     if let Some(dir) = &args.prompts {
-        let limits = PromptLimits { max_rows: args.max_prompt_length, ..PromptLimits::default() };
+        let limits = PromptLimits {
+            max_rows: args.max_prompt_length,
+            ..PromptLimits::default()
+        };
         let loaded = load_prompt_dir(dir, d_model, &limits).map_err(|e| e.to_string())?;
         for (path, err) in &loaded.errors {
             tracing::warn!(path = %path.display(), "skipping prompt: {err}");
@@ -109,16 +119,22 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
         tracing::info!(prompts = slots.len(), "prompts loaded");
     }
     let batch = args.max_batch_size as usize;
-    let mut ctx = Context { engine, tokenizer, slots, args };
+    let mut ctx = Context {
+        engine,
+        tokenizer,
+        slots,
+        args,
+    };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut pending: Vec<(usize, String)> = Vec::with_capacity(batch);
-    for (n, line) in stdin.lock().lines().enumerate() {
+    let mut pending: Vec<(usize, RawLine)> = Vec::with_capacity(batch);
+    for (n, line) in stdin.lock().split(b'\n').enumerate() {
         let line = line.map_err(|e| format!("reading stdin: {e}"))?;
-        if line.trim().is_empty() {
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
+        let line = String::from_utf8(line).map_err(|_| "input line is not valid UTF-8".to_string());
         pending.push((n + 1, line));
         if pending.len() == batch {
             ctx.run_lines(&pending, &mut out)?;
@@ -129,13 +145,24 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     out.flush().map_err(|e| e.to_string())
 }
 
+/// A line of stdin, or why it is not text.
+type RawLine = Result<String, String>;
+
 impl Context {
     fn prepare(&self, line: &InputLine) -> Result<RowInput, String> {
         let prompt = match line.task.as_deref() {
             None | Some("") => None,
-            Some(task) => Some(self.slots.get(task).cloned().ok_or_else(|| format!("unknown task {task:?}"))?),
+            Some(task) => Some(
+                self.slots
+                    .get(task)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown task {task:?}"))?,
+            ),
         };
-        let input_ids = self.tokenizer.encode(&line.input).map_err(|e| e.to_string())?;
+        let input_ids = self
+            .tokenizer
+            .encode(&line.input)
+            .map_err(|e| e.to_string())?;
         if input_ids.len() > self.args.max_input_tokens {
             return Err(format!(
                 "input has {} tokens; the limit is {} (--max-input-tokens)",
@@ -156,34 +183,72 @@ impl Context {
             .flatten()
             .map(|l| self.tokenizer.encode(l).map_err(|e| e.to_string()))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RowInput { prompt, input_ids, max_new_tokens, labels })
+        Ok(RowInput {
+            prompt,
+            input_ids,
+            max_new_tokens,
+            labels,
+        })
     }
 
-    fn run_lines(&mut self, lines: &[(usize, String)], out: &mut impl Write) -> Result<(), String> {
-        let parsed: Vec<Result<InputLine, String>> =
-            lines.iter().map(|(_, l)| serde_json::from_str(l).map_err(|e| format!("invalid JSON line: {e}"))).collect();
-        let rows: Vec<Result<RowInput, String>> =
-            parsed.iter().map(|p| p.as_ref().map_err(Clone::clone).and_then(|l| self.prepare(l))).collect();
-        let valid: Vec<RowInput> = rows.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-        let mut results: Box<dyn Iterator<Item = Result<RowOutput, String>>> = match self.engine.run_batch(&valid) {
-            Ok(outputs) => Box::new(outputs.into_iter().map(Ok)),
-            Err(e) => {
-                let msg = e.to_string();
-                Box::new(std::iter::repeat_with(move || Err(msg.clone())))
+    /// Runs valid rows in batches that respect the token budget; a failed batch fails its rows.
+    fn run_rows(&mut self, rows: Vec<RowInput>) -> Vec<Result<RowOutput, String>> {
+        let lengths: Vec<usize> = rows.iter().map(RowInput::encoder_len).collect();
+        let mut results = Vec::with_capacity(rows.len());
+        for group in split_by_token_budget(&lengths, self.args.max_batch_tokens) {
+            match self.engine.run_batch(&rows[group.clone()]) {
+                Ok(outputs) => results.extend(outputs.into_iter().map(Ok)),
+                Err(e) => results.extend(group.map(|_| Err(e.to_string()))),
             }
-        };
+        }
+        results
+    }
+
+    fn run_lines(
+        &mut self,
+        lines: &[(usize, RawLine)],
+        out: &mut impl Write,
+    ) -> Result<(), String> {
+        let parsed: Vec<Result<InputLine, String>> = lines
+            .iter()
+            .map(|(_, l)| {
+                let text = l.as_ref().map_err(Clone::clone)?;
+                serde_json::from_str(text).map_err(|e| format!("invalid JSON line: {e}"))
+            })
+            .collect();
+        let rows: Vec<Result<RowInput, String>> = parsed
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|l| self.prepare(l))
+            })
+            .collect();
+        let valid: Vec<RowInput> = rows
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect();
+        let mut results = self.run_rows(valid).into_iter();
         for (((n, _), parsed), row) in lines.iter().zip(&parsed).zip(&rows) {
             let line = parsed.as_ref().ok();
             let task = line.and_then(|l| l.task.as_deref());
             let input = line.map(|l| l.input.as_str());
             let result = match row {
                 Err(e) => Err(e.clone()),
-                Ok(_) => results.next().unwrap_or_else(|| Err("internal: missing output".into())),
+                Ok(_) => results
+                    .next()
+                    .unwrap_or_else(|| Err("internal: missing output".into())),
             };
             let json = match result {
                 Ok(o) => {
-                    let text = self.tokenizer.decode(&o.token_ids).map_err(|e| e.to_string())?;
-                    let label = o.scores.as_ref().and_then(|s| best_label(line?.labels.as_deref()?, s));
+                    let text = self
+                        .tokenizer
+                        .decode(&o.token_ids)
+                        .map_err(|e| e.to_string())?;
+                    let label = o
+                        .scores
+                        .as_ref()
+                        .and_then(|s| best_label(line?.labels.as_deref()?, s));
                     serde_json::to_string(&OutputLine {
                         task,
                         input: input.unwrap_or_default(),
@@ -193,7 +258,12 @@ impl Context {
                         label,
                     })
                 }
-                Err(error) => serde_json::to_string(&ErrorLine { task, input, line: *n, error }),
+                Err(error) => serde_json::to_string(&ErrorLine {
+                    task,
+                    input,
+                    line: *n,
+                    error,
+                }),
             }
             .map_err(|e| e.to_string())?;
             writeln!(out, "{json}").map_err(|e| e.to_string())?;
@@ -203,6 +273,9 @@ impl Context {
 }
 
 fn best_label<'a>(labels: &'a [String], scores: &[f64]) -> Option<&'a str> {
-    let (i, _) = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?;
+    let (i, _) = scores
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))?;
     labels.get(i).map(String::as_str)
 }

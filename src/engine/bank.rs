@@ -66,12 +66,20 @@ const INITIAL_ROWS: i64 = 256;
 
 impl PromptBank {
     /// An empty bank for a model of `d_model` with `vocab_size` real tokens.
-    pub fn new(vocab_size: i64, d_model: i64, device: Device, kind: Kind) -> Result<Self, ModelError> {
+    pub fn new(
+        vocab_size: i64,
+        d_model: i64,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
         let table = Tensor::f_zeros([INITIAL_ROWS, d_model], (kind, device))?;
         Ok(Self {
             table,
             capacity: INITIAL_ROWS,
-            free: vec![Region { offset: 0, len: INITIAL_ROWS }],
+            free: vec![Region {
+                offset: 0,
+                len: INITIAL_ROWS,
+            }],
             released: Arc::new(Mutex::new(Vec::new())),
             vocab_size,
             d_model,
@@ -121,7 +129,8 @@ impl PromptBank {
             Some(region) => region,
             None => {
                 self.grow(len)?;
-                self.take_free(len).expect("grow leaves a free tail of at least len rows")
+                self.take_free(len)
+                    .expect("grow leaves a free tail of at least len rows")
             }
         };
         let src = Tensor::f_from_slice(&rows.values)?
@@ -129,7 +138,11 @@ impl PromptBank {
             .f_to_kind(self.kind)?
             .f_to_device(self.device)?;
         self.table.f_narrow(0, region.offset, len)?.f_copy_(&src)?;
-        Ok(Arc::new(PromptSlot { region, vocab_size: self.vocab_size, released: self.released.clone() }))
+        Ok(Arc::new(PromptSlot {
+            region,
+            vocab_size: self.vocab_size,
+            released: self.released.clone(),
+        }))
     }
 
     fn take_free(&mut self, len: i64) -> Option<Region> {
@@ -138,20 +151,33 @@ impl PromptBank {
         if r.len == len {
             self.free.remove(i);
         } else {
-            self.free[i] = Region { offset: r.offset + len, len: r.len - len };
+            self.free[i] = Region {
+                offset: r.offset + len,
+                len: r.len - len,
+            };
         }
-        Some(Region { offset: r.offset, len })
+        Some(Region {
+            offset: r.offset,
+            len,
+        })
     }
 
     fn grow(&mut self, need: i64) -> Result<(), ModelError> {
-        let tail_free = self.free.last().filter(|r| r.offset + r.len == self.capacity).map_or(0, |r| r.len);
+        let tail_free = self
+            .free
+            .last()
+            .filter(|r| r.offset + r.len == self.capacity)
+            .map_or(0, |r| r.len);
         let mut capacity = self.capacity.max(1);
         while capacity - self.capacity + tail_free < need {
             capacity *= 2;
         }
         let table = Tensor::f_zeros([capacity, self.d_model], (self.kind, self.device))?;
         table.f_narrow(0, 0, self.capacity)?.f_copy_(&self.table)?;
-        self.free.push(Region { offset: self.capacity, len: capacity - self.capacity });
+        self.free.push(Region {
+            offset: self.capacity,
+            len: capacity - self.capacity,
+        });
         self.table = table;
         self.capacity = capacity;
         self.reclaim();
@@ -164,7 +190,9 @@ impl PromptBank {
         let is_virtual = ids.f_ge(self.vocab_size)?;
         let vocab_ids = ids.f_clamp_max(self.vocab_size - 1)?;
         let vocab = Tensor::f_embedding(shared, &vocab_ids, -1, false, false)?;
-        let bank_ids = ids.f_sub_scalar(self.vocab_size)?.f_clamp(0, self.capacity - 1)?;
+        let bank_ids = ids
+            .f_sub_scalar(self.vocab_size)?
+            .f_clamp(0, self.capacity - 1)?;
         let bank = Tensor::f_embedding(&self.table, &bank_ids, -1, false, false)?;
         Ok(bank.f_where_self(&is_virtual.f_unsqueeze(-1)?, &vocab)?)
     }
@@ -175,7 +203,11 @@ mod tests {
     use super::*;
 
     fn rows(n: usize, d: usize, v: f32) -> PromptRows {
-        PromptRows { rows: n, cols: d, values: vec![v; n * d] }
+        PromptRows {
+            rows: n,
+            cols: d,
+            values: vec![v; n * d],
+        }
     }
 
     #[test]
@@ -193,24 +225,40 @@ mod tests {
         assert_eq!(bank.used_rows(), 156 + 10 + 60);
         // Rows written before growth survive it.
         let ids = Tensor::from_slice(&[10 + 100i64, 10 + 256, 10]).view([1, 3]);
-        let shared = Tensor::ones([10, 4], (Kind::Float, Device::Cpu)).f_mul_scalar(-1.0).unwrap();
+        let shared = Tensor::ones([10, 4], (Kind::Float, Device::Cpu))
+            .f_mul_scalar(-1.0)
+            .unwrap();
         let emb = bank.embed(&shared, &ids).unwrap();
         let firsts: Vec<f32> = Vec::try_from(emb.select(2, 0).view([-1])).unwrap();
         assert_eq!(firsts, vec![2.0, 3.0, 4.0]);
         drop((b, c, d));
         bank.reclaim();
         assert_eq!(bank.used_rows(), 0);
-        assert_eq!(bank.free, vec![Region { offset: 0, len: 512 }]);
+        assert_eq!(
+            bank.free,
+            vec![Region {
+                offset: 0,
+                len: 512
+            }]
+        );
     }
 
     #[test]
     fn mixed_ids_gather_vocab_and_bank() {
         let mut bank = PromptBank::new(3, 2, Device::Cpu, Kind::Float).unwrap();
-        let slot = bank.insert(&PromptRows { rows: 2, cols: 2, values: vec![7.0, 7.5, 8.0, 8.5] }).unwrap();
+        let slot = bank
+            .insert(&PromptRows {
+                rows: 2,
+                cols: 2,
+                values: vec![7.0, 7.5, 8.0, 8.5],
+            })
+            .unwrap();
         let shared = Tensor::from_slice(&[0.0f32, 0.5, 1.0, 1.5, 2.0, 2.5]).view([3, 2]);
         let mut ids: Vec<i64> = slot.virtual_ids().collect();
         ids.extend([2, 0]);
-        let emb = bank.embed(&shared, &Tensor::from_slice(&ids).view([1, 4])).unwrap();
+        let emb = bank
+            .embed(&shared, &Tensor::from_slice(&ids).view([1, 4]))
+            .unwrap();
         let got: Vec<f32> = Vec::try_from(emb.view([-1])).unwrap();
         assert_eq!(got, vec![7.0, 7.5, 8.0, 8.5, 2.0, 2.5, 0.0, 0.5]);
     }

@@ -35,7 +35,11 @@ impl DeviceSpec {
     pub fn resolve(self) -> Result<Device, String> {
         let cuda_count = tch::Cuda::device_count() as usize;
         match self {
-            Self::Auto => Ok(if cuda_count > 0 { Device::Cuda(0) } else { Device::Cpu }),
+            Self::Auto => Ok(if cuda_count > 0 {
+                Device::Cuda(0)
+            } else {
+                Device::Cpu
+            }),
             Self::Cpu => Ok(Device::Cpu),
             Self::Cuda(n) if n < cuda_count => Ok(Device::Cuda(n)),
             Self::Cuda(n) => Err(format!(
@@ -80,7 +84,9 @@ impl DtypeSpec {
             Self::Auto | Self::Bf16 => Kind::BFloat16,
             Self::F32 => Kind::Float,
             Self::F16 => {
-                tracing::warn!("dtype f16: T5 v1.1/Flan activations overflow in float16; prefer bf16");
+                tracing::warn!(
+                    "dtype f16: T5 v1.1/Flan activations overflow in float16; prefer bf16"
+                );
                 Kind::Half
             }
         }

@@ -60,7 +60,12 @@ impl GreedyRows {
 }
 
 /// Greedy-decodes every row of `encoder_out` [B, S, d] up to its own `max_new[i]` tokens.
-pub fn generate(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, max_new: &[usize]) -> Result<Vec<Vec<i64>>, ModelError> {
+pub fn generate(
+    model: &T5Model,
+    encoder_out: &Tensor,
+    mask: &Tensor,
+    max_new: &[usize],
+) -> Result<Vec<Vec<i64>>, ModelError> {
     let cfg = &model.config;
     let mut rows = GreedyRows::new(max_new, &cfg.eos_ids());
     if rows.is_done() {
@@ -72,9 +77,16 @@ pub fn generate(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, max_new: &
     } else {
         let live: Vec<i64> = rows.active().iter().map(|&i| i as i64).collect();
         let live = Tensor::f_from_slice(&live)?.f_to_device(device)?;
-        model.start_decoder(&encoder_out.f_index_select(0, &live)?, &mask.f_index_select(0, &live)?)?
+        model.start_decoder(
+            &encoder_out.f_index_select(0, &live)?,
+            &mask.f_index_select(0, &live)?,
+        )?
     };
-    let mut tokens = Tensor::f_full([rows.active().len() as i64], cfg.decoder_start_id(), (Kind::Int64, device))?;
+    let mut tokens = Tensor::f_full(
+        [rows.active().len() as i64],
+        cfg.decoder_start_id(),
+        (Kind::Int64, device),
+    )?;
     loop {
         let logits = model.decode_step(&tokens, &mut state)?;
         let next = logits.f_argmax(-1, false)?;
@@ -109,7 +121,10 @@ mod tests {
         assert_eq!(rows.push(&[4, 1]), Some(vec![0]));
         assert_eq!(rows.push(&[5]), Some(vec![]));
         assert!(rows.is_done());
-        assert_eq!(rows.into_outputs(), vec![vec![7, 4, 5], vec![], vec![8], vec![9, 1]]);
+        assert_eq!(
+            rows.into_outputs(),
+            vec![vec![7, 4, 5], vec![], vec![8], vec![9, 1]]
+        );
     }
 
     #[test]

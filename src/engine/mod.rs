@@ -31,6 +31,9 @@ pub enum EngineError {
     /// The model failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// Running the batch panicked; the engine itself is still usable.
+    #[error("batch failed: {0}")]
+    Panic(String),
 }
 
 impl From<tch::TchError> for EngineError {
@@ -52,6 +55,35 @@ pub struct RowInput {
     pub labels: Vec<Vec<i64>>,
 }
 
+impl RowInput {
+    /// Encoder positions this row takes: prompt rows plus input tokens.
+    pub fn encoder_len(&self) -> usize {
+        self.prompt.as_ref().map_or(0, |p| p.len()) + self.input_ids.len()
+    }
+}
+
+/// Splits rows, in order, into consecutive groups whose padded size (rows × longest row)
+/// stays within `max_tokens`; a row longer than the budget runs alone.
+pub fn split_by_token_budget(lengths: &[usize], max_tokens: u64) -> Vec<std::ops::Range<usize>> {
+    let mut groups = Vec::new();
+    let mut start = 0;
+    let mut longest = 0usize;
+    for (i, &len) in lengths.iter().enumerate() {
+        let widest = longest.max(len);
+        if i > start && (i + 1 - start) as u64 * widest as u64 > max_tokens {
+            groups.push(start..i);
+            start = i;
+            longest = len;
+        } else {
+            longest = widest;
+        }
+    }
+    if start < lengths.len() {
+        groups.push(start..lengths.len());
+    }
+    groups
+}
+
 /// What one row produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowOutput {
@@ -71,7 +103,12 @@ impl Engine {
     /// Wraps a loaded model with an empty prompt bank on its device.
     pub fn new(model: T5Model) -> Result<Self, ModelError> {
         let opts = model.options();
-        let bank = PromptBank::new(model.vocab_size(), model.config.d_model, opts.device, opts.kind)?;
+        let bank = PromptBank::new(
+            model.vocab_size(),
+            model.config.d_model,
+            opts.device,
+            opts.kind,
+        )?;
         Ok(Self { model, bank })
     }
 
@@ -91,15 +128,31 @@ impl Engine {
     }
 
     /// Runs a mixed-task batch: one encoder pass over `[prompt rows ; input]` for every row,
-    /// then greedy decoding and label scoring.
+    /// then greedy decoding and label scoring. A panic inside fails this batch only.
     pub fn run_batch(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
+        let run = std::panic::AssertUnwindSafe(|| self.run_batch_inner(rows));
+        std::panic::catch_unwind(run).unwrap_or_else(|payload| {
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(EngineError::Panic(why))
+        })
+    }
+
+    fn run_batch_inner(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
         self.check_rows(rows)?;
         let opts = self.model.options();
         let pad = self.model.config.pad_id();
-        let width = rows.iter().map(|r| r.prompt.as_ref().map_or(0, |p| p.len()) + r.input_ids.len()).max().unwrap_or(1);
+        let width = rows
+            .iter()
+            .map(|r| r.prompt.as_ref().map_or(0, |p| p.len()) + r.input_ids.len())
+            .max()
+            .unwrap_or(1);
         let mut ids = vec![pad; rows.len() * width];
         let mut mask = vec![0i64; rows.len() * width];
         for (i, row) in rows.iter().enumerate() {
@@ -110,8 +163,12 @@ impl Engine {
             }
         }
         let shape = [rows.len() as i64, width as i64];
-        let ids = Tensor::f_from_slice(&ids)?.f_view(shape)?.f_to_device(opts.device)?;
-        let mask = Tensor::f_from_slice(&mask)?.f_view(shape)?.f_to_device(opts.device)?;
+        let ids = Tensor::f_from_slice(&ids)?
+            .f_view(shape)?
+            .f_to_device(opts.device)?;
+        let mask = Tensor::f_from_slice(&mask)?
+            .f_view(shape)?
+            .f_to_device(opts.device)?;
         let embeds = self.bank.embed(self.model.shared(), &ids)?;
         let encoder_out = self.model.encode(&embeds, &mask)?;
 
@@ -121,7 +178,11 @@ impl Engine {
         let pairs: Vec<LabelPair> = rows
             .iter()
             .enumerate()
-            .flat_map(|(i, r)| r.labels.iter().map(move |l| LabelPair { row: i, target: l }))
+            .flat_map(|(i, r)| {
+                r.labels
+                    .iter()
+                    .map(move |l| LabelPair { row: i, target: l })
+            })
             .collect();
         let mut scores = score::score_labels(&self.model, &encoder_out, &mask, &pairs)?.into_iter();
         Ok(rows
@@ -129,7 +190,8 @@ impl Engine {
             .zip(generated)
             .map(|(row, token_ids)| RowOutput {
                 token_ids,
-                scores: (!row.labels.is_empty()).then(|| scores.by_ref().take(row.labels.len()).collect()),
+                scores: (!row.labels.is_empty())
+                    .then(|| scores.by_ref().take(row.labels.len()).collect()),
             })
             .collect())
     }
@@ -143,13 +205,36 @@ impl Engine {
             }
             let ids = row.input_ids.iter().chain(row.labels.iter().flatten());
             if let Some(id) = ids.into_iter().find(|&&id| id < 0 || id >= vocab) {
-                return bad(format!("token id {id} is outside the model's vocabulary of {vocab}"));
+                return bad(format!(
+                    "token id {id} is outside the model's vocabulary of {vocab}"
+                ));
             }
             if row.labels.iter().any(|l| l.is_empty()) {
                 return bad("a label has no tokens (need at least </s>)".into());
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_token_budget;
+
+    #[test]
+    fn token_budget_groups_keep_order() {
+        assert!(split_by_token_budget(&[], 10).is_empty());
+        assert_eq!(split_by_token_budget(&[2, 2, 2, 2], 8), vec![0..4]);
+        assert_eq!(
+            split_by_token_budget(&[2, 2, 5, 1], 8),
+            vec![0..2, 2..3, 3..4]
+        );
+        assert_eq!(split_by_token_budget(&[3, 3, 3, 1, 1], 9), vec![0..3, 3..5]);
+        // A row longer than the budget still runs, alone.
+        assert_eq!(
+            split_by_token_budget(&[1, 50, 1], 10),
+            vec![0..1, 1..2, 2..3]
+        );
     }
 }
 

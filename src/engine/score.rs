@@ -15,7 +15,12 @@ pub struct LabelPair<'a> {
 }
 
 /// Sum of log p(target) under teacher forcing for each pair, in order.
-pub fn score_labels(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, pairs: &[LabelPair]) -> Result<Vec<f64>, ModelError> {
+pub fn score_labels(
+    model: &T5Model,
+    encoder_out: &Tensor,
+    mask: &Tensor,
+    pairs: &[LabelPair],
+) -> Result<Vec<f64>, ModelError> {
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(PAIRS_PER_PASS) {
         scores.extend(score_chunk(model, encoder_out, mask, chunk)?);
@@ -23,10 +28,20 @@ pub fn score_labels(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, pairs:
     Ok(scores)
 }
 
-fn score_chunk(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, pairs: &[LabelPair]) -> Result<Vec<f64>, ModelError> {
+fn score_chunk(
+    model: &T5Model,
+    encoder_out: &Tensor,
+    mask: &Tensor,
+    pairs: &[LabelPair],
+) -> Result<Vec<f64>, ModelError> {
     let device = encoder_out.device();
     let cfg = &model.config;
-    let t = pairs.iter().map(|p| p.target.len()).max().unwrap_or(1).max(1);
+    let t = pairs
+        .iter()
+        .map(|p| p.target.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let n = pairs.len();
     // Right-padded: the decoder is causal, so padding after a label never changes its positions.
     let mut inputs = vec![cfg.pad_id(); n * t];
@@ -47,12 +62,22 @@ fn score_chunk(model: &T5Model, encoder_out: &Tensor, mask: &Tensor, pairs: &[La
     let rows = Tensor::f_from_slice(&rows)?.f_to_device(device)?;
     let enc = encoder_out.f_index_select(0, &rows)?;
     let enc_mask = mask.f_index_select(0, &rows)?;
-    let inputs = Tensor::f_from_slice(&inputs)?.f_view(shape)?.f_to_device(device)?;
-    let targets = Tensor::f_from_slice(&targets)?.f_view(shape)?.f_to_device(device)?;
-    let weights = Tensor::f_from_slice(&weights)?.f_view(shape)?.f_to_device(device)?;
+    let inputs = Tensor::f_from_slice(&inputs)?
+        .f_view(shape)?
+        .f_to_device(device)?;
+    let targets = Tensor::f_from_slice(&targets)?
+        .f_view(shape)?
+        .f_to_device(device)?;
+    let weights = Tensor::f_from_slice(&weights)?
+        .f_view(shape)?
+        .f_to_device(device)?;
     let logits = model.decode_full(&inputs, &enc, &enc_mask)?;
     let logp = logits.f_log_softmax(-1, Kind::Float)?;
-    let picked = logp.f_gather(-1, &targets.f_unsqueeze(-1)?, false)?.f_squeeze_dim(-1)?;
-    let sums = picked.f_mul(&weights)?.f_sum_dim_intlist(-1, false, Kind::Double)?;
+    let picked = logp
+        .f_gather(-1, &targets.f_unsqueeze(-1)?, false)?
+        .f_squeeze_dim(-1)?;
+    let sums = picked
+        .f_mul(&weights)?
+        .f_sum_dim_intlist(-1, false, Kind::Double)?;
     Ok(Vec::try_from(&sums)?)
 }

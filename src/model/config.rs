@@ -105,11 +105,40 @@ pub enum Activation {
 impl T5Config {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ModelError::Io { path: path.to_path_buf(), source: e })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        })?;
         let cfg: T5Config = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
         cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads `config.json` from a model directory, then lets `generation_config.json` (when
+    /// present) override the special token ids, as transformers' `generate()` does.
+    pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {
+        let mut cfg = Self::from_file(&dir.join("config.json"))?;
+        let gen_path = dir.join("generation_config.json");
+        if gen_path.is_file() {
+            #[derive(Deserialize)]
+            struct Generation {
+                eos_token_id: Option<serde_json::Value>,
+                decoder_start_token_id: Option<i64>,
+                pad_token_id: Option<i64>,
+            }
+            let text = std::fs::read_to_string(&gen_path).map_err(|e| ModelError::Io {
+                path: gen_path.clone(),
+                source: e,
+            })?;
+            let gen: Generation = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Config(format!("{}: {e}", gen_path.display())))?;
+            if gen.eos_token_id.as_ref().is_some_and(|v| !v.is_null()) {
+                cfg.eos_token_id = gen.eos_token_id;
+            }
+            cfg.decoder_start_token_id = gen.decoder_start_token_id.or(cfg.decoder_start_token_id);
+            cfg.pad_token_id = gen.pad_token_id.or(cfg.pad_token_id);
+        }
         Ok(cfg)
     }
 
@@ -120,12 +149,20 @@ impl T5Config {
             ("d_kv", self.d_kv),
             ("d_ff", self.d_ff),
             ("num_heads", self.num_heads),
-            ("relative_attention_num_buckets", self.relative_attention_num_buckets),
-            ("relative_attention_max_distance", self.relative_attention_max_distance),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+            ),
+            (
+                "relative_attention_max_distance",
+                self.relative_attention_max_distance,
+            ),
         ];
         for (name, value) in positive {
             if value <= 0 {
-                return Err(ModelError::Config(format!("{name} must be positive, got {value}")));
+                return Err(ModelError::Config(format!(
+                    "{name} must be positive, got {value}"
+                )));
             }
         }
         if self.num_layers < 0 || self.decoder_layers() < 1 {
@@ -167,14 +204,20 @@ impl T5Config {
         let name = match parts.as_slice() {
             [act] => *act,
             ["gated", act] => *act,
-            _ => return Err(ModelError::Config(format!("feed_forward_proj {proj:?} is not `act` or `gated-act`"))),
+            _ => {
+                return Err(ModelError::Config(format!(
+                    "feed_forward_proj {proj:?} is not `act` or `gated-act`"
+                )))
+            }
         };
         match name {
             "relu" => Ok(Activation::Relu),
             "gelu" => Ok(Activation::Gelu),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
             "silu" | "swish" => Ok(Activation::Silu),
-            other => Err(ModelError::Config(format!("unsupported activation {other:?} in feed_forward_proj"))),
+            other => Err(ModelError::Config(format!(
+                "unsupported activation {other:?} in feed_forward_proj"
+            ))),
         }
     }
 
@@ -198,10 +241,16 @@ impl T5Config {
     pub fn eos_ids(&self) -> Vec<i64> {
         let ids: Vec<i64> = match &self.eos_token_id {
             Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
-            Some(serde_json::Value::Array(items)) => items.iter().filter_map(|v| v.as_i64()).collect(),
+            Some(serde_json::Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_i64()).collect()
+            }
             _ => Vec::new(),
         };
-        if ids.is_empty() { vec![1] } else { ids }
+        if ids.is_empty() {
+            vec![1]
+        } else {
+            ids
+        }
     }
 }
 
@@ -227,7 +276,9 @@ mod tests {
 
     #[test]
     fn v1_1_is_gated_tanh_gelu_unscaled() {
-        let cfg = parse(r#"{"feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "num_decoder_layers": 3}"#);
+        let cfg = parse(
+            r#"{"feed_forward_proj": "gated-gelu", "tie_word_embeddings": false, "num_decoder_layers": 3}"#,
+        );
         assert_eq!(cfg.activation().unwrap(), Activation::GeluTanh);
         assert!(cfg.is_gated());
         assert!(!cfg.scale_decoder_outputs());
@@ -236,7 +287,9 @@ mod tests {
 
     #[test]
     fn transformers5_flag_wins() {
-        let cfg = parse(r#"{"tie_word_embeddings": true, "scale_decoder_outputs": false, "eos_token_id": [1, 5]}"#);
+        let cfg = parse(
+            r#"{"tie_word_embeddings": true, "scale_decoder_outputs": false, "eos_token_id": [1, 5]}"#,
+        );
         assert!(!cfg.scale_decoder_outputs());
         assert_eq!(cfg.eos_ids(), vec![1, 5]);
     }

@@ -14,13 +14,18 @@ pub struct T5LayerNorm {
 impl T5LayerNorm {
     /// Loads `<prefix>.weight`.
     pub fn load(w: &Weights, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
-        Ok(Self { weight: w.get(&format!("{prefix}.weight"), &[cfg.d_model])?, eps: cfg.layer_norm_epsilon })
+        Ok(Self {
+            weight: w.get(&format!("{prefix}.weight"), &[cfg.d_model])?,
+            eps: cfg.layer_norm_epsilon,
+        })
     }
 
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let x32 = x.f_to_kind(Kind::Float)?;
-        let variance = x32.f_pow_tensor_scalar(2)?.f_mean_dim(-1, true, Kind::Float)?;
+        let variance = x32
+            .f_pow_tensor_scalar(2)?
+            .f_mean_dim(-1, true, Kind::Float)?;
         let normed = x32.f_mul(&(variance + self.eps).f_rsqrt()?)?;
         Ok(self.weight.f_mul(&normed.f_to_kind(self.weight.kind())?)?)
     }
@@ -44,7 +49,11 @@ enum DenseReluDense {
     /// wo(act(wi(x)))
     Act { wi: Tensor, wo: Tensor },
     /// wo(act(wi_0(x)) * wi_1(x))
-    Gated { wi_0: Tensor, wi_1: Tensor, wo: Tensor },
+    Gated {
+        wi_0: Tensor,
+        wi_1: Tensor,
+        wo: Tensor,
+    },
 }
 
 /// `T5LayerFF`: pre-norm feed-forward with a residual.
@@ -66,9 +75,16 @@ impl T5LayerFF {
                 wo: w.get(&format!("{p}.wo.weight"), &[d, f])?,
             }
         } else {
-            DenseReluDense::Act { wi: w.get(&format!("{p}.wi.weight"), &[f, d])?, wo: w.get(&format!("{p}.wo.weight"), &[d, f])? }
+            DenseReluDense::Act {
+                wi: w.get(&format!("{p}.wi.weight"), &[f, d])?,
+                wo: w.get(&format!("{p}.wo.weight"), &[d, f])?,
+            }
         };
-        Ok(Self { dense, act: cfg.activation()?, layer_norm: T5LayerNorm::load(w, &format!("{prefix}.layer_norm"), cfg)? })
+        Ok(Self {
+            dense,
+            act: cfg.activation()?,
+            layer_norm: T5LayerNorm::load(w, &format!("{prefix}.layer_norm"), cfg)?,
+        })
     }
 
     /// x + FF(norm(x))
@@ -100,12 +116,20 @@ pub struct T5Attention {
 
 impl T5Attention {
     /// Loads `<prefix>.{q,k,v,o}` and, if asked, `<prefix>.relative_attention_bias`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &T5Config, has_bias: bool) -> Result<Self, ModelError> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &T5Config,
+        has_bias: bool,
+    ) -> Result<Self, ModelError> {
         let inner = cfg.num_heads * cfg.d_kv;
         let d = cfg.d_model;
         let get = |n: &str, shape: &[i64]| w.get(&format!("{prefix}.{n}.weight"), shape);
         let relative_attention_bias = if has_bias {
-            Some(get("relative_attention_bias", &[cfg.relative_attention_num_buckets, cfg.num_heads])?)
+            Some(get(
+                "relative_attention_bias",
+                &[cfg.relative_attention_num_buckets, cfg.num_heads],
+            )?)
         } else {
             None
         };
@@ -123,22 +147,38 @@ impl T5Attention {
     /// [B, T, d] → [B, H, T, d_kv]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        Ok(x.f_view([b, t, self.n_heads, self.d_kv])?.f_transpose(1, 2)?)
+        Ok(x.f_view([b, t, self.n_heads, self.d_kv])?
+            .f_transpose(1, 2)?)
     }
 
     /// Projects keys and values of `x` (for a cache or for cross-attention).
     pub fn key_values(&self, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
-        Ok((self.split_heads(&linear(x, &self.k)?)?, self.split_heads(&linear(x, &self.v)?)?))
+        Ok((
+            self.split_heads(&linear(x, &self.k)?)?,
+            self.split_heads(&linear(x, &self.v)?)?,
+        ))
     }
 
     /// Attention of `x` over (keys, values) with an additive `bias` broadcastable to [B, H, T, S].
-    pub fn attend(&self, x: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn attend(
+        &self,
+        x: &Tensor,
+        keys: &Tensor,
+        values: &Tensor,
+        bias: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.split_heads(&linear(x, &self.q)?)?;
         let scores = q.f_matmul(&keys.f_transpose(2, 3)?)?.f_add(bias)?;
         // Softmax accumulates in f32 so bf16/f16 weights stay stable.
-        let weights = scores.f_softmax(-1, Kind::Float)?.f_to_kind(values.kind())?;
-        let out = weights.f_matmul(values)?.f_transpose(1, 2)?.f_reshape([b, t, self.n_heads * self.d_kv])?;
+        let weights = scores
+            .f_softmax(-1, Kind::Float)?
+            .f_to_kind(values.kind())?;
+        let out = weights.f_matmul(values)?.f_transpose(1, 2)?.f_reshape([
+            b,
+            t,
+            self.n_heads * self.d_kv,
+        ])?;
         linear(&out, &self.o)
     }
 }
@@ -154,7 +194,12 @@ pub fn relative_position_bucket(
     let mut buckets = relative_position.f_zeros_like()?;
     let distance = if bidirectional {
         num_buckets /= 2;
-        buckets = buckets.f_add(&relative_position.f_gt(0)?.f_to_kind(Kind::Int64)?.f_mul_scalar(num_buckets)?)?;
+        buckets = buckets.f_add(
+            &relative_position
+                .f_gt(0)?
+                .f_to_kind(Kind::Int64)?
+                .f_mul_scalar(num_buckets)?,
+        )?;
         relative_position.f_abs()?
     } else {
         relative_position.f_clamp_max(0)?.f_neg()?
@@ -162,7 +207,10 @@ pub fn relative_position_bucket(
     let max_exact = num_buckets / 2;
     let is_small = distance.f_lt(max_exact)?;
     // Same float32 arithmetic as the reference: log(d / max_exact) / log(max_distance / max_exact) * n.
-    let log_ratio = distance.f_to_kind(Kind::Float)?.f_div_scalar(max_exact as f64)?.f_log()?;
+    let log_ratio = distance
+        .f_to_kind(Kind::Float)?
+        .f_div_scalar(max_exact as f64)?
+        .f_log()?;
     let large = log_ratio
         .f_div_scalar((max_distance as f64 / max_exact as f64).ln())?
         .f_mul_scalar((num_buckets - max_exact) as f64)?
@@ -182,7 +230,8 @@ pub fn position_bias(
     tk: i64,
 ) -> Result<Tensor, ModelError> {
     let device = table.device();
-    let ctx = Tensor::f_arange_start(query_start, query_start + tq, (Kind::Int64, device))?.f_unsqueeze(1)?;
+    let ctx = Tensor::f_arange_start(query_start, query_start + tq, (Kind::Int64, device))?
+        .f_unsqueeze(1)?;
     let mem = Tensor::f_arange(tk, (Kind::Int64, device))?.f_unsqueeze(0)?;
     let rel = mem.f_sub(&ctx)?;
     let buckets = relative_position_bucket(
@@ -202,10 +251,20 @@ mod tests {
     /// Buckets from transformers' `_relative_position_bucket` (num_buckets=32, max_distance=128).
     #[test]
     fn buckets_match_reference() {
-        let rel = Tensor::from_slice(&[-200i64, -128, -127, -64, -20, -8, -7, -1, 0, 1, 7, 8, 20, 64, 127, 128, 500]);
-        let bi: Vec<i64> = Vec::try_from(relative_position_bucket(&rel, true, 32, 128).unwrap()).unwrap();
-        assert_eq!(bi, vec![15, 15, 15, 14, 10, 8, 7, 1, 0, 17, 23, 24, 26, 30, 31, 31, 31]);
-        let uni: Vec<i64> = Vec::try_from(relative_position_bucket(&rel, false, 32, 128).unwrap()).unwrap();
-        assert_eq!(uni, vec![31, 31, 31, 26, 17, 8, 7, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let rel = Tensor::from_slice(&[
+            -200i64, -128, -127, -64, -20, -8, -7, -1, 0, 1, 7, 8, 20, 64, 127, 128, 500,
+        ]);
+        let bi: Vec<i64> =
+            Vec::try_from(relative_position_bucket(&rel, true, 32, 128).unwrap()).unwrap();
+        assert_eq!(
+            bi,
+            vec![15, 15, 15, 14, 10, 8, 7, 1, 0, 17, 23, 24, 26, 30, 31, 31, 31]
+        );
+        let uni: Vec<i64> =
+            Vec::try_from(relative_position_bucket(&rel, false, 32, 128).unwrap()).unwrap();
+        assert_eq!(
+            uni,
+            vec![31, 31, 31, 26, 17, 8, 7, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 }

@@ -20,7 +20,10 @@ impl LayerCache {
         let pick = |(k, v): &(Tensor, Tensor)| -> Result<(Tensor, Tensor), ModelError> {
             Ok((k.f_index_select(0, keep)?, v.f_index_select(0, keep)?))
         };
-        Ok(Self { self_kv: self.self_kv.as_ref().map(pick).transpose()?, cross_kv: pick(&self.cross_kv)? })
+        Ok(Self {
+            self_kv: self.self_kv.as_ref().map(pick).transpose()?,
+            cross_kv: pick(&self.cross_kv)?,
+        })
     }
 }
 
@@ -44,26 +47,46 @@ fn clamp_half(x: Tensor) -> Result<Tensor, ModelError> {
 }
 
 impl T5Block {
-    fn load(w: &Weights, prefix: &str, cfg: &T5Config, is_decoder: bool, first: bool) -> Result<Self, ModelError> {
-        let self_attn = T5Attention::load(w, &format!("{prefix}.layer.0.SelfAttention"), cfg, first)?;
+    fn load(
+        w: &Weights,
+        prefix: &str,
+        cfg: &T5Config,
+        is_decoder: bool,
+        first: bool,
+    ) -> Result<Self, ModelError> {
+        let self_attn =
+            T5Attention::load(w, &format!("{prefix}.layer.0.SelfAttention"), cfg, first)?;
         let self_norm = T5LayerNorm::load(w, &format!("{prefix}.layer.0.layer_norm"), cfg)?;
         let (cross, ff_index) = if is_decoder {
-            let attn = T5Attention::load(w, &format!("{prefix}.layer.1.EncDecAttention"), cfg, false)?;
+            let attn =
+                T5Attention::load(w, &format!("{prefix}.layer.1.EncDecAttention"), cfg, false)?;
             let norm = T5LayerNorm::load(w, &format!("{prefix}.layer.1.layer_norm"), cfg)?;
             (Some((attn, norm)), 2)
         } else {
             (None, 1)
         };
         let ff = T5LayerFF::load(w, &format!("{prefix}.layer.{ff_index}"), cfg)?;
-        Ok(Self { self_attn, self_norm, cross, ff })
+        Ok(Self {
+            self_attn,
+            self_norm,
+            cross,
+            ff,
+        })
     }
 
     fn cross_part(&self) -> Result<&(T5Attention, T5LayerNorm), ModelError> {
-        self.cross.as_ref().ok_or_else(|| ModelError::Weights("encoder block used as decoder".into()))
+        self.cross
+            .as_ref()
+            .ok_or_else(|| ModelError::Weights("encoder block used as decoder".into()))
     }
 
     /// Encoder block, or decoder block over a whole target sequence (no cache).
-    fn forward(&self, x: &Tensor, self_bias: &Tensor, cross: Option<(&(Tensor, Tensor), &Tensor)>) -> Result<Tensor, ModelError> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        self_bias: &Tensor,
+        cross: Option<(&(Tensor, Tensor), &Tensor)>,
+    ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k, v) = self.self_attn.key_values(&h)?;
         let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
@@ -76,12 +99,21 @@ impl T5Block {
     }
 
     /// Decoder block for the newest position only, appending its keys/values to `cache`.
-    fn step(&self, x: &Tensor, self_bias: &Tensor, cross_bias: &Tensor, cache: &mut LayerCache) -> Result<Tensor, ModelError> {
+    fn step(
+        &self,
+        x: &Tensor,
+        self_bias: &Tensor,
+        cross_bias: &Tensor,
+        cache: &mut LayerCache,
+    ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k_new, v_new) = self.self_attn.key_values(&h)?;
         let (k, v) = match cache.self_kv.take() {
             None => (k_new, v_new),
-            Some((k, v)) => (Tensor::f_cat(&[k, k_new], 2)?, Tensor::f_cat(&[v, v_new], 2)?),
+            Some((k, v)) => (
+                Tensor::f_cat(&[k, k_new], 2)?,
+                Tensor::f_cat(&[v, v_new], 2)?,
+            ),
         };
         let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
         cache.self_kv = Some((k, v));
@@ -104,19 +136,41 @@ pub struct T5Stack {
 impl T5Stack {
     /// Loads `encoder.*` or `decoder.*`.
     pub fn load(w: &Weights, cfg: &T5Config, is_decoder: bool) -> Result<Self, ModelError> {
-        let (name, layers) = if is_decoder { ("decoder", cfg.decoder_layers()) } else { ("encoder", cfg.num_layers) };
+        let (name, layers) = if is_decoder {
+            ("decoder", cfg.decoder_layers())
+        } else {
+            ("encoder", cfg.num_layers)
+        };
         let blocks = (0..layers)
             .map(|i| T5Block::load(w, &format!("{name}.block.{i}"), cfg, is_decoder, i == 0))
             .collect::<Result<Vec<_>, _>>()?;
         let final_layer_norm = T5LayerNorm::load(w, &format!("{name}.final_layer_norm"), cfg)?;
-        Ok(Self { blocks, final_layer_norm, is_decoder, cfg: cfg.clone() })
+        Ok(Self {
+            blocks,
+            final_layer_norm,
+            is_decoder,
+            cfg: cfg.clone(),
+        })
     }
 
     /// Relative position bias [1, H, tq, tk] for queries starting at `query_start` (zeros without blocks).
-    pub fn position_bias(&self, query_start: i64, tq: i64, tk: i64, like: &Tensor) -> Result<Tensor, ModelError> {
-        match self.blocks.first().and_then(|b| b.self_attn.relative_attention_bias.as_ref()) {
+    pub fn position_bias(
+        &self,
+        query_start: i64,
+        tq: i64,
+        tk: i64,
+        like: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        match self
+            .blocks
+            .first()
+            .and_then(|b| b.self_attn.relative_attention_bias.as_ref())
+        {
             Some(table) => position_bias(table, &self.cfg, !self.is_decoder, query_start, tq, tk),
-            None => Ok(Tensor::f_zeros([1, self.cfg.num_heads, tq, tk], (like.kind(), like.device()))?),
+            None => Ok(Tensor::f_zeros(
+                [1, self.cfg.num_heads, tq, tk],
+                (like.kind(), like.device()),
+            )?),
         }
     }
 
@@ -135,17 +189,28 @@ impl T5Stack {
     pub fn cross_caches(&self, encoder_out: &Tensor) -> Result<Vec<LayerCache>, ModelError> {
         self.blocks
             .iter()
-            .map(|b| Ok(LayerCache { self_kv: None, cross_kv: b.cross_part()?.0.key_values(encoder_out)? }))
+            .map(|b| {
+                Ok(LayerCache {
+                    self_kv: None,
+                    cross_kv: b.cross_part()?.0.key_values(encoder_out)?,
+                })
+            })
             .collect()
     }
 
     /// Decoder over whole target sequences `x` [B, T, d] (teacher forcing).
-    pub fn decode_full(&self, x: &Tensor, caches: &[LayerCache], cross_bias: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn decode_full(
+        &self,
+        x: &Tensor,
+        caches: &[LayerCache],
+        cross_bias: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let t = x.size()[1];
         let device = x.device();
         // Causal: key position > query position is masked.
         let future = Tensor::f_ones([t, t], (Kind::Bool, device))?.f_triu(1)?;
-        let causal = Tensor::f_zeros([t, t], (x.kind(), device))?.f_masked_fill(&future, min_value(x.kind()))?;
+        let causal = Tensor::f_zeros([t, t], (x.kind(), device))?
+            .f_masked_fill(&future, min_value(x.kind()))?;
         let bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
         let mut h = x.shallow_clone();
         for (block, cache) in self.blocks.iter().zip(caches) {
@@ -155,7 +220,13 @@ impl T5Stack {
     }
 
     /// Decoder for one new position `step` of every row; `x` [B, 1, d].
-    pub fn decode_step(&self, x: &Tensor, step: i64, caches: &mut [LayerCache], cross_bias: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn decode_step(
+        &self,
+        x: &Tensor,
+        step: i64,
+        caches: &mut [LayerCache],
+        cross_bias: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let bias = self.position_bias(step, 1, step + 1, x)?;
         let mut h = x.shallow_clone();
         for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {

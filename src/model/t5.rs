@@ -41,7 +41,11 @@ impl DecoderState {
     /// Keeps only the batch rows in `keep` (indices into the current batch).
     pub fn select(&self, keep: &Tensor) -> Result<Self, ModelError> {
         Ok(Self {
-            caches: self.caches.iter().map(|c| c.select(keep)).collect::<Result<_, _>>()?,
+            caches: self
+                .caches
+                .iter()
+                .map(|c| c.select(keep))
+                .collect::<Result<_, _>>()?,
             cross_bias: self.cross_bias.f_index_select(0, keep)?,
             step: self.step,
         })
@@ -51,20 +55,38 @@ impl DecoderState {
 impl T5Model {
     /// Loads `config.json` and the safetensors weights from a Hugging Face directory.
     pub fn load(dir: &Path, opts: ModelOptions) -> Result<Self, ModelError> {
-        let config = T5Config::from_file(&dir.join("config.json"))?;
+        let config = T5Config::from_dir(dir)?;
         let w = Weights::open(dir, opts.device, opts.kind)?;
         let emb_shape = [config.vocab_size, config.d_model];
-        let shared_name = ["shared.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
-            .into_iter()
-            .find(|n| w.contains(n))
-            .ok_or_else(|| ModelError::MissingTensor("shared.weight".into()))?;
+        let shared_name = [
+            "shared.weight",
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+        ]
+        .into_iter()
+        .find(|n| w.contains(n))
+        .ok_or_else(|| ModelError::MissingTensor("shared.weight".into()))?;
         let shared = w.get(shared_name, &emb_shape)?;
         let encoder = T5Stack::load(&w, &config, false)?;
         let decoder = T5Stack::load(&w, &config, true)?;
         // An lm_head in the file wins (untied v1.1/Flan); otherwise it is the shared embedding.
-        let lm_head = if w.contains("lm_head.weight") { w.get("lm_head.weight", &emb_shape)? } else { shared.shallow_clone() };
-        let lm_scale = config.scale_decoder_outputs().then(|| (config.d_model as f64).powf(-0.5));
-        Ok(Self { config, shared, encoder, decoder, lm_head, lm_scale, opts })
+        let lm_head = if w.contains("lm_head.weight") {
+            w.get("lm_head.weight", &emb_shape)?
+        } else {
+            shared.shallow_clone()
+        };
+        let lm_scale = config
+            .scale_decoder_outputs()
+            .then(|| (config.d_model as f64).powf(-0.5));
+        Ok(Self {
+            config,
+            shared,
+            encoder,
+            decoder,
+            lm_head,
+            lm_scale,
+            opts,
+        })
     }
 
     /// Device and dtype.
@@ -100,23 +122,44 @@ impl T5Model {
     }
 
     /// Starts decoding: cross-attention keys/values are computed once here.
-    pub fn start_decoder(&self, encoder_out: &Tensor, mask: &Tensor) -> Result<DecoderState, ModelError> {
-        Ok(DecoderState { caches: self.decoder.cross_caches(encoder_out)?, cross_bias: self.mask_bias(mask)?, step: 0 })
+    pub fn start_decoder(
+        &self,
+        encoder_out: &Tensor,
+        mask: &Tensor,
+    ) -> Result<DecoderState, ModelError> {
+        Ok(DecoderState {
+            caches: self.decoder.cross_caches(encoder_out)?,
+            cross_bias: self.mask_bias(mask)?,
+            step: 0,
+        })
     }
 
     /// One greedy step: `tokens` [B] (the previous token of each row) → logits [B, vocab].
-    pub fn decode_step(&self, tokens: &Tensor, state: &mut DecoderState) -> Result<Tensor, ModelError> {
+    pub fn decode_step(
+        &self,
+        tokens: &Tensor,
+        state: &mut DecoderState,
+    ) -> Result<Tensor, ModelError> {
         let x = self.embed(&tokens.f_unsqueeze(1)?)?;
-        let h = self.decoder.decode_step(&x, state.step, &mut state.caches, &state.cross_bias)?;
+        let h = self
+            .decoder
+            .decode_step(&x, state.step, &mut state.caches, &state.cross_bias)?;
         state.step += 1;
         self.logits(&h.f_squeeze_dim(1)?)
     }
 
     /// Teacher-forced decoder over `decoder_ids` [B, T] → logits [B, T, vocab].
-    pub fn decode_full(&self, decoder_ids: &Tensor, encoder_out: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+    pub fn decode_full(
+        &self,
+        decoder_ids: &Tensor,
+        encoder_out: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor, ModelError> {
         let caches = self.decoder.cross_caches(encoder_out)?;
         let x = self.embed(decoder_ids)?;
-        let h = self.decoder.decode_full(&x, &caches, &self.mask_bias(mask)?)?;
+        let h = self
+            .decoder
+            .decode_full(&x, &caches, &self.mask_bias(mask)?)?;
         self.logits(&h)
     }
 

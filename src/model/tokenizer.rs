@@ -22,7 +22,10 @@ impl T5Tokenizer {
     /// The tokenizer's own post-processor is bypassed so the result is the same whether or not
     /// the file declares T5's `$A </s>` template.
     pub fn encode(&self, text: &str) -> Result<Vec<i64>, ModelError> {
-        let enc = self.inner.encode(text, false).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut ids: Vec<i64> = enc.get_ids().iter().map(|&i| i as i64).collect();
         ids.push(self.eos_id);
         Ok(ids)
@@ -31,7 +34,13 @@ impl T5Tokenizer {
     /// Text of `ids`, special tokens skipped; ids outside the vocabulary are skipped too.
     pub fn decode(&self, ids: &[i64]) -> Result<String, ModelError> {
         let vocab = self.inner.get_vocab_size(true) as i64;
-        let ids: Vec<u32> = ids.iter().filter(|&&i| (0..vocab).contains(&i)).map(|&i| i as u32).collect();
-        self.inner.decode(&ids, true).map_err(|e| ModelError::Tokenizer(e.to_string()))
+        let ids: Vec<u32> = ids
+            .iter()
+            .filter(|&&i| (0..vocab).contains(&i))
+            .map(|&i| i as u32)
+            .collect();
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 }

@@ -52,7 +52,12 @@ impl Weights {
             }
             shards.push(shard);
         }
-        Ok(Self { shards, index, device, kind })
+        Ok(Self {
+            shards,
+            index,
+            device,
+            kind,
+        })
     }
 
     /// Whether the checkpoint holds `name`.
@@ -73,7 +78,11 @@ impl Weights {
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
         if found != shape {
-            return Err(ModelError::TensorShape { name: name.to_string(), expected: shape.to_vec(), found });
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found,
+            });
         }
         let kind = match info.dtype {
             Dtype::F32 => Kind::Float,
@@ -81,7 +90,10 @@ impl Weights {
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F64 => Kind::Double,
             other => {
-                return Err(ModelError::Weights(format!("{name}: unsupported dtype {other:?} in {}", shard.path.display())))
+                return Err(ModelError::Weights(format!(
+                    "{name}: unsupported dtype {other:?} in {}",
+                    shard.path.display()
+                )))
             }
         };
         let (start, end) = info.data_offsets;
@@ -102,8 +114,10 @@ fn shard_files(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, ModelError
     struct Index {
         weight_map: HashMap<String, String>,
     }
-    let text = std::fs::read_to_string(index_path)
-        .map_err(|e| ModelError::Io { path: index_path.to_path_buf(), source: e })?;
+    let text = std::fs::read_to_string(index_path).map_err(|e| ModelError::Io {
+        path: index_path.to_path_buf(),
+        source: e,
+    })?;
     let index: Index = serde_json::from_str(&text)
         .map_err(|e| ModelError::Weights(format!("{}: {e}", index_path.display())))?;
     let mut names: Vec<&String> = index.weight_map.values().collect();
@@ -114,7 +128,10 @@ fn shard_files(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, ModelError
         .map(|name| {
             // A shard name is a bare file name; anything else could escape the model folder.
             if name.contains('/') || name.contains('\\') || name == ".." {
-                return Err(ModelError::Weights(format!("{}: bad shard name {name:?}", index_path.display())));
+                return Err(ModelError::Weights(format!(
+                    "{}: bad shard name {name:?}",
+                    index_path.display()
+                )));
             }
             Ok(dir.join(name))
         })
@@ -122,11 +139,22 @@ fn shard_files(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, ModelError
 }
 
 fn open_shard(path: PathBuf) -> Result<Shard, ModelError> {
-    let file = File::open(&path).map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+    let file = File::open(&path).map_err(|e| ModelError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     // SAFETY: the checkpoint is treated as read-only for the life of the process; a file
     // truncated under us would fault, as with every mmap-based loader.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io { path: path.clone(), source: e })?;
+    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io {
+        path: path.clone(),
+        source: e,
+    })?;
     let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
         .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
-    Ok(Shard { path, mmap, data_start: 8 + header_len, metadata })
+    Ok(Shard {
+        path,
+        mmap,
+        data_start: 8 + header_len,
+        metadata,
+    })
 }

@@ -36,14 +36,18 @@ pub fn classify(path: &Path) -> Option<(String, PromptSource)> {
     }
     for ext in [".safetensors", ".npy"] {
         if let Some(stem) = name.strip_suffix(ext) {
-            return Some((stem.to_string(), PromptSource::TensorFile(path.to_path_buf())));
+            return Some((
+                stem.to_string(),
+                PromptSource::TensorFile(path.to_path_buf()),
+            ));
         }
     }
     None
 }
 
 fn read_capped(path: &Path, limits: &PromptLimits) -> Result<Vec<u8>, PromptError> {
-    let meta = std::fs::metadata(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))?;
     if meta.len() > limits.max_file_bytes as u64 {
         return Err(PromptError::Format(format!(
             "{} is {} bytes; the limit is {}",
@@ -56,9 +60,15 @@ fn read_capped(path: &Path, limits: &PromptLimits) -> Result<Vec<u8>, PromptErro
 }
 
 /// Reads one prompt from its source.
-pub fn load_source(source: &PromptSource, d_model: usize, limits: &PromptLimits) -> Result<Prompt, PromptError> {
+pub fn load_source(
+    source: &PromptSource,
+    d_model: usize,
+    limits: &PromptLimits,
+) -> Result<Prompt, PromptError> {
     match source {
-        PromptSource::TensorFile(path) => Prompt::from_tensor_file(&read_capped(path, limits)?, d_model, limits),
+        PromptSource::TensorFile(path) => {
+            Prompt::from_tensor_file(&read_capped(path, limits)?, d_model, limits)
+        }
         PromptSource::PeftDir(dir) => {
             let config = read_capped(&dir.join("adapter_config.json"), limits)?;
             let weights = read_capped(&dir.join("adapter_model.safetensors"), limits)?;
@@ -68,14 +78,21 @@ pub fn load_source(source: &PromptSource, d_model: usize, limits: &PromptLimits)
 }
 
 /// Loads every prompt in `dir`; bad entries are reported, not fatal.
-pub fn load_prompt_dir(dir: &Path, d_model: usize, limits: &PromptLimits) -> Result<PromptDir, PromptError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| PromptError::Io(format!("{}: {e}", dir.display())))?;
+pub fn load_prompt_dir(
+    dir: &Path,
+    d_model: usize,
+    limits: &PromptLimits,
+) -> Result<PromptDir, PromptError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| PromptError::Io(format!("{}: {e}", dir.display())))?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     let mut out = PromptDir::default();
     let mut seen: BTreeMap<TaskName, PathBuf> = BTreeMap::new();
     for path in paths {
-        let Some((name, source)) = classify(&path) else { continue };
+        let Some((name, source)) = classify(&path) else {
+            continue;
+        };
         let task = match TaskName::parse(&name) {
             Ok(task) => task,
             Err(e) => {
@@ -84,7 +101,11 @@ pub fn load_prompt_dir(dir: &Path, d_model: usize, limits: &PromptLimits) -> Res
             }
         };
         if let Some(first) = seen.get(&task) {
-            let why = format!("task {task} is defined twice: {} and {}", first.display(), path.display());
+            let why = format!(
+                "task {task} is defined twice: {} and {}",
+                first.display(),
+                path.display()
+            );
             out.prompts.remove(&task);
             out.errors.push((path, PromptError::Invalid(why)));
             continue;

@@ -48,7 +48,10 @@ pub struct PromptLimits {
 
 impl Default for PromptLimits {
     fn default() -> Self {
-        Self { max_rows: 512, max_file_bytes: 64 << 20 }
+        Self {
+            max_rows: 512,
+            max_file_bytes: 64 << 20,
+        }
     }
 }
 
@@ -62,8 +65,13 @@ impl TaskName {
 
     /// Checks `name` against the naming rule.
     pub fn parse(name: &str) -> Result<Self, PromptError> {
-        let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-        let ok_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        let ok_first = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+        let ok_rest = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
         if !ok_first || !ok_rest || name.len() > Self::MAX_LEN {
             let shown: String = name.chars().take(40).collect();
             return Err(PromptError::TaskName(format!(
@@ -108,10 +116,17 @@ pub struct Prompt {
 
 impl Prompt {
     /// A bare tensor file (.safetensors or .npy, detected by content): all rows are encoder rows.
-    pub fn from_tensor_file(bytes: &[u8], d_model: usize, limits: &PromptLimits) -> Result<Self, PromptError> {
+    pub fn from_tensor_file(
+        bytes: &[u8],
+        d_model: usize,
+        limits: &PromptLimits,
+    ) -> Result<Self, PromptError> {
         let raw = parse_tensor_file(bytes, limits)?;
         let rows = check_matrix(raw, d_model)?;
-        let prompt = Prompt { encoder: rows, decoder: None };
+        let prompt = Prompt {
+            encoder: rows,
+            decoder: None,
+        };
         prompt.validate(d_model, limits)?;
         Ok(prompt)
     }
@@ -130,7 +145,9 @@ impl Prompt {
     pub fn validate(&self, d_model: usize, limits: &PromptLimits) -> Result<(), PromptError> {
         let enc = &self.encoder;
         if enc.rows == 0 {
-            return Err(PromptError::Invalid("prompt has 0 rows; need at least 1".into()));
+            return Err(PromptError::Invalid(
+                "prompt has 0 rows; need at least 1".into(),
+            ));
         }
         if enc.rows > limits.max_rows {
             return Err(PromptError::Invalid(format!(
@@ -175,7 +192,9 @@ pub fn parse_tensor_file(bytes: &[u8], limits: &PromptLimits) -> Result<RawTenso
     } else if tensor::is_safetensors(bytes) {
         tensor::parse_safetensors(bytes)
     } else {
-        Err(PromptError::Format("not a prompt tensor file: expected .safetensors or .npy content".into()))
+        Err(PromptError::Format(
+            "not a prompt tensor file: expected .safetensors or .npy content".into(),
+        ))
     }
 }
 
@@ -188,7 +207,11 @@ fn check_matrix(raw: RawTensor, d_model: usize) -> Result<PromptRows, PromptErro
                     "prompt has shape [{rows}, {cols}]: width {cols} does not match the model's d_model {d_model}"
                 )));
             }
-            Ok(PromptRows { rows: rows as usize, cols: cols as usize, values: raw.values })
+            Ok(PromptRows {
+                rows: rows as usize,
+                cols: cols as usize,
+                values: raw.values,
+            })
         }
         other => Err(PromptError::Invalid(format!(
             "prompt must be a 2-D [rows, d_model] matrix, got shape {other:?}"
@@ -205,7 +228,18 @@ mod tests {
         for ok in ["a", "task-1", "acme.sentiment_v2", "A9"] {
             TaskName::parse(ok).unwrap();
         }
-        for bad in ["", ".x", "-x", "../x", "a/b", "a b", "%2e%2e", "a\0b", "é", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "../x",
+            "a/b",
+            "a b",
+            "%2e%2e",
+            "a\0b",
+            "é",
+            &"x".repeat(129),
+        ] {
             assert!(TaskName::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -17,20 +17,32 @@ pub fn parse(bytes: &[u8]) -> Result<RawTensor, PromptError> {
     if !is_npy(bytes) {
         return Err(bad("missing \\x93NUMPY magic".into()));
     }
-    let major = *bytes.get(6).ok_or_else(|| bad("truncated before the version".into()))?;
+    let major = *bytes
+        .get(6)
+        .ok_or_else(|| bad("truncated before the version".into()))?;
     let (len_size, header_start) = match major {
         1 => (2, 10),
         2 | 3 => (4, 12),
         v => return Err(bad(format!("unsupported format version {v}"))),
     };
-    let len_bytes = bytes.get(8..8 + len_size).ok_or_else(|| bad("truncated header length".into()))?;
-    let header_len = len_bytes.iter().rev().fold(0usize, |acc, &b| (acc << 8) | b as usize);
+    let len_bytes = bytes
+        .get(8..8 + len_size)
+        .ok_or_else(|| bad("truncated header length".into()))?;
+    let header_len = len_bytes
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &b| (acc << 8) | b as usize);
     if header_len > MAX_HEADER {
-        return Err(bad(format!("header length {header_len} exceeds {MAX_HEADER} bytes")));
+        return Err(bad(format!(
+            "header length {header_len} exceeds {MAX_HEADER} bytes"
+        )));
     }
     let header_end = header_start + header_len;
     let header = bytes.get(header_start..header_end).ok_or_else(|| {
-        bad(format!("header says {header_len} bytes but the file has {}", bytes.len().saturating_sub(header_start)))
+        bad(format!(
+            "header says {header_len} bytes but the file has {}",
+            bytes.len().saturating_sub(header_start)
+        ))
     })?;
     let header = std::str::from_utf8(header).map_err(|_| bad("header is not text".into()))?;
     let dict = HeaderDict::parse(header).map_err(bad)?;
@@ -39,10 +51,17 @@ pub fn parse(bytes: &[u8]) -> Result<RawTensor, PromptError> {
         ">f4" => (Dtype::F32, true),
         "<f2" | "=f2" | "|f2" => (Dtype::F16, false),
         ">f2" => (Dtype::F16, true),
-        other => return Err(bad(format!("dtype {other:?} is not supported: save float32 or float16"))),
+        other => {
+            return Err(bad(format!(
+                "dtype {other:?} is not supported: save float32 or float16"
+            )))
+        }
     };
     if dict.fortran_order {
-        return Err(bad("fortran_order arrays are not supported: save a C-order array (np.ascontiguousarray)".into()));
+        return Err(bad(
+            "fortran_order arrays are not supported: save a C-order array (np.ascontiguousarray)"
+                .into(),
+        ));
     }
     let data = &bytes[header_end..];
     RawTensor::from_bytes(dtype, &dict.shape, data, big_endian, "npy")
@@ -57,7 +76,10 @@ struct HeaderDict {
 
 impl HeaderDict {
     fn parse(text: &str) -> Result<Self, String> {
-        let mut p = Parser { s: text.as_bytes(), i: 0 };
+        let mut p = Parser {
+            s: text.as_bytes(),
+            i: 0,
+        };
         p.skip_ws();
         p.expect(b'{')?;
         let (mut descr, mut fortran, mut shape) = (None, None, None);
@@ -111,12 +133,25 @@ impl Parser<'_> {
         }
     }
     fn expect(&mut self, c: u8) -> Result<(), String> {
-        if self.eat(c) { Ok(()) } else { Err(format!("malformed header at byte {}: expected {:?}", self.i, c as char)) }
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!(
+                "malformed header at byte {}: expected {:?}",
+                self.i, c as char
+            ))
+        }
     }
     fn string(&mut self) -> Result<String, String> {
-        let quote = *self.s.get(self.i).ok_or("malformed header: unexpected end")?;
+        let quote = *self
+            .s
+            .get(self.i)
+            .ok_or("malformed header: unexpected end")?;
         if quote != b'\'' && quote != b'"' {
-            return Err(format!("malformed header at byte {}: expected a string", self.i));
+            return Err(format!(
+                "malformed header at byte {}: expected a string",
+                self.i
+            ));
         }
         self.i += 1;
         let start = self.i;
@@ -134,7 +169,10 @@ impl Parser<'_> {
                 return Ok(value);
             }
         }
-        Err(format!("malformed header at byte {}: expected True or False", self.i))
+        Err(format!(
+            "malformed header at byte {}: expected True or False",
+            self.i
+        ))
     }
     fn tuple(&mut self) -> Result<Vec<u64>, String> {
         self.expect(b'(')?;
@@ -149,7 +187,9 @@ impl Parser<'_> {
                 self.i += 1;
             }
             let digits = std::str::from_utf8(&self.s[start..self.i]).unwrap_or("");
-            let dim: u64 = digits.parse().map_err(|_| format!("malformed shape at byte {start}"))?;
+            let dim: u64 = digits
+                .parse()
+                .map_err(|_| format!("malformed shape at byte {start}"))?;
             dims.push(dim);
             if dims.len() > 8 {
                 return Err("shape has too many dimensions".into());
@@ -171,8 +211,13 @@ mod tests {
     /// Builds an .npy v1 file the way numpy writes one.
     pub fn npy_bytes(descr: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-        let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
-        let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        let shape = if dims.len() == 1 {
+            format!("({},)", dims[0])
+        } else {
+            format!("({})", dims.join(", "))
+        };
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -192,7 +237,10 @@ mod tests {
         let t = parse(&npy_bytes("<f4", &[2, 3], &data)).unwrap();
         assert_eq!(t.shape, vec![2, 3]);
         assert_eq!(t.values, vals);
-        let data16: Vec<u8> = vals.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        let data16: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
         let t = parse(&npy_bytes("<f2", &[3, 2], &data16)).unwrap();
         assert_eq!(t.shape, vec![3, 2]);
         assert_eq!(t.values, vals);
@@ -206,7 +254,10 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (npy_bytes("<f8", &[3, 1], &data), "float32 or float16"),
             (npy_bytes("<f4", &[2, 3], &data[..20]), "expected 24"),
-            (npy_bytes("<f4", &[2, 3], &[data.clone(), vec![0; 4]].concat()), "expected 24"),
+            (
+                npy_bytes("<f4", &[2, 3], &[data.clone(), vec![0; 4]].concat()),
+                "expected 24",
+            ),
             (npy_bytes("<i4", &[2, 3], &data), "not supported"),
             (b"\x93NUMPY\x01\x00\xff\xff{".to_vec(), "header says"),
             (b"\x93NUMPY\x09\x00".to_vec(), "version 9"),

@@ -19,7 +19,8 @@ pub struct AdapterConfig {
 impl AdapterConfig {
     /// Parses `adapter_config.json`.
     pub fn parse(bytes: &[u8]) -> Result<Self, PromptError> {
-        let cfg: AdapterConfig = serde_json::from_slice(bytes).map_err(|e| PromptError::Adapter(e.to_string()))?;
+        let cfg: AdapterConfig =
+            serde_json::from_slice(bytes).map_err(|e| PromptError::Adapter(e.to_string()))?;
         match cfg.peft_type.as_deref() {
             Some("PROMPT_TUNING") | Some("P_TUNING") | None => {}
             Some(other) => {
@@ -29,18 +30,27 @@ impl AdapterConfig {
             }
         }
         if cfg.num_virtual_tokens == 0 {
-            return Err(PromptError::Adapter("num_virtual_tokens must be at least 1".into()));
+            return Err(PromptError::Adapter(
+                "num_virtual_tokens must be at least 1".into(),
+            ));
         }
         match cfg.num_transformer_submodules {
             None | Some(1) | Some(2) => Ok(cfg),
-            Some(n) => Err(PromptError::Adapter(format!("num_transformer_submodules must be 1 or 2, got {n}"))),
+            Some(n) => Err(PromptError::Adapter(format!(
+                "num_transformer_submodules must be 1 or 2, got {n}"
+            ))),
         }
     }
 }
 
 impl Prompt {
     /// A PEFT adapter: the first `num_virtual_tokens` rows feed the encoder, the rest are decoder rows.
-    pub fn from_peft(config: &[u8], weights: &[u8], d_model: usize, limits: &PromptLimits) -> Result<Self, PromptError> {
+    pub fn from_peft(
+        config: &[u8],
+        weights: &[u8],
+        d_model: usize,
+        limits: &PromptLimits,
+    ) -> Result<Self, PromptError> {
         let cfg = AdapterConfig::parse(config)?;
         if let Some(dim) = cfg.token_dim {
             if dim != d_model {
@@ -60,9 +70,16 @@ impl Prompt {
             )));
         }
         let split = p * all.cols;
-        let encoder = PromptRows { rows: p, cols: all.cols, values: all.values[..split].to_vec() };
-        let decoder = (submodules == 2)
-            .then(|| PromptRows { rows: p, cols: all.cols, values: all.values[split..].to_vec() });
+        let encoder = PromptRows {
+            rows: p,
+            cols: all.cols,
+            values: all.values[..split].to_vec(),
+        };
+        let decoder = (submodules == 2).then(|| PromptRows {
+            rows: p,
+            cols: all.cols,
+            values: all.values[split..].to_vec(),
+        });
         let prompt = Prompt { encoder, decoder };
         prompt.validate(d_model, limits)?;
         Ok(prompt)

@@ -35,7 +35,13 @@ pub struct RawTensor {
 
 impl RawTensor {
     /// Decodes `data` holding exactly `shape` elements of `dtype`.
-    pub fn from_bytes(dtype: Dtype, shape: &[u64], data: &[u8], big_endian: bool, what: &str) -> Result<Self, PromptError> {
+    pub fn from_bytes(
+        dtype: Dtype,
+        shape: &[u64],
+        data: &[u8],
+        big_endian: bool,
+        what: &str,
+    ) -> Result<Self, PromptError> {
         let count = shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -51,14 +57,35 @@ impl RawTensor {
             )));
         }
         let values = match (dtype, big_endian) {
-            (Dtype::F32, false) => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            (Dtype::F32, true) => data.chunks_exact(4).map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            (Dtype::F16, false) => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            (Dtype::F16, true) => data.chunks_exact(2).map(|c| half::f16::from_be_bytes([c[0], c[1]]).to_f32()).collect(),
-            (Dtype::BF16, false) => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            (Dtype::BF16, true) => data.chunks_exact(2).map(|c| half::bf16::from_be_bytes([c[0], c[1]]).to_f32()).collect(),
+            (Dtype::F32, false) => data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            (Dtype::F32, true) => data
+                .chunks_exact(4)
+                .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            (Dtype::F16, false) => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            (Dtype::F16, true) => data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_be_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            (Dtype::BF16, false) => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            (Dtype::BF16, true) => data
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_be_bytes([c[0], c[1]]).to_f32())
+                .collect(),
         };
-        Ok(Self { shape: shape.to_vec(), values })
+        Ok(Self {
+            shape: shape.to_vec(),
+            values,
+        })
     }
 }
 
@@ -72,7 +99,8 @@ pub fn is_safetensors(bytes: &[u8]) -> bool {
 
 /// Reads the prompt tensor of a safetensors file: `prompt_embeddings` if present, else the only tensor.
 pub fn parse_safetensors(bytes: &[u8]) -> Result<RawTensor, PromptError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;
     let mut names = st.names();
     names.sort();
     let name = if names.contains(&PEFT_KEY) {
@@ -86,7 +114,9 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<RawTensor, PromptError> {
             names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
         )));
     };
-    let view = st.tensor(name).map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;
+    let view = st
+        .tensor(name)
+        .map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;
     let dtype = match view.dtype() {
         StDtype::F32 => Dtype::F32,
         StDtype::F16 => Dtype::F16,

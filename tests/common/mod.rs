@@ -18,7 +18,13 @@ pub fn fixtures() -> PathBuf {
 pub fn model_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures().join("expected"))
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".jsonl").map(String::from))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".jsonl")
+                .map(String::from)
+        })
         .collect();
     names.sort();
     assert!(names.len() >= 2, "expected fixtures for both T5 families");
@@ -42,7 +48,9 @@ pub struct Case {
 
 pub fn cases(model: &str) -> Vec<Case> {
     let text = std::fs::read_to_string(fixtures().join(format!("expected/{model}.jsonl"))).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// A CPU f32 engine over a fixture model with its prompt folder registered.
@@ -54,18 +62,34 @@ pub struct Loaded {
 
 pub fn load(model: &str) -> Loaded {
     let dir = fixtures().join("models").join(model);
-    let t5 = T5Model::load(&dir, ModelOptions { device: tch::Device::Cpu, kind: tch::Kind::Float }).unwrap();
+    let t5 = T5Model::load(
+        &dir,
+        ModelOptions {
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+        },
+    )
+    .unwrap();
     let tokenizer = T5Tokenizer::from_file(&dir.join("tokenizer.json"), 1).unwrap();
     let d_model = t5.config.d_model as usize;
     let mut engine = Engine::new(t5).unwrap();
-    let prompts = load_prompt_dir(&fixtures().join("prompts").join(model), d_model, &PromptLimits::default()).unwrap();
+    let prompts = load_prompt_dir(
+        &fixtures().join("prompts").join(model),
+        d_model,
+        &PromptLimits::default(),
+    )
+    .unwrap();
     assert!(prompts.errors.is_empty(), "{:?}", prompts.errors);
     let slots = prompts
         .prompts
         .iter()
         .map(|(task, p)| (task.to_string(), engine.register_prompt(p).unwrap()))
         .collect();
-    Loaded { engine, tokenizer, slots }
+    Loaded {
+        engine,
+        tokenizer,
+        slots,
+    }
 }
 
 impl Loaded {
@@ -74,7 +98,11 @@ impl Loaded {
             prompt: case.task.as_ref().map(|t| self.slots[t].clone()),
             input_ids: self.tokenizer.encode(&case.input).unwrap(),
             max_new_tokens: case.max_new_tokens,
-            labels: case.labels.iter().map(|l| self.tokenizer.encode(l).unwrap()).collect(),
+            labels: case
+                .labels
+                .iter()
+                .map(|l| self.tokenizer.encode(l).unwrap())
+                .collect(),
         }
     }
 
@@ -90,14 +118,22 @@ pub fn score_close(got: f64, want: f64) -> bool {
 }
 
 pub fn assert_matches(case: &Case, out: &RowOutput, what: &str) {
-    assert_eq!(out.token_ids, case.token_ids, "{what}: tokens for task {:?} input {:?}", case.task, case.input);
+    assert_eq!(
+        out.token_ids, case.token_ids,
+        "{what}: tokens for task {:?} input {:?}",
+        case.task, case.input
+    );
     if case.labels.is_empty() {
         assert!(out.scores.is_none(), "{what}: scores without labels");
     } else {
         let got = out.scores.as_ref().expect("scores");
         assert_eq!(got.len(), case.scores.len());
         for (g, w) in got.iter().zip(&case.scores) {
-            assert!(score_close(*g, *w), "{what}: score {g} vs transformers {w} (task {:?})", case.task);
+            assert!(
+                score_close(*g, *w),
+                "{what}: score {g} vs transformers {w} (task {:?})",
+                case.task
+            );
         }
     }
 }

@@ -26,7 +26,6 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--allow-shlib-undefined");
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-ltorch_cuda_linalg");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
 }

@@ -311,10 +311,20 @@ fn prompt_dir_reports_bad_entries_and_keeps_good_ones() {
     std::fs::write(dir.path().join("-bad-name.npy"), &good).unwrap();
     std::fs::write(dir.path().join(".hidden.safetensors"), b"junk").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
+    let pickled = dir.path().join("pickled");
+    std::fs::create_dir(&pickled).unwrap();
+    std::fs::write(pickled.join("adapter_config.json"), adapter_config(2, 1)).unwrap();
+    std::fs::write(pickled.join("adapter_model.bin"), b"PK").unwrap();
+    std::fs::create_dir(dir.path().join("not-an-adapter")).unwrap();
     let loaded = load_prompt_dir(dir.path(), D, &limits()).unwrap();
     let names: Vec<String> = loaded.prompts.keys().map(|t| t.to_string()).collect();
     assert_eq!(names, vec!["good"]);
-    assert_eq!(loaded.errors.len(), 3, "{:?}", loaded.errors);
+    assert_eq!(loaded.errors.len(), 4, "{:?}", loaded.errors);
+    let all = format!("{:?}", loaded.errors);
+    assert!(
+        all.contains("safe_serialization=True") && all.contains("defined twice"),
+        "{all}"
+    );
 }
 
 fn valid_files() -> Vec<Vec<u8>> {

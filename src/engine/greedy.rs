@@ -72,14 +72,16 @@ pub fn generate(
         return Ok(rows.into_outputs());
     }
     let device = encoder_out.device();
+    let steps = max_new.iter().copied().max().unwrap_or(1) as i64;
     let mut state = if rows.active().len() == max_new.len() {
-        model.start_decoder(encoder_out, mask)?
+        model.start_decoder(encoder_out, mask, steps)?
     } else {
         let live: Vec<i64> = rows.active().iter().map(|&i| i as i64).collect();
         let live = Tensor::f_from_slice(&live)?.f_to_device(device)?;
         model.start_decoder(
             &encoder_out.f_index_select(0, &live)?,
             &mask.f_index_select(0, &live)?,
+            steps,
         )?
     };
     let mut tokens = Tensor::f_full(

@@ -219,18 +219,17 @@ impl T5Stack {
         self.final_layer_norm.forward(&h)
     }
 
-    /// Decoder for one new position `step` of every row; `x` [B, 1, d].
+    /// Decoder for one new position of every row; `x` [B, 1, d], `self_bias` [1, H, 1, step + 1].
     pub fn decode_step(
         &self,
         x: &Tensor,
-        step: i64,
+        self_bias: &Tensor,
         caches: &mut [LayerCache],
         cross_bias: &Tensor,
     ) -> Result<Tensor, ModelError> {
-        let bias = self.position_bias(step, 1, step + 1, x)?;
         let mut h = x.shallow_clone();
         for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            h = block.step(&h, &bias, cross_bias, cache)?;
+            h = block.step(&h, self_bias, cross_bias, cache)?;
         }
         self.final_layer_norm.forward(&h)
     }

@@ -33,6 +33,9 @@ pub struct T5Model {
 pub struct DecoderState {
     caches: Vec<LayerCache>,
     cross_bias: Tensor,
+    /// Decoder position bias of the last planned step, [1, H, 1, steps]. The bias depends only
+    /// on key − query, so step t's bias is its last t + 1 columns; computed once per batch.
+    self_bias: Tensor,
     /// Positions already decoded (the next token's position).
     pub step: i64,
 }
@@ -47,6 +50,7 @@ impl DecoderState {
                 .map(|c| c.select(keep))
                 .collect::<Result<_, _>>()?,
             cross_bias: self.cross_bias.f_index_select(0, keep)?,
+            self_bias: self.self_bias.shallow_clone(),
             step: self.step,
         })
     }
@@ -121,15 +125,21 @@ impl T5Model {
         self.encoder.encode(embeds, &self.mask_bias(mask)?)
     }
 
-    /// Starts decoding: cross-attention keys/values are computed once here.
+    /// Starts decoding up to `max_steps` tokens: cross-attention keys/values and the decoder's
+    /// position bias are computed once here.
     pub fn start_decoder(
         &self,
         encoder_out: &Tensor,
         mask: &Tensor,
+        max_steps: i64,
     ) -> Result<DecoderState, ModelError> {
+        let steps = max_steps.max(1);
         Ok(DecoderState {
             caches: self.decoder.cross_caches(encoder_out)?,
             cross_bias: self.mask_bias(mask)?,
+            self_bias: self
+                .decoder
+                .position_bias(steps - 1, 1, steps, encoder_out)?,
             step: 0,
         })
     }
@@ -141,9 +151,16 @@ impl T5Model {
         state: &mut DecoderState,
     ) -> Result<Tensor, ModelError> {
         let x = self.embed(&tokens.f_unsqueeze(1)?)?;
+        let step = state.step;
+        let planned = state.self_bias.size()[3];
+        let bias = if step < planned {
+            state.self_bias.f_narrow(3, planned - 1 - step, step + 1)?
+        } else {
+            self.decoder.position_bias(step, 1, step + 1, &x)?
+        };
         let h = self
             .decoder
-            .decode_step(&x, state.step, &mut state.caches, &state.cross_bias)?;
+            .decode_step(&x, &bias, &mut state.caches, &state.cross_bias)?;
         state.step += 1;
         self.logits(&h.f_squeeze_dim(1)?)
     }

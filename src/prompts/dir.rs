@@ -71,7 +71,19 @@ pub fn load_source(
         }
         PromptSource::PeftDir(dir) => {
             let config = read_capped(&dir.join("adapter_config.json"), limits)?;
-            let weights = read_capped(&dir.join("adapter_model.safetensors"), limits)?;
+            let weights_path = dir.join("adapter_model.safetensors");
+            if !weights_path.is_file() {
+                let hint = if dir.join("adapter_model.bin").is_file() {
+                    " (adapter_model.bin pickles are not read: save with safe_serialization=True)"
+                } else {
+                    ""
+                };
+                return Err(PromptError::Io(format!(
+                    "{} is missing{hint}",
+                    weights_path.display()
+                )));
+            }
+            let weights = read_capped(&weights_path, limits)?;
             Prompt::from_peft(&config, &weights, d_model, limits)
         }
     }

@@ -61,7 +61,10 @@ impl Prompt {
         }
         let all = check_matrix(parse_tensor_file(weights, limits)?, d_model)?;
         let p = cfg.num_virtual_tokens;
-        let submodules = cfg.num_transformer_submodules.unwrap_or(1);
+        // Older configs may omit the key: p rows is one submodule, 2p rows is encoder + decoder.
+        let submodules = cfg
+            .num_transformer_submodules
+            .unwrap_or(if all.rows == 2 * p { 2 } else { 1 });
         if all.rows != p * submodules {
             return Err(PromptError::Invalid(format!(
                 "adapter_model.safetensors has {} rows; adapter_config.json implies {p} x {submodules} = {}",

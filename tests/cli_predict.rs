@@ -91,9 +91,14 @@ fn bad_lines_get_error_lines_and_the_rest_still_run() {
     input.extend_from_slice(
         b"{\"task\": \"task03\", \"input\": \"last line, no newline\", \"max_new_tokens\": 2}",
     );
-    let (lines, stderr, ok) = predict("t5-v1_0-tiny", &[], &input);
+    input.extend_from_slice(b"\n{\"input\": \"x\", \"labels\": [\"a\", \"b\", \"c\"]}");
+    let (lines, stderr, ok) = predict("t5-v1_0-tiny", &["--max-labels", "2"], &input);
     assert!(ok, "{stderr}");
-    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines.len(), 9, "{lines:?}");
+    assert!(lines[8]["error"]
+        .as_str()
+        .unwrap()
+        .contains("3 labels; the limit is 2"));
     assert!(lines[6]["error"].as_str().unwrap().contains("UTF-8"));
     assert_eq!(lines[7]["token_ids"].as_array().unwrap().len(), 2);
     assert!(lines[0].get("error").is_none());

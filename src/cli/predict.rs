@@ -42,6 +42,9 @@ pub struct PredictArgs {
     /// Largest accepted max_new_tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens_limit: usize,
+    /// Most candidate labels one input may carry.
+    #[arg(long, default_value_t = 256)]
+    pub max_labels: usize,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: u64,
@@ -177,12 +180,28 @@ impl Context {
                 self.args.max_new_tokens_limit
             ));
         }
-        let labels = line
-            .labels
+        let labels = line.labels.as_deref().unwrap_or_default();
+        if labels.len() > self.args.max_labels {
+            return Err(format!(
+                "{} labels; the limit is {} (--max-labels)",
+                labels.len(),
+                self.args.max_labels
+            ));
+        }
+        let labels = labels
             .iter()
-            .flatten()
-            .map(|l| self.tokenizer.encode(l).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|l| {
+                let ids = self.tokenizer.encode(l).map_err(|e| e.to_string())?;
+                if ids.len() > self.args.max_input_tokens {
+                    return Err(format!(
+                        "a label has {} tokens; the limit is {} (--max-input-tokens)",
+                        ids.len(),
+                        self.args.max_input_tokens
+                    ));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(RowInput {
             prompt,
             input_ids,

@@ -126,3 +126,24 @@ fn finished_rows_and_zero_token_rows() {
     assert!(out[0].token_ids.is_empty());
     assert_matches(&all[2], &out[1], "next to a zero-token row");
 }
+
+#[test]
+fn finished_rows_stop_costing_decode_work() {
+    let model = &model_names()[0];
+    let mut loaded = load(model);
+    let all = cases(model);
+    let short = all.iter().find(|c| c.max_new_tokens == 1).unwrap();
+    let long = all
+        .iter()
+        .find(|c| c.token_ids.len() == 24 && c.max_new_tokens == 24)
+        .expect("a case generating 24 tokens");
+    let out = loaded.run(&[short, long, short]);
+    assert_matches(short, &out[0], "short");
+    assert_matches(long, &out[1], "long");
+    let stats = loaded.engine.last_stats().clone();
+    assert_eq!(stats.decode_steps, 24);
+    // The two 1-token rows leave after the first step: 3 + 23 row-steps, not 3 × 24.
+    assert_eq!(stats.decode_row_steps, 3 + 23);
+    assert_eq!(stats.generated_tokens, 26);
+    assert_eq!(stats.rows, 3);
+}

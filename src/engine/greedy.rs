@@ -59,18 +59,33 @@ impl GreedyRows {
     }
 }
 
+/// Greedy outputs plus the decode work they cost.
+#[derive(Debug, Default)]
+pub struct Generated {
+    /// Generated ids per row.
+    pub outputs: Vec<Vec<i64>>,
+    /// Decoder steps run.
+    pub steps: usize,
+    /// Sum over steps of the rows still in the batch (the decode work actually done).
+    pub row_steps: usize,
+}
+
 /// Greedy-decodes every row of `encoder_out` [B, S, d] up to its own `max_new[i]` tokens.
 pub fn generate(
     model: &T5Model,
     encoder_out: &Tensor,
     mask: &Tensor,
     max_new: &[usize],
-) -> Result<Vec<Vec<i64>>, ModelError> {
+) -> Result<Generated, ModelError> {
     let cfg = &model.config;
     let mut rows = GreedyRows::new(max_new, &cfg.eos_ids());
     if rows.is_done() {
-        return Ok(rows.into_outputs());
+        return Ok(Generated {
+            outputs: rows.into_outputs(),
+            ..Generated::default()
+        });
     }
+    let (mut decode_steps, mut row_steps) = (0, 0);
     let device = encoder_out.device();
     let steps = max_new.iter().copied().max().unwrap_or(1) as i64;
     let mut state = if rows.active().len() == max_new.len() {
@@ -90,6 +105,8 @@ pub fn generate(
         (Kind::Int64, device),
     )?;
     loop {
+        decode_steps += 1;
+        row_steps += rows.active().len();
         let logits = model.decode_step(&tokens, &mut state)?;
         let next = logits.f_argmax(-1, false)?;
         let next_host: Vec<i64> = Vec::try_from(&next)?;
@@ -105,7 +122,11 @@ pub fn generate(
             }
         }
     }
-    Ok(rows.into_outputs())
+    Ok(Generated {
+        outputs: rows.into_outputs(),
+        steps: decode_steps,
+        row_steps,
+    })
 }
 
 #[cfg(test)]

@@ -93,10 +93,30 @@ pub struct RowOutput {
     pub scores: Option<Vec<f64>>,
 }
 
+/// What the last batch cost.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Rows in the batch.
+    pub rows: usize,
+    /// Distinct prompts (tasks) in the batch; rows without a prompt count as one more.
+    pub tasks: usize,
+    /// Encoder positions including padding (rows × longest row).
+    pub padded_encoder_tokens: usize,
+    /// Decoder steps run for generation.
+    pub decode_steps: usize,
+    /// Row-steps of generation actually computed (finished rows leave the batch).
+    pub decode_row_steps: usize,
+    /// Generated tokens.
+    pub generated_tokens: usize,
+    /// (row, label) pairs scored.
+    pub label_pairs: usize,
+}
+
 /// The model plus its prompt bank.
 pub struct Engine {
     model: T5Model,
     bank: PromptBank,
+    last_stats: BatchStats,
 }
 
 impl Engine {
@@ -109,7 +129,11 @@ impl Engine {
             opts.device,
             opts.kind,
         )?;
-        Ok(Self { model, bank })
+        Ok(Self {
+            model,
+            bank,
+            last_stats: BatchStats::default(),
+        })
     }
 
     /// The model.
@@ -120,6 +144,11 @@ impl Engine {
     /// The prompt bank.
     pub fn bank(&self) -> &PromptBank {
         &self.bank
+    }
+
+    /// Cost of the last successful batch.
+    pub fn last_stats(&self) -> &BatchStats {
+        &self.last_stats
     }
 
     /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
@@ -174,6 +203,12 @@ impl Engine {
 
         let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
         let generated = greedy::generate(&self.model, &encoder_out, &mask, &max_new)?;
+        let mut prompts: Vec<Option<usize>> = rows
+            .iter()
+            .map(|r| r.prompt.as_ref().map(|p| Arc::as_ptr(p) as usize))
+            .collect();
+        prompts.sort_unstable();
+        prompts.dedup();
 
         let pairs: Vec<LabelPair> = rows
             .iter()
@@ -185,9 +220,18 @@ impl Engine {
             })
             .collect();
         let mut scores = score::score_labels(&self.model, &encoder_out, &mask, &pairs)?.into_iter();
+        self.last_stats = BatchStats {
+            rows: rows.len(),
+            tasks: prompts.len(),
+            padded_encoder_tokens: rows.len() * width,
+            decode_steps: generated.steps,
+            decode_row_steps: generated.row_steps,
+            generated_tokens: generated.outputs.iter().map(Vec::len).sum(),
+            label_pairs: pairs.len(),
+        };
         Ok(rows
             .iter()
-            .zip(generated)
+            .zip(generated.outputs)
             .map(|(row, token_ids)| RowOutput {
                 token_ids,
                 scores: (!row.labels.is_empty())

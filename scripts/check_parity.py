@@ -35,11 +35,12 @@ def main():
     ap.add_argument("--family", choices=["v1_0", "v1_1"], default="v1_1")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tasks", type=int, default=24)
+    ap.add_argument("--tokenizer", choices=["spm", "unigram"], default="spm")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     torch.manual_seed(args.seed)
     work = tempfile.mkdtemp(prefix="promptd-parity-")
-    tok = mf.build_tokenizer(work, rng)
+    tok = (mf.build_spm_tokenizer if args.tokenizer == "spm" else mf.build_tokenizer)(work, rng)
     heads = rng.choice([2, 4, 6])
     kwargs = dict(
         vocab_size=tok.get_vocab_size() + rng.randint(0, 40), d_model=rng.choice([24, 32, 64]), d_kv=rng.choice([4, 8, 16]),

@@ -2,8 +2,9 @@
 """Generate the parity fixtures under tests/fixtures/ (committed; tests never run this).
 
 Writes, deterministically (seeded):
-  tokenizer.json                      a T5-style Unigram tokenizer (<pad>=0, </s>=1, <unk>=2)
-  models/<name>/                      tiny random T5 checkpoints in Hugging Face layout
+  models/<name>/                      tiny random T5 checkpoints in Hugging Face layout, each with a
+                                      tokenizer.json (<pad>=0, </s>=1, <unk>=2): one converted from a
+                                      sentencepiece model as real T5 ships, one trained Unigram
   prompts/<name>/<task>/              PEFT prompt-tuning adapters (adapter_config.json +
                                       adapter_model.safetensors, [2p, d] as PEFT saves them);
                                       a few tasks also as bare <task>.npy / <task>.safetensors
@@ -12,7 +13,7 @@ Writes, deterministically (seeded):
                                       log-likelihoods from transformers, one line per case
 
 Usage: python3 scripts/make_fixtures.py [--out tests/fixtures]
-Needs: torch, transformers, peft, tokenizers, safetensors, numpy (pip).
+Needs: torch, transformers, peft, tokenizers, safetensors, numpy, sentencepiece, protobuf (pip).
 """
 import argparse
 import json
@@ -20,6 +21,8 @@ import os
 import random
 import re
 import shutil
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -47,12 +50,12 @@ WORDS = (
 MODELS = {
     "t5-v1_0-tiny": dict(
         d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=3, num_heads=4,
-        feed_forward_proj="relu", tie_word_embeddings=True,
+        feed_forward_proj="relu", tie_word_embeddings=True, tokenizer="spm",
         relative_attention_num_buckets=32, relative_attention_max_distance=128,
     ),
     "t5-v1_1-tiny": dict(
         d_model=48, d_kv=16, d_ff=80, num_layers=3, num_decoder_layers=2, num_heads=3,
-        feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, tokenizer="unigram",
         relative_attention_num_buckets=16, relative_attention_max_distance=24,
     ),
 }
@@ -80,6 +83,35 @@ def build_tokenizer(out_dir, rng):
     assert tok.token_to_id("<pad>") == 0 and tok.token_to_id("</s>") == 1 and tok.token_to_id("<unk>") == 2
     path = os.path.join(out_dir, "tokenizer.json")
     tok.save(path)
+    return Tokenizer.from_file(path)
+
+
+def build_spm_tokenizer(out_dir, rng):
+    """A tokenizer.json shaped like the real T5 ones: a sentencepiece Unigram model converted
+    with its Precompiled normalizer, Metaspace, `$A </s>`, and <extra_id_N> special tokens."""
+    import sentencepiece as spm
+    import sentencepiece.sentencepiece_model_pb2 as pb
+    from tokenizers import AddedToken
+    from tokenizers.implementations import SentencePieceUnigramTokenizer
+
+    sys.modules.setdefault("sentencepiece_model_pb2", pb)  # where tokenizers looks for it
+    work = tempfile.mkdtemp()
+    corpus = os.path.join(work, "corpus.txt")
+    with open(corpus, "w") as f:
+        for _ in range(3000):
+            f.write(sentence(rng, rng.randint(3, 30)) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(work, "spm"), vocab_size=120, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        minloglevel=2, num_threads=1, seed_sentencepiece_size=100000, shuffle_input_sentence=False,
+    )
+    tok = SentencePieceUnigramTokenizer.from_spm(os.path.join(work, "spm.model"))._tokenizer
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<pad>", "</s>", "<unk>")])
+    tok.add_special_tokens([f"<extra_id_{i}>" for i in range(9, -1, -1)])
+    path = os.path.join(out_dir, "tokenizer.json")
+    tok.save(path)
+    shutil.rmtree(work)
     return Tokenizer.from_file(path)
 
 
@@ -240,14 +272,20 @@ def main():
     os.makedirs(out, exist_ok=True)
     torch.set_num_threads(1)
     rng = random.Random(20261126)
-    tok = build_tokenizer(out, rng)
-    vocab_size = tok.get_vocab_size() + VOCAB_EXTRA
     for m_index, (name, kwargs) in enumerate(MODELS.items()):
+        kwargs = dict(kwargs)
+        tok_dir = os.path.join(out, "models", name)
+        os.makedirs(tok_dir, exist_ok=True)
+        if kwargs.pop("tokenizer") == "spm":
+            tok = build_spm_tokenizer(tok_dir, rng)
+        else:
+            tok = build_tokenizer(tok_dir, rng)
+        vocab_size = tok.get_vocab_size() + VOCAB_EXTRA
         model, mdir = build_model(name, kwargs, vocab_size, os.path.join(out, "models"), seed=100 + m_index)
-        shutil.copy(os.path.join(out, "tokenizer.json"), os.path.join(mdir, "tokenizer.json"))
         pdir = os.path.join(out, "prompts", name)
         os.makedirs(pdir, exist_ok=True)
         model, tasks = build_prompts(model, pdir, seed=200 + m_index)
+        model64 = T5ForConditionalGeneration.from_pretrained(mdir).eval().double()
         cases = []
         task_names = [None] + sorted(tasks)
         for c in range(2 * len(task_names)):
@@ -277,6 +315,9 @@ def main():
                 if labels:
                     line["labels"] = labels
                     line["scores"] = label_scores(model, prompt, ids_in, labels, tok)
+                    # The same in float64: how far transformers' own f32 sums are from exact.
+                    line["scores_f64"] = label_scores(model64, None if prompt is None else prompt.double(),
+                                                      ids_in, labels, tok)
                 f.write(json.dumps(line) + "\n")
         print(f"{name}: {len(cases)} cases, {len(tasks)} tasks")
 

@@ -66,8 +66,8 @@ fn predict_matches_fixtures_in_input_order() {
                     assert!(l.get("scores").is_none());
                 } else {
                     let scores: Vec<f64> = serde_json::from_value(l["scores"].clone()).unwrap();
-                    for (g, w) in scores.iter().zip(&c.scores) {
-                        assert!(common::score_close(*g, *w), "{g} vs {w}");
+                    for ((g, w), x) in scores.iter().zip(&c.scores).zip(&c.scores_f64) {
+                        assert!(common::score_close(*g, *w, *x), "{g} vs {w} (f64 {x})");
                     }
                 }
             }

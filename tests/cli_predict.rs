@@ -127,3 +127,50 @@ fn unusable_model_dir_fails_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model/config.json"));
 }
+
+#[test]
+fn a_broken_prompt_file_is_named_in_its_tasks_errors() {
+    let fx = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fx.join("prompts/t5-v1_0-tiny/task03.npy"),
+        dir.path().join("good.npy"),
+    )
+    .unwrap();
+    // The other model's prompt: wrong width for this model.
+    std::fs::copy(
+        fx.join("prompts/t5-v1_1-tiny/task03.npy"),
+        dir.path().join("wide.npy"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .arg("predict")
+        .arg("--model")
+        .arg(fx.join("models/t5-v1_0-tiny"))
+        .arg("--prompts")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(
+                b"{\"task\": \"wide\", \"input\": \"a\"}\n{\"task\": \"good\", \"input\": \"a\", \"max_new_tokens\": 2}\n",
+            )?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let err = lines[0]["error"].as_str().unwrap();
+    assert!(
+        err.contains("failed to load") && err.contains("wide.npy") && err.contains("d_model 32"),
+        "{err}"
+    );
+    assert_eq!(lines[1]["token_ids"].as_array().unwrap().len(), 2);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipping prompt"));
+}

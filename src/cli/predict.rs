@@ -10,6 +10,7 @@ use crate::engine::{
     split_by_token_budget, DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput,
 };
 use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};
 
 /// Arguments of `promptd predict`.
@@ -90,6 +91,8 @@ struct Context {
     engine: Engine,
     tokenizer: T5Tokenizer,
     slots: HashMap<String, Arc<PromptSlot>>,
+    /// Tasks whose prompt file exists but failed to load, with the reason.
+    broken: HashMap<String, String>,
     args: PredictArgs,
 }
 
@@ -106,6 +109,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     let d_model = model.config.d_model as usize;
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
     let mut slots = HashMap::new();
+    let mut broken = HashMap::new();
     if let Some(dir) = &args.prompts {
         let limits = PromptLimits {
             max_rows: args.max_prompt_length,
@@ -114,6 +118,9 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
         let loaded = load_prompt_dir(dir, d_model, &limits).map_err(|e| e.to_string())?;
         for (path, err) in &loaded.errors {
             tracing::warn!(path = %path.display(), "skipping prompt: {err}");
+            if let Some((task, _)) = classify(path) {
+                broken.insert(task, format!("{}: {err}", path.display()));
+            }
         }
         for (task, prompt) in &loaded.prompts {
             let slot = engine.register_prompt(prompt).map_err(|e| e.to_string())?;
@@ -126,6 +133,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
         engine,
         tokenizer,
         slots,
+        broken,
         args,
     };
     let stdin = std::io::stdin();
@@ -153,15 +161,20 @@ type RawLine = Result<String, String>;
 
 impl Context {
     fn prepare(&self, line: &InputLine) -> Result<RowInput, String> {
-        let prompt = match line.task.as_deref() {
-            None | Some("") => None,
-            Some(task) => Some(
-                self.slots
-                    .get(task)
-                    .cloned()
-                    .ok_or_else(|| format!("unknown task {task:?}"))?,
-            ),
-        };
+        let prompt =
+            match line.task.as_deref() {
+                None | Some("") => None,
+                Some(task) => {
+                    Some(self.slots.get(task).cloned().ok_or_else(
+                        || match self.broken.get(task) {
+                            Some(why) => {
+                                format!("the prompt of task {task:?} failed to load: {why}")
+                            }
+                            None => format!("unknown task {task:?}"),
+                        },
+                    )?)
+                }
+            };
         let input_ids = self
             .tokenizer
             .encode(&line.input)

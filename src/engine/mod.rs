@@ -281,13 +281,3 @@ mod tests {
         );
     }
 }
-
-/// Kind name for logs.
-pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Float => "f32",
-        Kind::BFloat16 => "bf16",
-        Kind::Half => "f16",
-        _ => "other",
-    }
-}

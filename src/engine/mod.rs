@@ -8,7 +8,7 @@ pub mod score;
 
 use std::sync::Arc;
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 pub use bank::{PromptBank, PromptSlot};
 pub use device::{DeviceSpec, DtypeSpec};

@@ -174,3 +174,65 @@ fn a_broken_prompt_file_is_named_in_its_tasks_errors() {
     assert_eq!(lines[1]["token_ids"].as_array().unwrap().len(), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("skipping prompt"));
 }
+
+#[test]
+fn a_row_the_engine_rejects_fails_alone_not_its_batch() {
+    // v1.0 model with the v1.1 tokenizer: some inputs tokenize past the model's vocabulary.
+    let fx = common::fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fx.join("models/t5-v1_0-tiny").join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::copy(
+        fx.join("models/t5-v1_1-tiny/tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let vocab = 136; // t5-v1_0-tiny's config vocab_size
+    let tok =
+        promptd::model::T5Tokenizer::from_file(&dir.path().join("tokenizer.json"), 1).unwrap();
+    let words = ["the", "a", "of", "model", "prompt", "yes", "q", "xylophone"];
+    let ok = words
+        .iter()
+        .find(|w| tok.encode(w).unwrap().iter().all(|&i| i < vocab))
+        .unwrap();
+    let bad = words
+        .iter()
+        .find(|w| tok.encode(w).unwrap().iter().any(|&i| i >= vocab))
+        .unwrap();
+    let input = format!(
+        "{{\"input\": \"{ok}\", \"max_new_tokens\": 2}}\n{{\"input\": \"{bad}\"}}\n{{\"input\": \"{ok}\", \"max_new_tokens\": 3}}\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .arg("predict")
+        .arg("--model")
+        .arg(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(input.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["token_ids"].as_array().unwrap().len(),
+        2,
+        "{lines:?}"
+    );
+    assert!(
+        lines[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("outside the model's vocabulary"),
+        "{lines:?}"
+    );
+    assert_eq!(lines[2]["token_ids"].as_array().unwrap().len(), 3);
+}

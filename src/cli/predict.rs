@@ -223,14 +223,22 @@ impl Context {
         })
     }
 
-    /// Runs valid rows in batches that respect the token budget; a failed batch fails its rows.
+    /// Runs valid rows in batches that respect the token budget. When a batch fails, its rows
+    /// are retried one by one so only the rows at fault get an error.
     fn run_rows(&mut self, rows: Vec<RowInput>) -> Vec<Result<RowOutput, String>> {
         let lengths: Vec<usize> = rows.iter().map(RowInput::encoder_len).collect();
         let mut results = Vec::with_capacity(rows.len());
         for group in split_by_token_budget(&lengths, self.args.max_batch_tokens) {
             match self.engine.run_batch(&rows[group.clone()]) {
                 Ok(outputs) => results.extend(outputs.into_iter().map(Ok)),
-                Err(e) => results.extend(group.map(|_| Err(e.to_string()))),
+                Err(e) if group.len() == 1 => results.push(Err(e.to_string())),
+                Err(e) => {
+                    tracing::warn!(rows = group.len(), "batch failed, retrying rows alone: {e}");
+                    for row in &rows[group] {
+                        let one = self.engine.run_batch(std::slice::from_ref(row));
+                        results.push(one.map(|mut o| o.remove(0)).map_err(|e| e.to_string()));
+                    }
+                }
             }
         }
         results

@@ -4,14 +4,10 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-fn predict(model: &str, args: &[&str], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
-    let fx = common::fixtures();
+/// Runs `promptd predict` with `args`, feeding `stdin`; returns result lines, stderr, success.
+fn run_predict(args: &[&std::ffi::OsStr], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_promptd"))
         .arg("predict")
-        .arg("--model")
-        .arg(fx.join("models").join(model))
-        .arg("--prompts")
-        .arg(fx.join("prompts").join(model))
         .args(args)
         .env_remove("LD_LIBRARY_PATH")
         .stdin(Stdio::piped())
@@ -31,6 +27,23 @@ fn predict(model: &str, args: &[&str], stdin: &[u8]) -> (Vec<serde_json::Value>,
         String::from_utf8_lossy(&out.stderr).into_owned(),
         out.status.success(),
     )
+}
+
+/// `promptd predict` on a fixture model with its fixture prompts.
+fn predict(model: &str, args: &[&str], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
+    let fx = common::fixtures();
+    let (m, p) = (
+        fx.join("models").join(model),
+        fx.join("prompts").join(model),
+    );
+    let mut all = vec![
+        "--model".as_ref(),
+        m.as_os_str(),
+        "--prompts".as_ref(),
+        p.as_os_str(),
+    ];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    run_predict(&all, stdin)
 }
 
 #[test]
@@ -143,36 +156,24 @@ fn a_broken_prompt_file_is_named_in_its_tasks_errors() {
         dir.path().join("wide.npy"),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
-        .arg("predict")
-        .arg("--model")
-        .arg(fx.join("models/t5-v1_0-tiny"))
-        .arg("--prompts")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(
-                b"{\"task\": \"wide\", \"input\": \"a\"}\n{\"task\": \"good\", \"input\": \"a\", \"max_new_tokens\": 2}\n",
-            )?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let model = fx.join("models/t5-v1_0-tiny");
+    let (lines, stderr, ok) = run_predict(
+        &[
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--prompts".as_ref(),
+            dir.path().as_os_str(),
+        ],
+        b"{\"task\": \"wide\", \"input\": \"a\"}\n{\"task\": \"good\", \"input\": \"a\", \"max_new_tokens\": 2}\n",
+    );
+    assert!(ok, "{stderr}");
     let err = lines[0]["error"].as_str().unwrap();
     assert!(
         err.contains("failed to load") && err.contains("wide.npy") && err.contains("d_model 32"),
         "{err}"
     );
     assert_eq!(lines[1]["token_ids"].as_array().unwrap().len(), 2);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("skipping prompt"));
+    assert!(stderr.contains("skipping prompt"));
 }
 
 #[test]
@@ -203,25 +204,11 @@ fn a_row_the_engine_rejects_fails_alone_not_its_batch() {
     let input = format!(
         "{{\"input\": \"{ok}\", \"max_new_tokens\": 2}}\n{{\"input\": \"{bad}\"}}\n{{\"input\": \"{ok}\", \"max_new_tokens\": 3}}\n"
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
-        .arg("predict")
-        .arg("--model")
-        .arg(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(input.as_bytes())?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    assert!(out.status.success());
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (lines, stderr, ok) = run_predict(
+        &["--model".as_ref(), dir.path().as_os_str()],
+        input.as_bytes(),
+    );
+    assert!(ok, "{stderr}");
     assert_eq!(
         lines[0]["token_ids"].as_array().unwrap().len(),
         2,

@@ -41,7 +41,7 @@ fn clamp_half(x: Tensor) -> Result<Tensor, ModelError> {
         return Ok(x);
     }
     let max = 65504.0;
-    let any_inf = x.f_isinf()?.f_any()?.int64_value(&[]) != 0;
+    let any_inf = x.f_isinf()?.f_any()?.f_int64_value(&[])? != 0;
     let bound = if any_inf { max - 1000.0 } else { max };
     Ok(x.f_clamp(-bound, bound)?)
 }

@@ -2,7 +2,10 @@
 //! requests of different tasks sharing one forward pass.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod batcher;
 pub mod cli;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod prompts;

@@ -6,6 +6,7 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.log_json);
     let result = match cli.command {
         Command::Predict(args) => promptd::cli::predict::run(args),
+        Command::Serve(args) => promptd::cli::serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

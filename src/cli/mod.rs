@@ -1,5 +1,6 @@
 //! Command-line entry points.
 pub mod predict;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Read JSON lines {"task","input","labels"?,"max_new_tokens"?} on stdin, write one result line each.
     Predict(predict::PredictArgs),
+    /// Serve the HTTP API: prompt uploads, mixed-task batched predictions, metrics.
+    Serve(serve::ServeArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.
@@ -28,6 +31,7 @@ pub fn init_tracing(json: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

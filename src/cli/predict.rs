@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::validate::{best_label, build_row, RowLimits};
 use crate::engine::{
-    split_by_token_budget, DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput,
+    DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput,
 };
 use crate::model::{ModelOptions, T5Model, T5Tokenizer};
 use crate::prompts::dir::classify;
@@ -175,73 +176,28 @@ impl Context {
                     )?)
                 }
             };
-        let input_ids = self
-            .tokenizer
-            .encode(&line.input)
-            .map_err(|e| e.to_string())?;
-        if input_ids.len() > self.args.max_input_tokens {
-            return Err(format!(
-                "input has {} tokens; the limit is {} (--max-input-tokens)",
-                input_ids.len(),
-                self.args.max_input_tokens
-            ));
-        }
-        let max_new_tokens = line.max_new_tokens.unwrap_or(self.args.max_new_tokens);
-        if max_new_tokens > self.args.max_new_tokens_limit {
-            return Err(format!(
-                "max_new_tokens {max_new_tokens} exceeds the limit {} (--max-new-tokens-limit)",
-                self.args.max_new_tokens_limit
-            ));
-        }
-        let labels = line.labels.as_deref().unwrap_or_default();
-        if labels.len() > self.args.max_labels {
-            return Err(format!(
-                "{} labels; the limit is {} (--max-labels)",
-                labels.len(),
-                self.args.max_labels
-            ));
-        }
-        let labels = labels
-            .iter()
-            .map(|l| {
-                let ids = self.tokenizer.encode(l).map_err(|e| e.to_string())?;
-                if ids.len() > self.args.max_input_tokens {
-                    return Err(format!(
-                        "a label has {} tokens; the limit is {} (--max-input-tokens)",
-                        ids.len(),
-                        self.args.max_input_tokens
-                    ));
-                }
-                Ok(ids)
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(RowInput {
+        let limits = RowLimits {
+            max_input_tokens: self.args.max_input_tokens,
+            default_max_new_tokens: self.args.max_new_tokens,
+            max_new_tokens_limit: self.args.max_new_tokens_limit,
+            max_labels: self.args.max_labels,
+        };
+        build_row(
+            &self.tokenizer,
+            &limits,
             prompt,
-            input_ids,
-            max_new_tokens,
-            labels,
-        })
+            &line.input,
+            line.max_new_tokens,
+            line.labels.as_deref().unwrap_or_default(),
+        )
     }
 
-    /// Runs valid rows in batches that respect the token budget. When a batch fails, its rows
-    /// are retried one by one so only the rows at fault get an error.
     fn run_rows(&mut self, rows: Vec<RowInput>) -> Vec<Result<RowOutput, String>> {
-        let lengths: Vec<usize> = rows.iter().map(RowInput::encoder_len).collect();
-        let mut results = Vec::with_capacity(rows.len());
-        for group in split_by_token_budget(&lengths, self.args.max_batch_tokens) {
-            match self.engine.run_batch(&rows[group.clone()]) {
-                Ok(outputs) => results.extend(outputs.into_iter().map(Ok)),
-                Err(e) if group.len() == 1 => results.push(Err(e.to_string())),
-                Err(e) => {
-                    tracing::warn!(rows = group.len(), "batch failed, retrying rows alone: {e}");
-                    for row in &rows[group] {
-                        let one = self.engine.run_batch(std::slice::from_ref(row));
-                        results.push(one.map(|mut o| o.remove(0)).map_err(|e| e.to_string()));
-                    }
-                }
-            }
-        }
+        let (results, _) = self.engine.run_rows(&rows, self.args.max_batch_tokens);
         results
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
     }
 
     fn run_lines(
@@ -310,12 +266,4 @@ impl Context {
         }
         Ok(())
     }
-}
-
-fn best_label<'a>(labels: &'a [String], scores: &[f64]) -> Option<&'a str> {
-    let (i, _) = scores
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))?;
-    labels.get(i).map(String::as_str)
 }

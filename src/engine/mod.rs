@@ -5,6 +5,7 @@ pub mod bank;
 pub mod device;
 pub mod greedy;
 pub mod score;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -238,6 +239,39 @@ impl Engine {
                     .then(|| scores.by_ref().take(row.labels.len()).collect()),
             })
             .collect())
+    }
+
+    /// Runs rows in forward passes that respect the token budget. When a pass fails, its rows
+    /// are retried one by one so only the rows at fault get an error. Returns each row's
+    /// result in order and the cost of every successful pass.
+    pub fn run_rows(
+        &mut self,
+        rows: &[RowInput],
+        max_batch_tokens: u64,
+    ) -> (Vec<Result<RowOutput, EngineError>>, Vec<BatchStats>) {
+        let lengths: Vec<usize> = rows.iter().map(RowInput::encoder_len).collect();
+        let mut results = Vec::with_capacity(rows.len());
+        let mut passes = Vec::new();
+        for group in split_by_token_budget(&lengths, max_batch_tokens) {
+            match self.run_batch(&rows[group.clone()]) {
+                Ok(outputs) => {
+                    passes.push(self.last_stats.clone());
+                    results.extend(outputs.into_iter().map(Ok));
+                }
+                Err(e) if group.len() == 1 => results.push(Err(e)),
+                Err(e) => {
+                    tracing::warn!(rows = group.len(), "batch failed, retrying rows alone: {e}");
+                    for row in &rows[group] {
+                        let one = self.run_batch(std::slice::from_ref(row));
+                        if one.is_ok() {
+                            passes.push(self.last_stats.clone());
+                        }
+                        results.push(one.map(|mut o| o.remove(0)));
+                    }
+                }
+            }
+        }
+        (results, passes)
     }
 
     fn check_rows(&self, rows: &[RowInput]) -> Result<(), EngineError> {

@@ -10,6 +10,8 @@
 pub mod dir;
 pub mod npy;
 pub mod peft;
+pub mod registry;
+pub mod store;
 pub mod tensor;
 
 use std::fmt;

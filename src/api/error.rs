@@ -1,0 +1,172 @@
+//! API errors: one enum, one stable `error_type` per variant, and the one table from error
+//! to HTTP status. Every error body is `{"error": "...", "error_type": "..."}`.
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::multipart::MultipartError;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::prompts::registry::RegistryError;
+use crate::prompts::PromptError;
+
+/// Everything a route can answer with instead of success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The task has no prompt.
+    #[error("unknown task {0:?}: upload its prompt with PUT /v1/prompts/{0}")]
+    UnknownTask(String),
+    /// No such route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists, the method does not.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body or path is malformed (bad JSON syntax, bad task name, not a prompt file).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed but invalid values (limits, prompt shape, non-finite values).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The body has a content type the route does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The queue is full; retry after the given seconds.
+    #[error("the queue is full ({queued} of {max} rows waiting); retry later")]
+    QueueFull {
+        /// Rows waiting.
+        queued: usize,
+        /// Queue capacity.
+        max: usize,
+    },
+    /// The request did not finish in time.
+    #[error("the request did not finish within {0} ms")]
+    Timeout(u64),
+    /// The server is not ready (loading) or is shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Writing the prompts folder failed.
+    #[error("{0}")]
+    Storage(String),
+    /// A bug or an engine failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Stable snake_case name, used in bodies and as a metric label.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ApiError::UnknownTask(_) => "unknown_task",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unprocessable(_) => "validation",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Storage(_) => "storage",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status of each error: the only such table.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::UnknownTask(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// An error from a rejection's status and text.
+    fn from_status(status: StatusCode, text: String) -> Self {
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(text),
+            StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(text),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(text),
+            s if s.is_client_error() => ApiError::BadRequest(text),
+            _ => ApiError::Internal(text),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = Json(json!({"error": self.to_string(), "error_type": self.error_type()}));
+        let mut response = (status, body).into_response();
+        if matches!(self, ApiError::QueueFull { .. } | ApiError::Unavailable(_)) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        ApiError::from_status(r.status(), r.body_text())
+    }
+}
+
+impl From<MultipartError> for ApiError {
+    fn from(r: MultipartError) -> Self {
+        ApiError::from_status(r.status(), format!("multipart body: {}", r.body_text()))
+    }
+}
+
+impl From<PromptError> for ApiError {
+    fn from(e: PromptError) -> Self {
+        match e {
+            PromptError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
+            PromptError::Format(_) | PromptError::Adapter(_) | PromptError::TaskName(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            PromptError::Io(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match &e {
+            RegistryError::Store(io) => match io.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    ApiError::Storage(e.to_string())
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    ApiError::Unavailable(e.to_string())
+                }
+                _ => ApiError::Internal(e.to_string()),
+            },
+            RegistryError::Engine(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s, so malformed bodies get the same JSON
+/// error shape as everything else.
+#[derive(Debug, axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct JsonBody<T>(pub T);

@@ -1,0 +1,155 @@
+//! The HTTP API: routes, request and response types, and the error → status table.
+//! No tensors here: requests become validated rows and go to the batcher.
+pub mod error;
+pub mod predict;
+pub mod prompts;
+pub mod validate;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde_json::json;
+
+pub use error::ApiError;
+
+use crate::batcher::Batcher;
+use crate::engine::worker::{EngineHandle, EngineState};
+use crate::metrics::Metrics;
+use crate::model::T5Tokenizer;
+use crate::prompts::registry::Registry;
+use validate::RowLimits;
+
+/// Limits on HTTP requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiLimits {
+    /// Per-input limits (tokens, max_new_tokens, labels).
+    pub row: RowLimits,
+    /// Inputs per predict request.
+    pub max_inputs: usize,
+    /// Predict body size in bytes.
+    pub max_body_bytes: usize,
+    /// Prompt upload body size in bytes.
+    pub max_prompt_bytes: usize,
+    /// Time a predict request may take before it gets 504.
+    pub request_timeout: Duration,
+}
+
+/// Lifecycle flags shared by the routes and `main`.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    /// Model loaded and the prompts folder read.
+    pub ready: AtomicBool,
+    /// Shutting down: readiness fails, new work is refused.
+    pub draining: AtomicBool,
+}
+
+/// Everything the routes need.
+#[derive(Clone)]
+pub struct AppState {
+    /// Served prompts.
+    pub registry: Arc<Registry>,
+    /// The request queue.
+    pub batcher: Arc<Batcher>,
+    /// The engine thread.
+    pub engine: EngineHandle,
+    /// The model's tokenizer.
+    pub tokenizer: Arc<T5Tokenizer>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Request limits.
+    pub limits: ApiLimits,
+    /// Ready / draining flags.
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+impl AppState {
+    /// Fails with 503 until the server is ready, and once it drains.
+    pub fn check_serving(&self) -> Result<(), ApiError> {
+        if self.lifecycle.draining.load(Ordering::Acquire) {
+            return Err(ApiError::Unavailable("the server is shutting down".into()));
+        }
+        if !self.lifecycle.ready.load(Ordering::Acquire) {
+            return Err(ApiError::Unavailable(
+                "the server is starting (loading the model and prompts)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The router with every route.
+pub fn app(state: AppState) -> Router {
+    let prompt_limit = DefaultBodyLimit::max(state.limits.max_prompt_bytes);
+    let body_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/prompts", get(prompts::list))
+        .route(
+            "/v1/prompts/{task}",
+            put(prompts::put)
+                .layer(prompt_limit)
+                .get(prompts::get_one)
+                .delete(prompts::delete),
+        )
+        .route(
+            "/v1/tasks/{task}/predict",
+            post(predict::predict).layer(body_limit),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(uri.path().chars().take(200).collect())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let engine = state.engine.state();
+    let (status, why) = if state.lifecycle.draining.load(Ordering::Acquire) {
+        ("draining", Some("the server is shutting down".to_string()))
+    } else {
+        match engine {
+            EngineState::Loading => ("loading", Some("loading the model".into())),
+            EngineState::Failed(e) => ("failed", Some(format!("model failed to load: {e}"))),
+            EngineState::Stopped => ("failed", Some("the engine has stopped".into())),
+            EngineState::Ready if !state.lifecycle.ready.load(Ordering::Acquire) => {
+                ("loading", Some("loading prompts".into()))
+            }
+            EngineState::Ready => ("ready", None),
+        }
+    };
+    match why {
+        None => (
+            StatusCode::OK,
+            Json(json!({"status": status, "prompts": state.registry.len()})),
+        ),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": status, "error": why, "error_type": "unavailable"})),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+}

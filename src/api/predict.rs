@@ -1,0 +1,220 @@
+//! `POST /v1/tasks/{task}/predict`: validate, queue one row per input, wait, answer in order.
+use std::time::Instant;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::JsonBody;
+use super::validate::{best_label, build_row};
+use super::{ApiError, AppState};
+use crate::batcher::{Refused, RowError};
+use crate::engine::RowInput;
+use crate::metrics::UNKNOWN_TASK;
+
+/// Request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    /// One text or a list of texts.
+    pub inputs: serde_json::Value,
+    /// Cap on generated tokens per input (server default when absent).
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// Candidate labels to score for every input.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+}
+
+/// A request whose every input passed the limits, ready for the queue.
+pub struct ValidRequest {
+    rows: Vec<RowInput>,
+    labels: Vec<String>,
+}
+
+/// One input's answer.
+#[derive(Debug, Serialize)]
+pub struct Output {
+    /// Decoded generation.
+    pub text: String,
+    /// Generated ids, up to and including `</s>`.
+    pub token_ids: Vec<i64>,
+    /// Log-likelihood of each label, in the order given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Vec<f64>>,
+    /// The label with the highest score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// Response body.
+#[derive(Debug, Serialize)]
+pub struct PredictResponse {
+    /// Task name.
+    pub task: String,
+    /// The prompt version that served every input of this request.
+    pub prompt_version: u64,
+    /// One per input, in input order.
+    pub outputs: Vec<Output>,
+}
+
+fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::Unprocessable("`inputs` must be a string or a non-empty array of strings".into())
+    };
+    let texts = match inputs {
+        serde_json::Value::String(s) => vec![s],
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => Ok(s),
+                _ => Err(bad()),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad()),
+    };
+    if texts.is_empty() {
+        return Err(bad());
+    }
+    if texts.len() > max {
+        return Err(ApiError::Unprocessable(format!(
+            "{} inputs; the limit is {max} per request (--max-inputs)",
+            texts.len()
+        )));
+    }
+    Ok(texts)
+}
+
+/// The predict route; records the request metrics around [`predict_inner`].
+pub async fn predict(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Response {
+    let started = Instant::now();
+    let task = path.map(|Path(t)| t).unwrap_or_default();
+    let known = state.registry.get(&task).is_some();
+    let result = predict_inner(&state, &task, body).await;
+    let label = if known {
+        state.metrics.task_label(&task)
+    } else {
+        UNKNOWN_TASK.to_string()
+    };
+    let response = match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => {
+            if e.status().is_server_error() {
+                tracing::warn!(%task, error = %e, "predict failed");
+            }
+            e.into_response()
+        }
+    };
+    let status = response.status();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[&label, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[&label])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn predict_inner(
+    state: &AppState,
+    task: &str,
+    body: Result<JsonBody<PredictRequest>, ApiError>,
+) -> Result<PredictResponse, ApiError> {
+    state.check_serving()?;
+    // The entry is captured once: every input of this request uses this version's rows.
+    let entry = state
+        .registry
+        .get(task)
+        .ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
+    let JsonBody(req) = body?;
+    let valid = validate(state, &entry.slot, req)?;
+    let rows = valid.rows.into_iter().map(|r| (task.to_string(), r)).collect();
+    let receivers = state.batcher.submit(rows).map_err(|e| match e {
+        Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
+        Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
+    })?;
+    let timeout = state.limits.request_timeout;
+    let answers = tokio::time::timeout(timeout, futures_join(receivers))
+        .await
+        .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?;
+    let mut outputs = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let out = answer
+            .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
+            .map_err(|e| match e {
+                RowError::Engine(why) => ApiError::Internal(format!("inference failed: {why}")),
+                RowError::Stopped => ApiError::Unavailable("the engine is not running".into()),
+            })?;
+        let text = state
+            .tokenizer
+            .decode(&out.token_ids)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let label = out
+            .scores
+            .as_deref()
+            .and_then(|s| best_label(&valid.labels, s))
+            .map(str::to_string);
+        outputs.push(Output {
+            text,
+            token_ids: out.token_ids,
+            scores: out.scores,
+            label,
+        });
+    }
+    Ok(PredictResponse {
+        task: entry.info.task.clone(),
+        prompt_version: entry.info.version,
+        outputs,
+    })
+}
+
+fn validate(
+    state: &AppState,
+    slot: &std::sync::Arc<crate::engine::PromptSlot>,
+    req: PredictRequest,
+) -> Result<ValidRequest, ApiError> {
+    let texts = texts(req.inputs, state.limits.max_inputs)?;
+    let labels = req.labels.unwrap_or_default();
+    let rows = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            build_row(
+                &state.tokenizer,
+                &state.limits.row,
+                Some(slot.clone()),
+                text,
+                req.max_new_tokens,
+                &labels,
+            )
+            .map_err(|why| {
+                let at = if texts.len() > 1 {
+                    format!("inputs[{i}]: ")
+                } else {
+                    String::new()
+                };
+                ApiError::Unprocessable(format!("{at}{why}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ValidRequest { rows, labels })
+}
+
+/// Awaits every receiver, in order.
+async fn futures_join<T>(receivers: Vec<tokio::sync::oneshot::Receiver<T>>) -> Vec<Result<T, tokio::sync::oneshot::error::RecvError>> {
+    let mut out = Vec::with_capacity(receivers.len());
+    for rx in receivers {
+        out.push(rx.await);
+    }
+    out
+}

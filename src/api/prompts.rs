@@ -1,0 +1,181 @@
+//! Prompt management: PUT (raw tensor file or PEFT multipart), GET, list, DELETE.
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::{ApiError, AppState};
+use crate::prompts::registry::PromptInfo;
+use crate::prompts::store::sha256_hex;
+use crate::prompts::{Prompt, PromptLimits, TaskName};
+
+const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+fn task_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiError> {
+    let Path(task) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    TaskName::parse(&task).map_err(ApiError::from)
+}
+
+/// What an upload carried.
+enum Upload {
+    /// One tensor file (safetensors or npy).
+    Tensor(Bytes),
+    /// A PEFT adapter: weights and config.
+    Peft { weights: Bytes, config: Bytes },
+}
+
+impl Upload {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let multipart = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+        if !multipart {
+            let body = Bytes::from_request(req, state).await?;
+            return Ok(Upload::Tensor(body));
+        }
+        let mut form = Multipart::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let (mut weights, mut config) = (None, None);
+        while let Some(field) = form.next_field().await? {
+            let names = [field.name(), field.file_name()];
+            let is = |want: &str| names.iter().flatten().any(|n| *n == want);
+            let (is_weights, is_config) = (is(ADAPTER_WEIGHTS), is(ADAPTER_CONFIG));
+            let shown = names.iter().flatten().next().unwrap_or(&"").to_string();
+            let data = field.bytes().await?;
+            if is_weights {
+                weights = Some(data);
+            } else if is_config {
+                config = Some(data);
+            } else {
+                return Err(ApiError::BadRequest(format!(
+                    "unexpected multipart field {shown:?}: send `{ADAPTER_WEIGHTS}` and `{ADAPTER_CONFIG}`"
+                )));
+            }
+        }
+        match (weights, config) {
+            (Some(weights), Some(config)) => Ok(Upload::Peft { weights, config }),
+            (Some(weights), None) => Ok(Upload::Tensor(weights)),
+            (None, _) => Err(ApiError::BadRequest(format!(
+                "multipart upload has no `{ADAPTER_WEIGHTS}` field"
+            ))),
+        }
+    }
+
+    /// Parses and validates the prompt; returns it with the SHA-256 of the weights file.
+    fn parse(self, d_model: usize, limits: &PromptLimits) -> Result<(Prompt, String), ApiError> {
+        match self {
+            Upload::Tensor(bytes) => {
+                if bytes.is_empty() {
+                    return Err(ApiError::BadRequest(
+                        "empty body: send a .safetensors or .npy prompt file, or multipart with adapter_model.safetensors and adapter_config.json".into(),
+                    ));
+                }
+                let prompt = Prompt::from_tensor_file(&bytes, d_model, limits)?;
+                Ok((prompt, sha256_hex(&bytes)))
+            }
+            Upload::Peft { weights, config } => {
+                let prompt = Prompt::from_peft(&config, &weights, d_model, limits)?;
+                Ok((prompt, sha256_hex(&weights)))
+            }
+        }
+    }
+}
+
+/// `PUT /v1/prompts/{task}`: 201 when new, 200 when replaced.
+pub async fn put(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Response {
+    let result = put_inner(&state, path, req).await;
+    let label = match &result {
+        Ok((_, true)) => "created",
+        Ok((_, false)) => "replaced",
+        Err(e) if e.status().is_client_error() => "invalid",
+        Err(_) => "error",
+    };
+    state
+        .metrics
+        .prompt_uploads
+        .with_label_values(&[label])
+        .inc();
+    match result {
+        Ok((info, created)) => {
+            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, "prompt stored");
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(info)).into_response()
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "prompt upload refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn put_inner(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    req: Request,
+) -> Result<(PromptInfo, bool), ApiError> {
+    let task = task_name(path)?;
+    state.check_serving()?;
+    let upload = Upload::from_request(req, state).await?;
+    let d_model = state.registry.d_model();
+    let limits = *state.registry.limits();
+    let (prompt, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
+        .await
+        .map_err(|e| ApiError::Internal(format!("parsing the upload failed: {e}")))??;
+    Ok(state.registry.put(task, prompt, sha256).await?)
+}
+
+/// `GET /v1/prompts`: every served prompt.
+pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    state.check_serving()?;
+    let prompts = state.registry.list();
+    Ok(Json(json!({"prompts": prompts})))
+}
+
+/// `GET /v1/prompts/{task}`.
+pub async fn get_one(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<PromptInfo>, ApiError> {
+    let task = task_name(path)?;
+    state.check_serving()?;
+    state
+        .registry
+        .get(task.as_str())
+        .map(|e| Json(e.info.clone()))
+        .ok_or_else(|| ApiError::UnknownTask(task.to_string()))
+}
+
+/// `DELETE /v1/prompts/{task}`: 204, or 404 when there was nothing to delete.
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let task = task_name(path)?;
+    state.check_serving()?;
+    if state.registry.delete(&task).await? {
+        state
+            .metrics
+            .prompt_uploads
+            .with_label_values(&["deleted"])
+            .inc();
+        tracing::info!(%task, "prompt deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::UnknownTask(task.to_string()))
+    }
+}

@@ -1,0 +1,175 @@
+//! The dynamic batcher: a bounded queue of rows from any tasks, closed into mixed-task
+//! batches by [`policy::Policy`] and run on the engine thread one batch at a time.
+pub mod policy;
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+pub use policy::{PolicyConfig, Refused};
+
+use crate::engine::worker::EngineHandle;
+use crate::engine::{RowInput, RowOutput};
+use crate::metrics::Metrics;
+use policy::{Policy, Queued};
+
+/// What a queued row gets back.
+pub type RowReply = Result<RowOutput, RowError>;
+
+/// Why a row produced no output.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RowError {
+    /// The engine failed on this row.
+    #[error("{0}")]
+    Engine(String),
+    /// The engine thread is gone.
+    #[error("the engine is not running")]
+    Stopped,
+}
+
+/// One row on its way to the engine.
+pub struct Pending {
+    task: String,
+    row: RowInput,
+    reply: oneshot::Sender<RowReply>,
+}
+
+impl Queued for Pending {
+    fn task(&self) -> &str {
+        &self.task
+    }
+    fn cost(&self) -> usize {
+        self.row.encoder_len()
+    }
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// The queue shared by request handlers and the batching loop.
+pub struct Batcher {
+    policy: Mutex<Policy<Pending>>,
+    wake: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Batcher {
+    /// An empty, open queue.
+    pub fn new(cfg: PolicyConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            policy: Mutex::new(Policy::new(cfg)),
+            wake: Notify::new(),
+            metrics,
+        })
+    }
+
+    /// Queues rows `(task, row)` all together or not at all; one receiver per row.
+    pub fn submit(
+        &self,
+        rows: Vec<(String, RowInput)>,
+    ) -> Result<Vec<oneshot::Receiver<RowReply>>, Refused> {
+        let mut receivers = Vec::with_capacity(rows.len());
+        let pending = rows
+            .into_iter()
+            .map(|(task, row)| {
+                let (reply, rx) = oneshot::channel();
+                receivers.push(rx);
+                Pending { task, row, reply }
+            })
+            .collect();
+        {
+            let mut policy = self.policy.lock();
+            policy.push_all(pending, Instant::now())?;
+            self.metrics.queue_depth.set(policy.len() as i64);
+        }
+        self.wake.notify_one();
+        Ok(receivers)
+    }
+
+    /// Rows waiting.
+    pub fn queue_len(&self) -> usize {
+        self.policy.lock().len()
+    }
+
+    /// Stops taking rows; what is queued is still run, then [`Batcher::run`] returns.
+    pub fn close(&self) {
+        self.policy.lock().close();
+        self.wake.notify_one();
+    }
+
+    /// The batching loop: forms each batch when it is due and waits for the engine to finish
+    /// it before forming the next, so rows that arrive meanwhile join the next batch.
+    pub async fn run(self: Arc<Self>, engine: EngineHandle) {
+        loop {
+            let (batch, deadline, finished) = {
+                let mut policy = self.policy.lock();
+                let batch = policy.next_batch(Instant::now());
+                self.metrics.queue_depth.set(policy.len() as i64);
+                let finished = policy.is_closed() && policy.is_empty();
+                (batch, policy.next_deadline(), finished)
+            };
+            if let Some(batch) = batch {
+                self.run_batch(&engine, batch).await;
+                continue;
+            }
+            if finished {
+                return;
+            }
+            match deadline {
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                }
+                None => self.wake.notified().await,
+            }
+        }
+    }
+
+    async fn run_batch(&self, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {
+        let now = Instant::now();
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            self.metrics
+                .queue_wait
+                .observe((now - waiting.enqueued).as_secs_f64());
+            rows.push(waiting.item.row);
+            replies.push(waiting.item.reply);
+        }
+        match engine.run(rows).await {
+            Ok(done) => {
+                self.metrics
+                    .batch_duration
+                    .observe(done.elapsed.as_secs_f64());
+                for pass in &done.passes {
+                    self.metrics.batch_size.observe(pass.rows as f64);
+                    self.metrics.batch_tasks.observe(pass.tasks as f64);
+                    self.metrics
+                        .generated_tokens
+                        .inc_by(pass.generated_tokens as u64);
+                }
+                for (reply, out) in replies.into_iter().zip(done.outputs) {
+                    let out = out.map_err(|e| {
+                        let kind = match e {
+                            crate::engine::EngineError::InvalidRow { .. } => "invalid_row",
+                            crate::engine::EngineError::Model(_) => "model",
+                            crate::engine::EngineError::Panic(_) => "panic",
+                        };
+                        self.metrics.batch_errors.with_label_values(&[kind]).inc();
+                        RowError::Engine(e.to_string())
+                    });
+                    let _ = reply.send(out);
+                }
+            }
+            Err(_) => {
+                for reply in replies {
+                    let _ = reply.send(Err(RowError::Stopped));
+                }
+            }
+        }
+    }
+}

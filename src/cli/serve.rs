@@ -1,0 +1,267 @@
+//! `promptd serve`: the HTTP server. Wires the engine thread, the batcher, the prompt
+//! registry with its folder watcher, and the API; shuts down in two stages on SIGTERM/SIGINT.
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::validate::RowLimits;
+use crate::api::{app, ApiLimits, AppState, Lifecycle};
+use crate::batcher::{Batcher, PolicyConfig};
+use crate::engine::worker::{self, EngineConfig};
+use crate::engine::{DeviceSpec, DtypeSpec};
+use crate::metrics::Metrics;
+use crate::model::{T5Config, T5Tokenizer};
+use crate::prompts::registry::Registry;
+use crate::prompts::store::Store;
+use crate::prompts::PromptLimits;
+
+/// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Hugging Face T5 directory (config.json, model.safetensors[.index.json], tokenizer.json).
+    #[arg(long, env = "PROMPTD_MODEL")]
+    pub model: PathBuf,
+    /// Prompts folder: loaded at start, uploads are written here, changes by others are picked up.
+    #[arg(long, env = "PROMPTD_PROMPTS")]
+    pub prompts: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed on stdout).
+    #[arg(long, env = "PROMPTD_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// Rows per forward pass; rows of any tasks share a pass.
+    #[arg(long, env = "PROMPTD_MAX_BATCH_SIZE", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_batch_size: u32,
+    /// Longest a row waits for a fuller batch, in milliseconds.
+    #[arg(long, env = "PROMPTD_MAX_WAIT_MS", default_value_t = 5)]
+    pub max_wait_ms: u64,
+    /// Rows the queue holds; beyond that requests get 429 with Retry-After.
+    #[arg(long, env = "PROMPTD_MAX_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue: u32,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, env = "PROMPTD_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
+    #[arg(long, env = "PROMPTD_DTYPE", default_value = "auto")]
+    pub dtype: DtypeSpec,
+    /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
+    #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS", default_value_t = 32768,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_tokens: u64,
+    /// Tokens generated per input when a request does not say.
+    #[arg(long, env = "PROMPTD_MAX_NEW_TOKENS", default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Largest max_new_tokens a request may ask for.
+    #[arg(long, env = "PROMPTD_MAX_NEW_TOKENS_LIMIT", default_value_t = 1024)]
+    pub max_new_tokens_limit: usize,
+    /// Longest input or label, in tokens including </s>; longer ones get 422.
+    #[arg(long, env = "PROMPTD_MAX_INPUT_TOKENS", default_value_t = 2048)]
+    pub max_input_tokens: usize,
+    /// Most candidate labels per request.
+    #[arg(long, env = "PROMPTD_MAX_LABELS", default_value_t = 256)]
+    pub max_labels: usize,
+    /// Most inputs per predict request.
+    #[arg(long, env = "PROMPTD_MAX_INPUTS", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inputs: u32,
+    /// Largest predict body, in bytes (413 beyond).
+    #[arg(long, env = "PROMPTD_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest prompt accepted, in virtual tokens.
+    #[arg(long, env = "PROMPTD_MAX_PROMPT_LENGTH", default_value_t = 512)]
+    pub max_prompt_length: usize,
+    /// Largest prompt upload, in bytes (413 beyond).
+    #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES", default_value_t = 64 << 20)]
+    pub max_prompt_bytes: usize,
+    /// Time a predict request may take, queueing included, before it gets 504.
+    #[arg(long, env = "PROMPTD_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    pub request_timeout_ms: u64,
+    /// How often the prompts folder is checked for changes made by others.
+    #[arg(long, env = "PROMPTD_WATCH_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub watch_interval_ms: u64,
+    /// Longest a shutdown waits for in-flight and queued requests, in seconds.
+    #[arg(long, env = "PROMPTD_SHUTDOWN_TIMEOUT_S", default_value_t = 30)]
+    pub shutdown_timeout_s: u64,
+    /// Distinct task values of the `task` metric label; other tasks count as `_other`.
+    #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
+    pub metrics_max_tasks: usize,
+}
+
+/// Runs the server until SIGTERM/SIGINT; Ok after a clean drain.
+pub fn run(args: ServeArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("promptd-rt")
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = T5Config::from_dir(&args.model).map_err(|e| e.to_string())?;
+    let eos = config.eos_ids()[0];
+    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
+        .map_err(|e| e.to_string())?;
+    let device = args.device.resolve()?;
+    let kind = args.dtype.resolve(device);
+    let metrics = Arc::new(Metrics::new(args.metrics_max_tasks));
+    let (engine, _engine_thread) = worker::spawn(EngineConfig {
+        model_dir: args.model.clone(),
+        device,
+        kind,
+        max_batch_tokens: args.max_batch_tokens,
+    })
+    .map_err(|e| format!("starting the engine thread: {e}"))?;
+    let store = Store::open(&args.prompts)
+        .map_err(|e| format!("prompts folder {}: {e}", args.prompts.display()))?;
+    let limits = PromptLimits {
+        max_rows: args.max_prompt_length,
+        max_file_bytes: args.max_prompt_bytes,
+    };
+    let registry = Arc::new(Registry::new(
+        store,
+        engine.clone(),
+        config.d_model as usize,
+        limits,
+        metrics.clone(),
+    ));
+    let batcher = Batcher::new(
+        PolicyConfig {
+            max_batch_size: args.max_batch_size as usize,
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            max_queue: args.max_queue as usize,
+            max_batch_tokens: args.max_batch_tokens,
+        },
+        metrics.clone(),
+    );
+    let lifecycle = Arc::new(Lifecycle::default());
+    let state = AppState {
+        registry: registry.clone(),
+        batcher: batcher.clone(),
+        engine: engine.clone(),
+        tokenizer: Arc::new(tokenizer),
+        metrics,
+        limits: ApiLimits {
+            row: RowLimits {
+                max_input_tokens: args.max_input_tokens,
+                default_max_new_tokens: args.max_new_tokens,
+                max_new_tokens_limit: args.max_new_tokens_limit,
+                max_labels: args.max_labels,
+            },
+            max_inputs: args.max_inputs as usize,
+            max_body_bytes: args.max_body_bytes,
+            max_prompt_bytes: args.max_prompt_bytes,
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        },
+        lifecycle: lifecycle.clone(),
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .map_err(|e| format!("binding {}: {e}", args.addr))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    // Tests and scripts read this line to find an ephemeral port.
+    println!("promptd listening on http://{local}");
+    tracing::info!(addr = %local, "listening; loading the model");
+
+    let batcher_task = tokio::spawn(batcher.clone().run(engine.clone()));
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let startup = tokio::spawn(start_up(
+        engine.clone(),
+        registry.clone(),
+        lifecycle.clone(),
+        Duration::from_millis(args.watch_interval_ms),
+        fatal_tx,
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_rx_server = stop_rx.clone();
+    let server = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            let _ = stop_rx_server.wait_for(|s| *s).await;
+        })
+        .into_future();
+    let mut server = tokio::spawn(server);
+
+    let outcome = tokio::select! {
+        r = &mut server => Err(format!("server stopped: {r:?}")),
+        why = fatal_rx.recv() => Err(why.unwrap_or_else(|| "start-up failed".into())),
+        signal = shutdown_signal() => Ok(signal),
+    };
+    lifecycle.draining.store(true, Ordering::Release);
+    batcher.close();
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    let grace = Duration::from_secs(args.shutdown_timeout_s);
+    match &outcome {
+        Ok(signal) => tracing::info!(signal, "shutting down: draining in-flight requests"),
+        Err(why) => tracing::error!("shutting down: {why}"),
+    }
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut server).await;
+        let _ = batcher_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(secs = grace.as_secs(), "drain timed out; exiting with work unfinished");
+    }
+    startup.abort();
+    outcome.map(|_| tracing::info!("stopped"))
+}
+
+/// Waits for the model, loads the prompts folder, marks the server ready, then keeps the
+/// registry in step with the folder.
+async fn start_up(
+    engine: worker::EngineHandle,
+    registry: Arc<Registry>,
+    lifecycle: Arc<Lifecycle>,
+    interval: Duration,
+    fatal: tokio::sync::mpsc::Sender<String>,
+) {
+    if let Err(why) = engine.ready().await {
+        let _ = fatal.send(format!("model failed to load: {why}")).await;
+        return;
+    }
+    match registry.sync().await {
+        Ok(report) => tracing::info!(
+            prompts = registry.len(),
+            failed = report.failed,
+            "prompts loaded; ready"
+        ),
+        Err(e) => {
+            let _ = fatal.send(format!("loading prompts: {e}")).await;
+            return;
+        }
+    }
+    lifecycle.ready.store(true, Ordering::Release);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = registry.sync().await {
+            tracing::warn!("checking the prompts folder failed: {e}");
+        }
+    }
+}
+
+async fn shutdown_signal() -> &'static str {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => "SIGINT",
+        _ = term => "SIGTERM",
+    }
+}

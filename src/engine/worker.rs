@@ -1,0 +1,179 @@
+//! The engine thread: one named OS thread owns the model and the prompt bank and runs jobs
+//! one at a time. Async code talks to it through [`EngineHandle`]; every job carries its own
+//! reply channel. Prompt registration runs between batches, so the bank has a single writer.
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind};
+use tokio::sync::{oneshot, watch};
+
+use super::{BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
+use crate::model::{ModelError, ModelOptions, T5Model};
+use crate::prompts::Prompt;
+
+/// What the engine thread needs to start.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Hugging Face T5 directory.
+    pub model_dir: PathBuf,
+    /// Device to run on.
+    pub device: Device,
+    /// Weight dtype.
+    pub kind: Kind,
+    /// Padded encoder positions per forward pass.
+    pub max_batch_tokens: u64,
+}
+
+/// Engine life cycle, published on a watch channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineState {
+    /// Loading the model.
+    Loading,
+    /// Taking jobs.
+    Ready,
+    /// The model failed to load (the reason).
+    Failed(String),
+    /// The thread has stopped.
+    Stopped,
+}
+
+/// Result of one batch job.
+#[derive(Debug)]
+pub struct BatchDone {
+    /// Each row's output, in order.
+    pub outputs: Vec<Result<RowOutput, EngineError>>,
+    /// Cost of each forward pass it took.
+    pub passes: Vec<BatchStats>,
+    /// Engine time.
+    pub elapsed: Duration,
+}
+
+enum Job {
+    Run {
+        rows: Vec<RowInput>,
+        reply: oneshot::Sender<BatchDone>,
+    },
+    Register {
+        prompts: Vec<Arc<Prompt>>,
+        reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, ModelError>>>,
+    },
+}
+
+/// Errors talking to the engine thread.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread is gone (failed to load, or shut down).
+    #[error("the engine is not running")]
+    Stopped,
+}
+
+/// Cloneable handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    jobs: mpsc::Sender<Job>,
+    state: watch::Receiver<EngineState>,
+}
+
+/// Starts the engine thread. It loads the model, then takes jobs until every handle is dropped.
+pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+    let (jobs, rx) = mpsc::channel::<Job>();
+    let (state_tx, state) = watch::channel(EngineState::Loading);
+    let thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || run(cfg, rx, state_tx))?;
+    Ok((EngineHandle { jobs, state }, thread))
+}
+
+fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<EngineState>) {
+    let _guard = tch::no_grad_guard();
+    let started = Instant::now();
+    let opts = ModelOptions {
+        device: cfg.device,
+        kind: cfg.kind,
+    };
+    let engine = T5Model::load(&cfg.model_dir, opts).and_then(Engine::new);
+    let mut engine = match engine {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("model failed to load: {e}");
+            state.send_replace(EngineState::Failed(e.to_string()));
+            return;
+        }
+    };
+    tracing::info!(
+        model = %cfg.model_dir.display(),
+        device = ?cfg.device,
+        dtype = ?cfg.kind,
+        secs = started.elapsed().as_secs_f64(),
+        "model loaded"
+    );
+    state.send_replace(EngineState::Ready);
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Run { rows, reply } => {
+                let t = Instant::now();
+                let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
+                let _ = reply.send(BatchDone {
+                    outputs,
+                    passes,
+                    elapsed: t.elapsed(),
+                });
+            }
+            Job::Register { prompts, reply } => {
+                let slots = prompts.iter().map(|p| engine.register_prompt(p)).collect();
+                let _ = reply.send(slots);
+            }
+        }
+    }
+    state.send_replace(EngineState::Stopped);
+    tracing::info!("engine stopped");
+}
+
+impl EngineHandle {
+    /// Current engine state.
+    pub fn state(&self) -> EngineState {
+        if self.state.has_changed().is_err() {
+            return EngineState::Stopped;
+        }
+        self.state.borrow().clone()
+    }
+
+    /// Waits until the model is loaded; the error says why it failed.
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut rx = self.state.clone();
+        loop {
+            match rx.borrow_and_update().clone() {
+                EngineState::Ready => return Ok(()),
+                EngineState::Failed(why) => return Err(why),
+                EngineState::Stopped => return Err("engine stopped".into()),
+                EngineState::Loading => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err("engine thread exited".into());
+            }
+        }
+    }
+
+    /// Runs rows as one batch job (split only by the token budget).
+    pub async fn run(&self, rows: Vec<RowInput>) -> Result<BatchDone, WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Run { rows, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Writes prompts into the bank; one result per prompt, in order.
+    pub async fn register(
+        &self,
+        prompts: Vec<Arc<Prompt>>,
+    ) -> Result<Vec<Result<Arc<PromptSlot>, ModelError>>, WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Register { prompts, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.map_err(|_| WorkerError::Stopped)
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics. Every series lives in this struct's own registry (fresh per test).
+//!
+//! Cardinality: the `task` label takes at most `max_task_labels` distinct values. The first
+//! registered tasks to see traffic get their own label; every later task is counted under
+//! `task="_other"`, and requests for tasks that do not exist under `task="_unknown"`, so
+//! neither thousands of tasks nor a client guessing names can grow the series count.
+use std::collections::HashSet;
+
+use parking_lot::Mutex;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Label for tasks beyond the labelled set.
+pub const OTHER_TASK: &str = "_other";
+/// Label for tasks that are not registered.
+pub const UNKNOWN_TASK: &str = "_unknown";
+
+/// All server metrics.
+pub struct Metrics {
+    registry: Registry,
+    task_labels: TaskLabels,
+    /// Predict requests by task and HTTP status.
+    pub requests: IntCounterVec,
+    /// Predict request latency by task.
+    pub request_duration: HistogramVec,
+    /// Time a row waited in the queue before its forward pass started.
+    pub queue_wait: Histogram,
+    /// Rows per forward pass.
+    pub batch_size: Histogram,
+    /// Distinct tasks per forward pass.
+    pub batch_tasks: Histogram,
+    /// Engine time per forward pass (encoder, decoding and scoring).
+    pub batch_duration: Histogram,
+    /// Rows waiting in the queue.
+    pub queue_depth: IntGauge,
+    /// Prompts currently served.
+    pub prompts_loaded: IntGauge,
+    /// Prompt uploads and deletes by result.
+    pub prompt_uploads: IntCounterVec,
+    /// Prompt changes picked up from the folder by result.
+    pub prompt_reloads: IntCounterVec,
+    /// Tokens generated.
+    pub generated_tokens: IntCounter,
+    /// Engine batches that failed, by error type.
+    pub batch_errors: IntCounterVec,
+}
+
+fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
+    prometheus::exponential_buckets(start, factor, count).expect("static bucket layout")
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new(max_task_labels: usize) -> Self {
+        let registry = Registry::new();
+        let seconds = buckets(0.001, 2.0, 16); // 1 ms .. 33 s
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "promptd_requests_total",
+                "Predict requests by task and HTTP status",
+            ),
+            &["task", "status"],
+        )
+        .expect("valid metric");
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "promptd_request_duration_seconds",
+                "Predict request latency, from arrival to reply",
+            )
+            .buckets(seconds.clone()),
+            &["task"],
+        )
+        .expect("valid metric");
+        let queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "promptd_queue_wait_seconds",
+                "Time a row waited in the queue before its forward pass",
+            )
+            .buckets(seconds.clone()),
+        )
+        .expect("valid metric");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new("promptd_batch_size", "Rows per forward pass")
+                .buckets(buckets(1.0, 2.0, 13)),
+        )
+        .expect("valid metric");
+        let batch_tasks = Histogram::with_opts(
+            HistogramOpts::new(
+                "promptd_batch_tasks",
+                "Distinct tasks (prompts) per forward pass",
+            )
+            .buckets(buckets(1.0, 2.0, 13)),
+        )
+        .expect("valid metric");
+        let batch_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "promptd_batch_duration_seconds",
+                "Engine time per forward pass including decoding",
+            )
+            .buckets(seconds),
+        )
+        .expect("valid metric");
+        let queue_depth =
+            IntGauge::new("promptd_queue_depth", "Rows waiting in the queue").expect("valid");
+        let prompts_loaded =
+            IntGauge::new("promptd_prompts_loaded", "Prompts currently served").expect("valid");
+        let prompt_uploads = IntCounterVec::new(
+            Opts::new(
+                "promptd_prompt_uploads_total",
+                "Prompt uploads and deletes through the API by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let prompt_reloads = IntCounterVec::new(
+            Opts::new(
+                "promptd_prompt_reloads_total",
+                "Prompt changes picked up from the prompts folder by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let generated_tokens =
+            IntCounter::new("promptd_generated_tokens_total", "Tokens generated").expect("valid");
+        let batch_errors = IntCounterVec::new(
+            Opts::new(
+                "promptd_batch_errors_total",
+                "Forward passes that failed, by error type",
+            ),
+            &["error_type"],
+        )
+        .expect("valid metric");
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(requests.clone()),
+            Box::new(request_duration.clone()),
+            Box::new(queue_wait.clone()),
+            Box::new(batch_size.clone()),
+            Box::new(batch_tasks.clone()),
+            Box::new(batch_duration.clone()),
+            Box::new(queue_depth.clone()),
+            Box::new(prompts_loaded.clone()),
+            Box::new(prompt_uploads.clone()),
+            Box::new(prompt_reloads.clone()),
+            Box::new(generated_tokens.clone()),
+            Box::new(batch_errors.clone()),
+        ];
+        for c in collectors {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            task_labels: TaskLabels::new(max_task_labels),
+            requests,
+            request_duration,
+            queue_wait,
+            batch_size,
+            batch_tasks,
+            batch_duration,
+            queue_depth,
+            prompts_loaded,
+            prompt_uploads,
+            prompt_reloads,
+            generated_tokens,
+            batch_errors,
+        }
+    }
+
+    /// The `task` label value for a registered task (bounded, see the module docs).
+    pub fn task_label(&self, task: &str) -> String {
+        self.task_labels.label(task)
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metrics.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Hands out at most `max` distinct task labels, first come first served.
+struct TaskLabels {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl TaskLabels {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn label(&self, task: &str) -> String {
+        let mut seen = self.seen.lock();
+        if seen.contains(task) {
+            return task.to_string();
+        }
+        if seen.len() < self.max {
+            seen.insert(task.to_string());
+            return task.to_string();
+        }
+        OTHER_TASK.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_labels_are_bounded() {
+        let m = Metrics::new(2);
+        assert_eq!(m.task_label("a"), "a");
+        assert_eq!(m.task_label("b"), "b");
+        assert_eq!(m.task_label("c"), OTHER_TASK);
+        assert_eq!(m.task_label("a"), "a");
+        for i in 0..1000 {
+            let label = m.task_label(&format!("t{i}"));
+            m.requests.with_label_values(&[&label, "200"]).inc();
+        }
+        let text = m.render();
+        assert!(text.contains("promptd_requests_total{status=\"200\",task=\"_other\"} 1000"));
+        assert_eq!(text.matches("promptd_requests_total{").count(), 1);
+    }
+}

@@ -1,0 +1,271 @@
+//! The on-disk prompt store: one folder, one entry per task. Uploads are written as
+//! `<task>.safetensors` (encoder rows as `prompt_embeddings`, PEFT decoder rows as
+//! `decoder_prompt_embeddings`, version and upload hash in the header metadata) through a
+//! hidden temporary file, fsync and rename, so a reader sees the old file or the new one.
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
+
+use super::dir::{classify, load_source, PromptSource};
+use super::{Prompt, PromptError, PromptLimits, PromptRows, TaskName};
+
+/// Header metadata key of the prompt version.
+pub const VERSION_KEY: &str = "promptd.version";
+/// Header metadata key of the uploaded file's SHA-256.
+pub const SHA256_KEY: &str = "promptd.sha256";
+const DECODER_KEY: &str = "decoder_prompt_embeddings";
+const TEMP_MARK: &str = ".tmp-";
+
+/// Identity of a prompt source on disk: length, mtime and inode of each of its files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(u64, i128, u64)>);
+
+impl Fingerprint {
+    fn of(paths: &[PathBuf]) -> io::Result<Self> {
+        let mut parts = Vec::with_capacity(paths.len());
+        for p in paths {
+            let m = fs::metadata(p)?;
+            let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+            parts.push((m.len(), mtime, m.ino()));
+        }
+        Ok(Self(parts))
+    }
+
+    /// Latest modification time among the files (ns since the epoch).
+    pub fn mtime(&self) -> i128 {
+        self.0.iter().map(|p| p.1).max().unwrap_or(0)
+    }
+}
+
+/// A prompt source found in the folder.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Where it lives.
+    pub source: PromptSource,
+    /// Its identity now.
+    pub fingerprint: Fingerprint,
+}
+
+/// A prompt read from the store with what its file says about itself.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The validated prompt.
+    pub prompt: Prompt,
+    /// Version from promptd's header metadata (None for files promptd did not write).
+    pub version: Option<u64>,
+    /// SHA-256 of the file as uploaded (from metadata), else of the file itself.
+    pub sha256: String,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The prompts folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the folder and removes temporary files left by crashed
+    /// writers more than an hour ago (younger ones may belong to another live replica).
+    pub fn open(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let store = Self {
+            dir: dir.to_path_buf(),
+        };
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(TEMP_MARK) {
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .is_some_and(|age| age > Duration::from_secs(3600));
+                if old {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every prompt source in the folder by task name (several when a task is defined twice).
+    pub fn scan(&self) -> io::Result<HashMap<String, Vec<Found>>> {
+        let mut out: HashMap<String, Vec<Found>> = HashMap::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            let Some((task, source)) = classify(&path) else {
+                continue;
+            };
+            let files = match &source {
+                PromptSource::TensorFile(p) => vec![p.clone()],
+                PromptSource::PeftDir(d) => vec![
+                    d.join("adapter_config.json"),
+                    d.join("adapter_model.safetensors"),
+                ],
+            };
+            // A file removed or half-present between listing and stat shows up next scan.
+            let fingerprint = Fingerprint::of(&files).unwrap_or_default();
+            out.entry(task).or_default().push(Found {
+                source,
+                fingerprint,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads and validates one source.
+    pub fn load(
+        &self,
+        source: &PromptSource,
+        d_model: usize,
+        limits: &PromptLimits,
+    ) -> Result<Loaded, PromptError> {
+        let prompt = load_source(source, d_model, limits)?;
+        let read = |p: &Path| fs::read(p).map_err(|e| PromptError::Io(format!("{}: {e}", p.display())));
+        let (version, sha256) = match source {
+            PromptSource::TensorFile(path) => {
+                let bytes = read(path)?;
+                let meta = SafeTensors::read_metadata(&bytes)
+                    .ok()
+                    .and_then(|(_, m)| m.metadata().clone())
+                    .unwrap_or_default();
+                let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
+                let sha = meta
+                    .get(SHA256_KEY)
+                    .cloned()
+                    .unwrap_or_else(|| sha256_hex(&bytes));
+                (version, sha)
+            }
+            PromptSource::PeftDir(dir) => (
+                None,
+                sha256_hex(&read(&dir.join("adapter_model.safetensors"))?),
+            ),
+        };
+        Ok(Loaded {
+            prompt,
+            version,
+            sha256,
+        })
+    }
+
+    /// Writes `prompt` as the task's only source, atomically, and returns its fingerprint.
+    /// Other sources of the same task (`.npy`, a PEFT folder) are removed afterwards.
+    pub fn write(
+        &self,
+        task: &TaskName,
+        prompt: &Prompt,
+        version: u64,
+        sha256: &str,
+    ) -> io::Result<Fingerprint> {
+        let bytes = encode(prompt, version, sha256)?;
+        let path = self.dir.join(format!("{task}.safetensors"));
+        let temp = self.dir.join(format!(
+            ".{task}.safetensors{TEMP_MARK}{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let written = (|| {
+            let mut f = File::create(&temp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&temp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+        self.remove_other_sources(task, &path)?;
+        self.sync_dir()?;
+        Fingerprint::of(&[path])
+    }
+
+    /// Removes every source of `task`; false when there was none.
+    pub fn remove(&self, task: &TaskName) -> io::Result<bool> {
+        let removed = self.remove_other_sources(task, Path::new(""))?;
+        if removed {
+            self.sync_dir()?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_other_sources(&self, task: &TaskName, keep: &Path) -> io::Result<bool> {
+        let mut removed = false;
+        for name in [
+            format!("{task}.safetensors"),
+            format!("{task}.npy"),
+            task.to_string(),
+        ] {
+            let path = self.dir.join(name);
+            if path == keep {
+                continue;
+            }
+            let result = match classify(&path) {
+                Some((_, PromptSource::PeftDir(_))) => fs::remove_dir_all(&path),
+                Some((_, PromptSource::TensorFile(_))) if path.is_file() => fs::remove_file(&path),
+                _ => continue,
+            };
+            match result {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        File::open(&self.dir)?.sync_all()
+    }
+}
+
+fn rows_bytes(rows: &PromptRows) -> Vec<u8> {
+    rows.values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The stored form of a prompt: safetensors with f32 rows and promptd's metadata.
+pub fn encode(prompt: &Prompt, version: u64, sha256: &str) -> io::Result<Vec<u8>> {
+    let invalid = |e: safetensors::SafeTensorError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let enc = rows_bytes(&prompt.encoder);
+    let dec = prompt.decoder.as_ref().map(rows_bytes);
+    let mut tensors = vec![(
+        super::tensor::PEFT_KEY,
+        TensorView::new(
+            Dtype::F32,
+            vec![prompt.encoder.rows, prompt.encoder.cols],
+            &enc,
+        )
+        .map_err(invalid)?,
+    )];
+    if let (Some(d), Some(bytes)) = (&prompt.decoder, &dec) {
+        tensors.push((
+            DECODER_KEY,
+            TensorView::new(Dtype::F32, vec![d.rows, d.cols], bytes).map_err(invalid)?,
+        ));
+    }
+    let meta = HashMap::from([
+        (VERSION_KEY.to_string(), version.to_string()),
+        (SHA256_KEY.to_string(), sha256.to_string()),
+    ]);
+    safetensors::tensor::serialize(tensors, Some(meta)).map_err(invalid)
+}

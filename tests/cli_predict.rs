@@ -1,33 +1,9 @@
 //! `promptd predict` end to end: JSON lines in, JSON lines out, in order, errors per line.
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
-/// Runs `promptd predict` with `args`, feeding `stdin`; returns result lines, stderr, success.
-fn run_predict(args: &[&std::ffi::OsStr], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_promptd"))
-        .arg("predict")
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-        out.status.success(),
-    )
-}
+use common::run_predict;
 
 /// `promptd predict` on a fixture model with its fixture prompts.
 fn predict(model: &str, args: &[&str], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {

@@ -3,39 +3,10 @@ mod common;
 
 use promptd::prompts::{load_prompt_dir, parse_tensor_file, Prompt, PromptLimits};
 use proptest::prelude::*;
-use safetensors::tensor::{Dtype, TensorView};
+use common::{f32_bytes, npy_bytes, st_bytes};
+use safetensors::tensor::Dtype;
 
 const D: usize = 8;
-
-fn st_bytes(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, dt, shape, data)| {
-            (
-                n.to_string(),
-                TensorView::new(*dt, shape.clone(), data).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize(views, None).unwrap()
-}
-
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut out = b"\x93NUMPY\x01\x00".to_vec();
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(data);
-    out
-}
 
 fn values(rows: usize) -> Vec<f32> {
     (0..rows * D).map(|i| (i as f32 * 0.37).sin()).collect()

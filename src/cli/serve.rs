@@ -101,7 +101,17 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(serve(args))
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+/// Everything a running server is made of, before it listens.
+pub struct Server {
+    /// Route state (registry, batcher, engine handle, metrics, limits).
+    pub state: AppState,
+    /// The engine thread.
+    pub engine_thread: std::thread::JoinHandle<()>,
+}
+
+/// Builds the server from its arguments: reads the model config and tokenizer, starts the
+/// engine thread (which loads the weights in the background) and opens the prompts folder.
+pub fn build(args: &ServeArgs) -> Result<Server, String> {
     let config = T5Config::from_dir(&args.model).map_err(|e| e.to_string())?;
     let eos = config.eos_ids()[0];
     let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
@@ -109,7 +119,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let device = args.device.resolve()?;
     let kind = args.dtype.resolve(device);
     let metrics = Arc::new(Metrics::new(args.metrics_max_tasks));
-    let (engine, _engine_thread) = worker::spawn(EngineConfig {
+    let (engine, engine_thread) = worker::spawn(EngineConfig {
         model_dir: args.model.clone(),
         device,
         kind,
@@ -140,9 +150,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     );
     let lifecycle = Arc::new(Lifecycle::default());
     let state = AppState {
-        registry: registry.clone(),
-        batcher: batcher.clone(),
-        engine: engine.clone(),
+        registry,
+        batcher,
+        engine,
         tokenizer: Arc::new(tokenizer),
         metrics,
         limits: ApiLimits {
@@ -157,9 +167,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             max_prompt_bytes: args.max_prompt_bytes,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
-        lifecycle: lifecycle.clone(),
+        lifecycle,
     };
+    Ok(Server {
+        state,
+        engine_thread,
+    })
+}
 
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let Server { state, .. } = build(&args)?;
+    let batcher = state.batcher.clone();
+    let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("binding {}: {e}", args.addr))?;
@@ -168,25 +187,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     println!("promptd listening on http://{local}");
     tracing::info!(addr = %local, "listening; loading the model");
 
-    let batcher_task = tokio::spawn(batcher.clone().run(engine.clone()));
+    let batcher_task = tokio::spawn(batcher.clone().run(state.engine.clone()));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
-    let startup = tokio::spawn(start_up(
-        engine.clone(),
-        registry.clone(),
-        lifecycle.clone(),
-        Duration::from_millis(args.watch_interval_ms),
-        fatal_tx,
-    ));
+    let startup = {
+        let (engine, registry) = (state.engine.clone(), state.registry.clone());
+        let lifecycle = lifecycle.clone();
+        let interval = Duration::from_millis(args.watch_interval_ms);
+        tokio::spawn(async move {
+            match load(&engine, &registry, &lifecycle).await {
+                Ok(()) => watch(&registry, interval).await,
+                Err(why) => {
+                    let _ = fatal_tx.send(why).await;
+                }
+            }
+        })
+    };
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut stop_rx_server = stop_rx.clone();
+    // Stage one on a signal: stop accepting, refuse new work (503), fail readiness.
+    // Stage two: wait, bounded, for in-flight requests and the queue to drain.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
-            let _ = stop_rx_server.wait_for(|s| *s).await;
+            let _ = stop_rx.wait_for(|stop| *stop).await;
         })
         .into_future();
     let mut server = tokio::spawn(server);
-
     let outcome = tokio::select! {
         r = &mut server => Err(format!("server stopped: {r:?}")),
         why = fatal_rx.recv() => Err(why.unwrap_or_else(|| "start-up failed".into())),
@@ -195,12 +220,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     lifecycle.draining.store(true, Ordering::Release);
     batcher.close();
     let _ = stop_tx.send(true);
-    drop(stop_rx);
-    let grace = Duration::from_secs(args.shutdown_timeout_s);
     match &outcome {
         Ok(signal) => tracing::info!(signal, "shutting down: draining in-flight requests"),
         Err(why) => tracing::error!("shutting down: {why}"),
     }
+    let grace = Duration::from_secs(args.shutdown_timeout_s);
     let drained = tokio::time::timeout(grace, async {
         let _ = (&mut server).await;
         let _ = batcher_task.await;
@@ -213,31 +237,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     outcome.map(|_| tracing::info!("stopped"))
 }
 
-/// Waits for the model, loads the prompts folder, marks the server ready, then keeps the
-/// registry in step with the folder.
-async fn start_up(
-    engine: worker::EngineHandle,
-    registry: Arc<Registry>,
-    lifecycle: Arc<Lifecycle>,
-    interval: Duration,
-    fatal: tokio::sync::mpsc::Sender<String>,
-) {
-    if let Err(why) = engine.ready().await {
-        let _ = fatal.send(format!("model failed to load: {why}")).await;
-        return;
-    }
-    match registry.sync().await {
-        Ok(report) => tracing::info!(
-            prompts = registry.len(),
-            failed = report.failed,
-            "prompts loaded; ready"
-        ),
-        Err(e) => {
-            let _ = fatal.send(format!("loading prompts: {e}")).await;
-            return;
-        }
-    }
+/// Waits for the model, loads the prompts folder and marks the server ready.
+pub async fn load(
+    engine: &worker::EngineHandle,
+    registry: &Registry,
+    lifecycle: &Lifecycle,
+) -> Result<(), String> {
+    engine
+        .ready()
+        .await
+        .map_err(|why| format!("model failed to load: {why}"))?;
+    let report = registry
+        .sync()
+        .await
+        .map_err(|e| format!("loading prompts: {e}"))?;
+    tracing::info!(
+        prompts = registry.len(),
+        failed = report.failed,
+        "prompts loaded; ready"
+    );
     lifecycle.ready.store(true, Ordering::Release);
+    Ok(())
+}
+
+/// Keeps the registry in step with the prompts folder, forever.
+pub async fn watch(registry: &Registry, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -14,6 +14,7 @@ use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
 
 use super::dir::{classify, load_source, PromptSource};
+use super::tensor::{is_safetensors, safetensors_tensor};
 use super::{Prompt, PromptError, PromptLimits, PromptRows, TaskName};
 
 /// Header metadata key of the prompt version.
@@ -139,7 +140,7 @@ impl Store {
         d_model: usize,
         limits: &PromptLimits,
     ) -> Result<Loaded, PromptError> {
-        let prompt = load_source(source, d_model, limits)?;
+        let mut prompt = load_source(source, d_model, limits)?;
         let read = |p: &Path| fs::read(p).map_err(|e| PromptError::Io(format!("{}: {e}", p.display())));
         let (version, sha256) = match source {
             PromptSource::TensorFile(path) => {
@@ -149,6 +150,15 @@ impl Store {
                     .and_then(|(_, m)| m.metadata().clone())
                     .unwrap_or_default();
                 let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
+                let decoder = if is_safetensors(&bytes) {
+                    safetensors_tensor(&bytes, DECODER_KEY)?
+                } else {
+                    None
+                };
+                if let Some(raw) = decoder {
+                    prompt.decoder = Some(decoder_rows(raw, d_model)?);
+                    prompt.validate(d_model, limits)?;
+                }
                 let sha = meta
                     .get(SHA256_KEY)
                     .cloned()
@@ -236,6 +246,19 @@ impl Store {
 
     fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
+    }
+}
+
+fn decoder_rows(raw: super::RawTensor, d_model: usize) -> Result<PromptRows, PromptError> {
+    match raw.shape.as_slice() {
+        &[rows, cols] if cols as usize == d_model => Ok(PromptRows {
+            rows: rows as usize,
+            cols: d_model,
+            values: raw.values,
+        }),
+        other => Err(PromptError::Invalid(format!(
+            "`{DECODER_KEY}` has shape {other:?}; expected [rows, {d_model}]"
+        ))),
     }
 }
 

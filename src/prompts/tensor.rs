@@ -114,6 +114,20 @@ pub fn parse_safetensors(bytes: &[u8]) -> Result<RawTensor, PromptError> {
             names.iter().take(8).copied().collect::<Vec<_>>().join(", ")
         )));
     };
+    read_view(&st, name)
+}
+
+/// Reads tensor `name` of a safetensors file, if it has one.
+pub fn safetensors_tensor(bytes: &[u8], name: &str) -> Result<Option<RawTensor>, PromptError> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;
+    if !st.names().contains(&name) {
+        return Ok(None);
+    }
+    read_view(&st, name).map(Some)
+}
+
+fn read_view(st: &SafeTensors<'_>, name: &str) -> Result<RawTensor, PromptError> {
     let view = st
         .tensor(name)
         .map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;

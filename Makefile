@@ -1,9 +1,10 @@
-# promptd — `make run` starts the demo, `make test` runs the whole suite.
+# promptd — `make run` starts the server on the demo model, `make test` runs the whole suite.
 # libtorch 2.11.0 is provisioned from PyPI into .libtorch/ on first use (scripts/provision-libtorch.sh).
 CARGO ?= cargo
 LIBTORCH_STAMP := .libtorch/.complete-2.11.0
 DEMO_MODEL ?= tests/fixtures/models/t5-v1_1-tiny
-DEMO_PROMPTS ?= tests/fixtures/prompts/t5-v1_1-tiny
+DEMO_PROMPTS ?= prompts
+ADDR ?= 127.0.0.1:8080
 
 .PHONY: all libtorch build build-cuda test run fixtures clean
 
@@ -24,8 +25,9 @@ build-cuda: libtorch
 test: libtorch
 	$(CARGO) test --all-targets
 
+# Serves the demo model and the demo prompts in prompts/ (uploads are stored there too).
 run: build
-	./scripts/demo.sh ./target/release/promptd $(DEMO_MODEL) $(DEMO_PROMPTS)
+	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR)
 
 # Regenerates tests/fixtures with transformers + PEFT (needs: pip install torch transformers peft).
 fixtures:

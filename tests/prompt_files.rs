@@ -1,9 +1,9 @@
 //! Prompt files: formats, PEFT adapters, validation errors, and hostile bytes (property tests).
 mod common;
 
+use common::{f32_bytes, npy_bytes, st_bytes};
 use promptd::prompts::{load_prompt_dir, parse_tensor_file, Prompt, PromptLimits};
 use proptest::prelude::*;
-use common::{f32_bytes, npy_bytes, st_bytes};
 use safetensors::tensor::Dtype;
 
 const D: usize = 8;

@@ -56,7 +56,10 @@ fn assert_same_output(got: &Value, want: &Value, what: &str) {
             assert_eq!(g.len(), w.len(), "{what}");
             for (g, w) in g.iter().zip(w) {
                 let (g, w) = (g.as_f64().unwrap(), w.as_f64().unwrap());
-                assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{what}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "{what}: {g} vs {w}"
+                );
             }
             assert_eq!(got["label"], want["label"], "{what}");
         }
@@ -95,13 +98,20 @@ async fn concurrent_requests_over_16_tasks_equal_offline_predict() {
     let lines: Vec<(String, String, usize, Vec<String>)> = (0..64)
         .map(|i| {
             let labels = if i % 4 == 0 {
-                vec!["yes".to_string(), "no".to_string(), "maybe later".to_string()]
+                vec![
+                    "yes".to_string(),
+                    "no".to_string(),
+                    "maybe later".to_string(),
+                ]
             } else {
                 vec![]
             };
             (
                 format!("task{:02}", i % 16),
-                format!("request {i}: the quick brown fox {}", "jumps ".repeat(i % 7)),
+                format!(
+                    "request {i}: the quick brown fox {}",
+                    "jumps ".repeat(i % 7)
+                ),
                 1 + i % 9,
                 labels,
             )
@@ -160,7 +170,10 @@ fn versions() -> Vec<(&'static str, Vec<u8>)> {
     let p = fixture_prompts();
     vec![
         ("task03", std::fs::read(p.join("task03.npy")).unwrap()),
-        ("task11", std::fs::read(p.join("task11.safetensors")).unwrap()),
+        (
+            "task11",
+            std::fs::read(p.join("task11.safetensors")).unwrap(),
+        ),
         ("task07", std::fs::read(p.join("task07.npy")).unwrap()),
     ]
 }
@@ -170,7 +183,11 @@ async fn hot_swap_under_load_never_fails_or_mixes_versions() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&model_dir(), dir.path(), &["--max-wait-ms", "2"]);
     let client = reqwest::Client::new();
-    let inputs = ["alpha beta", "a much longer input about gamma and delta", "x"];
+    let inputs = [
+        "alpha beta",
+        "a much longer input about gamma and delta",
+        "x",
+    ];
     let files = versions();
     let lines: Vec<_> = files
         .iter()
@@ -262,7 +279,10 @@ async fn hot_swap_under_load_never_fails_or_mixes_versions() {
         }
     }
     eprintln!("{swaps} swaps; {ok} answers checked, {missing} 404s during deletes");
-    assert!(ok >= 20, "too little traffic: {ok} answers over {swaps} swaps");
+    assert!(
+        ok >= 20,
+        "too little traffic: {ok} answers over {swaps} swaps"
+    );
     let m = metrics(&client, &server).await;
     assert_eq!(metric(&m, "promptd_requests_total{status=\"5"), 0.0, "{m}");
 }
@@ -338,7 +358,10 @@ async fn two_servers_sharing_a_folder_see_each_others_changes() {
     assert_eq!(r.status().as_u16(), 200);
     let (_, from_b) = predict(&client, &b, "shared").await;
     assert_eq!(from_b["prompt_version"], json!(2));
-    let from_a = eventually(&client, &a, "shared", |_, v| v["prompt_version"] == json!(2)).await;
+    let from_a = eventually(&client, &a, "shared", |_, v| {
+        v["prompt_version"] == json!(2)
+    })
+    .await;
     assert_eq!(from_a, from_b);
 
     // A file an operator drops in is served by both; a delete through A reaches B.
@@ -450,7 +473,11 @@ async fn sigterm_finishes_queued_work_then_exits_zero() {
     });
     // Wait until the rows are queued, then ask the server to stop.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&metrics(&client, &server).await, "promptd_queue_wait_seconds_count") < 1.0 {
+    while metric(
+        &metrics(&client, &server).await,
+        "promptd_queue_wait_seconds_count",
+    ) < 1.0
+    {
         assert!(Instant::now() < deadline, "request never reached the queue");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -460,5 +487,9 @@ async fn sigterm_finishes_queued_work_then_exits_zero() {
     assert_eq!(body["outputs"].as_array().unwrap().len(), 64);
     let logs_hint = server.log.clone();
     let exit = server.wait();
-    assert!(exit.success(), "exit {exit:?}; log at {}", logs_hint.display());
+    assert!(
+        exit.success(),
+        "exit {exit:?}; log at {}",
+        logs_hint.display()
+    );
 }

@@ -1,7 +1,7 @@
 //! API errors: one enum, one stable `error_type` per variant, and the one table from error
 //! to HTTP status. Every error body is `{"error": "...", "error_type": "..."}`.
-use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::multipart::MultipartError;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -36,7 +36,7 @@ pub struct ApiLimits {
     pub max_body_bytes: usize,
     /// Prompt upload body size in bytes.
     pub max_prompt_bytes: usize,
-    /// Time a predict request may take before it gets 504.
+    /// Time a predict request may take before it gets 504 (zero: no limit).
     pub request_timeout: Duration,
 }
 
@@ -149,7 +149,10 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

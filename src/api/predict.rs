@@ -138,15 +138,23 @@ async fn predict_inner(
         .ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
     let JsonBody(req) = body?;
     let valid = validate(state, &entry.slot, req)?;
-    let rows = valid.rows.into_iter().map(|r| (task.to_string(), r)).collect();
+    let rows = valid
+        .rows
+        .into_iter()
+        .map(|r| (task.to_string(), r))
+        .collect();
     let receivers = state.batcher.submit(rows).map_err(|e| match e {
         Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
         Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
     })?;
     let timeout = state.limits.request_timeout;
-    let answers = tokio::time::timeout(timeout, futures_join(receivers))
-        .await
-        .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?;
+    let answers = if timeout.is_zero() {
+        futures_join(receivers).await
+    } else {
+        tokio::time::timeout(timeout, futures_join(receivers))
+            .await
+            .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?
+    };
     let mut outputs = Vec::with_capacity(answers.len());
     for answer in answers {
         let out = answer
@@ -211,7 +219,9 @@ fn validate(
 }
 
 /// Awaits every receiver, in order.
-async fn futures_join<T>(receivers: Vec<tokio::sync::oneshot::Receiver<T>>) -> Vec<Result<T, tokio::sync::oneshot::error::RecvError>> {
+async fn futures_join<T>(
+    receivers: Vec<tokio::sync::oneshot::Receiver<T>>,
+) -> Vec<Result<T, tokio::sync::oneshot::error::RecvError>> {
     let mut out = Vec::with_capacity(receivers.len());
     for rx in receivers {
         out.push(rx.await);

@@ -34,7 +34,11 @@ impl Upload {
             .headers()
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("multipart/")
+            });
         if !multipart {
             let body = Bytes::from_request(req, state).await?;
             return Ok(Upload::Tensor(body));

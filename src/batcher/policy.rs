@@ -193,7 +193,8 @@ impl<T: Queued> Policy<T> {
         if dropped > 0 {
             self.len -= dropped;
             let queues = &self.queues;
-            self.ring.retain(|t| queues.get(t).is_some_and(|q| !q.is_empty()));
+            self.ring
+                .retain(|t| queues.get(t).is_some_and(|q| !q.is_empty()));
             self.queues.retain(|_, q| !q.is_empty());
         }
     }
@@ -264,7 +265,11 @@ mod tests {
         assert!(p.is_empty());
         p.push_all((0..4).map(|i| row("a", i)).collect(), t0)
             .unwrap();
-        assert_eq!(p.next_batch(t0).unwrap().len(), 3, "full batch goes at once");
+        assert_eq!(
+            p.next_batch(t0).unwrap().len(),
+            3,
+            "full batch goes at once"
+        );
         assert_eq!(p.len(), 1);
     }
 
@@ -297,9 +302,8 @@ mod tests {
         for t in ["a", "b", "c", "d"] {
             p.push_all(vec![row(t, 0), row(t, 1)], t0).unwrap();
         }
-        let tasks = |b: Vec<Waiting<Row>>| -> Vec<String> {
-            b.into_iter().map(|w| w.item.task).collect()
-        };
+        let tasks =
+            |b: Vec<Waiting<Row>>| -> Vec<String> { b.into_iter().map(|w| w.item.task).collect() };
         assert_eq!(tasks(p.next_batch(t0).unwrap()), ["a", "b"]);
         assert_eq!(tasks(p.next_batch(t0).unwrap()), ["c", "d"]);
         assert_eq!(tasks(p.next_batch(t0).unwrap()), ["a", "b"]);
@@ -354,9 +358,14 @@ mod tests {
         });
         let mut long = row("a", 0);
         long.cost = 9;
-        p.push_all(vec![long, row("b", 0), row("c", 0)], t0).unwrap();
+        p.push_all(vec![long, row("b", 0), row("c", 0)], t0)
+            .unwrap();
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(p.next_batch(later).unwrap().len(), 1, "9 + padding to 9 > 10");
+        assert_eq!(
+            p.next_batch(later).unwrap().len(),
+            1,
+            "9 + padding to 9 > 10"
+        );
         assert_eq!(p.next_batch(later).unwrap().len(), 2);
     }
 }

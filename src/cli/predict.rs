@@ -7,9 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::api::validate::{best_label, build_row, RowLimits};
-use crate::engine::{
-    DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput,
-};
+use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
 use crate::model::{ModelOptions, T5Model, T5Tokenizer};
 use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};

@@ -76,7 +76,7 @@ pub struct ServeArgs {
     /// Largest prompt upload, in bytes (413 beyond).
     #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES", default_value_t = 64 << 20)]
     pub max_prompt_bytes: usize,
-    /// Time a predict request may take, queueing included, before it gets 504.
+    /// Time a predict request may take, queueing included, before it gets 504 (0: no limit).
     #[arg(long, env = "PROMPTD_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
     pub request_timeout_ms: u64,
     /// How often the prompts folder is checked for changes made by others.
@@ -231,7 +231,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(secs = grace.as_secs(), "drain timed out; exiting with work unfinished");
+        tracing::warn!(
+            secs = grace.as_secs(),
+            "drain timed out; exiting with work unfinished"
+        );
     }
     startup.abort();
     outcome.map(|_| tracing::info!("stopped"))

@@ -202,10 +202,9 @@ impl Registry {
         let slot = self.register_one(prompt.clone()).await?;
         let store = self.store.clone();
         let (t, p, sha) = (task.clone(), prompt.clone(), sha256.clone());
-        let fingerprint =
-            tokio::task::spawn_blocking(move || store.write(&t, &p, version, &sha))
-                .await
-                .map_err(|e| RegistryError::Engine(format!("store task failed: {e}")))??;
+        let fingerprint = tokio::task::spawn_blocking(move || store.write(&t, &p, version, &sha))
+            .await
+            .map_err(|e| RegistryError::Engine(format!("store task failed: {e}")))??;
         let info = PromptInfo {
             task: task.to_string(),
             prompt_length: prompt.encoder.rows,
@@ -272,7 +271,10 @@ impl Registry {
         for (name, mut found) in scanned {
             let Ok(task) = TaskName::parse(&name) else {
                 let path = source_path(&found[0].source).to_path_buf();
-                if self.failed.lock().insert(path.clone(), found[0].fingerprint.clone())
+                if self
+                    .failed
+                    .lock()
+                    .insert(path.clone(), found[0].fingerprint.clone())
                     != Some(found[0].fingerprint.clone())
                 {
                     tracing::warn!(path = %path.display(), "ignoring prompt with an invalid task name");
@@ -283,7 +285,11 @@ impl Registry {
             // A task defined twice (say task.npy next to task.safetensors): the newest wins.
             found.sort_by_key(|f| f.fingerprint.mtime());
             let newest = found.pop().expect("scan groups are non-empty");
-            let current = self.entries.read().get(&task).map(|e| e.fingerprint.clone());
+            let current = self
+                .entries
+                .read()
+                .get(&task)
+                .map(|e| e.fingerprint.clone());
             if current.as_ref() == Some(&newest.fingerprint) {
                 continue;
             }
@@ -325,7 +331,10 @@ impl Registry {
                 }
             }
         }
-        let prompts: Vec<Arc<Prompt>> = ok.iter().map(|(_, _, l)| Arc::new(l.prompt.clone())).collect();
+        let prompts: Vec<Arc<Prompt>> = ok
+            .iter()
+            .map(|(_, _, l)| Arc::new(l.prompt.clone()))
+            .collect();
         let slots = self
             .engine
             .register(prompts)

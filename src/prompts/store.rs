@@ -141,7 +141,8 @@ impl Store {
         limits: &PromptLimits,
     ) -> Result<Loaded, PromptError> {
         let mut prompt = load_source(source, d_model, limits)?;
-        let read = |p: &Path| fs::read(p).map_err(|e| PromptError::Io(format!("{}: {e}", p.display())));
+        let read =
+            |p: &Path| fs::read(p).map_err(|e| PromptError::Io(format!("{}: {e}", p.display())));
         let (version, sha256) = match source {
             PromptSource::TensorFile(path) => {
                 let bytes = read(path)?;

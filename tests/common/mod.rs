@@ -178,7 +178,10 @@ pub fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
 }
 
 /// Runs `promptd predict` with `args`, feeding `stdin`; returns result lines, stderr, success.
-pub fn run_predict(args: &[&std::ffi::OsStr], stdin: &[u8]) -> (Vec<serde_json::Value>, String, bool) {
+pub fn run_predict(
+    args: &[&std::ffi::OsStr],
+    stdin: &[u8],
+) -> (Vec<serde_json::Value>, String, bool) {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_promptd"))
         .arg("predict")
         .args(args)
@@ -262,7 +265,9 @@ impl TestServer {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut line = String::new();
-        std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
         let base = line
             .trim()
             .strip_prefix("promptd listening on ")
@@ -343,8 +348,13 @@ mod raw_http {
         let rest = url.strip_prefix("http://")?;
         let (host, path) = rest.split_at(rest.find('/')?);
         let mut s = std::net::TcpStream::connect(host).ok()?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
         let mut buf = String::new();
         s.read_to_string(&mut buf).ok()?;
         buf.split_whitespace().nth(1)?.parse().ok()

@@ -1,0 +1,666 @@
+//! The HTTP API in-process (`app(state)` driven with `tower::ServiceExt::oneshot`) on the tiny
+//! fixture model: the bad-upload table, prompt life cycle, request errors, backpressure,
+//! timeouts and batch timing.
+mod common;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use clap::Parser;
+use common::{f32_bytes, fixtures, npy_bytes, snapshot, st_bytes};
+use promptd::api::{app, AppState};
+use promptd::cli::serve::{build, load};
+use promptd::cli::{Cli, Command};
+use safetensors::Dtype;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+const D: usize = 48;
+
+fn model_dir() -> std::path::PathBuf {
+    fixtures().join("models/t5-v1_1-tiny")
+}
+
+struct Setup {
+    state: AppState,
+    dir: tempfile::TempDir,
+}
+
+/// `promptd serve` state (engine thread started, nothing loaded) over `prompts`.
+fn build_state(prompts: &std::path::Path, extra: &[&str]) -> AppState {
+    let model = model_dir();
+    let mut argv = vec![
+        "promptd",
+        "serve",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+    ];
+    argv.extend_from_slice(extra);
+    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
+        unreachable!()
+    };
+    build(&args).unwrap().state
+}
+
+/// A server state over a folder holding `keep.npy`; `run_batcher` starts the batching loop.
+async fn setup(extra: &[&str], run_batcher: bool) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("prompts/t5-v1_1-tiny/task03.npy"),
+        dir.path().join("keep.npy"),
+    )
+    .unwrap();
+    let state = build_state(dir.path(), extra);
+    if run_batcher {
+        tokio::spawn(state.batcher.clone().run(state.engine.clone()));
+    }
+    load(&state.engine, &state.registry, &state.lifecycle)
+        .await
+        .unwrap();
+    Setup { state, dir }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+async fn call(state: &AppState, req: Request<Body>) -> Reply {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn put(task: &str, body: Vec<u8>) -> Request<Body> {
+    Request::put(format!("/v1/prompts/{task}"))
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn predict_req(task: &str, body: Value) -> Request<Body> {
+    Request::post(format!("/v1/tasks/{task}/predict"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn npy_f32(rows: usize, cols: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {
+    let v: Vec<f32> = (0..rows * cols).map(f).collect();
+    npy_bytes("<f4", &format!("({rows}, {cols})"), &f32_bytes(&v))
+}
+
+fn multipart(parts: &[(&str, Vec<u8>)]) -> Request<Body> {
+    let boundary = "promptd-test-boundary";
+    let mut body = Vec::new();
+    for (name, data) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::put("/v1/prompts/keep")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+async fn keep_answer(state: &AppState) -> Value {
+    let r = call(
+        state,
+        predict_req(
+            "keep",
+            json!({"inputs": ["one input", "two"], "max_new_tokens": 6}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    r.body
+}
+
+#[tokio::test]
+async fn every_bad_upload_is_refused_and_changes_nothing() {
+    let s = setup(
+        &["--max-prompt-length", "16", "--max-prompt-bytes", "65536"],
+        true,
+    )
+    .await;
+    let before = snapshot(s.dir.path());
+    let answer = keep_answer(&s.state).await;
+    let good = npy_f32(4, D, |i| (i as f32).sin());
+    let mut truncated = st_bytes(&[(
+        "prompt_embeddings",
+        Dtype::F32,
+        vec![4, D],
+        f32_bytes(&vec![0.5; 4 * D]),
+    )]);
+    truncated.truncate(truncated.len() / 2);
+    let mut huge_header = u64::MAX.to_le_bytes().to_vec();
+    huge_header.extend_from_slice(b"{\"p\":{}}");
+    let peft_weights =
+        std::fs::read(fixtures().join("prompts/t5-v1_1-tiny/task00/adapter_model.safetensors"))
+            .unwrap();
+    let mut inf = vec![0.25f32; 4 * D];
+    inf[7] = f32::INFINITY;
+
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "wrong width",
+            put("keep", npy_f32(4, D - 1, |_| 0.1)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "NaN",
+            put(
+                "keep",
+                npy_f32(4, D, |i| if i == 5 { f32::NAN } else { 0.1 }),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "Inf",
+            put(
+                "keep",
+                st_bytes(&[("prompt_embeddings", Dtype::F32, vec![4, D], f32_bytes(&inf))]),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "0 rows",
+            put("keep", npy_f32(0, D, |_| 0.0)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "too many rows",
+            put("keep", npy_f32(17, D, |_| 0.1)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "1-D tensor",
+            put("keep", npy_bytes("<f4", "(48,)", &f32_bytes(&[0.0; 48]))),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "integer dtype",
+            put("keep", npy_bytes("<i4", "(4, 48)", &[0u8; 4 * 48 * 4])),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("truncated", put("keep", truncated), StatusCode::BAD_REQUEST),
+        (
+            "not a tensor file",
+            put("keep", b"hello, I am not a tensor".to_vec()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "huge header length",
+            put("keep", huge_header),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "empty body",
+            put("keep", Vec::new()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "over the size limit",
+            put("keep", vec![0u8; 70_000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "bad task name",
+            put("..%2Fkeep", good.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "bad task name with a dot first",
+            put(".keep", good.clone()),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "multipart with a broken config",
+            multipart(&[
+                ("adapter_model.safetensors", peft_weights.clone()),
+                ("adapter_config.json", b"{not json".to_vec()),
+            ]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "multipart with an unknown field",
+            multipart(&[("weights.bin", peft_weights.clone())]),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "multipart without weights",
+            multipart(&[("adapter_config.json", b"{}".to_vec())]),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let r = call(&s.state, req).await;
+        assert_eq!(r.status, want, "{what}: {}", r.body);
+        let error = r.body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {}", r.body));
+        assert!(!error.is_empty(), "{what}");
+        assert_eq!(snapshot(s.dir.path()), before, "{what}: the folder changed");
+        let info = call(&s.state, get("/v1/prompts/keep")).await;
+        assert_eq!(info.body["version"], json!(1), "{what}");
+        assert_eq!(
+            keep_answer(&s.state).await,
+            answer,
+            "{what}: old prompt not served"
+        );
+    }
+    let m = s.state.metrics.render();
+    assert!(
+        m.contains("promptd_prompt_uploads_total{result=\"invalid\"} 17"),
+        "{m}"
+    );
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn prompt_life_cycle_put_get_list_replace_delete() {
+    let s = setup(&[], true).await;
+    let first = npy_f32(3, D, |i| (i as f32 * 0.1).cos());
+    let r = call(&s.state, put("fresh", first.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(
+        r.body,
+        json!({"task": "fresh", "prompt_length": 3, "d_model": D, "version": 1,
+               "sha256": sha256(&first), "loaded_at": r.body["loaded_at"]})
+    );
+    assert!(s.dir.path().join("fresh.safetensors").is_file());
+
+    let second = st_bytes(&[(
+        "prompt_embeddings",
+        Dtype::BF16,
+        vec![5, D],
+        vec![0x3f; 5 * D * 2],
+    )]);
+    let r = call(&s.state, put("fresh", second.clone())).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["version"], json!(2));
+    assert_eq!(r.body["prompt_length"], json!(5));
+    assert_eq!(r.body["sha256"], json!(sha256(&second)));
+
+    let list = call(&s.state, get("/v1/prompts")).await;
+    let tasks: Vec<&str> = list.body["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["fresh", "keep"]);
+    let one = call(&s.state, get("/v1/prompts/fresh")).await;
+    assert_eq!(one.body["version"], json!(2));
+    let r = call(&s.state, predict_req("fresh", json!({"inputs": "hi"}))).await;
+    assert_eq!(r.body["prompt_version"], json!(2));
+
+    // A PEFT seq2seq adapter ([2p, d]) through multipart; its decoder rows are kept.
+    let peft = fixtures().join("prompts/t5-v1_1-tiny/task00");
+    let read = |n: &str| std::fs::read(peft.join(n)).unwrap();
+    let r = call(
+        &s.state,
+        multipart(&[
+            (
+                "adapter_model.safetensors",
+                read("adapter_model.safetensors"),
+            ),
+            ("adapter_config.json", read("adapter_config.json")),
+        ]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], json!(2));
+    assert_eq!(r.body["decoder_prompt_length"], json!(1));
+    assert!(
+        !s.dir.path().join("keep.npy").exists(),
+        "older source removed"
+    );
+
+    let del = Request::delete("/v1/prompts/fresh")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&s.state, del).await.status, StatusCode::NO_CONTENT);
+    assert!(!s.dir.path().join("fresh.safetensors").exists());
+    let del = Request::delete("/v1/prompts/fresh")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&s.state, del).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&s.state, get("/v1/prompts/fresh")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = call(&s.state, predict_req("fresh", json!({"inputs": "hi"}))).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.body["error_type"], json!("unknown_task"));
+    // Re-created after a delete, the version keeps counting.
+    let r = call(&s.state, put("fresh", first)).await;
+    assert_eq!(
+        (r.status, r.body["version"].clone()),
+        (StatusCode::CREATED, json!(3))
+    );
+}
+
+#[tokio::test]
+async fn bad_predict_requests_get_json_errors() {
+    let s = setup(
+        &[
+            "--max-inputs",
+            "4",
+            "--max-body-bytes",
+            "2048",
+            "--max-new-tokens-limit",
+            "50",
+            "--max-labels",
+            "3",
+        ],
+        true,
+    )
+    .await;
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "unknown task",
+            predict_req("nope", json!({"inputs": "x"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "invalid task name",
+            predict_req("a%20b", json!({"inputs": "x"})),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "malformed JSON",
+            Request::post("/v1/tasks/keep/predict")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from("{\"inputs\": "))
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "no JSON content type",
+            Request::post("/v1/tasks/keep/predict")
+                .body(Body::from("{\"inputs\": \"x\"}"))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "inputs not text",
+            predict_req("keep", json!({"inputs": 5})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "inputs with a number",
+            predict_req("keep", json!({"inputs": ["a", 1]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "no inputs",
+            predict_req("keep", json!({"labels": ["a"]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "empty inputs",
+            predict_req("keep", json!({"inputs": []})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "unknown field",
+            predict_req("keep", json!({"inputs": "x", "temperature": 1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "too many inputs",
+            predict_req("keep", json!({"inputs": ["a", "b", "c", "d", "e"]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "negative max_new_tokens",
+            predict_req("keep", json!({"inputs": "x", "max_new_tokens": -1})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "giant max_new_tokens",
+            predict_req("keep", json!({"inputs": "x", "max_new_tokens": 1u64 << 60})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "max_new_tokens over the limit",
+            predict_req("keep", json!({"inputs": "x", "max_new_tokens": 51})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "too many labels",
+            predict_req(
+                "keep",
+                json!({"inputs": "x", "labels": ["a", "b", "c", "d"]}),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "body too large",
+            predict_req("keep", json!({"inputs": "x".repeat(4000)})),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        ("unknown route", get("/v2/nothing"), StatusCode::NOT_FOUND),
+        (
+            "wrong method",
+            get("/v1/tasks/keep/predict"),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let r = call(&s.state, req).await;
+        assert_eq!(r.status, want, "{what}: {}", r.body);
+        assert!(r.body["error"].is_string(), "{what}: {}", r.body);
+        assert!(r.body["error_type"].is_string(), "{what}: {}", r.body);
+    }
+    // The server still answers, with labels scored and the best one named.
+    let r = call(
+        &s.state,
+        predict_req(
+            "keep",
+            json!({"inputs": ["x"], "max_new_tokens": 0, "labels": ["yes", "no"]}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let out = &r.body["outputs"][0];
+    assert_eq!(out["token_ids"], json!([]));
+    assert_eq!(out["scores"].as_array().unwrap().len(), 2);
+    assert!(out["label"] == json!("yes") || out["label"] == json!("no"));
+    // Unknown task names share one metric label.
+    let m = s.state.metrics.render();
+    assert!(
+        m.contains("promptd_requests_total{status=\"404\",task=\"_unknown\"} 2"),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = setup(&[], true).await;
+    assert_eq!(call(&s.state, get("/healthz")).await.status, StatusCode::OK);
+    let ready = call(&s.state, get("/readyz")).await;
+    assert_eq!(
+        (ready.status, ready.body["prompts"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+    keep_answer(&s.state).await;
+    let resp = app(s.state.clone()).oneshot(get("/metrics")).await.unwrap();
+    assert!(resp.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "promptd_requests_total",
+        "promptd_request_duration_seconds",
+        "promptd_queue_wait_seconds",
+        "promptd_batch_size",
+        "promptd_batch_tasks",
+        "promptd_queue_depth",
+        "promptd_prompts_loaded",
+        "promptd_prompt_reloads_total",
+        "promptd_generated_tokens_total",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains("promptd_prompts_loaded 1"));
+    assert!(text.contains("promptd_generated_tokens_total 12"), "{text}");
+
+    // Draining: readiness fails and new work is refused with 503.
+    s.state
+        .lifecycle
+        .draining
+        .store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(
+        call(&s.state, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let r = call(&s.state, predict_req("keep", json!({"inputs": "x"}))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+}
+
+#[tokio::test]
+async fn not_ready_until_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = build_state(dir.path(), &[]);
+    assert_eq!(call(&state, get("/healthz")).await.status, StatusCode::OK);
+    assert_eq!(
+        call(&state, get("/readyz")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let r = call(&state, put("x", npy_f32(2, D, |_| 0.0))).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(snapshot(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn full_queue_gets_429_with_retry_after() {
+    // No batching loop: queued rows stay queued.
+    let s = setup(&["--max-queue", "3"], false).await;
+    let entry = s.state.registry.get("keep").unwrap();
+    let row = |text: &str| {
+        let ids = s.state.tokenizer.encode(text).unwrap();
+        (
+            "keep".to_string(),
+            promptd::engine::RowInput {
+                prompt: Some(entry.slot.clone()),
+                input_ids: ids,
+                max_new_tokens: 1,
+                labels: vec![],
+            },
+        )
+    };
+    let _held = s.state.batcher.submit(vec![row("a"), row("b")]).unwrap();
+    let r = call(&s.state, predict_req("keep", json!({"inputs": ["c", "d"]}))).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.headers[header::RETRY_AFTER], "1");
+    assert_eq!(r.body["error_type"], json!("queue_full"));
+    assert_eq!(
+        s.state.batcher.queue_len(),
+        2,
+        "refused rows are not queued"
+    );
+}
+
+#[tokio::test]
+async fn request_timeout_gives_504_and_cancels_the_rows() {
+    let s = setup(&["--request-timeout-ms", "100"], false).await;
+    let r = call(&s.state, predict_req("keep", json!({"inputs": ["a", "b"]}))).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    assert_eq!(r.body["error_type"], json!("timeout"));
+    // The abandoned rows are dropped unrun once the batching loop looks at the queue.
+    tokio::spawn(s.state.batcher.clone().run(s.state.engine.clone()));
+    let r = call(&s.state, predict_req("keep", json!({"inputs": "c"}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let m = s.state.metrics.render();
+    assert!(
+        m.contains("promptd_batch_size_sum 1\n"),
+        "only the live row ran:\n{m}"
+    );
+}
+
+/// With the clock paused, a lone row waits exactly max wait; a full batch does not wait.
+#[tokio::test(start_paused = true)]
+async fn a_batch_closes_at_max_wait_or_when_full() {
+    // No request timeout: a paused clock jumps to the next timer while the engine thread works.
+    let s = setup(
+        &[
+            "--max-wait-ms",
+            "50",
+            "--max-batch-size",
+            "4",
+            "--request-timeout-ms",
+            "0",
+        ],
+        true,
+    )
+    .await;
+    let wait_sum = |state: &AppState| -> f64 {
+        let m = state.metrics.render();
+        m.lines()
+            .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let r = call(&s.state, predict_req("keep", json!({"inputs": "alone"}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let waited = wait_sum(&s.state);
+    assert!((waited - 0.05).abs() < 1e-3, "lone row waited {waited}s");
+    let r = call(
+        &s.state,
+        predict_req("keep", json!({"inputs": ["a", "b", "c", "d"]})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let waited_full = wait_sum(&s.state) - waited;
+    assert!(waited_full < 1e-3, "a full batch waited {waited_full}s");
+}

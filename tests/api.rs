@@ -595,6 +595,7 @@ async fn full_queue_gets_429_with_retry_after() {
                 input_ids: ids,
                 max_new_tokens: 1,
                 labels: vec![],
+                cancel: None,
             },
         )
     };

@@ -147,3 +147,23 @@ fn finished_rows_stop_costing_decode_work() {
     assert_eq!(stats.generated_tokens, 26);
     assert_eq!(stats.rows, 3);
 }
+
+#[test]
+fn a_cancelled_row_stops_decoding_and_leaves_the_others_unchanged() {
+    let model = &model_names()[1];
+    let mut loaded = load(model);
+    let all = cases(model);
+    let long: Vec<&Case> = all.iter().filter(|c| c.max_new_tokens > 4).take(4).collect();
+    assert_eq!(long.len(), 4, "fixtures need rows that generate several tokens");
+    let mut rows: Vec<promptd::engine::RowInput> = long.iter().map(|c| loaded.row(c)).collect();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    rows[1].cancel = Some(flag);
+    let before = loaded.engine.last_stats().clone();
+    let out = loaded.engine.run_batch(&rows).unwrap();
+    assert!(out[1].token_ids.len() <= 1, "cancelled row kept decoding");
+    assert_eq!(out[1].scores.as_ref().map(Vec::len).unwrap_or(0), 0);
+    for i in [0, 2, 3] {
+        assert_matches(long[i], &out[i], &format!("{model} beside a cancelled row"));
+    }
+    assert_ne!(&before, loaded.engine.last_stats());
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::error::JsonBody;
 use super::validate::{best_label, build_row};
 use super::{ApiError, AppState};
-use crate::batcher::{Refused, RowError};
+use crate::batcher::{Refused, RowError, RowReply, Ticket};
 use crate::engine::RowInput;
 use crate::metrics::UNKNOWN_TASK;
 
@@ -143,26 +143,24 @@ async fn predict_inner(
         .into_iter()
         .map(|r| (task.to_string(), r))
         .collect();
-    let receivers = state.batcher.submit(rows).map_err(|e| match e {
+    let mut tickets = state.batcher.submit(rows).map_err(|e| match e {
         Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
         Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
     })?;
     let timeout = state.limits.request_timeout;
     let answers = if timeout.is_zero() {
-        futures_join(receivers).await
+        answers(&mut tickets).await
     } else {
-        tokio::time::timeout(timeout, futures_join(receivers))
+        tokio::time::timeout(timeout, answers(&mut tickets))
             .await
             .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?
     };
     let mut outputs = Vec::with_capacity(answers.len());
     for answer in answers {
-        let out = answer
-            .map_err(|_| ApiError::Internal("the batcher dropped the request".into()))?
-            .map_err(|e| match e {
-                RowError::Engine(why) => ApiError::Internal(format!("inference failed: {why}")),
-                RowError::Stopped => ApiError::Unavailable("the engine is not running".into()),
-            })?;
+        let out = answer.map_err(|e| match e {
+            RowError::Engine(why) => ApiError::Internal(format!("inference failed: {why}")),
+            RowError::Stopped => ApiError::Unavailable("the engine is not running".into()),
+        })?;
         let text = state
             .tokenizer
             .decode(&out.token_ids)
@@ -218,13 +216,11 @@ fn validate(
     Ok(ValidRequest { rows, labels })
 }
 
-/// Awaits every receiver, in order.
-async fn futures_join<T>(
-    receivers: Vec<tokio::sync::oneshot::Receiver<T>>,
-) -> Vec<Result<T, tokio::sync::oneshot::error::RecvError>> {
-    let mut out = Vec::with_capacity(receivers.len());
-    for rx in receivers {
-        out.push(rx.await);
+/// Awaits every row's answer, in order.
+async fn answers(tickets: &mut [Ticket]) -> Vec<RowReply> {
+    let mut out = Vec::with_capacity(tickets.len());
+    for t in tickets.iter_mut() {
+        out.push(t.answer().await);
     }
     out
 }

@@ -80,6 +80,7 @@ pub fn build_row(
         input_ids,
         max_new_tokens,
         labels,
+        cancel: None,
     })
 }
 

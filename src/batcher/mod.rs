@@ -2,6 +2,7 @@
 //! batches by [`policy::Policy`] and run on the engine thread one batch at a time.
 pub mod policy;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -44,7 +45,27 @@ impl Queued for Pending {
         self.row.encoder_len()
     }
     fn is_cancelled(&self) -> bool {
-        self.reply.is_closed()
+        self.reply.is_closed() || self.row.is_cancelled()
+    }
+}
+
+/// A queued row's answer to come. Dropping it before the answer arrives (client gone,
+/// timeout) cancels the row: unrun if still queued, decoding stopped at the next step if running.
+pub struct Ticket {
+    rx: oneshot::Receiver<RowReply>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Ticket {
+    /// Waits for the row's answer.
+    pub async fn answer(&mut self) -> RowReply {
+        (&mut self.rx).await.unwrap_or(Err(RowError::Stopped))
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
     }
 }
 
@@ -65,17 +86,16 @@ impl Batcher {
         })
     }
 
-    /// Queues rows `(task, row)` all together or not at all; one receiver per row.
-    pub fn submit(
-        &self,
-        rows: Vec<(String, RowInput)>,
-    ) -> Result<Vec<oneshot::Receiver<RowReply>>, Refused> {
-        let mut receivers = Vec::with_capacity(rows.len());
+    /// Queues rows `(task, row)` all together or not at all; one ticket per row.
+    pub fn submit(&self, rows: Vec<(String, RowInput)>) -> Result<Vec<Ticket>, Refused> {
+        let mut tickets = Vec::with_capacity(rows.len());
         let pending = rows
             .into_iter()
-            .map(|(task, row)| {
+            .map(|(task, mut row)| {
                 let (reply, rx) = oneshot::channel();
-                receivers.push(rx);
+                let cancel = Arc::new(AtomicBool::new(false));
+                row.cancel = Some(cancel.clone());
+                tickets.push(Ticket { rx, cancel });
                 Pending { task, row, reply }
             })
             .collect();
@@ -85,7 +105,7 @@ impl Batcher {
             self.metrics.queue_depth.set(policy.len() as i64);
         }
         self.wake.notify_one();
-        Ok(receivers)
+        Ok(tickets)
     }
 
     /// Rows waiting.

@@ -35,13 +35,16 @@ impl GreedyRows {
         self.active.is_empty()
     }
 
-    /// Records one token per live row. Returns the batch positions to keep when a row finished.
-    pub fn push(&mut self, next: &[i64]) -> Option<Vec<i64>> {
+    /// Records one token per live row. Returns the batch positions to keep when a row
+    /// finished (or was cancelled: `cancelled(row)` is asked with the original index).
+    pub fn push(&mut self, next: &[i64], cancelled: &dyn Fn(usize) -> bool) -> Option<Vec<i64>> {
         debug_assert_eq!(next.len(), self.active.len());
         let mut keep = Vec::with_capacity(self.active.len());
         for (pos, (&row, &token)) in self.active.iter().zip(next).enumerate() {
             self.outputs[row].push(token);
-            let done = self.eos.contains(&token) || self.outputs[row].len() >= self.max_new[row];
+            let done = self.eos.contains(&token)
+                || self.outputs[row].len() >= self.max_new[row]
+                || cancelled(row);
             if !done {
                 keep.push(pos);
             }
@@ -76,6 +79,7 @@ pub fn generate(
     encoder_out: &Tensor,
     mask: &Tensor,
     max_new: &[usize],
+    cancelled: &dyn Fn(usize) -> bool,
 ) -> Result<Generated, ModelError> {
     let cfg = &model.config;
     let mut rows = GreedyRows::new(max_new, &cfg.eos_ids());
@@ -110,7 +114,7 @@ pub fn generate(
         let logits = model.decode_step(&tokens, &mut state)?;
         let next = logits.f_argmax(-1, false)?;
         let next_host: Vec<i64> = Vec::try_from(&next)?;
-        match rows.push(&next_host) {
+        match rows.push(&next_host, cancelled) {
             None => tokens = next,
             Some(keep) => {
                 if rows.is_done() {
@@ -133,16 +137,28 @@ pub fn generate(
 mod tests {
     use super::*;
 
+    fn never(_: usize) -> bool {
+        false
+    }
+
+    #[test]
+    fn cancelled_rows_leave_at_the_next_step() {
+        let mut rows = GreedyRows::new(&[5, 5, 5], &[1]);
+        assert_eq!(rows.push(&[7, 8, 9], &never), None);
+        assert_eq!(rows.push(&[7, 8, 9], &|row| row == 1), Some(vec![0, 2]));
+        assert_eq!(rows.active(), &[0, 2]);
+    }
+
     #[test]
     fn rows_leave_at_eos_or_their_own_limit() {
         let mut rows = GreedyRows::new(&[3, 0, 1, 5], &[1]);
         assert_eq!(rows.active(), &[0, 2, 3]);
         // Row 2 hits its limit of 1.
-        assert_eq!(rows.push(&[7, 8, 9]), Some(vec![0, 2]));
+        assert_eq!(rows.push(&[7, 8, 9], &never), Some(vec![0, 2]));
         assert_eq!(rows.active(), &[0, 3]);
         // Row 3 emits </s>.
-        assert_eq!(rows.push(&[4, 1]), Some(vec![0]));
-        assert_eq!(rows.push(&[5]), Some(vec![]));
+        assert_eq!(rows.push(&[4, 1], &never), Some(vec![0]));
+        assert_eq!(rows.push(&[5], &never), Some(vec![]));
         assert!(rows.is_done());
         assert_eq!(
             rows.into_outputs(),
@@ -153,8 +169,8 @@ mod tests {
     #[test]
     fn nothing_leaves_without_a_finish() {
         let mut rows = GreedyRows::new(&[4, 4], &[1, 2]);
-        assert_eq!(rows.push(&[5, 6]), None);
-        assert_eq!(rows.push(&[2, 6]), Some(vec![1]));
+        assert_eq!(rows.push(&[5, 6], &never), None);
+        assert_eq!(rows.push(&[2, 6], &never), Some(vec![1]));
         assert_eq!(rows.into_outputs()[0], vec![5, 2]);
     }
 }

@@ -7,6 +7,7 @@ pub mod greedy;
 pub mod score;
 pub mod worker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tch::Tensor;
@@ -54,12 +55,22 @@ pub struct RowInput {
     pub max_new_tokens: usize,
     /// Candidate labels as token ids, each ending with `</s>`.
     pub labels: Vec<Vec<i64>>,
+    /// Set once nobody waits for this row: its decoding stops at the next step and its
+    /// labels are not scored (its output is then meaningless).
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl RowInput {
     /// Encoder positions this row takes: prompt rows plus input tokens.
     pub fn encoder_len(&self) -> usize {
         self.prompt.as_ref().map_or(0, |p| p.len()) + self.input_ids.len()
+    }
+
+    /// Whether the row was abandoned.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -203,7 +214,8 @@ impl Engine {
         let encoder_out = self.model.encode(&embeds, &mask)?;
 
         let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
-        let generated = greedy::generate(&self.model, &encoder_out, &mask, &max_new)?;
+        let cancelled = |i: usize| rows[i].is_cancelled();
+        let generated = greedy::generate(&self.model, &encoder_out, &mask, &max_new, &cancelled)?;
         let mut prompts: Vec<Option<usize>> = rows
             .iter()
             .map(|r| r.prompt.as_ref().map(|p| Arc::as_ptr(p) as usize))
@@ -214,6 +226,7 @@ impl Engine {
         let pairs: Vec<LabelPair> = rows
             .iter()
             .enumerate()
+            .filter(|(_, r)| !r.is_cancelled())
             .flat_map(|(i, r)| {
                 r.labels
                     .iter()
@@ -235,8 +248,11 @@ impl Engine {
             .zip(generated.outputs)
             .map(|(row, token_ids)| RowOutput {
                 token_ids,
-                scores: (!row.labels.is_empty())
-                    .then(|| scores.by_ref().take(row.labels.len()).collect()),
+                scores: match (row.labels.is_empty(), row.is_cancelled()) {
+                    (true, _) => None,
+                    (false, true) => Some(Vec::new()),
+                    (false, false) => Some(scores.by_ref().take(row.labels.len()).collect()),
+                },
             })
             .collect())
     }

@@ -106,6 +106,7 @@ impl Loaded {
                 .iter()
                 .map(|l| self.tokenizer.encode(l).unwrap())
                 .collect(),
+            cancel: None,
         }
     }
 

@@ -153,8 +153,16 @@ fn a_cancelled_row_stops_decoding_and_leaves_the_others_unchanged() {
     let model = &model_names()[1];
     let mut loaded = load(model);
     let all = cases(model);
-    let long: Vec<&Case> = all.iter().filter(|c| c.max_new_tokens > 4).take(4).collect();
-    assert_eq!(long.len(), 4, "fixtures need rows that generate several tokens");
+    let long: Vec<&Case> = all
+        .iter()
+        .filter(|c| c.max_new_tokens > 4)
+        .take(4)
+        .collect();
+    assert_eq!(
+        long.len(),
+        4,
+        "fixtures need rows that generate several tokens"
+    );
     let mut rows: Vec<promptd::engine::RowInput> = long.iter().map(|c| loaded.row(c)).collect();
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     rows[1].cancel = Some(flag);

@@ -493,3 +493,45 @@ async fn sigterm_finishes_queued_work_then_exits_zero() {
         logs_hint.display()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_disconnects_stops_costing_work() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_prompts(), dir.path());
+    let server = TestServer::start(
+        &model_dir(),
+        dir.path(),
+        &["--max-batch-size", "1", "--max-new-tokens-limit", "64"],
+    );
+    let client = reqwest::Client::new();
+    let inputs: Vec<String> = (0..64).map(|i| format!("abandoned input {i}")).collect();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let r = impatient
+        .post(server.url("/v1/tasks/task02/predict"))
+        .json(&json!({"inputs": inputs, "max_new_tokens": 64}))
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "the request should have outlived the client: {r:?}"
+    );
+    // The queue empties without running the remaining rows.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = metrics(&client, &server).await;
+        if metric(&m, "promptd_queue_depth") == 0.0 {
+            let ran = metric(&m, "promptd_batch_size_sum");
+            assert!(ran < 64.0, "all {ran} rows ran for a client that left");
+            eprintln!("{ran} of 64 rows ran before the client left");
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue never drained");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And the server still answers.
+    let (status, _) = predict(&client, &server, "task02").await;
+    assert_eq!(status, 200);
+}

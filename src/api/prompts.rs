@@ -5,7 +5,6 @@ use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
@@ -143,11 +142,19 @@ async fn put_inner(
     Ok(state.registry.put(task, prompt, sha256).await?)
 }
 
+/// Body of `GET /v1/prompts`.
+#[derive(Debug, serde::Serialize)]
+pub struct PromptList {
+    /// Every served prompt, by task name.
+    pub prompts: Vec<PromptInfo>,
+}
+
 /// `GET /v1/prompts`: every served prompt.
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     state.check_serving()?;
-    let prompts = state.registry.list();
-    Ok(Json(json!({"prompts": prompts})))
+    Ok(Json(PromptList {
+        prompts: state.registry.list(),
+    }))
 }
 
 /// `GET /v1/prompts/{task}`.

@@ -535,3 +535,29 @@ async fn a_client_that_disconnects_stops_costing_work() {
     let (status, _) = predict(&client, &server, "task02").await;
     assert_eq!(status, 200);
 }
+
+#[test]
+fn a_model_that_fails_to_load_exits_non_zero_with_the_reason() {
+    let model = tempfile::tempdir().unwrap();
+    for name in ["config.json", "tokenizer.json"] {
+        std::fs::copy(model_dir().join(name), model.path().join(name)).unwrap();
+    }
+    let prompts = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .arg("serve")
+        .arg("--model")
+        .arg(model.path())
+        .arg("--prompts")
+        .arg(prompts.path())
+        .args(["--addr", "127.0.0.1:0"])
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("model failed to load"), "{stderr}");
+    assert!(
+        stderr.contains("safetensors"),
+        "the reason names the missing weights: {stderr}"
+    );
+}

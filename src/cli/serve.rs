@@ -162,7 +162,8 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
                 max_new_tokens_limit: args.max_new_tokens_limit,
                 max_labels: args.max_labels,
             },
-            max_inputs: args.max_inputs as usize,
+            // A request larger than the queue could never be admitted: refuse it as invalid.
+            max_inputs: args.max_inputs.min(args.max_queue) as usize,
             max_body_bytes: args.max_body_bytes,
             max_prompt_bytes: args.max_prompt_bytes,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
@@ -176,7 +177,10 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let Server { state, .. } = build(&args)?;
+    let Server {
+        state,
+        engine_thread,
+    } = build(&args)?;
     let batcher = state.batcher.clone();
     let lifecycle = state.lifecycle.clone();
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -237,6 +241,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     startup.abort();
+    let _ = startup.await;
+    // Every engine handle is gone now; the engine thread ends after its current job.
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || engine_thread.join()),
+    )
+    .await;
+    if joined.is_err() {
+        tracing::warn!("the engine thread is still busy; exiting without it");
+    }
     outcome.map(|_| tracing::info!("stopped"))
 }
 

@@ -249,6 +249,15 @@ impl Registry {
             .await
             .map_err(|e| RegistryError::Engine(format!("scan task failed: {e}")))??;
         let mut report = SyncReport::default();
+        self.failed.lock().retain(|path, _| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| {
+                    let stem = n.strip_suffix(".safetensors").or(n.strip_suffix(".npy"));
+                    scanned.get(stem.unwrap_or(n))
+                })
+                .is_some()
+        });
 
         let gone: Vec<TaskName> = self
             .entries

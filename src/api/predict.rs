@@ -137,7 +137,11 @@ async fn predict_inner(
         .get(task)
         .ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
     let JsonBody(req) = body?;
-    let valid = validate(state, &entry.slot, req)?;
+    // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
+    let (st, slot) = (state.clone(), entry.slot.clone());
+    let valid = tokio::task::spawn_blocking(move || validate(&st, &slot, req))
+        .await
+        .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
     let rows = valid
         .rows
         .into_iter()

@@ -665,3 +665,19 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
     let waited_full = wait_sum(&s.state) - waited;
     assert!(waited_full < 1e-3, "a full batch waited {waited_full}s");
 }
+
+#[tokio::test]
+async fn an_upload_counts_past_a_version_another_replica_just_wrote() {
+    // No folder sync runs here, so this registry has not seen the other replica's write.
+    let s = setup(&[], true).await;
+    let other = promptd::prompts::store::Store::open(s.dir.path()).unwrap();
+    let task = promptd::prompts::TaskName::parse("keep").unwrap();
+    let prompt =
+        promptd::prompts::Prompt::from_tensor_file(&npy_f32(2, D, |_| 0.5), D, &Default::default())
+            .unwrap();
+    other.write(&task, &prompt, 7, "elsewhere").unwrap();
+    assert_eq!(other.stored_version(&task), Some(7));
+    let r = call(&s.state, put("keep", npy_f32(3, D, |_| 0.25))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], json!(8));
+}

@@ -197,7 +197,12 @@ impl Registry {
         sha256: String,
     ) -> Result<(PromptInfo, bool), RegistryError> {
         let _writer = self.writer.lock().await;
-        let version = self.next_version(&task);
+        let store = self.store.clone();
+        let t = task.clone();
+        let on_disk = tokio::task::spawn_blocking(move || store.stored_version(&t))
+            .await
+            .unwrap_or(None);
+        let version = self.next_version(&task).max(on_disk.unwrap_or(0) + 1);
         let prompt = Arc::new(prompt);
         let slot = self.register_one(prompt.clone()).await?;
         let store = self.store.clone();

@@ -178,6 +178,24 @@ impl Store {
         })
     }
 
+    /// The version recorded in the task's stored file, if any. Read before each write so a
+    /// replica that has not yet seen another replica's upload still counts past it.
+    pub fn stored_version(&self, task: &TaskName) -> Option<u64> {
+        use std::io::Read;
+        let mut f = File::open(self.dir.join(format!("{task}.safetensors"))).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let n = u64::from_le_bytes(len);
+        if n > 1 << 20 {
+            return None;
+        }
+        let mut header = len.to_vec();
+        header.resize(8 + n as usize, 0);
+        f.read_exact(&mut header[8..]).ok()?;
+        let header: serde_json::Value = serde_json::from_slice(&header[8..]).ok()?;
+        header["__metadata__"][VERSION_KEY].as_str()?.parse().ok()
+    }
+
     /// Writes `prompt` as the task's only source, atomically, and returns its fingerprint.
     /// Other sources of the same task (`.npy`, a PEFT folder) are removed afterwards.
     pub fn write(

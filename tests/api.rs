@@ -681,3 +681,39 @@ async fn an_upload_counts_past_a_version_another_replica_just_wrote() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["version"], json!(8));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
+    // Queue a flood first, with the batching loop stopped, then one row of another task.
+    let s = setup(&["--max-batch-size", "8", "--max-queue", "512"], false).await;
+    let keep = s.state.registry.get("keep").unwrap();
+    let row = |text: &str| promptd::engine::RowInput {
+        prompt: Some(keep.slot.clone()),
+        input_ids: s.state.tokenizer.encode(text).unwrap(),
+        max_new_tokens: 8,
+        labels: vec![],
+        cancel: None,
+    };
+    let flood: Vec<_> = (0..200)
+        .map(|i| ("flood".to_string(), row(&format!("flood {i}"))))
+        .collect();
+    let _flood_tickets = s.state.batcher.submit(flood).unwrap();
+    let mut other = s
+        .state
+        .batcher
+        .submit(vec![("other".to_string(), row("the other task"))])
+        .unwrap();
+    tokio::spawn(s.state.batcher.clone().run(s.state.engine.clone()));
+    other[0].answer().await.unwrap();
+    let m = s.state.metrics.render();
+    let ran: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("promptd_batch_size_sum "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        ran <= 16.0,
+        "{ran} rows ran before the other task's row was answered"
+    );
+}

@@ -501,17 +501,17 @@ async fn a_client_that_disconnects_stops_costing_work() {
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        &["--max-batch-size", "1", "--max-new-tokens-limit", "64"],
+        &["--max-batch-size", "1", "--max-new-tokens-limit", "256"],
     );
     let client = reqwest::Client::new();
     let inputs: Vec<String> = (0..64).map(|i| format!("abandoned input {i}")).collect();
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(300))
+        .timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     let r = impatient
         .post(server.url("/v1/tasks/task02/predict"))
-        .json(&json!({"inputs": inputs, "max_new_tokens": 64}))
+        .json(&json!({"inputs": inputs, "max_new_tokens": 256}))
         .send()
         .await;
     assert!(

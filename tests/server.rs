@@ -447,24 +447,35 @@ async fn restart_serves_everything_uploaded_before() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_finishes_queued_work_then_exits_zero() {
+/// A server over the fixture prompts that runs one row per forward pass: slow on purpose.
+fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture_prompts(), dir.path());
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        &["--max-batch-size", "1", "--max-new-tokens-limit", "64"],
+        &["--max-batch-size", "1", "--max-new-tokens-limit", "256"],
     );
+    (dir, server)
+}
+
+/// A predict body with 64 inputs.
+fn many_inputs(prefix: &str, max_new_tokens: usize) -> Value {
+    let inputs: Vec<String> = (0..64).map(|i| format!("{prefix} {i}")).collect();
+    json!({"inputs": inputs, "max_new_tokens": max_new_tokens})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_queued_work_then_exits_zero() {
+    let (_dir, server) = one_row_per_pass();
     let client = reqwest::Client::new();
     let url = server.url("/v1/tasks/task01/predict");
-    let inputs: Vec<String> = (0..64).map(|i| format!("slow input {i}")).collect();
     let request = tokio::spawn({
         let client = client.clone();
         async move {
             let r = client
                 .post(url)
-                .json(&json!({"inputs": inputs, "max_new_tokens": 64}))
+                .json(&many_inputs("slow input", 64))
                 .send()
                 .await
                 .unwrap();
@@ -485,33 +496,22 @@ async fn sigterm_finishes_queued_work_then_exits_zero() {
     let (status, body) = request.await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["outputs"].as_array().unwrap().len(), 64);
-    let logs_hint = server.log.clone();
+    let logs = server.logs();
     let exit = server.wait();
-    assert!(
-        exit.success(),
-        "exit {exit:?}; log at {}",
-        logs_hint.display()
-    );
+    assert!(exit.success(), "exit {exit:?}; log:\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_disconnects_stops_costing_work() {
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture_prompts(), dir.path());
-    let server = TestServer::start(
-        &model_dir(),
-        dir.path(),
-        &["--max-batch-size", "1", "--max-new-tokens-limit", "256"],
-    );
+    let (_dir, server) = one_row_per_pass();
     let client = reqwest::Client::new();
-    let inputs: Vec<String> = (0..64).map(|i| format!("abandoned input {i}")).collect();
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     let r = impatient
         .post(server.url("/v1/tasks/task02/predict"))
-        .json(&json!({"inputs": inputs, "max_new_tokens": 256}))
+        .json(&many_inputs("abandoned input", 256))
         .send()
         .await;
     assert!(

@@ -75,6 +75,11 @@ fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
+    let r = client.get(server.url(path)).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
 async fn metrics(client: &reqwest::Client, server: &TestServer) -> String {
     client
         .get(server.url("/metrics"))
@@ -403,14 +408,7 @@ async fn restart_serves_everything_uploaded_before() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let list_before: Value = client
-        .get(server.url("/v1/prompts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list_before = get_json(&client, &server, "/v1/prompts").await;
     let mut before = Vec::new();
     for task in ["up-task03", "up-task11", "up-task07", "up-peft"] {
         before.push(predict(&client, &server, task).await);
@@ -418,14 +416,7 @@ async fn restart_serves_everything_uploaded_before() {
     assert!(server.terminate().success());
 
     let server = TestServer::start(&model_dir(), dir.path(), &[]);
-    let list_after: Value = client
-        .get(server.url("/v1/prompts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list_after = get_json(&client, &server, "/v1/prompts").await;
     let strip = |v: &Value| -> Vec<Value> {
         v["prompts"]
             .as_array()

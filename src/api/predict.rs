@@ -1,4 +1,5 @@
 //! `POST /v1/tasks/{task}/predict`: validate, queue one row per input, wait, answer in order.
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
@@ -13,6 +14,7 @@ use super::{ApiError, AppState};
 use crate::batcher::{Refused, RowError, RowReply, Ticket};
 use crate::engine::RowInput;
 use crate::metrics::UNKNOWN_TASK;
+use crate::prompts::registry::Entry;
 
 /// Request body.
 #[derive(Debug, Deserialize)]
@@ -95,13 +97,13 @@ pub async fn predict(
 ) -> Response {
     let started = Instant::now();
     let task = path.map(|Path(t)| t).unwrap_or_default();
-    let known = state.registry.get(&task).is_some();
-    let result = predict_inner(&state, &task, body).await;
-    let label = if known {
-        state.metrics.task_label(&task)
-    } else {
-        UNKNOWN_TASK.to_string()
+    // The entry is looked up once: every input of this request uses this version's rows.
+    let entry = state.registry.get(&task);
+    let label = match &entry {
+        Some(_) => state.metrics.task_label(&task),
+        None => UNKNOWN_TASK.to_string(),
     };
+    let result = predict_inner(&state, &task, entry, body).await;
     let response = match result {
         Ok(r) => Json(r).into_response(),
         Err(e) => {
@@ -128,14 +130,11 @@ pub async fn predict(
 async fn predict_inner(
     state: &AppState,
     task: &str,
+    entry: Option<Arc<Entry>>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Result<PredictResponse, ApiError> {
     state.check_serving()?;
-    // The entry is captured once: every input of this request uses this version's rows.
-    let entry = state
-        .registry
-        .get(task)
-        .ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
+    let entry = entry.ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
     let JsonBody(req) = body?;
     // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
     let (st, slot) = (state.clone(), entry.slot.clone());
@@ -190,7 +189,7 @@ async fn predict_inner(
 
 fn validate(
     state: &AppState,
-    slot: &std::sync::Arc<crate::engine::PromptSlot>,
+    slot: &Arc<crate::engine::PromptSlot>,
     req: PredictRequest,
 ) -> Result<ValidRequest, ApiError> {
     let texts = texts(req.inputs, state.limits.max_inputs)?;

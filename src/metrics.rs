@@ -35,6 +35,10 @@ pub struct Metrics {
     pub batch_duration: Histogram,
     /// Rows waiting in the queue.
     pub queue_depth: IntGauge,
+    /// Rows the queue holds before requests get 429.
+    pub queue_capacity: IntGauge,
+    /// 1 while /readyz answers 200, else 0 (set at each scrape).
+    pub ready: IntGauge,
     /// Prompts currently served.
     pub prompts_loaded: IntGauge,
     /// Prompt uploads and deletes by result.
@@ -104,6 +108,16 @@ impl Metrics {
         .expect("valid metric");
         let queue_depth =
             IntGauge::new("promptd_queue_depth", "Rows waiting in the queue").expect("valid");
+        let queue_capacity = IntGauge::new(
+            "promptd_queue_capacity",
+            "Rows the queue holds before requests get 429",
+        )
+        .expect("valid");
+        let ready = IntGauge::new(
+            "promptd_ready",
+            "1 while the server is ready to serve, else 0",
+        )
+        .expect("valid");
         let prompts_loaded =
             IntGauge::new("promptd_prompts_loaded", "Prompts currently served").expect("valid");
         let prompt_uploads = IntCounterVec::new(
@@ -140,6 +154,8 @@ impl Metrics {
             Box::new(batch_tasks.clone()),
             Box::new(batch_duration.clone()),
             Box::new(queue_depth.clone()),
+            Box::new(queue_capacity.clone()),
+            Box::new(ready.clone()),
             Box::new(prompts_loaded.clone()),
             Box::new(prompt_uploads.clone()),
             Box::new(prompt_reloads.clone()),
@@ -148,6 +164,17 @@ impl Metrics {
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
+        }
+        // Closed label sets start at zero, so dashboards and `rate()` alerts see every series
+        // from the first scrape instead of only after the first event.
+        for result in ["created", "replaced", "deleted", "invalid", "error"] {
+            prompt_uploads.with_label_values(&[result]);
+        }
+        for result in ["loaded", "removed", "invalid"] {
+            prompt_reloads.with_label_values(&[result]);
+        }
+        for kind in ["invalid_row", "model", "panic"] {
+            batch_errors.with_label_values(&[kind]);
         }
         Self {
             registry,
@@ -159,6 +186,8 @@ impl Metrics {
             batch_tasks,
             batch_duration,
             queue_depth,
+            queue_capacity,
+            ready,
             prompts_loaded,
             prompt_uploads,
             prompt_reloads,

@@ -121,20 +121,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let engine = state.engine.state();
-    let (status, why) = if state.lifecycle.draining.load(Ordering::Acquire) {
-        ("draining", Some("the server is shutting down".to_string()))
-    } else {
-        match engine {
-            EngineState::Loading => ("loading", Some("loading the model".into())),
-            EngineState::Failed(e) => ("failed", Some(format!("model failed to load: {e}"))),
-            EngineState::Stopped => ("failed", Some("the engine has stopped".into())),
-            EngineState::Ready if !state.lifecycle.ready.load(Ordering::Acquire) => {
-                ("loading", Some("loading prompts".into()))
-            }
-            EngineState::Ready => ("ready", None),
-        }
-    };
+    let (status, why) = readiness(&state);
     match why {
         None => (
             StatusCode::OK,
@@ -147,7 +134,27 @@ async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// The readiness status word and, when not ready, why.
+pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
+    let engine = state.engine.state();
+    if state.lifecycle.draining.load(Ordering::Acquire) {
+        ("draining", Some("the server is shutting down".to_string()))
+    } else {
+        match engine {
+            EngineState::Loading => ("loading", Some("loading the model".into())),
+            EngineState::Failed(e) => ("failed", Some(format!("model failed to load: {e}"))),
+            EngineState::Stopped => ("failed", Some("the engine has stopped".into())),
+            EngineState::Ready if !state.lifecycle.ready.load(Ordering::Acquire) => {
+                ("loading", Some("loading prompts".into()))
+            }
+            EngineState::Ready => ("ready", None),
+        }
+    }
+}
+
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let ready = readiness(&state).1.is_none();
+    state.metrics.ready.set(i64::from(ready));
     (
         [(
             header::CONTENT_TYPE,

@@ -79,6 +79,7 @@ pub struct Batcher {
 impl Batcher {
     /// An empty, open queue.
     pub fn new(cfg: PolicyConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        metrics.queue_capacity.set(cfg.max_queue as i64);
         Arc::new(Self {
             policy: Mutex::new(Policy::new(cfg)),
             wake: Notify::new(),

@@ -2,11 +2,13 @@
 //!
 //! - rpath to libtorch and the CUDA runtime wheel folder, so binaries and tests run without
 //!   `LD_LIBRARY_PATH` (RUNPATH, so `LD_LIBRARY_PATH` still wins on a GPU host with its own torch).
+//! - gRPC code from `proto/promptd.proto`, compiled by protox (pure Rust: no protoc needed).
 //! - `cuda` feature: force a NEEDED entry on libtorch_cuda; nothing references its symbols
 //!   directly, so without `--no-as-needed` the linker would drop it and CUDA would never register.
 use std::path::PathBuf;
 
 fn main() {
+    compile_protos();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let libtorch = match std::env::var("LIBTORCH") {
@@ -28,4 +30,15 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+fn compile_protos() {
+    println!("cargo:rerun-if-changed=proto");
+    let files = protox::compile(["proto/promptd.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/promptd.proto: {e}"));
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(files)
+        .unwrap_or_else(|e| panic!("generating gRPC code: {e}"));
 }

@@ -200,6 +200,10 @@ fn deployment_matches_the_server() {
         port("http"),
         Some(port_of(env["PROMPTD_ADDR"].as_str().unwrap()))
     );
+    assert_eq!(
+        port("grpc"),
+        Some(port_of(env["PROMPTD_GRPC_ADDR"].as_str().unwrap()))
+    );
     for p in service["spec"]["ports"].as_array().unwrap() {
         let target = p["targetPort"].as_str().unwrap();
         assert!(
@@ -369,14 +373,7 @@ async fn every_metric_deploy_uses_is_exported() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let text = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(&client, &server).await;
     let exported: BTreeSet<String> = text
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, fixtures, run_predict, TestServer};
+use common::{copy_dir, fixtures, metric, metrics, run_predict, TestServer};
 use serde_json::{json, Value};
 
 const MODEL: &str = "t5-v1_1-tiny";
@@ -67,28 +67,9 @@ fn assert_same_output(got: &Value, want: &Value, what: &str) {
     }
 }
 
-/// Sum of a metric's samples whose line starts with `prefix` (name plus labels).
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
     let r = client.get(server.url(path)).send().await.unwrap();
     r.json().await.unwrap()
-}
-
-async fn metrics(client: &reqwest::Client, server: &TestServer) -> String {
-    client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -540,7 +521,7 @@ fn a_model_that_fails_to_load_exits_non_zero_with_the_reason() {
         .arg(model.path())
         .arg("--prompts")
         .arg(prompts.path())
-        .args(["--addr", "127.0.0.1:0"])
+        .args(["--addr", "127.0.0.1:0", "--grpc-addr", "off"])
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();

@@ -1,6 +1,7 @@
 //! The HTTP API: routes, request and response types, and the error → status table.
 //! No tensors here: requests become validated rows and go to the batcher.
 pub mod error;
+pub mod grpc;
 pub mod predict;
 pub mod prompts;
 pub mod validate;

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
@@ -89,31 +89,42 @@ fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError>
     Ok(texts)
 }
 
-/// The predict route; records the request metrics around [`predict_inner`].
+/// `POST /v1/tasks/{task}/predict`.
 pub async fn predict(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
-) -> Response {
-    let started = Instant::now();
+) -> Result<Json<PredictResponse>, ApiError> {
     let task = path.map(|Path(t)| t).unwrap_or_default();
+    run(&state, &task, body.map(|JsonBody(req)| req))
+        .await
+        .map(Json)
+}
+
+/// Runs one predict request and records its metrics (status as HTTP would answer). Every
+/// front door calls this: the HTTP route, the KServe v2 route and gRPC.
+pub async fn run(
+    state: &AppState,
+    task: &str,
+    body: Result<PredictRequest, ApiError>,
+) -> Result<PredictResponse, ApiError> {
+    let started = Instant::now();
     // The entry is looked up once: every input of this request uses this version's rows.
-    let entry = state.registry.get(&task);
+    let entry = state.registry.get(task);
     let label = match &entry {
-        Some(_) => state.metrics.task_label(&task),
+        Some(_) => state.metrics.task_label(task),
         None => UNKNOWN_TASK.to_string(),
     };
-    let result = predict_inner(&state, &task, entry, body).await;
-    let response = match result {
-        Ok(r) => Json(r).into_response(),
+    let result = predict_inner(state, task, entry, body).await;
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
         Err(e) => {
             if e.status().is_server_error() {
                 tracing::warn!(%task, error = %e, "predict failed");
             }
-            e.into_response()
+            e.status()
         }
     };
-    let status = response.status();
     state
         .metrics
         .requests
@@ -124,18 +135,18 @@ pub async fn predict(
         .request_duration
         .with_label_values(&[&label])
         .observe(started.elapsed().as_secs_f64());
-    response
+    result
 }
 
 async fn predict_inner(
     state: &AppState,
     task: &str,
     entry: Option<Arc<Entry>>,
-    body: Result<JsonBody<PredictRequest>, ApiError>,
+    body: Result<PredictRequest, ApiError>,
 ) -> Result<PredictResponse, ApiError> {
     state.check_serving()?;
     let entry = entry.ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
-    let JsonBody(req) = body?;
+    let req = body?;
     // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
     let (st, slot) = (state.clone(), entry.slot.clone());
     let valid = tokio::task::spawn_blocking(move || validate(&st, &slot, req))

@@ -20,11 +20,16 @@ fn task_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiE
 }
 
 /// What an upload carried.
-enum Upload {
+pub enum Upload {
     /// One tensor file (safetensors or npy).
     Tensor(Bytes),
     /// A PEFT adapter: weights and config.
-    Peft { weights: Bytes, config: Bytes },
+    Peft {
+        /// adapter_model.safetensors.
+        weights: Bytes,
+        /// adapter_config.json.
+        config: Bytes,
+    },
 }
 
 impl Upload {
@@ -97,7 +102,42 @@ pub async fn put(
     path: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
-    let result = put_inner(&state, path, req).await;
+    let upload: Result<(TaskName, Upload), ApiError> = async {
+        let task = task_name(path)?;
+        state.check_serving()?;
+        Ok((task, Upload::from_request(req, &state).await?))
+    }
+    .await;
+    match store(&state, upload).await {
+        Ok((info, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(info)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Validates and stores an upload, counting it in `promptd_prompt_uploads_total`; `upload`
+/// is an error when reading the request already failed. Returns the stored prompt and whether
+/// the task is new. Shared by HTTP and gRPC.
+pub async fn store(
+    state: &AppState,
+    upload: Result<(TaskName, Upload), ApiError>,
+) -> Result<(PromptInfo, bool), ApiError> {
+    let result: Result<(PromptInfo, bool), ApiError> = async {
+        let (task, upload) = upload?;
+        let d_model = state.registry.d_model();
+        let limits = *state.registry.limits();
+        let (prompt, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
+            .await
+            .map_err(|e| ApiError::Internal(format!("parsing the upload failed: {e}")))??;
+        Ok(state.registry.put(task, prompt, sha256).await?)
+    }
+    .await;
     let label = match &result {
         Ok((_, true)) => "created",
         Ok((_, false)) => "replaced",
@@ -109,37 +149,13 @@ pub async fn put(
         .prompt_uploads
         .with_label_values(&[label])
         .inc();
-    match result {
-        Ok((info, created)) => {
-            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, "prompt stored");
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (status, Json(info)).into_response()
+    match &result {
+        Ok((info, _)) => {
+            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, "prompt stored")
         }
-        Err(e) => {
-            tracing::info!(error = %e, "prompt upload refused");
-            e.into_response()
-        }
+        Err(e) => tracing::info!(error = %e, "prompt upload refused"),
     }
-}
-
-async fn put_inner(
-    state: &AppState,
-    path: Result<Path<String>, PathRejection>,
-    req: Request,
-) -> Result<(PromptInfo, bool), ApiError> {
-    let task = task_name(path)?;
-    state.check_serving()?;
-    let upload = Upload::from_request(req, state).await?;
-    let d_model = state.registry.d_model();
-    let limits = *state.registry.limits();
-    let (prompt, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
-        .await
-        .map_err(|e| ApiError::Internal(format!("parsing the upload failed: {e}")))??;
-    Ok(state.registry.put(task, prompt, sha256).await?)
+    result
 }
 
 /// Body of `GET /v1/prompts`.
@@ -151,10 +167,15 @@ pub struct PromptList {
 
 /// `GET /v1/prompts`: every served prompt.
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.check_serving()?;
     Ok(Json(PromptList {
-        prompts: state.registry.list(),
+        prompts: all(&state)?,
     }))
+}
+
+/// Every served prompt, by task name.
+pub fn all(state: &AppState) -> Result<Vec<PromptInfo>, ApiError> {
+    state.check_serving()?;
+    Ok(state.registry.list())
 }
 
 /// `GET /v1/prompts/{task}`.
@@ -162,12 +183,16 @@ pub async fn get_one(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PromptInfo>, ApiError> {
-    let task = task_name(path)?;
+    info(&state, task_name(path)?).map(Json)
+}
+
+/// One task's prompt metadata.
+pub fn info(state: &AppState, task: TaskName) -> Result<PromptInfo, ApiError> {
     state.check_serving()?;
     state
         .registry
         .get(task.as_str())
-        .map(|e| Json(e.info.clone()))
+        .map(|e| e.info.clone())
         .ok_or_else(|| ApiError::UnknownTask(task.to_string()))
 }
 
@@ -176,7 +201,12 @@ pub async fn delete(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let task = task_name(path)?;
+    remove(&state, task_name(path)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes a task's prompt; unknown tasks are an error.
+pub async fn remove(state: &AppState, task: TaskName) -> Result<(), ApiError> {
     state.check_serving()?;
     if state.registry.delete(&task).await? {
         state
@@ -185,7 +215,7 @@ pub async fn delete(
             .with_label_values(&["deleted"])
             .inc();
         tracing::info!(%task, "prompt deleted");
-        Ok(StatusCode::NO_CONTENT)
+        Ok(())
     } else {
         Err(ApiError::UnknownTask(task.to_string()))
     }

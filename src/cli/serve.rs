@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed on stdout).
     #[arg(long, env = "PROMPTD_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
+    /// Address of the gRPC API (proto/promptd.proto), or `off`; printed on stdout like --addr.
+    #[arg(long, env = "PROMPTD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: Listen,
     /// Rows per forward pass; rows of any tasks share a pass.
     #[arg(long, env = "PROMPTD_MAX_BATCH_SIZE", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -89,6 +92,24 @@ pub struct ServeArgs {
     /// Distinct task values of the `task` metric label; other tasks count as `_other`.
     #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
     pub metrics_max_tasks: usize,
+}
+
+/// A listening address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "off" | "" => Ok(Listen(None)),
+            addr => addr
+                .parse()
+                .map(|a| Listen(Some(a)))
+                .map_err(|e| format!("{addr:?} is neither an address (host:port) nor `off`: {e}")),
+        }
+    }
 }
 
 /// Runs the server until SIGTERM/SIGINT; Ok after a clean drain.
@@ -187,8 +208,20 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("binding {}: {e}", args.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    // Tests and scripts read this line to find an ephemeral port.
+    // Tests and scripts read these lines to find ephemeral ports.
     println!("promptd listening on http://{local}");
+    let grpc_listener = match args.grpc_addr.0 {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("binding the gRPC address {addr}: {e}"))?;
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            println!("promptd gRPC listening on {local}");
+            tracing::info!(addr = %local, "gRPC listening");
+            Some(l)
+        }
+        None => None,
+    };
     tracing::info!(addr = %local, "listening; loading the model");
 
     let batcher_task = tokio::spawn(batcher.clone().run(state.engine.clone()));
@@ -209,11 +242,29 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
 
     // Stage one on a signal: stop accepting, refuse new work (503), fail readiness.
     // Stage two: wait, bounded, for in-flight requests and the queue to drain.
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let grpc = match grpc_listener {
+        Some(listener) => {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let routes = tonic::transport::Server::builder()
+                .add_service(crate::api::grpc::service(state.clone()));
+            let stop = stopped();
+            Some(tokio::spawn(async move {
+                if let Err(e) = routes.serve_with_incoming_shutdown(incoming, stop).await {
+                    tracing::error!("gRPC server stopped: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })
+        .with_graceful_shutdown(stopped())
         .into_future();
     let mut server = tokio::spawn(server);
     let outcome = tokio::select! {
@@ -231,6 +282,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let grace = Duration::from_secs(args.shutdown_timeout_s);
     let drained = tokio::time::timeout(grace, async {
         let _ = (&mut server).await;
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
         let _ = batcher_task.await;
     })
     .await;

@@ -239,6 +239,8 @@ pub struct TestServer {
     child: std::process::Child,
     /// `http://127.0.0.1:PORT`
     pub base: String,
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub grpc: String,
     /// Where its stderr (the logs) goes.
     pub log: PathBuf,
     _log_dir: tempfile::TempDir,
@@ -258,6 +260,7 @@ impl TestServer {
             .arg("--prompts")
             .arg(prompts)
             .args(["--addr", "127.0.0.1:0", "--watch-interval-ms", "200"])
+            .args(["--grpc-addr", "127.0.0.1:0"])
             .args(extra)
             .env_remove("LD_LIBRARY_PATH")
             .stdout(std::process::Stdio::piped())
@@ -265,10 +268,16 @@ impl TestServer {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let mut stdout = std::io::BufReader::new(stdout);
         let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
+        stdout.read_line(&mut line).unwrap();
+        let mut grpc_line = String::new();
+        stdout.read_line(&mut grpc_line).unwrap();
+        let grpc = grpc_line
+            .trim()
+            .strip_prefix("promptd gRPC listening on ")
+            .map(|addr| format!("http://{addr}"))
+            .unwrap_or_default();
         let base = line
             .trim()
             .strip_prefix("promptd listening on ")
@@ -282,6 +291,7 @@ impl TestServer {
         let server = Self {
             child,
             base,
+            grpc,
             log,
             _log_dir: log_dir,
         };
@@ -356,4 +366,24 @@ mod raw_http {
         s.read_to_string(&mut buf).ok()?;
         buf.split_whitespace().nth(1)?.parse().ok()
     }
+}
+
+/// Sum of a metric's samples whose line starts with `prefix` (name plus labels).
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The server's /metrics text.
+pub async fn metrics(client: &reqwest::Client, server: &TestServer) -> String {
+    client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

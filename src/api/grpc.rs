@@ -1,0 +1,173 @@
+//! The gRPC front door (`proto/promptd.proto`): the HTTP API's operations on a second port,
+//! with the same state, batcher, limits and metrics. The only table from [`ApiError`] to a
+//! gRPC code is here; the `error-type` trailer carries the same `error_type` as HTTP bodies.
+use prost::Message;
+use tonic::metadata::MetadataValue;
+use tonic::{Code, Request, Response, Status};
+
+use super::predict::{self, PredictRequest};
+use super::prompts::{self, Upload};
+use super::{ApiError, AppState};
+use crate::prompts::registry::PromptInfo;
+use crate::prompts::TaskName;
+
+/// Code generated from `proto/promptd.proto`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("promptd.v1");
+}
+
+use proto::promptd_server::{Promptd, PromptdServer};
+
+/// Room for protobuf framing around the largest payload a request may carry.
+const FRAMING_BYTES: usize = 64 << 10;
+
+/// The gRPC service over the shared state.
+pub struct GrpcApi {
+    state: AppState,
+}
+
+/// The gRPC service, accepting messages as large as the largest HTTP body allowed.
+pub fn service(state: AppState) -> PromptdServer<GrpcApi> {
+    let limits = state.limits;
+    let largest = limits.max_prompt_bytes.max(limits.max_body_bytes);
+    PromptdServer::new(GrpcApi { state })
+        .max_decoding_message_size(largest.saturating_add(FRAMING_BYTES))
+}
+
+/// The gRPC status of each error.
+pub fn status(e: ApiError) -> Status {
+    let code = match &e {
+        ApiError::UnknownTask(_) | ApiError::NotFound(_) => Code::NotFound,
+        ApiError::MethodNotAllowed => Code::Unimplemented,
+        ApiError::BadRequest(_)
+        | ApiError::Unprocessable(_)
+        | ApiError::TooLarge(_)
+        | ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
+        ApiError::QueueFull { .. } => Code::ResourceExhausted,
+        ApiError::Timeout(_) => Code::DeadlineExceeded,
+        ApiError::Unavailable(_) => Code::Unavailable,
+        ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
+    };
+    let mut status = Status::new(code, e.to_string());
+    status
+        .metadata_mut()
+        .insert("error-type", MetadataValue::from_static(e.error_type()));
+    status
+}
+
+fn task(name: &str) -> Result<TaskName, Status> {
+    TaskName::parse(name).map_err(|e| status(e.into()))
+}
+
+fn info(p: PromptInfo) -> proto::PromptInfo {
+    proto::PromptInfo {
+        task: p.task,
+        prompt_length: p.prompt_length as u64,
+        d_model: p.d_model as u64,
+        version: p.version,
+        sha256: p.sha256,
+        decoder_prompt_length: p.decoder_prompt_length.map(|n| n as u64),
+        loaded_at: p.loaded_at,
+    }
+}
+
+#[tonic::async_trait]
+impl Promptd for GrpcApi {
+    async fn predict(
+        &self,
+        request: Request<proto::PredictRequest>,
+    ) -> Result<Response<proto::PredictResponse>, Status> {
+        let req = request.into_inner();
+        let max = self.state.limits.max_body_bytes;
+        let body = if req.encoded_len() > max {
+            Err(ApiError::TooLarge(format!(
+                "request is {} bytes; the limit is {max} (--max-body-bytes)",
+                req.encoded_len()
+            )))
+        } else {
+            Ok(PredictRequest {
+                inputs: serde_json::Value::Array(req.inputs.into_iter().map(Into::into).collect()),
+                max_new_tokens: req.max_new_tokens.map(|n| n as usize),
+                labels: (!req.labels.is_empty()).then_some(req.labels),
+            })
+        };
+        let answer = predict::run(&self.state, &req.task, body)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::PredictResponse {
+            task: answer.task,
+            prompt_version: answer.prompt_version,
+            outputs: answer
+                .outputs
+                .into_iter()
+                .map(|o| proto::Output {
+                    text: o.text,
+                    token_ids: o.token_ids,
+                    scores: o.scores.unwrap_or_default(),
+                    label: o.label,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn put_prompt(
+        &self,
+        request: Request<proto::PutPromptRequest>,
+    ) -> Result<Response<proto::PutPromptResponse>, Status> {
+        let req = request.into_inner();
+        let max = self.state.limits.max_prompt_bytes;
+        let upload = TaskName::parse(&req.task)
+            .map_err(ApiError::from)
+            .and_then(|task| {
+                self.state.check_serving()?;
+                if req.file.len() > max {
+                    return Err(ApiError::TooLarge(format!(
+                        "prompt file is {} bytes; the limit is {max} (--max-prompt-bytes)",
+                        req.file.len()
+                    )));
+                }
+                let upload = match req.adapter_config {
+                    Some(config) => Upload::Peft {
+                        weights: req.file.into(),
+                        config: config.into(),
+                    },
+                    None => Upload::Tensor(req.file.into()),
+                };
+                Ok((task, upload))
+            });
+        let (prompt, created) = prompts::store(&self.state, upload).await.map_err(status)?;
+        Ok(Response::new(proto::PutPromptResponse {
+            prompt: Some(info(prompt)),
+            created,
+        }))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: Request<proto::GetPromptRequest>,
+    ) -> Result<Response<proto::PromptInfo>, Status> {
+        let task = task(&request.into_inner().task)?;
+        let prompt = prompts::info(&self.state, task).map_err(status)?;
+        Ok(Response::new(info(prompt)))
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Request<proto::ListPromptsRequest>,
+    ) -> Result<Response<proto::ListPromptsResponse>, Status> {
+        let all = prompts::all(&self.state).map_err(status)?;
+        Ok(Response::new(proto::ListPromptsResponse {
+            prompts: all.into_iter().map(info).collect(),
+        }))
+    }
+
+    async fn delete_prompt(
+        &self,
+        request: Request<proto::DeletePromptRequest>,
+    ) -> Result<Response<proto::DeletePromptResponse>, Status> {
+        let task = task(&request.into_inner().task)?;
+        prompts::remove(&self.state, task).await.map_err(status)?;
+        Ok(Response::new(proto::DeletePromptResponse {}))
+    }
+}

@@ -1,0 +1,308 @@
+//! The gRPC API with a real tonic client against a real server: the same answers as HTTP,
+//! prompt management mirrored, errors mapped to gRPC codes, and one batcher for both.
+mod common;
+
+use std::path::PathBuf;
+
+use common::{copy_dir, metric, metrics, TestServer};
+use promptd::api::grpc::proto::promptd_client::PromptdClient;
+use promptd::api::grpc::proto::{
+    DeletePromptRequest, GetPromptRequest, ListPromptsRequest, PredictRequest, PutPromptRequest,
+};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::Code;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
+    let prompts = tempfile::tempdir().unwrap();
+    copy_dir(&repo().join("prompts"), prompts.path());
+    let model = repo().join("tests/fixtures/models/t5-v1_1-tiny");
+    (TestServer::start(&model, prompts.path(), extra), prompts)
+}
+
+async fn client(server: &TestServer) -> PromptdClient<Channel> {
+    assert!(!server.grpc.is_empty(), "no gRPC address printed");
+    PromptdClient::connect(server.grpc.clone()).await.unwrap()
+}
+
+async fn http_predict(server: &TestServer, task: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .post(server.url(&format!("/v1/tasks/{task}/predict")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+fn error_type(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("error-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_answers_and_manages_prompts_like_http() {
+    let (server, prompts) = start(&[]);
+    let mut grpc = client(&server).await;
+
+    let list = grpc
+        .list_prompts(ListPromptsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tasks: Vec<_> = list.prompts.iter().map(|p| p.task.as_str()).collect();
+    tasks.sort();
+    assert_eq!(tasks, ["demo-a", "demo-b", "demo-c"]);
+
+    // Predict: the same tokens, text, scores and label as the HTTP route.
+    let inputs = ["translate to German: hello", "is this positive? yes"];
+    let labels = ["yes", "no", "maybe"];
+    for task in ["demo-a", "demo-b", "demo-c"] {
+        let got = grpc
+            .predict(PredictRequest {
+                task: task.into(),
+                inputs: inputs.iter().map(|s| s.to_string()).collect(),
+                max_new_tokens: Some(6),
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let want = http_predict(
+            &server,
+            task,
+            json!({"inputs": inputs, "max_new_tokens": 6, "labels": labels}),
+        )
+        .await;
+        assert_eq!(got.task, task);
+        assert_eq!(got.prompt_version, want["prompt_version"].as_u64().unwrap());
+        assert_eq!(got.outputs.len(), 2);
+        for (g, w) in got.outputs.iter().zip(want["outputs"].as_array().unwrap()) {
+            assert_eq!(g.text, w["text"].as_str().unwrap());
+            let ids: Vec<i64> = serde_json::from_value(w["token_ids"].clone()).unwrap();
+            assert_eq!(g.token_ids, ids);
+            let scores: Vec<f64> = serde_json::from_value(w["scores"].clone()).unwrap();
+            // Same rows in the same batch layout: equal up to serde_json's last-digit parsing.
+            assert_eq!(g.scores.len(), scores.len());
+            for (a, b) in g.scores.iter().zip(&scores) {
+                assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{a} vs {b}");
+            }
+            assert_eq!(g.label.as_deref(), w["label"].as_str());
+        }
+    }
+
+    // Without labels: no scores, no label.
+    let plain = grpc.predict(hello("demo-a")).await.unwrap().into_inner();
+    assert!(plain.outputs[0].scores.is_empty() && plain.outputs[0].label.is_none());
+
+    // PutPrompt: created, then replaced; HTTP sees the same version and sha256.
+    let npy = std::fs::read(prompts.path().join("demo-b.npy")).unwrap();
+    let put = |file: Vec<u8>, config: Option<Vec<u8>>| PutPromptRequest {
+        task: "via-grpc".into(),
+        file,
+        adapter_config: config,
+    };
+    let first = grpc
+        .put_prompt(put(npy.clone(), None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created);
+    assert_eq!(first.prompt.as_ref().unwrap().version, 1);
+    let peft_dir = prompts.path().join("demo-a");
+    let weights = std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap();
+    let config = std::fs::read(peft_dir.join("adapter_config.json")).unwrap();
+    let second = grpc
+        .put_prompt(put(weights, Some(config)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!second.created);
+    let info = second.prompt.unwrap();
+    assert_eq!(info.version, 2);
+    let http: Value = reqwest::get(server.url("/v1/prompts/via-grpc"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(http["sha256"], info.sha256.as_str());
+    assert_eq!(http["version"], 2);
+    let got = grpc
+        .get_prompt(GetPromptRequest {
+            task: "via-grpc".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, info);
+    assert!(prompts.path().join("via-grpc.safetensors").is_file());
+    // Serving the PEFT upload gives demo-a's answers (same encoder rows).
+    let a = grpc.predict(hello("via-grpc")).await.unwrap().into_inner();
+    assert_eq!(a.outputs[0].token_ids, plain.outputs[0].token_ids);
+
+    // Errors: the gRPC code and the same error_type as HTTP.
+    let cases: Vec<(PredictRequest, Code, &str)> = vec![
+        (
+            PredictRequest {
+                task: "nope".into(),
+                inputs: vec!["x".into()],
+                ..Default::default()
+            },
+            Code::NotFound,
+            "unknown_task",
+        ),
+        (
+            PredictRequest {
+                task: "demo-a".into(),
+                inputs: vec![],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "validation",
+        ),
+        (
+            PredictRequest {
+                task: "demo-a".into(),
+                inputs: vec!["x".into()],
+                max_new_tokens: Some(1_000_000),
+                labels: vec![],
+            },
+            Code::InvalidArgument,
+            "validation",
+        ),
+        (
+            PredictRequest {
+                task: "demo-a".into(),
+                inputs: vec!["x".repeat(2 << 20)],
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "payload_too_large",
+        ),
+    ];
+    for (req, code, kind) in cases {
+        let e = grpc.predict(req).await.unwrap_err();
+        assert_eq!((e.code(), error_type(&e).as_str()), (code, kind), "{e:?}");
+    }
+    for (task, file, code, kind) in [
+        ("../x", npy.clone(), Code::InvalidArgument, "bad_request"),
+        (
+            "ok-name",
+            b"not a tensor".to_vec(),
+            Code::InvalidArgument,
+            "bad_request",
+        ),
+        ("ok-name", vec![], Code::InvalidArgument, "bad_request"),
+    ] {
+        let e = grpc
+            .put_prompt(put(file, None).with_task(task))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{task}: {e:?}");
+        assert_eq!(error_type(&e), kind, "{task}: {e:?}");
+    }
+    assert!(!prompts.path().join("ok-name.safetensors").exists());
+
+    // Delete, then the task is gone for both protocols.
+    grpc.delete_prompt(DeletePromptRequest {
+        task: "via-grpc".into(),
+    })
+    .await
+    .unwrap();
+    let e = grpc
+        .delete_prompt(DeletePromptRequest {
+            task: "via-grpc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    let status = reqwest::get(server.url("/v1/prompts/via-grpc"))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}
+
+/// "hello" for `task`, with the server's defaults.
+fn hello(task: &str) -> PredictRequest {
+    PredictRequest {
+        task: task.into(),
+        inputs: vec!["hello".into()],
+        ..Default::default()
+    }
+}
+
+trait WithTask {
+    fn with_task(self, task: &str) -> Self;
+}
+
+impl WithTask for PutPromptRequest {
+    fn with_task(mut self, task: &str) -> Self {
+        self.task = task.into();
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_and_http_requests_share_forward_passes() {
+    // A long max wait: every row of 16 gRPC and 16 HTTP requests arrives before the batch closes.
+    let (server, _prompts) = start(&["--max-batch-size", "32", "--max-wait-ms", "3000"]);
+    let grpc = client(&server).await;
+    let http = reqwest::Client::new();
+    let mut calls = Vec::new();
+    for i in 0..16 {
+        let mut grpc = grpc.clone();
+        calls.push(tokio::spawn(async move {
+            let task = ["demo-a", "demo-b", "demo-c"][i % 3];
+            grpc.predict(PredictRequest {
+                task: task.into(),
+                inputs: vec![format!("grpc input {i}")],
+                max_new_tokens: Some(3),
+                labels: vec![],
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }));
+        let (http, url) = (http.clone(), server.url("/v1/tasks/demo-b/predict"));
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&json!({"inputs": format!("http input {i}"), "max_new_tokens": 3}))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status() == 200 {
+                Ok(())
+            } else {
+                Err(format!("HTTP {}", r.status()))
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    let m = metrics(&http, &server).await;
+    assert_eq!(metric(&m, "promptd_batch_size_sum"), 32.0, "{m}");
+    assert_eq!(
+        metric(&m, "promptd_batch_size_count"),
+        1.0,
+        "one pass for both protocols:\n{m}"
+    );
+    // gRPC requests are counted like HTTP ones.
+    assert_eq!(
+        metric(&m, "promptd_requests_total{status=\"200\""),
+        32.0,
+        "{m}"
+    );
+}

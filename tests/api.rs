@@ -5,103 +5,19 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use clap::Parser;
+use common::inproc::{build_state, call, get, predict_req, setup};
 use common::{f32_bytes, fixtures, npy_bytes, snapshot, st_bytes};
 use promptd::api::{app, AppState};
-use promptd::cli::serve::{build, load};
-use promptd::cli::{Cli, Command};
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 const D: usize = 48;
 
-fn model_dir() -> std::path::PathBuf {
-    fixtures().join("models/t5-v1_1-tiny")
-}
-
-struct Setup {
-    state: AppState,
-    dir: tempfile::TempDir,
-}
-
-/// `promptd serve` state (engine thread started, nothing loaded) over `prompts`.
-fn build_state(prompts: &std::path::Path, extra: &[&str]) -> AppState {
-    let model = model_dir();
-    let mut argv = vec![
-        "promptd",
-        "serve",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompts",
-        prompts.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
-    build(&args).unwrap().state
-}
-
-/// A server state over a folder holding `keep.npy`; `run_batcher` starts the batching loop.
-async fn setup(extra: &[&str], run_batcher: bool) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixtures().join("prompts/t5-v1_1-tiny/task03.npy"),
-        dir.path().join("keep.npy"),
-    )
-    .unwrap();
-    let state = build_state(dir.path(), extra);
-    if run_batcher {
-        tokio::spawn(state.batcher.clone().run(state.engine.clone()));
-    }
-    load(&state.engine, &state.registry, &state.lifecycle)
-        .await
-        .unwrap();
-    Setup { state, dir }
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
-}
-
-async fn call(state: &AppState, req: Request<Body>) -> Reply {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
-    };
-    Reply {
-        status,
-        headers,
-        body,
-    }
-}
-
 fn put(task: &str, body: Vec<u8>) -> Request<Body> {
     Request::put(format!("/v1/prompts/{task}"))
         .body(Body::from(body))
         .unwrap()
-}
-
-fn predict_req(task: &str, body: Value) -> Request<Body> {
-    Request::post(format!("/v1/tasks/{task}/predict"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap()
-}
-
-fn get(uri: &str) -> Request<Body> {
-    Request::get(uri).body(Body::empty()).unwrap()
 }
 
 fn npy_f32(rows: usize, cols: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {

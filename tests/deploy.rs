@@ -293,6 +293,51 @@ fn deployment_matches_the_server() {
     assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
 }
 
+#[tokio::test]
+async fn kserve_runtime_matches_the_server() {
+    let runtime = object("ServingRuntime", "promptd");
+    let container = &runtime["spec"]["containers"][0];
+    assert_eq!(runtime["spec"]["protocolVersions"][0], "v2");
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "serve");
+    let help = serve_help();
+    for arg in &args[1..] {
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} <")),
+            "{flag} is not a serve flag"
+        );
+    }
+    assert!(
+        args.contains(&"--model=/mnt/models"),
+        "KServe puts the model in /mnt/models"
+    );
+    let port = container["ports"][0]["containerPort"].as_u64().unwrap();
+    assert!(args.contains(&format!("--addr=0.0.0.0:{port}").as_str()));
+    let format = &runtime["spec"]["supportedModelFormats"][0]["name"];
+    let service = object("InferenceService", "promptd-t5-xxl");
+    assert_eq!(
+        &service["spec"]["predictor"]["model"]["modelFormat"]["name"],
+        format
+    );
+    assert_eq!(service["spec"]["predictor"]["model"]["runtime"], "promptd");
+
+    // Its probes answer 200 on a ready server.
+    let s = common::inproc::setup(&[], false).await;
+    for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["port"].as_u64(), Some(port), "{probe}");
+        let path = get["path"].as_str().unwrap();
+        let r = common::inproc::call(&s.state, common::inproc::get(path)).await;
+        assert_eq!(r.status, 200, "{probe} {path}");
+    }
+}
+
 /// Every `promptd_*` name in `text`.
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();

@@ -2,6 +2,7 @@
 //! No tensors here: requests become validated rows and go to the batcher.
 pub mod error;
 pub mod grpc;
+pub mod kserve;
 pub mod predict;
 pub mod prompts;
 pub mod validate;
@@ -103,6 +104,27 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/tasks/{task}/predict",
             post(predict::predict).layer(body_limit),
+        )
+        .route("/v2", get(kserve::server_metadata))
+        .route("/v2/health/live", get(kserve::live))
+        .route("/v2/health/ready", get(kserve::ready))
+        .route("/v2/models/{task}", get(kserve::model_metadata))
+        .route("/v2/models/{task}/ready", get(kserve::model_ready))
+        .route(
+            "/v2/models/{task}/infer",
+            post(kserve::infer).layer(body_limit),
+        )
+        .route(
+            "/v2/models/{task}/versions/{version}",
+            get(kserve::model_metadata),
+        )
+        .route(
+            "/v2/models/{task}/versions/{version}/ready",
+            get(kserve::model_ready),
+        )
+        .route(
+            "/v2/models/{task}/versions/{version}/infer",
+            post(kserve::infer).layer(body_limit),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: fixtures and a loaded engine.
 #![allow(dead_code)]
+pub mod inproc;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

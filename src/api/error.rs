@@ -5,10 +5,20 @@ use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 
 use crate::prompts::registry::RegistryError;
 use crate::prompts::PromptError;
+
+/// The body of every error response.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, naming the field, the limit and the value given.
+    pub error: String,
+    /// Stable snake_case kind: unknown_task, not_found, method_not_allowed, bad_request,
+    /// validation, payload_too_large, unsupported_media_type, queue_full, timeout,
+    /// unavailable, storage, internal.
+    pub error_type: String,
+}
 
 /// Everything a route can answer with instead of success.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +117,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = Json(json!({"error": self.to_string(), "error_type": self.error_type()}));
+        let body = Json(ErrorBody {
+            error: self.to_string(),
+            error_type: self.error_type().to_string(),
+        });
         let mut response = (status, body).into_response();
         if matches!(self, ApiError::QueueFull { .. } | ApiError::Unavailable(_)) {
             response

@@ -5,18 +5,23 @@
 //! input named `labels`, and the parameter `max_new_tokens`; it answers `text_output` (BYTES),
 //! and with labels `label` (BYTES) and `scores` (FP64, `[N, labels]`). It runs through the same
 //! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared.
+use std::sync::Arc;
+
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::openapi::schema::{
+    ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+};
+use utoipa::openapi::RefOr;
 
-use super::error::JsonBody;
+use super::error::{ErrorBody, JsonBody};
 use super::predict::{self, PredictRequest};
 use super::{readiness, ApiError, AppState};
-use crate::prompts::registry::Entry;
+use crate::prompts::registry::{Entry, PromptInfo};
 
 /// Name of the texts input when a client asks for metadata.
 pub const TEXT_INPUT: &str = "text_input";
@@ -24,13 +29,14 @@ pub const TEXT_INPUT: &str = "text_input";
 pub const LABELS_INPUT: &str = "labels";
 
 /// An inference request (the protocol's `$inference_request`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InferRequest {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
     /// Request parameters; `max_new_tokens` is read.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Map<String, Value>>,
     /// Input tensors.
     pub inputs: Vec<InferInput>,
@@ -40,7 +46,7 @@ pub struct InferRequest {
 }
 
 /// One input tensor.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InferInput {
     /// Tensor name.
     pub name: String,
@@ -49,18 +55,19 @@ pub struct InferInput {
     /// Element type; only BYTES is accepted.
     pub datatype: String,
     /// Elements, flat or nested in row-major order.
+    #[schema(schema_with = input_data_schema)]
     pub data: Value,
 }
 
 /// An output a client asks for.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
 }
 
 /// One output tensor.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InferOutput {
     /// Tensor name.
     pub name: String,
@@ -69,11 +76,32 @@ pub struct InferOutput {
     /// Element type.
     pub datatype: &'static str,
     /// Elements in row-major order.
+    #[schema(schema_with = output_data_schema)]
     pub data: Vec<Value>,
 }
 
+fn input_data_schema() -> impl Into<RefOr<Schema>> {
+    // Strings, or arrays of them nested to the tensor's rank.
+    let nested = ArrayBuilder::new().items(ObjectBuilder::new().schema_type(SchemaType::AnyValue));
+    ArrayBuilder::new().items(
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(nested),
+    )
+}
+
+fn output_data_schema() -> impl Into<RefOr<Schema>> {
+    // BYTES outputs are strings (null for a missing label), FP64 outputs numbers.
+    let element = ObjectBuilder::new().schema_type(SchemaType::from_iter([
+        Type::String,
+        Type::Number,
+        Type::Null,
+    ]));
+    ArrayBuilder::new().items(element)
+}
+
 /// An inference response (`$inference_response`).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InferResponse {
     /// The task.
     pub model_name: String,
@@ -86,36 +114,101 @@ pub struct InferResponse {
     pub outputs: Vec<InferOutput>,
 }
 
-/// `GET /v2`: server metadata.
-pub async fn server_metadata() -> impl IntoResponse {
-    Json(json!({
-        "name": "promptd",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
-    }))
+/// Body of `GET /v2`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServerMetadata {
+    /// `promptd`.
+    pub name: &'static str,
+    /// promptd's version.
+    pub version: &'static str,
+    /// Protocol extensions (none).
+    pub extensions: Vec<String>,
 }
 
-/// `GET /v2/health/live`.
-pub async fn live() -> impl IntoResponse {
-    Json(json!({"live": true}))
+/// Body of `GET /v2/health/live`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Live {
+    /// Always true when answered.
+    pub live: bool,
 }
 
-/// `GET /v2/health/ready`: 200 once the model and prompts are loaded, else 503.
-pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+/// Body of `GET /v2/health/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    /// Model and prompts loaded, not shutting down.
+    pub ready: bool,
+}
+
+/// Body of `GET /v2/models/{task}/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelReady {
+    /// The task.
+    pub name: String,
+    /// True: a served task is ready.
+    pub ready: bool,
+}
+
+/// One tensor in model metadata.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TensorMetadata {
+    /// Tensor name.
+    pub name: &'static str,
+    /// Element type.
+    pub datatype: &'static str,
+    /// Dimensions; -1 is variable.
+    pub shape: Vec<i64>,
+}
+
+/// Body of `GET /v2/models/{task}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ModelMetadata {
+    /// The task.
+    pub name: String,
+    /// The served prompt version.
+    pub versions: Vec<String>,
+    /// `promptd_t5_soft_prompt`.
+    pub platform: &'static str,
+    /// Inputs: the texts, and optional candidate labels.
+    pub inputs: Vec<TensorMetadata>,
+    /// Outputs: text_output, and with labels label and scores.
+    pub outputs: Vec<TensorMetadata>,
+    /// The prompt's metadata.
+    pub parameters: PromptInfo,
+}
+
+/// Server metadata.
+#[utoipa::path(get, path = "/v2", tag = "kserve",
+    responses((status = 200, description = "Server metadata", body = ServerMetadata)))]
+pub async fn server_metadata() -> Json<ServerMetadata> {
+    Json(ServerMetadata {
+        name: "promptd",
+        version: env!("CARGO_PKG_VERSION"),
+        extensions: Vec::new(),
+    })
+}
+
+/// Server liveness.
+#[utoipa::path(get, path = "/v2/health/live", tag = "kserve",
+    responses((status = 200, description = "The process is up", body = Live)))]
+pub async fn live() -> Json<Live> {
+    Json(Live { live: true })
+}
+
+/// Server readiness: 200 once the model and prompts are loaded, else 503.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "kserve", responses(
+    (status = 200, description = "Ready", body = Ready),
+    (status = 503, description = "Loading or shutting down", body = Ready)))]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     let ready = readiness(&state).1.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({"ready": ready})))
+    (status, Json(Ready { ready }))
 }
 
-fn entry(
-    state: &AppState,
-    task: &str,
-    version: Option<&str>,
-) -> Result<std::sync::Arc<Entry>, ApiError> {
+fn entry(state: &AppState, task: &str, version: Option<&str>) -> Result<Arc<Entry>, ApiError> {
     state.check_serving()?;
     let entry = state
         .registry
@@ -130,57 +223,114 @@ fn entry(
     }
 }
 
-fn path_parts(
-    path: Result<Path<Vec<String>>, PathRejection>,
-) -> Result<(String, Option<String>), ApiError> {
+/// `(task, version)` from either route shape.
+type ModelPath = Result<Path<Vec<String>>, PathRejection>;
+
+fn path_parts(path: ModelPath) -> Result<(String, Option<String>), ApiError> {
     let Path(parts) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let mut parts = parts.into_iter();
     let task = parts.next().unwrap_or_default();
     Ok((task, parts.next()))
 }
 
-/// `GET /v2/models/{task}[/versions/{version}]`: model metadata.
+fn tensor(name: &'static str, datatype: &'static str, shape: &[i64]) -> TensorMetadata {
+    TensorMetadata {
+        name,
+        datatype,
+        shape: shape.to_vec(),
+    }
+}
+
+/// Model (task) metadata.
+#[utoipa::path(get, path = "/v2/models/{task}", tag = "kserve",
+    params(("task" = String, Path, description = "Task name")),
+    responses(
+        (status = 200, description = "The task's metadata", body = ModelMetadata),
+        (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_metadata(
     State(state): State<AppState>,
-    path: Result<Path<Vec<String>>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: ModelPath,
+) -> Result<Json<ModelMetadata>, ApiError> {
     let (task, version) = path_parts(path)?;
     let entry = entry(&state, &task, version.as_deref())?;
-    Ok(Json(json!({
-        "name": entry.info.task,
-        "versions": [entry.info.version.to_string()],
-        "platform": "promptd_t5_soft_prompt",
-        "inputs": [
-            {"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]},
-            {"name": LABELS_INPUT, "datatype": "BYTES", "shape": [-1], "optional": true},
+    Ok(Json(ModelMetadata {
+        name: entry.info.task.clone(),
+        versions: vec![entry.info.version.to_string()],
+        platform: "promptd_t5_soft_prompt",
+        inputs: vec![
+            tensor(TEXT_INPUT, "BYTES", &[-1]),
+            tensor(LABELS_INPUT, "BYTES", &[-1]),
         ],
-        "outputs": [
-            {"name": "text_output", "datatype": "BYTES", "shape": [-1]},
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "scores", "datatype": "FP64", "shape": [-1, -1]},
+        outputs: vec![
+            tensor("text_output", "BYTES", &[-1]),
+            tensor("label", "BYTES", &[-1]),
+            tensor("scores", "FP64", &[-1, -1]),
         ],
-        "parameters": {
-            "prompt_length": entry.info.prompt_length,
-            "d_model": entry.info.d_model,
-            "sha256": entry.info.sha256,
-        },
-    })))
+        parameters: entry.info.clone(),
+    }))
 }
 
-/// `GET /v2/models/{task}[/versions/{version}]/ready`.
+/// Metadata of one version of a task (only the served version exists).
+#[utoipa::path(get, path = "/v2/models/{task}/versions/{version}", tag = "kserve",
+    params(("task" = String, Path, description = "Task name"),
+           ("version" = String, Path, description = "Prompt version")),
+    responses(
+        (status = 200, description = "The task's metadata", body = ModelMetadata),
+        (status = 404, description = "Unknown task or version", body = ErrorBody)))]
+pub async fn version_metadata(
+    state: State<AppState>,
+    path: ModelPath,
+) -> Result<Json<ModelMetadata>, ApiError> {
+    model_metadata(state, path).await
+}
+
+/// Model (task) readiness: 200 when served.
+#[utoipa::path(get, path = "/v2/models/{task}/ready", tag = "kserve",
+    params(("task" = String, Path, description = "Task name")),
+    responses(
+        (status = 200, description = "Served", body = ModelReady),
+        (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_ready(
     State(state): State<AppState>,
-    path: Result<Path<Vec<String>>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+    path: ModelPath,
+) -> Result<Json<ModelReady>, ApiError> {
     let (task, version) = path_parts(path)?;
     let entry = entry(&state, &task, version.as_deref())?;
-    Ok(Json(json!({"name": entry.info.task, "ready": true})))
+    Ok(Json(ModelReady {
+        name: entry.info.task.clone(),
+        ready: true,
+    }))
 }
 
-/// `POST /v2/models/{task}[/versions/{version}]/infer`.
+/// Readiness of one version of a task.
+#[utoipa::path(get, path = "/v2/models/{task}/versions/{version}/ready", tag = "kserve",
+    params(("task" = String, Path, description = "Task name"),
+           ("version" = String, Path, description = "Prompt version")),
+    responses(
+        (status = 200, description = "Served", body = ModelReady),
+        (status = 404, description = "Unknown task or version", body = ErrorBody)))]
+pub async fn version_ready(
+    state: State<AppState>,
+    path: ModelPath,
+) -> Result<Json<ModelReady>, ApiError> {
+    model_ready(state, path).await
+}
+
+/// Inference: generates for every text with the task's prompt (same path as /v1 predict).
+#[utoipa::path(post, path = "/v2/models/{task}/infer", tag = "kserve",
+    params(("task" = String, Path, description = "Task name")),
+    request_body = InferRequest,
+    responses(
+        (status = 200, description = "One output element per text", body = InferResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "Unknown task", body = ErrorBody),
+        (status = 422, description = "A limit or parameter is violated", body = ErrorBody),
+        (status = 429, description = "Queue full; retry after Retry-After", body = ErrorBody),
+        (status = 503, description = "Loading or shutting down", body = ErrorBody),
+        (status = 504, description = "Request timeout", body = ErrorBody)))]
 pub async fn infer(
     State(state): State<AppState>,
-    path: Result<Path<Vec<String>>, PathRejection>,
+    path: ModelPath,
     body: Result<JsonBody<InferRequest>, ApiError>,
 ) -> Result<Json<InferResponse>, ApiError> {
     let (task, version) = path_parts(path)?;
@@ -237,6 +387,24 @@ pub async fn infer(
         id,
         outputs,
     }))
+}
+
+/// Inference on one version of a task (only the served version exists).
+#[utoipa::path(post, path = "/v2/models/{task}/versions/{version}/infer", tag = "kserve",
+    params(("task" = String, Path, description = "Task name"),
+           ("version" = String, Path, description = "Prompt version")),
+    request_body = InferRequest,
+    responses(
+        (status = 200, description = "One output element per text", body = InferResponse),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 404, description = "Unknown task or version", body = ErrorBody),
+        (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
+pub async fn version_infer(
+    state: State<AppState>,
+    path: ModelPath,
+    body: Result<JsonBody<InferRequest>, ApiError>,
+) -> Result<Json<InferResponse>, ApiError> {
+    infer(state, path, body).await
 }
 
 /// Maps an inference request onto a predict request; every mistake is a 400 naming the field.

@@ -3,6 +3,7 @@
 pub mod error;
 pub mod grpc;
 pub mod kserve;
+pub mod openapi;
 pub mod predict;
 pub mod prompts;
 pub mod validate;
@@ -16,7 +17,6 @@ use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use serde_json::json;
 
 pub use error::ApiError;
 
@@ -116,16 +116,17 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v2/models/{task}/versions/{version}",
-            get(kserve::model_metadata),
+            get(kserve::version_metadata),
         )
         .route(
             "/v2/models/{task}/versions/{version}/ready",
-            get(kserve::model_ready),
+            get(kserve::version_ready),
         )
         .route(
             "/v2/models/{task}/versions/{version}/infer",
-            post(kserve::infer).layer(body_limit),
+            post(kserve::version_infer).layer(body_limit),
         )
+        .route("/openapi.json", get(openapi::serve))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -139,20 +140,60 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Body of `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process is up and answering.
+    pub status: &'static str,
 }
 
-async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let (status, why) = readiness(&state);
-    match why {
-        None => (
+/// Body of `GET /readyz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// ready | loading | draining | failed
+    pub status: &'static str,
+    /// Prompts served (when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<usize>,
+    /// Why the server is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `unavailable` when not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<&'static str>,
+}
+
+/// Liveness: 200 as soon as the process listens, also while the model loads.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: 200 once the model and the prompts folder are loaded; 503 while loading and
+/// while shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Ready to serve", body = Readiness),
+    (status = 503, description = "Loading, draining or failed", body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    match readiness(&state) {
+        (status, None) => (
             StatusCode::OK,
-            Json(json!({"status": status, "prompts": state.registry.len()})),
+            Json(Readiness {
+                status,
+                prompts: Some(state.registry.len()),
+                error: None,
+                error_type: None,
+            }),
         ),
-        Some(why) => (
+        (status, Some(why)) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": status, "error": why, "error_type": "unavailable"})),
+            Json(Readiness {
+                status,
+                prompts: None,
+                error: Some(why),
+                error_type: Some("unavailable"),
+            }),
         ),
     }
 }
@@ -175,7 +216,10 @@ pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus text exposition of every metric (README: "Metrics").
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let ready = readiness(&state).1.is_none();
     state.metrics.ready.set(i64::from(ready));
     (

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::error::JsonBody;
+use super::error::{ErrorBody, JsonBody};
 use super::validate::{best_label, build_row};
 use super::{ApiError, AppState};
 use crate::batcher::{Refused, RowError, RowReply, Ticket};
@@ -17,10 +17,11 @@ use crate::metrics::UNKNOWN_TASK;
 use crate::prompts::registry::Entry;
 
 /// Request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PredictRequest {
     /// One text or a list of texts.
+    #[schema(schema_with = inputs_schema)]
     pub inputs: serde_json::Value,
     /// Cap on generated tokens per input (server default when absent).
     #[serde(default)]
@@ -30,6 +31,17 @@ pub struct PredictRequest {
     pub labels: Option<Vec<String>>,
 }
 
+fn inputs_schema() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    OneOfBuilder::new()
+        .item(text())
+        .item(ArrayBuilder::new().items(text()).min_items(Some(1)))
+        .description(Some(
+            "One text, or a non-empty list of texts answered in order",
+        ))
+}
+
 /// A request whose every input passed the limits, ready for the queue.
 pub struct ValidRequest {
     rows: Vec<RowInput>,
@@ -37,7 +49,7 @@ pub struct ValidRequest {
 }
 
 /// One input's answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Output {
     /// Decoded generation.
     pub text: String,
@@ -52,7 +64,7 @@ pub struct Output {
 }
 
 /// Response body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PredictResponse {
     /// Task name.
     pub task: String,
@@ -89,7 +101,21 @@ fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError>
     Ok(texts)
 }
 
-/// `POST /v1/tasks/{task}/predict`.
+/// Generates for every input with the task's soft prompt; rows of any tasks share forward
+/// passes. With `labels`, also scores each label's log-likelihood for every input.
+#[utoipa::path(post, path = "/v1/tasks/{task}/predict", tag = "predict",
+    params(("task" = String, Path, description = "Task name")),
+    request_body = PredictRequest,
+    responses(
+        (status = 200, description = "One output per input, in order", body = PredictResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "Unknown task", body = ErrorBody),
+        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 422, description = "A limit is violated (inputs, tokens, max_new_tokens, labels)", body = ErrorBody),
+        (status = 429, description = "Queue full; retry after Retry-After", body = ErrorBody),
+        (status = 503, description = "Loading or shutting down", body = ErrorBody),
+        (status = 504, description = "Did not finish within --request-timeout-ms", body = ErrorBody)))]
 pub async fn predict(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

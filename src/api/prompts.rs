@@ -6,6 +6,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::store::sha256_hex;
@@ -96,7 +97,40 @@ impl Upload {
     }
 }
 
-/// `PUT /v1/prompts/{task}`: 201 when new, 200 when replaced.
+/// A PEFT prompt-tuning adapter, as PEFT's `save_pretrained` writes it (OpenAPI only).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct PeftUpload {
+    /// PEFT's weights file.
+    #[schema(rename = "adapter_model.safetensors", value_type = String, format = Binary)]
+    weights: (),
+    /// PEFT's config file.
+    #[schema(rename = "adapter_config.json", value_type = String, format = Binary)]
+    config: (),
+}
+
+/// A `.safetensors` or `.npy` prompt file (OpenAPI only).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct PromptFile(());
+
+/// Creates or replaces a task's prompt: a raw `.safetensors` or `.npy` file (detected by its
+/// content), or multipart with PEFT's `adapter_model.safetensors` and `adapter_config.json`.
+/// Validated, written atomically to the prompts folder, then served.
+#[utoipa::path(put, path = "/v1/prompts/{task}", tag = "prompts",
+    params(("task" = String, Path, description = "Task name: [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 bytes")),
+    request_body(content(
+        (PromptFile = "application/octet-stream"),
+        (PeftUpload = "multipart/form-data"))),
+    responses(
+        (status = 201, description = "Created (version 1 or past a deleted one)", body = PromptInfo),
+        (status = 200, description = "Replaced (version + 1)", body = PromptInfo),
+        (status = 400, description = "Not a prompt file, bad task name, bad multipart", body = ErrorBody),
+        (status = 413, description = "Over --max-prompt-bytes", body = ErrorBody),
+        (status = 422, description = "Wrong width, too long, not finite, empty", body = ErrorBody),
+        (status = 503, description = "Loading, shutting down, or the folder is read-only", body = ErrorBody),
+        (status = 507, description = "The prompts folder's disk is full", body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -159,13 +193,16 @@ pub async fn store(
 }
 
 /// Body of `GET /v1/prompts`.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct PromptList {
     /// Every served prompt, by task name.
     pub prompts: Vec<PromptInfo>,
 }
 
-/// `GET /v1/prompts`: every served prompt.
+/// Every served prompt.
+#[utoipa::path(get, path = "/v1/prompts", tag = "prompts", responses(
+    (status = 200, description = "Served prompts by task name", body = PromptList),
+    (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
 pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(PromptList {
         prompts: all(&state)?,
@@ -178,7 +215,13 @@ pub fn all(state: &AppState) -> Result<Vec<PromptInfo>, ApiError> {
     Ok(state.registry.list())
 }
 
-/// `GET /v1/prompts/{task}`.
+/// One task's prompt metadata.
+#[utoipa::path(get, path = "/v1/prompts/{task}", tag = "prompts",
+    params(("task" = String, Path, description = "Task name")),
+    responses(
+        (status = 200, description = "The served version", body = PromptInfo),
+        (status = 400, description = "Bad task name", body = ErrorBody),
+        (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -196,7 +239,13 @@ pub fn info(state: &AppState, task: TaskName) -> Result<PromptInfo, ApiError> {
         .ok_or_else(|| ApiError::UnknownTask(task.to_string()))
 }
 
-/// `DELETE /v1/prompts/{task}`: 204, or 404 when there was nothing to delete.
+/// Removes a task's prompt from the folder and the registry; in-flight requests finish.
+#[utoipa::path(delete, path = "/v1/prompts/{task}", tag = "prompts",
+    params(("task" = String, Path, description = "Task name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Bad task name", body = ErrorBody),
+        (status = 404, description = "Nothing to delete", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -16,7 +16,7 @@ use crate::engine::PromptSlot;
 use crate::metrics::Metrics;
 
 /// What clients see about a prompt.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PromptInfo {
     /// Task name.
     pub task: String,

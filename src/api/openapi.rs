@@ -1,0 +1,52 @@
+//! The OpenAPI 3.1 description of the HTTP API, generated from the route annotations and the
+//! request/response types, served at `/openapi.json`. tests/openapi.rs checks it against the
+//! router and real responses.
+use axum::Json;
+use utoipa::OpenApi;
+
+use super::{kserve, predict, prompts};
+
+/// The whole HTTP API.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "promptd",
+        description = "One frozen T5 serving many tasks through soft prompts. Errors are JSON: \
+                       {\"error\": \"...\", \"error_type\": \"...\"}.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        super::healthz,
+        super::readyz,
+        super::metrics,
+        prompts::list,
+        prompts::put,
+        prompts::get_one,
+        prompts::delete,
+        predict::predict,
+        kserve::server_metadata,
+        kserve::live,
+        kserve::ready,
+        kserve::model_metadata,
+        kserve::version_metadata,
+        kserve::model_ready,
+        kserve::version_ready,
+        kserve::infer,
+        kserve::version_infer,
+        serve,
+    ),
+    tags(
+        (name = "predict", description = "Generation and label scoring"),
+        (name = "prompts", description = "Soft prompts: upload, replace, list, delete"),
+        (name = "kserve", description = "KServe Open Inference Protocol v2"),
+        (name = "health", description = "Probes and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "OpenAPI 3.1 description of this API", body = Object)))]
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

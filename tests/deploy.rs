@@ -453,3 +453,160 @@ async fn every_metric_deploy_uses_is_exported() {
     }
     drop(server);
 }
+
+/// The Dockerfile's stages: (name, lines).
+fn docker_stages() -> Vec<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    // Join continuation lines, drop comments.
+    let joined = text.replace("\\\n", " ");
+    let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    for line in joined.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let name = from.split(" AS ").nth(1).unwrap_or("").trim().to_string();
+            stages.push((name, Vec::new()));
+        }
+        if let Some((_, lines)) = stages.last_mut() {
+            lines.push(line.to_string());
+        }
+    }
+    stages
+}
+
+/// Shared libraries `file` needs (readelf's NEEDED entries).
+fn needed(file: &Path) -> Vec<String> {
+    let out = std::process::Command::new("readelf")
+        .args(["-d", file.to_str().unwrap()])
+        .output()
+        .expect("readelf (binutils) runs");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_string()))
+        .collect()
+}
+
+#[test]
+fn dockerfile_builds_like_make_and_runs_as_non_root() {
+    let stages = docker_stages();
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names.last(),
+        Some(&"runtime-cuda"),
+        "the GPU image is the default target"
+    );
+    let stage = |name: &str| &stages.iter().find(|(n, _)| n == name).unwrap().1;
+    let has = |name: &str, needle: &str| stage(name).iter().any(|l| l.contains(needle));
+    // libtorch is provisioned and the binary built by the Makefile's own targets.
+    assert!(has("build-base", "RUN make libtorch"));
+    assert!(has("build-cuda", "make build-cuda"));
+    assert!(has("build-cpu", "make build"));
+    let provision = std::fs::read_to_string(repo().join("scripts/provision-libtorch.sh")).unwrap();
+    let torch = provision
+        .lines()
+        .find_map(|l| l.strip_prefix("TORCH_VERSION=\""))
+        .unwrap()
+        .trim_end_matches('"');
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("ARG TORCH_VERSION={torch}")));
+
+    let help = serve_help();
+    for runtime in ["runtime-cpu", "runtime-cuda"] {
+        let user = stage(runtime)
+            .iter()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
+            .unwrap_or_else(|| panic!("{runtime} sets no USER"));
+        assert!(
+            !user.starts_with("0") && !user.starts_with("root"),
+            "{runtime} runs as {user}"
+        );
+        assert!(
+            user.split(':').all(|id| id.parse::<u32>().is_ok()),
+            "numeric USER: {user}"
+        );
+    }
+    // Port, healthcheck and env agree with the server's flags and routes.
+    let base = stage("runtime-base").join("\n");
+    let env_addr = base
+        .split("PROMPTD_ADDR=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let env_grpc = base
+        .split("PROMPTD_GRPC_ADDR=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let expose = base
+        .lines()
+        .find_map(|l| l.strip_prefix("EXPOSE "))
+        .unwrap();
+    for addr in [env_addr, env_grpc] {
+        assert!(
+            expose
+                .split_whitespace()
+                .any(|p| p == port_of(addr).to_string()),
+            "EXPOSE {expose} lacks {addr}"
+        );
+    }
+    let health = base.lines().find(|l| l.starts_with("HEALTHCHECK")).unwrap();
+    assert!(
+        health.contains(&format!("http://127.0.0.1:{}/healthz", port_of(env_addr))),
+        "{health}"
+    );
+    for line in stages.iter().flat_map(|(_, lines)| lines) {
+        for word in line.split_whitespace() {
+            if let Some(var) = word
+                .strip_prefix("PROMPTD_")
+                .and_then(|w| w.split('=').next())
+            {
+                let var = format!("PROMPTD_{var}");
+                assert!(
+                    help.contains(&format!("[env: {var}=")),
+                    "{var} is not a serve flag"
+                );
+            }
+        }
+    }
+
+    // The CPU image carries every libtorch library the CPU binary loads.
+    let cpu = stage("runtime-cpu").join("\n");
+    let lib_dirs = [
+        repo().join(".libtorch/torch/lib"),
+        repo().join(".libtorch/nvidia/cu13/lib"),
+    ];
+    let mut todo = needed(Path::new(env!("CARGO_BIN_EXE_promptd")));
+    let mut seen = BTreeSet::new();
+    while let Some(lib) = todo.pop() {
+        if !seen.insert(lib.clone()) {
+            continue;
+        }
+        let Some(path) = lib_dirs.iter().map(|d| d.join(&lib)).find(|p| p.exists()) else {
+            continue; // a system library of the base image
+        };
+        let copied = cpu.contains(&format!("torch/lib/{lib}"))
+            || (path.starts_with(&lib_dirs[1]) && cpu.contains(".libtorch/nvidia/cu13/lib/"));
+        assert!(copied, "runtime-cpu does not copy {lib}");
+        todo.extend(needed(&path));
+    }
+    assert!(
+        seen.contains("libtorch_cpu.so") && seen.contains("libcudart.so.13"),
+        "{seen:?}"
+    );
+
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for dir in ["target", ".libtorch", ".git"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == dir),
+            ".dockerignore lacks {dir}"
+        );
+    }
+}

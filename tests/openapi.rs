@@ -160,7 +160,13 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String
 }
 
 /// (method, URI, documented path, JSON body, raw body)
-type Case = (Method, &'static str, &'static str, Option<Value>, Option<Vec<u8>>);
+type Case = (
+    Method,
+    &'static str,
+    &'static str,
+    Option<Value>,
+    Option<Vec<u8>>,
+);
 
 fn request(method: Method, uri: &str, body: Option<Value>) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(uri);

@@ -36,6 +36,13 @@ fn compile_protos() {
     println!("cargo:rerun-if-changed=proto");
     let files = protox::compile(["proto/promptd.proto"], ["proto"])
         .unwrap_or_else(|e| panic!("proto/promptd.proto: {e}"));
+    // The encoded descriptors, for gRPC server reflection (tonic::include_file_descriptor_set!).
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(
+        out.join("promptd_descriptor.bin"),
+        prost::Message::encode_to_vec(&files),
+    )
+    .unwrap_or_else(|e| panic!("writing the descriptor set: {e}"));
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

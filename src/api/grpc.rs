@@ -11,6 +11,9 @@ use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::TaskName;
 
+/// The encoded descriptors of `proto/promptd.proto`, served by gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("promptd_descriptor");
+
 /// Code generated from `proto/promptd.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod proto {
@@ -34,6 +37,57 @@ pub fn service(state: AppState) -> PromptdServer<GrpcApi> {
     PromptdServer::new(GrpcApi { state })
         .max_decoding_message_size(largest.saturating_add(FRAMING_BYTES))
 }
+
+/// Serves the promptd service, standard health checking (`grpc.health.v1`, following
+/// `/readyz`) and server reflection on `listener` until `stop` resolves, then drains.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .inspect_err(|e| tracing::warn!("gRPC reflection disabled: {e}"))
+        .ok();
+    let tracker = tokio::spawn(track_health(reporter, state.clone()));
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_optional_service(reflection)
+        .add_service(service(state))
+        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
+        .await;
+    tracker.abort();
+    if let Err(e) = result {
+        tracing::error!("gRPC server stopped: {e}");
+    }
+}
+
+/// Keeps the gRPC health status of the server ("") and of the service in step with readiness.
+async fn track_health(reporter: tonic_health::server::HealthReporter, state: AppState) {
+    use tonic_health::ServingStatus;
+    let mut last = None;
+    loop {
+        let ready = super::readiness(&state).1.is_none();
+        if last != Some(ready) {
+            let status = if ready {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            for name in ["", SERVICE_NAME] {
+                reporter.set_service_status(name, status).await;
+            }
+            last = Some(ready);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// Full name of the promptd gRPC service.
+pub const SERVICE_NAME: &str = "promptd.v1.Promptd";
 
 /// The gRPC status of each error.
 pub fn status(e: ApiError) -> Status {

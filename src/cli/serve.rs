@@ -249,20 +249,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let grpc = match grpc_listener {
-        Some(listener) => {
-            let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let routes = tonic::transport::Server::builder()
-                .add_service(crate::api::grpc::service(state.clone()));
-            let stop = stopped();
-            Some(tokio::spawn(async move {
-                if let Err(e) = routes.serve_with_incoming_shutdown(incoming, stop).await {
-                    tracing::error!("gRPC server stopped: {e}");
-                }
-            }))
-        }
-        None => None,
-    };
+    let grpc = grpc_listener
+        .map(|listener| tokio::spawn(crate::api::grpc::serve(listener, state.clone(), stopped())));
     let server = axum::serve(listener, app(state))
         .with_graceful_shutdown(stopped())
         .into_future();

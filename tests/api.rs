@@ -376,6 +376,16 @@ async fn bad_predict_requests_get_json_errors() {
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
+            "fractional max_new_tokens",
+            predict_req("keep", json!({"inputs": "x", "max_new_tokens": 2.5})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "max_new_tokens as a string",
+            predict_req("keep", json!({"inputs": "x", "max_new_tokens": "3"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
             "max_new_tokens over the limit",
             predict_req("keep", json!({"inputs": "x", "max_new_tokens": 51})),
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -418,6 +428,19 @@ async fn bad_predict_requests_get_json_errors() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let out = &r.body["outputs"][0];
     assert_eq!(out["token_ids"], json!([]));
+    // JSON Schema's integers include 2.0: the same answer as 2.
+    let two = |n: Value| predict_req("keep", json!({"inputs": ["x"], "max_new_tokens": n}));
+    let (a, b) = (
+        call(&s.state, two(json!(2))).await,
+        call(&s.state, two(json!(2.0))).await,
+    );
+    assert_eq!(
+        (a.status, b.status),
+        (StatusCode::OK, StatusCode::OK),
+        "{}",
+        b.body
+    );
+    assert_eq!(a.body["outputs"], b.body["outputs"]);
     assert_eq!(out["scores"].as_array().unwrap().len(), 2);
     assert!(out["label"] == json!("yes") || out["label"] == json!("no"));
     // Unknown task names share one metric label.

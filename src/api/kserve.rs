@@ -19,6 +19,7 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::RefOr;
 
 use super::error::{ErrorBody, JsonBody};
+use super::openapi::{TaskParam, TaskVersionParams};
 use super::predict::{self, PredictRequest};
 use super::{readiness, ApiError, AppState};
 use crate::prompts::registry::{Entry, PromptInfo};
@@ -38,7 +39,8 @@ pub struct InferRequest {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub parameters: Option<serde_json::Map<String, Value>>,
-    /// Input tensors.
+    /// Input tensors: one BYTES tensor of texts, optionally one named `labels`.
+    #[schema(min_items = 1, max_items = 2)]
     pub inputs: Vec<InferInput>,
     /// Outputs to return (all when absent).
     #[serde(default)]
@@ -243,7 +245,7 @@ fn tensor(name: &'static str, datatype: &'static str, shape: &[i64]) -> TensorMe
 
 /// Model (task) metadata.
 #[utoipa::path(get, path = "/v2/models/{task}", tag = "kserve",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     responses(
         (status = 200, description = "The task's metadata", body = ModelMetadata),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
@@ -272,8 +274,7 @@ pub async fn model_metadata(
 
 /// Metadata of one version of a task (only the served version exists).
 #[utoipa::path(get, path = "/v2/models/{task}/versions/{version}", tag = "kserve",
-    params(("task" = String, Path, description = "Task name"),
-           ("version" = String, Path, description = "Prompt version")),
+    params(TaskVersionParams),
     responses(
         (status = 200, description = "The task's metadata", body = ModelMetadata),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
@@ -286,7 +287,7 @@ pub async fn version_metadata(
 
 /// Model (task) readiness: 200 when served.
 #[utoipa::path(get, path = "/v2/models/{task}/ready", tag = "kserve",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     responses(
         (status = 200, description = "Served", body = ModelReady),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
@@ -304,8 +305,7 @@ pub async fn model_ready(
 
 /// Readiness of one version of a task.
 #[utoipa::path(get, path = "/v2/models/{task}/versions/{version}/ready", tag = "kserve",
-    params(("task" = String, Path, description = "Task name"),
-           ("version" = String, Path, description = "Prompt version")),
+    params(TaskVersionParams),
     responses(
         (status = 200, description = "Served", body = ModelReady),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
@@ -318,7 +318,7 @@ pub async fn version_ready(
 
 /// Inference: generates for every text with the task's prompt (same path as /v1 predict).
 #[utoipa::path(post, path = "/v2/models/{task}/infer", tag = "kserve",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     request_body = InferRequest,
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),
@@ -391,8 +391,7 @@ pub async fn infer(
 
 /// Inference on one version of a task (only the served version exists).
 #[utoipa::path(post, path = "/v2/models/{task}/versions/{version}/infer", tag = "kserve",
-    params(("task" = String, Path, description = "Task name"),
-           ("version" = String, Path, description = "Prompt version")),
+    params(TaskVersionParams),
     request_body = InferRequest,
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),
@@ -439,11 +438,11 @@ fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
         .and_then(|p| p.get("max_new_tokens"))
     {
         None => None,
-        Some(v) => Some(v.as_u64().ok_or_else(|| {
+        Some(v) => Some(v.as_number().and_then(predict::as_count).ok_or_else(|| {
             ApiError::Unprocessable(format!(
                 "parameter max_new_tokens must be a non-negative integer, got {v}"
             ))
-        })? as usize),
+        })?),
     };
     if let Some(outputs) = &req.outputs {
         for o in outputs {

@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ErrorBody, JsonBody};
+use super::openapi::TaskParam;
 use super::validate::{best_label, build_row};
 use super::{ApiError, AppState};
 use crate::batcher::{Refused, RowError, RowReply, Ticket};
@@ -24,11 +25,33 @@ pub struct PredictRequest {
     #[schema(schema_with = inputs_schema)]
     pub inputs: serde_json::Value,
     /// Cap on generated tokens per input (server default when absent).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub max_new_tokens: Option<usize>,
     /// Candidate labels to score for every input.
     #[serde(default)]
     pub labels: Option<Vec<String>>,
+}
+
+/// A JSON integer, or a float without a fractional part (JSON Schema counts `3.0` as an integer).
+pub fn as_count(n: &serde_json::Number) -> Option<usize> {
+    match n.as_u64() {
+        Some(u) => usize::try_from(u).ok(),
+        // Saturates for huge values, which the limits then refuse by name.
+        None => n
+            .as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+            .map(|f| f as usize),
+    }
+}
+
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => as_count(&n)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, got {n}"))),
+    }
 }
 
 fn inputs_schema() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> {
@@ -104,7 +127,7 @@ fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError>
 /// Generates for every input with the task's soft prompt; rows of any tasks share forward
 /// passes. With `labels`, also scores each label's log-likelihood for every input.
 #[utoipa::path(post, path = "/v1/tasks/{task}/predict", tag = "predict",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     request_body = PredictRequest,
     responses(
         (status = 200, description = "One output per input, in order", body = PredictResponse),

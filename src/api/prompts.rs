@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::ErrorBody;
+use super::openapi::TaskParam;
 use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::store::sha256_hex;
@@ -119,7 +120,7 @@ pub struct PromptFile(());
 /// content), or multipart with PEFT's `adapter_model.safetensors` and `adapter_config.json`.
 /// Validated, written atomically to the prompts folder, then served.
 #[utoipa::path(put, path = "/v1/prompts/{task}", tag = "prompts",
-    params(("task" = String, Path, description = "Task name: [A-Za-z0-9][A-Za-z0-9._-]*, at most 128 bytes")),
+    params(TaskParam),
     request_body(content(
         (PromptFile = "application/octet-stream"),
         (PeftUpload = "multipart/form-data"))),
@@ -217,7 +218,7 @@ pub fn all(state: &AppState) -> Result<Vec<PromptInfo>, ApiError> {
 
 /// One task's prompt metadata.
 #[utoipa::path(get, path = "/v1/prompts/{task}", tag = "prompts",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     responses(
         (status = 200, description = "The served version", body = PromptInfo),
         (status = 400, description = "Bad task name", body = ErrorBody),
@@ -241,7 +242,7 @@ pub fn info(state: &AppState, task: TaskName) -> Result<PromptInfo, ApiError> {
 
 /// Removes a task's prompt from the folder and the registry; in-flight requests finish.
 #[utoipa::path(delete, path = "/v1/prompts/{task}", tag = "prompts",
-    params(("task" = String, Path, description = "Task name")),
+    params(TaskParam),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad task name", body = ErrorBody),

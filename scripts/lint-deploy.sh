@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Validates the Kubernetes manifests in deploy/kubernetes against the Kubernetes API's own
+# OpenAPI schemas (strict: unknown fields fail), offline, with PyPI's kubernetes-validate,
+# installed into .tools/ (git-ignored) on first use. The Prometheus Operator and KServe objects
+# are CRDs outside those schemas; tests/deploy.rs checks them against the server instead.
+set -euo pipefail
+VALIDATE_VERSION="1.37.0"
+KUBERNETES_VERSION="${KUBERNETES_VERSION:-1.31.0}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+venv="$root/.tools/kubernetes-validate-$VALIDATE_VERSION"
+if [[ ! -x "$venv/bin/kubernetes-validate" ]]; then
+  rm -rf "$venv"
+  "${PYTHON:-python3}" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$VALIDATE_VERSION"
+fi
+cd "$root/deploy/kubernetes"
+# Exactly the files kustomize applies.
+mapfile -t files < <(sed -n '/^resources:/,/^[a-z]/s/^  - //p' kustomization.yaml)
+"$venv/bin/kubernetes-validate" --strict -k "$KUBERNETES_VERSION" "${files[@]}"

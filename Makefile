@@ -5,6 +5,7 @@ LIBTORCH_STAMP := .libtorch/.complete-2.11.0
 DEMO_MODEL ?= tests/fixtures/models/t5-v1_1-tiny
 DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
+GRPC_ADDR ?= 127.0.0.1:50051
 
 .PHONY: all libtorch build build-cuda test lint lint-docker lint-deploy run fixtures clean
 
@@ -38,7 +39,7 @@ lint-deploy:
 
 # Serves the demo model and the demo prompts in prompts/ (uploads are stored there too).
 run: build
-	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR)
+	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR) --grpc-addr $(GRPC_ADDR)
 
 # Regenerates tests/fixtures with transformers + PEFT (needs: pip install torch transformers peft).
 fixtures:

@@ -9,3 +9,4 @@ pub mod engine;
 pub mod metrics;
 pub mod model;
 pub mod prompts;
+pub mod tenants;

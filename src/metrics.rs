@@ -21,6 +21,7 @@ pub const UNKNOWN_TASK: &str = "_unknown";
 pub struct Metrics {
     registry: Registry,
     task_labels: TaskLabels,
+    tenant_labels: TaskLabels,
     /// Predict requests by task and HTTP status.
     pub requests: IntCounterVec,
     /// Predict request latency by task.
@@ -49,7 +50,18 @@ pub struct Metrics {
     pub generated_tokens: IntCounter,
     /// Engine batches that failed, by error type.
     pub batch_errors: IntCounterVec,
+    /// Prompt changes (the audit log's entries) by tenant and action.
+    pub prompt_changes: IntCounterVec,
+    /// Requests refused by tenant quotas and permissions, by tenant and reason.
+    pub tenant_rejections: IntCounterVec,
+    /// Audit entries that could not be written.
+    pub audit_errors: IntCounter,
+    /// Reloads of the tenants file by result.
+    pub tenant_reloads: IntCounterVec,
 }
+
+/// Most distinct `tenant` label values; later tenants count as `_other`.
+pub const MAX_TENANT_LABELS: usize = 64;
 
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, factor, count).expect("static bucket layout")
@@ -146,6 +158,35 @@ impl Metrics {
             &["error_type"],
         )
         .expect("valid metric");
+        let prompt_changes = IntCounterVec::new(
+            Opts::new(
+                "promptd_prompt_changes_total",
+                "Prompt changes written to the audit log, by tenant and action",
+            ),
+            &["tenant", "action"],
+        )
+        .expect("valid metric");
+        let tenant_rejections = IntCounterVec::new(
+            Opts::new(
+                "promptd_tenant_rejections_total",
+                "Requests refused by tenant permissions and quotas, by tenant and reason",
+            ),
+            &["tenant", "reason"],
+        )
+        .expect("valid metric");
+        let audit_errors = IntCounter::new(
+            "promptd_audit_errors_total",
+            "Prompt changes whose audit entry could not be written",
+        )
+        .expect("valid");
+        let tenant_reloads = IntCounterVec::new(
+            Opts::new(
+                "promptd_tenant_reloads_total",
+                "Reloads of the tenants file by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
@@ -161,6 +202,10 @@ impl Metrics {
             Box::new(prompt_reloads.clone()),
             Box::new(generated_tokens.clone()),
             Box::new(batch_errors.clone()),
+            Box::new(prompt_changes.clone()),
+            Box::new(tenant_rejections.clone()),
+            Box::new(audit_errors.clone()),
+            Box::new(tenant_reloads.clone()),
         ];
         for c in collectors {
             registry.register(c).expect("metric names are unique");
@@ -176,9 +221,17 @@ impl Metrics {
         for kind in ["invalid_row", "model", "panic"] {
             batch_errors.with_label_values(&[kind]);
         }
+        for result in ["loaded", "invalid"] {
+            tenant_reloads.with_label_values(&[result]);
+        }
         Self {
             registry,
             task_labels: TaskLabels::new(max_task_labels),
+            tenant_labels: TaskLabels::new(MAX_TENANT_LABELS),
+            prompt_changes,
+            tenant_rejections,
+            audit_errors,
+            tenant_reloads,
             requests,
             request_duration,
             queue_wait,
@@ -199,6 +252,11 @@ impl Metrics {
     /// The `task` label value for a registered task (bounded, see the module docs).
     pub fn task_label(&self, task: &str) -> String {
         self.task_labels.label(task)
+    }
+
+    /// The `tenant` label value (tenants come from the operator's file; bounded all the same).
+    pub fn tenant_label(&self, tenant: &str) -> String {
+        self.tenant_labels.label(tenant)
     }
 
     /// Prometheus text exposition of every metric.

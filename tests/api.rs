@@ -538,7 +538,11 @@ async fn full_queue_gets_429_with_retry_after() {
             },
         )
     };
-    let _held = s.state.batcher.submit(vec![row("a"), row("b")]).unwrap();
+    let _held = s
+        .state
+        .batcher
+        .submit(vec![row("a"), row("b")], &Default::default())
+        .unwrap();
     let r = call(&s.state, predict_req("keep", json!({"inputs": ["c", "d"]}))).await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
     assert_eq!(r.headers[header::RETRY_AFTER], "1");
@@ -636,11 +640,14 @@ async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
     let flood: Vec<_> = (0..200)
         .map(|i| ("flood".to_string(), row(&format!("flood {i}"))))
         .collect();
-    let _flood_tickets = s.state.batcher.submit(flood).unwrap();
+    let _flood_tickets = s.state.batcher.submit(flood, &Default::default()).unwrap();
     let mut other = s
         .state
         .batcher
-        .submit(vec![("other".to_string(), row("the other task"))])
+        .submit(
+            vec![("other".to_string(), row("the other task"))],
+            &Default::default(),
+        )
         .unwrap();
     tokio::spawn(s.state.batcher.clone().run(s.state.engine.clone()));
     other[0].answer().await.unwrap();

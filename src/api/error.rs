@@ -44,6 +44,23 @@ pub enum ApiError {
     /// The body has a content type the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// No valid API key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller's tenant may not touch this task.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A tenant quota that waiting will not lift (prompts owned, prompt length).
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The tenant's request rate or in-flight cap; retry after the given seconds.
+    #[error("{why}; retry after {retry_after_s} s")]
+    RateLimited {
+        /// What was exceeded.
+        why: String,
+        /// Seconds until a retry can succeed.
+        retry_after_s: u64,
+    },
     /// The queue is full; retry after the given seconds.
     #[error("the queue is full ({queued} of {max} rows waiting); retry later")]
     QueueFull {
@@ -77,6 +94,10 @@ impl ApiError {
             ApiError::Unprocessable(_) => "validation",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::QuotaExceeded(_) => "quota_exceeded",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QueueFull { .. } => "queue_full",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
@@ -94,7 +115,11 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -122,10 +147,21 @@ impl IntoResponse for ApiError {
             error_type: self.error_type().to_string(),
         });
         let mut response = (status, body).into_response();
-        if matches!(self, ApiError::QueueFull { .. } | ApiError::Unavailable(_)) {
+        let retry_after = match &self {
+            ApiError::QueueFull { .. } | ApiError::Unavailable(_) => Some(1),
+            ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"promptd\""),
+            );
         }
         response
     }
@@ -183,3 +219,25 @@ impl From<RegistryError> for ApiError {
 #[derive(Debug, axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct JsonBody<T>(pub T);
+
+impl From<crate::tenants::AuthError> for ApiError {
+    fn from(e: crate::tenants::AuthError) -> Self {
+        ApiError::Unauthorized(e.to_string())
+    }
+}
+
+impl From<crate::tenants::quota::Refusal> for ApiError {
+    fn from(r: crate::tenants::quota::Refusal) -> Self {
+        use crate::tenants::quota::Refusal;
+        match r {
+            Refusal::Rate { retry_after, rate } => ApiError::RateLimited {
+                why: format!("over the tenant's request rate ({rate}/s)"),
+                retry_after_s: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+            },
+            Refusal::InFlight { max } => ApiError::RateLimited {
+                why: format!("the tenant already has {max} requests in flight (max_in_flight)"),
+                retry_after_s: 1,
+            },
+        }
+    }
+}

@@ -10,6 +10,7 @@ use super::prompts::{self, Upload};
 use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::TaskName;
+use crate::tenants::Caller;
 
 /// The encoded descriptors of `proto/promptd.proto`, served by gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("promptd_descriptor");
@@ -98,7 +99,9 @@ pub fn status(e: ApiError) -> Status {
         | ApiError::Unprocessable(_)
         | ApiError::TooLarge(_)
         | ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
-        ApiError::QueueFull { .. } => Code::ResourceExhausted,
+        ApiError::Unauthorized(_) => Code::Unauthenticated,
+        ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => Code::PermissionDenied,
+        ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => Code::ResourceExhausted,
         ApiError::Timeout(_) => Code::DeadlineExceeded,
         ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
@@ -108,6 +111,24 @@ pub fn status(e: ApiError) -> Status {
         .metadata_mut()
         .insert("error-type", MetadataValue::from_static(e.error_type()));
     status
+}
+
+impl GrpcApi {
+    /// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        self.state.tenants.authenticate(header).map_err(|e| {
+            self.state
+                .metrics
+                .tenant_rejections
+                .with_label_values(&["_unknown", "unauthenticated"])
+                .inc();
+            status(e.into())
+        })
+    }
 }
 
 fn task(name: &str) -> Result<TaskName, Status> {
@@ -132,6 +153,7 @@ impl Promptd for GrpcApi {
         &self,
         request: Request<proto::PredictRequest>,
     ) -> Result<Response<proto::PredictResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let max = self.state.limits.max_body_bytes;
         let body = if req.encoded_len() > max {
@@ -146,7 +168,7 @@ impl Promptd for GrpcApi {
                 labels: (!req.labels.is_empty()).then_some(req.labels),
             })
         };
-        let answer = predict::run(&self.state, &req.task, body)
+        let answer = predict::run(&self.state, &caller, &req.task, body)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::PredictResponse {
@@ -169,12 +191,14 @@ impl Promptd for GrpcApi {
         &self,
         request: Request<proto::PutPromptRequest>,
     ) -> Result<Response<proto::PutPromptResponse>, Status> {
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
         let max = self.state.limits.max_prompt_bytes;
         let upload = TaskName::parse(&req.task)
             .map_err(ApiError::from)
             .and_then(|task| {
                 self.state.check_serving()?;
+                prompts::authorize_write(&self.state, &caller, &task)?;
                 if req.file.len() > max {
                     return Err(ApiError::TooLarge(format!(
                         "prompt file is {} bytes; the limit is {max} (--max-prompt-bytes)",
@@ -190,7 +214,9 @@ impl Promptd for GrpcApi {
                 };
                 Ok((task, upload))
             });
-        let (prompt, created) = prompts::store(&self.state, upload).await.map_err(status)?;
+        let (prompt, created) = prompts::store(&self.state, &caller, upload)
+            .await
+            .map_err(status)?;
         Ok(Response::new(proto::PutPromptResponse {
             prompt: Some(info(prompt)),
             created,
@@ -201,16 +227,18 @@ impl Promptd for GrpcApi {
         &self,
         request: Request<proto::GetPromptRequest>,
     ) -> Result<Response<proto::PromptInfo>, Status> {
+        let caller = self.caller(&request)?;
         let task = task(&request.into_inner().task)?;
-        let prompt = prompts::info(&self.state, task).map_err(status)?;
+        let prompt = prompts::info(&self.state, &caller, task).map_err(status)?;
         Ok(Response::new(info(prompt)))
     }
 
     async fn list_prompts(
         &self,
-        _request: Request<proto::ListPromptsRequest>,
+        request: Request<proto::ListPromptsRequest>,
     ) -> Result<Response<proto::ListPromptsResponse>, Status> {
-        let all = prompts::all(&self.state).map_err(status)?;
+        let caller = self.caller(&request)?;
+        let all = prompts::all(&self.state, &caller).map_err(status)?;
         Ok(Response::new(proto::ListPromptsResponse {
             prompts: all.into_iter().map(info).collect(),
         }))
@@ -220,8 +248,11 @@ impl Promptd for GrpcApi {
         &self,
         request: Request<proto::DeletePromptRequest>,
     ) -> Result<Response<proto::DeletePromptResponse>, Status> {
+        let caller = self.caller(&request)?;
         let task = task(&request.into_inner().task)?;
-        prompts::remove(&self.state, task).await.map_err(status)?;
+        prompts::remove(&self.state, &caller, task)
+            .await
+            .map_err(status)?;
         Ok(Response::new(proto::DeletePromptResponse {}))
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::openapi::schema::{
@@ -18,11 +18,13 @@ use utoipa::openapi::schema::{
 };
 use utoipa::openapi::RefOr;
 
+use super::auth::check_read;
 use super::error::{ErrorBody, JsonBody};
 use super::openapi::{TaskParam, TaskVersionParams};
 use super::predict::{self, PredictRequest};
 use super::{readiness, ApiError, AppState};
 use crate::prompts::registry::{Entry, PromptInfo};
+use crate::tenants::Caller;
 
 /// Name of the texts input when a client asks for metadata.
 pub const TEXT_INPUT: &str = "text_input";
@@ -210,8 +212,14 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     (status, Json(Ready { ready }))
 }
 
-fn entry(state: &AppState, task: &str, version: Option<&str>) -> Result<Arc<Entry>, ApiError> {
+fn entry(
+    state: &AppState,
+    caller: &Caller,
+    task: &str,
+    version: Option<&str>,
+) -> Result<Arc<Entry>, ApiError> {
     state.check_serving()?;
+    check_read(state, caller, &state.tenants.current(), task)?;
     let entry = state
         .registry
         .get(task)
@@ -251,10 +259,11 @@ fn tensor(name: &'static str, datatype: &'static str, shape: &[i64]) -> TensorMe
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_metadata(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let (task, version) = path_parts(path)?;
-    let entry = entry(&state, &task, version.as_deref())?;
+    let entry = entry(&state, &caller, &task, version.as_deref())?;
     Ok(Json(ModelMetadata {
         name: entry.info.task.clone(),
         versions: vec![entry.info.version.to_string()],
@@ -280,9 +289,10 @@ pub async fn model_metadata(
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_metadata(
     state: State<AppState>,
+    caller: Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelMetadata>, ApiError> {
-    model_metadata(state, path).await
+    model_metadata(state, caller, path).await
 }
 
 /// Model (task) readiness: 200 when served.
@@ -293,10 +303,11 @@ pub async fn version_metadata(
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_ready(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelReady>, ApiError> {
     let (task, version) = path_parts(path)?;
-    let entry = entry(&state, &task, version.as_deref())?;
+    let entry = entry(&state, &caller, &task, version.as_deref())?;
     Ok(Json(ModelReady {
         name: entry.info.task.clone(),
         ready: true,
@@ -311,9 +322,10 @@ pub async fn model_ready(
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_ready(
     state: State<AppState>,
+    caller: Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelReady>, ApiError> {
-    model_ready(state, path).await
+    model_ready(state, caller, path).await
 }
 
 /// Inference: generates for every text with the task's prompt (same path as /v1 predict).
@@ -330,12 +342,13 @@ pub async fn version_ready(
         (status = 504, description = "Request timeout", body = ErrorBody)))]
 pub async fn infer(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: ModelPath,
     body: Result<JsonBody<InferRequest>, ApiError>,
 ) -> Result<Json<InferResponse>, ApiError> {
     let (task, version) = path_parts(path)?;
     if version.is_some() {
-        entry(&state, &task, version.as_deref())?;
+        entry(&state, &caller, &task, version.as_deref())?;
     }
     // A bad body still goes through predict::run, so it is counted like any other request.
     let parsed = body.and_then(|JsonBody(req)| Ok((to_predict(&req)?, (req.id, req.outputs))));
@@ -343,7 +356,7 @@ pub async fn infer(
         Ok((p, meta)) => (Ok(p), meta),
         Err(e) => (Err(e), Default::default()),
     };
-    let answer = predict::run(&state, &task, predict_req).await?;
+    let answer = predict::run(&state, &caller, &task, predict_req).await?;
     let n = answer.outputs.len();
     let mut outputs = vec![InferOutput {
         name: "text_output".into(),
@@ -400,10 +413,11 @@ pub async fn infer(
         (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
 pub async fn version_infer(
     state: State<AppState>,
+    caller: Extension<Caller>,
     path: ModelPath,
     body: Result<JsonBody<InferRequest>, ApiError>,
 ) -> Result<Json<InferResponse>, ApiError> {
-    infer(state, path, body).await
+    infer(state, caller, path, body).await
 }
 
 /// Maps an inference request onto a predict request; every mistake is a 400 naming the field.

@@ -1,5 +1,6 @@
 //! The HTTP API: routes, request and response types, and the error → status table.
 //! No tensors here: requests become validated rows and go to the batcher.
+pub mod auth;
 pub mod error;
 pub mod grpc;
 pub mod kserve;
@@ -68,6 +69,10 @@ pub struct AppState {
     pub limits: ApiLimits,
     /// Ready / draining flags.
     pub lifecycle: Arc<Lifecycle>,
+    /// API keys, permissions and quotas (open when no tenants file).
+    pub tenants: Arc<crate::tenants::Tenants>,
+    /// Where prompt changes are recorded (None: not recorded).
+    pub audit: Option<Arc<crate::prompts::audit::AuditLog>>,
 }
 
 impl AppState {
@@ -127,6 +132,10 @@ pub fn app(state: AppState) -> Router {
             post(kserve::version_infer).layer(body_limit),
         )
         .route("/openapi.json", get(openapi::serve))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -5,17 +5,20 @@ use std::time::Instant;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::auth::{check_read, reject};
 use super::error::{ErrorBody, JsonBody};
 use super::openapi::TaskParam;
 use super::validate::{best_label, build_row};
 use super::{ApiError, AppState};
-use crate::batcher::{Refused, RowError, RowReply, Ticket};
+use crate::batcher::{Refused, RowError, RowReply, Share, Ticket};
 use crate::engine::RowInput;
 use crate::metrics::UNKNOWN_TASK;
 use crate::prompts::registry::Entry;
+use crate::tenants::Caller;
 
 /// Request body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -141,11 +144,12 @@ fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError>
         (status = 504, description = "Did not finish within --request-timeout-ms", body = ErrorBody)))]
 pub async fn predict(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Result<JsonBody<PredictRequest>, ApiError>,
 ) -> Result<Json<PredictResponse>, ApiError> {
     let task = path.map(|Path(t)| t).unwrap_or_default();
-    run(&state, &task, body.map(|JsonBody(req)| req))
+    run(&state, &caller, &task, body.map(|JsonBody(req)| req))
         .await
         .map(Json)
 }
@@ -154,6 +158,7 @@ pub async fn predict(
 /// front door calls this: the HTTP route, the KServe v2 route and gRPC.
 pub async fn run(
     state: &AppState,
+    caller: &Caller,
     task: &str,
     body: Result<PredictRequest, ApiError>,
 ) -> Result<PredictResponse, ApiError> {
@@ -164,7 +169,7 @@ pub async fn run(
         Some(_) => state.metrics.task_label(task),
         None => UNKNOWN_TASK.to_string(),
     };
-    let result = predict_inner(state, task, entry, body).await;
+    let result = predict_inner(state, caller, task, entry, body).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => {
@@ -189,11 +194,29 @@ pub async fn run(
 
 async fn predict_inner(
     state: &AppState,
+    caller: &Caller,
     task: &str,
     entry: Option<Arc<Entry>>,
     body: Result<PredictRequest, ApiError>,
 ) -> Result<PredictResponse, ApiError> {
     state.check_serving()?;
+    // Permission and quotas first: a refused request costs no tokenizing and no queue room.
+    let set = state.tenants.current();
+    check_read(state, caller, &set, task)?;
+    let (_in_flight, share) = match caller {
+        Caller::Open => (None, Share::default()),
+        Caller::Tenant(t) => {
+            let guard = t.limiter.admit().map_err(|refusal| {
+                reject(state, caller, "rate_limited");
+                ApiError::from(refusal)
+            })?;
+            let share = Share {
+                tenant: Arc::from(t.name.as_str()),
+                weight: t.weight,
+            };
+            (Some(guard), share)
+        }
+    };
     let entry = entry.ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
     let req = body?;
     // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
@@ -206,7 +229,7 @@ async fn predict_inner(
         .into_iter()
         .map(|r| (task.to_string(), r))
         .collect();
-    let mut tickets = state.batcher.submit(rows).map_err(|e| match e {
+    let mut tickets = state.batcher.submit(rows, &share).map_err(|e| match e {
         Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
         Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
     })?;

@@ -6,12 +6,19 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use std::sync::Arc;
+
+use axum::Extension;
+
+use super::auth::{check_read, forbidden, reject};
 use super::error::ErrorBody;
 use super::openapi::TaskParam;
 use super::{ApiError, AppState};
+use crate::prompts::audit::{now_ms, AuditEntry};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::store::sha256_hex;
 use crate::prompts::{Prompt, PromptLimits, TaskName};
+use crate::tenants::Caller;
 
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -78,6 +85,19 @@ impl Upload {
         }
     }
 
+    /// Bytes received.
+    pub fn len(&self) -> usize {
+        match self {
+            Upload::Tensor(b) => b.len(),
+            Upload::Peft { weights, config } => weights.len() + config.len(),
+        }
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Parses and validates the prompt; returns it with the SHA-256 of the weights file.
     fn parse(self, d_model: usize, limits: &PromptLimits) -> Result<(Prompt, String), ApiError> {
         match self {
@@ -134,16 +154,18 @@ pub struct PromptFile(());
         (status = 507, description = "The prompts folder's disk is full", body = ErrorBody)))]
 pub async fn put(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     req: Request,
 ) -> Response {
     let upload: Result<(TaskName, Upload), ApiError> = async {
         let task = task_name(path)?;
         state.check_serving()?;
+        authorize_write(&state, &caller, &task)?;
         Ok((task, Upload::from_request(req, &state).await?))
     }
     .await;
-    match store(&state, upload).await {
+    match store(&state, &caller, upload).await {
         Ok((info, created)) => {
             let status = if created {
                 StatusCode::CREATED
@@ -156,17 +178,89 @@ pub async fn put(
     }
 }
 
+/// Checks, before the body is read, that `caller` may write `task` and, for a new task, owns
+/// fewer prompts than its quota.
+pub fn authorize_write(state: &AppState, caller: &Caller, task: &TaskName) -> Result<(), ApiError> {
+    let set = state.tenants.current();
+    if !caller.may_write(&set, task.as_str()) {
+        return Err(forbidden(
+            state,
+            caller,
+            &format!(
+                "may not change task {task:?} (its name is not in the tenant's task patterns)"
+            ),
+        ));
+    }
+    if let Caller::Tenant(t) = caller {
+        if !t.admin && state.registry.get(task.as_str()).is_none() {
+            let owned = state
+                .registry
+                .list()
+                .iter()
+                .filter(|p| set.owner(&p.task).is_some_and(|o| Arc::ptr_eq(o, t)))
+                .count();
+            if owned >= t.max_prompts {
+                reject(state, caller, "quota_exceeded");
+                return Err(ApiError::QuotaExceeded(format!(
+                    "tenant {:?} owns {owned} prompts; its quota is {} (max_prompts)",
+                    t.name, t.max_prompts
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts and records a prompt change in the audit log (synced before the reply).
+async fn audit(
+    state: &AppState,
+    caller: &Caller,
+    info: &PromptInfo,
+    action: &'static str,
+    bytes: usize,
+) {
+    let label = state.metrics.tenant_label(caller.name());
+    state
+        .metrics
+        .prompt_changes
+        .with_label_values(&[&label, action])
+        .inc();
+    let Some(log) = state.audit.clone() else {
+        return;
+    };
+    let entry = AuditEntry {
+        time_ms: now_ms(),
+        tenant: caller.name().to_string(),
+        task: info.task.clone(),
+        action,
+        version: info.version,
+        sha256: info.sha256.clone(),
+        bytes,
+    };
+    let written = tokio::task::spawn_blocking(move || log.record(&entry)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!(task = %info.task, ?written, "writing the audit log failed");
+        state.metrics.audit_errors.inc();
+    }
+}
+
 /// Validates and stores an upload, counting it in `promptd_prompt_uploads_total`; `upload`
 /// is an error when reading the request already failed. Returns the stored prompt and whether
 /// the task is new. Shared by HTTP and gRPC.
 pub async fn store(
     state: &AppState,
+    caller: &Caller,
     upload: Result<(TaskName, Upload), ApiError>,
 ) -> Result<(PromptInfo, bool), ApiError> {
+    let mut bytes = 0;
     let result: Result<(PromptInfo, bool), ApiError> = async {
         let (task, upload) = upload?;
+        bytes = upload.len();
         let d_model = state.registry.d_model();
-        let limits = *state.registry.limits();
+        let mut limits = *state.registry.limits();
+        if let Caller::Tenant(t) = caller {
+            limits.max_rows = limits.max_rows.min(t.max_prompt_length);
+        }
         let (prompt, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
             .await
             .map_err(|e| ApiError::Internal(format!("parsing the upload failed: {e}")))??;
@@ -185,10 +279,12 @@ pub async fn store(
         .with_label_values(&[label])
         .inc();
     match &result {
-        Ok((info, _)) => {
-            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, "prompt stored")
+        Ok((info, created)) => {
+            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, tenant = caller.name(), "prompt stored");
+            let action = if *created { "create" } else { "replace" };
+            audit(state, caller, info, action, bytes).await;
         }
-        Err(e) => tracing::info!(error = %e, "prompt upload refused"),
+        Err(e) => tracing::info!(error = %e, tenant = caller.name(), "prompt upload refused"),
     }
     result
 }
@@ -200,20 +296,29 @@ pub struct PromptList {
     pub prompts: Vec<PromptInfo>,
 }
 
-/// Every served prompt.
+/// Every served prompt the caller may see (all of them on an open server or for an admin).
 #[utoipa::path(get, path = "/v1/prompts", tag = "prompts", responses(
     (status = 200, description = "Served prompts by task name", body = PromptList),
+    (status = 401, description = "Missing or unknown API key", body = ErrorBody),
     (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
-pub async fn list(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(PromptList {
-        prompts: all(&state)?,
+        prompts: all(&state, &caller)?,
     }))
 }
 
-/// Every served prompt, by task name.
-pub fn all(state: &AppState) -> Result<Vec<PromptInfo>, ApiError> {
+/// Every served prompt `caller` may see, by task name.
+pub fn all(state: &AppState, caller: &Caller) -> Result<Vec<PromptInfo>, ApiError> {
     state.check_serving()?;
-    Ok(state.registry.list())
+    let mut prompts = state.registry.list();
+    if !caller.is_admin() {
+        let set = state.tenants.current();
+        prompts.retain(|p| caller.may_read(&set, &p.task));
+    }
+    Ok(prompts)
 }
 
 /// One task's prompt metadata.
@@ -222,17 +327,21 @@ pub fn all(state: &AppState) -> Result<Vec<PromptInfo>, ApiError> {
     responses(
         (status = 200, description = "The served version", body = PromptInfo),
         (status = 400, description = "Bad task name", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "Another tenant's task", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<PromptInfo>, ApiError> {
-    info(&state, task_name(path)?).map(Json)
+    info(&state, &caller, task_name(path)?).map(Json)
 }
 
 /// One task's prompt metadata.
-pub fn info(state: &AppState, task: TaskName) -> Result<PromptInfo, ApiError> {
+pub fn info(state: &AppState, caller: &Caller, task: TaskName) -> Result<PromptInfo, ApiError> {
     state.check_serving()?;
+    check_read(state, caller, &state.tenants.current(), task.as_str())?;
     state
         .registry
         .get(task.as_str())
@@ -246,25 +355,33 @@ pub fn info(state: &AppState, task: TaskName) -> Result<PromptInfo, ApiError> {
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad task name", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 403, description = "Another tenant's task", body = ErrorBody),
         (status = 404, description = "Nothing to delete", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    remove(&state, task_name(path)?).await?;
+    remove(&state, &caller, task_name(path)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Removes a task's prompt; unknown tasks are an error.
-pub async fn remove(state: &AppState, task: TaskName) -> Result<(), ApiError> {
+pub async fn remove(state: &AppState, caller: &Caller, task: TaskName) -> Result<(), ApiError> {
     state.check_serving()?;
+    authorize_write(state, caller, &task)?;
+    let before = state.registry.get(task.as_str()).map(|e| e.info.clone());
     if state.registry.delete(&task).await? {
         state
             .metrics
             .prompt_uploads
             .with_label_values(&["deleted"])
             .inc();
-        tracing::info!(%task, "prompt deleted");
+        tracing::info!(%task, tenant = caller.name(), "prompt deleted");
+        if let Some(info) = before {
+            audit(state, caller, &info, "delete", 0).await;
+        }
         Ok(())
     } else {
         Err(ApiError::UnknownTask(task.to_string()))

@@ -30,9 +30,28 @@ pub enum RowError {
     Stopped,
 }
 
+/// Whose rows these are, for the fair share across tenants.
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// Tenant name (empty on an open server).
+    pub tenant: Arc<str>,
+    /// Rows per round relative to other tenants.
+    pub weight: u32,
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Self {
+            tenant: Arc::from(""),
+            weight: 1,
+        }
+    }
+}
+
 /// One row on its way to the engine.
 pub struct Pending {
     task: String,
+    share: Share,
     row: RowInput,
     reply: oneshot::Sender<RowReply>,
 }
@@ -40,6 +59,12 @@ pub struct Pending {
 impl Queued for Pending {
     fn task(&self) -> &str {
         &self.task
+    }
+    fn tenant(&self) -> &str {
+        &self.share.tenant
+    }
+    fn weight(&self) -> u32 {
+        self.share.weight
     }
     fn cost(&self) -> usize {
         self.row.encoder_len()
@@ -87,8 +112,12 @@ impl Batcher {
         })
     }
 
-    /// Queues rows `(task, row)` all together or not at all; one ticket per row.
-    pub fn submit(&self, rows: Vec<(String, RowInput)>) -> Result<Vec<Ticket>, Refused> {
+    /// Queues rows `(task, row)` of one tenant all together or not at all; one ticket per row.
+    pub fn submit(
+        &self,
+        rows: Vec<(String, RowInput)>,
+        share: &Share,
+    ) -> Result<Vec<Ticket>, Refused> {
         let mut tickets = Vec::with_capacity(rows.len());
         let pending = rows
             .into_iter()
@@ -97,7 +126,12 @@ impl Batcher {
                 let cancel = Arc::new(AtomicBool::new(false));
                 row.cancel = Some(cancel.clone());
                 tickets.push(Ticket { rx, cancel });
-                Pending { task, row, reply }
+                Pending {
+                    task,
+                    share: share.clone(),
+                    row,
+                    reply,
+                }
             })
             .collect();
         {

@@ -1,5 +1,6 @@
-//! The batching policy: per-task queues served round-robin, a batch closing at max size or
-//! when its oldest row has waited max wait. Plain synchronous code, tested without a runtime.
+//! The batching policy: tenants share batch slots by weight (deficit round robin), and within a
+//! tenant its tasks take turns row by row; a batch closes at max size or when its oldest row has
+//! waited max wait. Plain synchronous code, tested without a runtime.
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -13,6 +14,14 @@ pub trait Queued {
     fn cost(&self) -> usize;
     /// True once nobody waits for the answer (client gone, timed out): dropped unrun.
     fn is_cancelled(&self) -> bool;
+    /// Fair-share key across tenants (one shared tenant by default).
+    fn tenant(&self) -> &str {
+        ""
+    }
+    /// The tenant's share: rows per round relative to other tenants with rows waiting.
+    fn weight(&self) -> u32 {
+        1
+    }
 }
 
 /// Batch limits.
@@ -53,10 +62,84 @@ pub struct Waiting<T> {
     pub enqueued: Instant,
 }
 
-/// Per-task FIFO queues plus a ring of tasks with rows waiting.
+/// One tenant's rows: per-task FIFOs and a ring of its tasks with rows waiting.
+struct TenantQueue<T> {
+    queues: HashMap<String, VecDeque<Waiting<T>>>,
+    ring: VecDeque<String>,
+    weight: u32,
+    /// Rows left in the tenant's current turn; 0 when no turn is in progress.
+    deficit: u32,
+}
+
+impl<T: Queued> TenantQueue<T> {
+    fn new(weight: u32) -> Self {
+        Self {
+            queues: HashMap::new(),
+            ring: VecDeque::new(),
+            weight: weight.max(1),
+            deficit: 0,
+        }
+    }
+
+    fn push(&mut self, w: Waiting<T>) {
+        let task = w.item.task();
+        if !self.queues.contains_key(task) {
+            self.queues.insert(task.to_string(), VecDeque::new());
+            self.ring.push_back(task.to_string());
+        }
+        self.queues
+            .get_mut(task)
+            .expect("inserted above")
+            .push_back(w);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// The next row, one task after another in ring order, whose cost `fits`; the ring
+    /// resumes after the task served.
+    fn pop_fitting(&mut self, fits: impl Fn(usize) -> bool) -> Option<Waiting<T>> {
+        for _ in 0..self.ring.len() {
+            let task = self.ring.pop_front()?;
+            let queue = self.queues.get_mut(&task).expect("ring tasks have queues");
+            let taken = match queue.front() {
+                Some(front) if fits(front.item.cost()) => queue.pop_front(),
+                _ => None,
+            };
+            if queue.is_empty() {
+                self.queues.remove(&task);
+            } else {
+                self.ring.push_back(task);
+            }
+            if taken.is_some() {
+                return taken;
+            }
+        }
+        None
+    }
+
+    fn drop_cancelled(&mut self) -> usize {
+        let mut dropped = 0;
+        for queue in self.queues.values_mut() {
+            let before = queue.len();
+            queue.retain(|w| !w.item.is_cancelled());
+            dropped += before - queue.len();
+        }
+        if dropped > 0 {
+            let queues = &self.queues;
+            self.ring
+                .retain(|t| queues.get(t).is_some_and(|q| !q.is_empty()));
+            self.queues.retain(|_, q| !q.is_empty());
+        }
+        dropped
+    }
+}
+
+/// Tenants with rows waiting, served by deficit round robin.
 pub struct Policy<T> {
     cfg: PolicyConfig,
-    queues: HashMap<String, VecDeque<Waiting<T>>>,
+    tenants: HashMap<String, TenantQueue<T>>,
     ring: VecDeque<String>,
     len: usize,
     closed: bool,
@@ -67,7 +150,7 @@ impl<T: Queued> Policy<T> {
     pub fn new(cfg: PolicyConfig) -> Self {
         Self {
             cfg,
-            queues: HashMap::new(),
+            tenants: HashMap::new(),
             ring: VecDeque::new(),
             len: 0,
             closed: false,
@@ -110,13 +193,16 @@ impl<T: Queued> Policy<T> {
             }
         }
         for item in items {
-            let task = item.task();
-            if !self.queues.contains_key(task) {
-                self.queues.insert(task.to_string(), VecDeque::new());
-                self.ring.push_back(task.to_string());
+            let (tenant, weight) = (item.tenant(), item.weight());
+            if !self.tenants.contains_key(tenant) {
+                self.tenants
+                    .insert(tenant.to_string(), TenantQueue::new(weight));
+                self.ring.push_back(tenant.to_string());
             }
-            let queue = self.queues.get_mut(task).expect("inserted above");
-            queue.push_back(Waiting {
+            let queue = self.tenants.get_mut(tenant).expect("inserted above");
+            // A reloaded tenants file takes effect from the tenant's next row.
+            queue.weight = weight.max(1);
+            queue.push(Waiting {
                 item,
                 enqueued: now,
             });
@@ -127,16 +213,18 @@ impl<T: Queued> Policy<T> {
 
     /// When the oldest waiting row reaches max wait (None when empty).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.queues
+        self.tenants
             .values()
+            .flat_map(|t| t.queues.values())
             .filter_map(|q| q.front())
             .map(|w| w.enqueued + self.cfg.max_wait)
             .min()
     }
 
     /// The next batch if one is due: the queue holds a full batch, the oldest row has waited
-    /// max wait, or the queue is closed. Rows are taken one per task in ring order, round after
-    /// round, so a flooding task cannot keep others out; the ring resumes where it stopped.
+    /// max wait, or the queue is closed. Each tenant in turn takes up to `weight` rows (its
+    /// tasks alternating row by row); a turn cut short by a full batch resumes in the next
+    /// batch, so shares hold across batches and a flood cannot keep anyone out.
     pub fn next_batch(&mut self, now: Instant) -> Option<Vec<Waiting<T>>> {
         self.drop_cancelled();
         if self.len == 0 {
@@ -148,36 +236,38 @@ impl<T: Queued> Policy<T> {
         if !due {
             return None;
         }
-        let mut batch: Vec<Waiting<T>> = Vec::with_capacity(self.cfg.max_batch_size);
+        let max = self.cfg.max_batch_size;
+        let budget = self.cfg.max_batch_tokens;
+        let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
         let mut widest = 0usize;
-        loop {
-            let mut took = false;
-            for _ in 0..self.ring.len() {
-                if batch.len() == self.cfg.max_batch_size {
-                    break;
-                }
-                let Some(task) = self.ring.pop_front() else {
+        // Tenants visited in a row without taking anything: all of them means nothing fits.
+        let mut idle = 0;
+        while batch.len() < max && !self.ring.is_empty() && idle < self.ring.len() {
+            let name = self.ring.front().expect("not empty").clone();
+            let tenant = self.tenants.get_mut(&name).expect("ring tenants exist");
+            if tenant.deficit == 0 {
+                tenant.deficit = tenant.weight;
+            }
+            let mut took = 0;
+            while tenant.deficit > 0 && batch.len() < max {
+                let n = batch.len() as u64;
+                let fits = |cost: usize| n == 0 || (n + 1) * widest.max(cost) as u64 <= budget;
+                let Some(w) = tenant.pop_fitting(fits) else {
                     break;
                 };
-                let queue = self.queues.get_mut(&task).expect("ring tasks have queues");
-                if let Some(front) = queue.front() {
-                    let w = widest.max(front.item.cost());
-                    let fits = (batch.len() as u64 + 1) * w as u64 <= self.cfg.max_batch_tokens;
-                    if batch.is_empty() || fits {
-                        batch.push(queue.pop_front().expect("front exists"));
-                        widest = w;
-                        took = true;
-                    }
-                }
-                if queue.is_empty() {
-                    self.queues.remove(&task);
-                } else {
-                    self.ring.push_back(task);
-                }
+                widest = widest.max(w.item.cost());
+                batch.push(w);
+                tenant.deficit -= 1;
+                took += 1;
             }
-            if !took || batch.len() == self.cfg.max_batch_size || self.ring.is_empty() {
-                break;
+            idle = if took == 0 { idle + 1 } else { 0 };
+            if tenant.is_empty() {
+                self.tenants.remove(&name);
+                self.ring.pop_front();
+            } else if tenant.deficit == 0 || took == 0 {
+                self.ring.rotate_left(1);
             }
+            // Otherwise the batch filled mid-turn: the tenant stays first for the next batch.
         }
         self.len -= batch.len();
         Some(batch)
@@ -185,17 +275,15 @@ impl<T: Queued> Policy<T> {
 
     fn drop_cancelled(&mut self) {
         let mut dropped = 0;
-        for queue in self.queues.values_mut() {
-            let before = queue.len();
-            queue.retain(|w| !w.item.is_cancelled());
-            dropped += before - queue.len();
+        for tenant in self.tenants.values_mut() {
+            dropped += tenant.drop_cancelled();
         }
         if dropped > 0 {
             self.len -= dropped;
-            let queues = &self.queues;
+            let tenants = &self.tenants;
             self.ring
-                .retain(|t| queues.get(t).is_some_and(|q| !q.is_empty()));
-            self.queues.retain(|_, q| !q.is_empty());
+                .retain(|t| tenants.get(t).is_some_and(|q| !q.is_empty()));
+            self.tenants.retain(|_, q| !q.is_empty());
         }
     }
 }
@@ -213,11 +301,19 @@ mod tests {
         id: usize,
         cost: usize,
         cancelled: Rc<Cell<bool>>,
+        tenant: String,
+        weight: u32,
     }
 
     impl Queued for Row {
         fn task(&self) -> &str {
             &self.task
+        }
+        fn tenant(&self) -> &str {
+            &self.tenant
+        }
+        fn weight(&self) -> u32 {
+            self.weight
         }
         fn cost(&self) -> usize {
             self.cost
@@ -233,7 +329,77 @@ mod tests {
             id,
             cost: 4,
             cancelled: Rc::new(Cell::new(false)),
+            tenant: String::new(),
+            weight: 1,
         }
+    }
+
+    fn tenant_row(tenant: &str, weight: u32, task: &str, id: usize) -> Row {
+        Row {
+            tenant: tenant.into(),
+            weight,
+            ..row(task, id)
+        }
+    }
+
+    fn tenants_of(batch: &[Waiting<Row>]) -> String {
+        batch.iter().map(|w| w.item.tenant.as_str()).collect()
+    }
+
+    #[test]
+    fn tenants_share_slots_by_weight_across_batches() {
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 1000,
+            ..cfg(2)
+        });
+        let now = Instant::now();
+        let a: Vec<_> = (0..60).map(|i| tenant_row("a", 3, "ta", i)).collect();
+        let b: Vec<_> = (0..60).map(|i| tenant_row("b", 1, "tb", i)).collect();
+        p.push_all(a, now).unwrap();
+        p.push_all(b, now).unwrap();
+        // Turns of 3 and 1 rows, cut by two-row batches and resumed in the next one.
+        let order: String = (0..8)
+            .map(|_| tenants_of(&p.next_batch(now).unwrap()))
+            .collect();
+        assert_eq!(order, "aaabaaabaaabaaab");
+    }
+
+    #[test]
+    fn a_tenant_with_many_tasks_gets_one_tenants_share() {
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 1000,
+            ..cfg(10)
+        });
+        let now = Instant::now();
+        let many: Vec<_> = (0..200)
+            .map(|i| tenant_row("flood", 1, &format!("t{}", i % 50), i))
+            .collect();
+        p.push_all(many, now).unwrap();
+        p.push_all(
+            vec![
+                tenant_row("quiet", 1, "q", 0),
+                tenant_row("quiet", 1, "q", 1),
+            ],
+            now,
+        )
+        .unwrap();
+        let batch = p.next_batch(now).unwrap();
+        assert_eq!(
+            tenants_of(&batch).matches("quiet").count(),
+            2,
+            "{}",
+            tenants_of(&batch)
+        );
+        // The flooding tenant's rows still alternate over its tasks.
+        let flood_tasks: Vec<_> = batch
+            .iter()
+            .filter(|w| w.item.tenant == "flood")
+            .map(|w| w.item.task.clone())
+            .collect();
+        assert_eq!(
+            flood_tasks,
+            ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"]
+        );
     }
 
     fn cfg(max_batch_size: usize) -> PolicyConfig {

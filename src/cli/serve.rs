@@ -14,9 +14,11 @@ use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::Metrics;
 use crate::model::{T5Config, T5Tokenizer};
+use crate::prompts::audit::AuditLog;
 use crate::prompts::registry::Registry;
 use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
+use crate::tenants::Tenants;
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -89,6 +91,13 @@ pub struct ServeArgs {
     /// Longest a shutdown waits for in-flight and queued requests, in seconds.
     #[arg(long, env = "PROMPTD_SHUTDOWN_TIMEOUT_S", default_value_t = 30)]
     pub shutdown_timeout_s: u64,
+    /// Tenants file (TOML, or JSON by extension): API keys, task ownership, quotas, batch
+    /// weights. Reloaded on change and on SIGHUP. Without it the server is open to anyone.
+    #[arg(long, env = "PROMPTD_TENANTS")]
+    pub tenants: Option<PathBuf>,
+    /// Audit log of prompt changes (JSON lines); default `<prompts>/.audit.jsonl`, `off` for none.
+    #[arg(long, env = "PROMPTD_AUDIT_LOG")]
+    pub audit_log: Option<String>,
     /// Distinct task values of the `task` metric label; other tasks count as `_other`.
     #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
     pub metrics_max_tasks: usize,
@@ -170,6 +179,26 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
         metrics.clone(),
     );
     let lifecycle = Arc::new(Lifecycle::default());
+    let tenants = match &args.tenants {
+        Some(path) => Tenants::load(path, args.max_prompt_length).map_err(|e| e.to_string())?,
+        None => {
+            let warning = "no --tenants file: the server is OPEN — anyone who can reach it may read, replace and delete every prompt";
+            tracing::warn!("{warning}");
+            eprintln!("promptd: WARNING: {warning}");
+            Tenants::open()
+        }
+    };
+    let audit = match args.audit_log.as_deref() {
+        Some("off") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(args.prompts.join(".audit.jsonl")),
+    }
+    .map(|path| {
+        AuditLog::open(&path)
+            .map(Arc::new)
+            .map_err(|e| format!("audit log {}: {e}", path.display()))
+    })
+    .transpose()?;
     let state = AppState {
         registry,
         batcher,
@@ -190,6 +219,8 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         },
         lifecycle,
+        tenants: Arc::new(tenants),
+        audit,
     };
     Ok(Server {
         state,
@@ -240,6 +271,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         })
     };
 
+    let tenant_watch = tokio::spawn(watch_tenants(
+        state.tenants.clone(),
+        state.metrics.clone(),
+        Duration::from_millis(args.watch_interval_ms),
+    ));
+
     // Stage one on a signal: stop accepting, refuse new work (503), fail readiness.
     // Stage two: wait, bounded, for in-flight requests and the queue to drain.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -284,6 +321,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     startup.abort();
     let _ = startup.await;
+    tenant_watch.abort();
     // Every engine handle is gone now; the engine thread ends after its current job.
     let joined = tokio::time::timeout(
         Duration::from_secs(5),
@@ -327,6 +365,42 @@ pub async fn watch(registry: &Registry, interval: Duration) {
         tick.tick().await;
         if let Err(e) = registry.sync().await {
             tracing::warn!("checking the prompts folder failed: {e}");
+        }
+    }
+}
+
+/// Reloads the tenants file when it changes (polled like the prompts folder) or on SIGHUP; a
+/// bad new version is logged and the previous tenants stay in force.
+pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interval: Duration) {
+    if !tenants.enabled() {
+        return;
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hangup => tracing::info!("SIGHUP: reloading the tenants file"),
+        }
+        match tenants.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.tenant_reloads.with_label_values(&["loaded"]).inc();
+                tracing::info!(tenants = ?tenants.current().names(), "tenants file loaded");
+            }
+            Err(e) => {
+                metrics.tenant_reloads.with_label_values(&["invalid"]).inc();
+                tracing::error!("tenants file not reloaded, the previous one stays in force: {e}");
+            }
         }
     }
 }

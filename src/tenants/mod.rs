@@ -97,8 +97,7 @@ impl Pattern {
     fn parse(p: &str) -> Result<Self, String> {
         let ok = !p.is_empty()
             && p.len() <= TaskName::MAX_LEN
-            && p
-                .bytes()
+            && p.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-*?".contains(&b));
         if ok {
             Ok(Pattern(p.to_string()))
@@ -321,9 +320,10 @@ impl Tenants {
         if self.seen.lock().as_deref() == Some(bytes.as_slice()) {
             return Ok(false);
         }
-        let set = self.parse(path, &bytes)?;
-        *self.current.write() = Arc::new(set);
+        // Remembered even when invalid, so a bad version is reported once, not every poll.
+        let parsed = self.parse(path, &bytes);
         *self.seen.lock() = Some(bytes);
+        *self.current.write() = Arc::new(parsed?);
         Ok(true)
     }
 
@@ -344,7 +344,9 @@ impl Tenants {
         for t in file.tenants {
             let at = format!("{}: tenant {:?}", path.display(), t.name);
             if t.name.is_empty() || t.name.len() > 64 || !names.insert(t.name.clone()) {
-                return Err(invalid(format!("{at}: names must be unique, 1 to 64 bytes")));
+                return Err(invalid(format!(
+                    "{at}: names must be unique, 1 to 64 bytes"
+                )));
             }
             if t.key_sha256.is_empty() {
                 return Err(invalid(format!("{at}: needs at least one key_sha256")));
@@ -352,10 +354,14 @@ impl Tenants {
             let mut digests = Vec::new();
             for k in &t.key_sha256 {
                 let d = parse_digest(&k.to_ascii_lowercase()).ok_or_else(|| {
-                    invalid(format!("{at}: key_sha256 {k:?} is not 64 hex digits (promptd hash-key prints it)"))
+                    invalid(format!(
+                        "{at}: key_sha256 {k:?} is not 64 hex digits (promptd hash-key prints it)"
+                    ))
                 })?;
                 if !keys.insert(d) {
-                    return Err(invalid(format!("{at}: a key is shared with another tenant")));
+                    return Err(invalid(format!(
+                        "{at}: a key is shared with another tenant"
+                    )));
                 }
                 digests.push(d);
             }
@@ -365,9 +371,13 @@ impl Tenants {
                     .collect()
             };
             if !(1..=1000).contains(&t.weight) {
-                return Err(invalid(format!("{at}: weight {} is not in 1..=1000", t.weight)));
+                return Err(invalid(format!(
+                    "{at}: weight {} is not in 1..=1000",
+                    t.weight
+                )));
             }
-            let limits = Limits::from_config(&t.quotas).map_err(|e| invalid(format!("{at}: {e}")))?;
+            let limits =
+                Limits::from_config(&t.quotas).map_err(|e| invalid(format!("{at}: {e}")))?;
             let limiter = self
                 .limiters
                 .lock()
@@ -526,7 +536,10 @@ key_sha256 = ["{}"]
         let globex = who("Bearer globex-key").unwrap();
         let ops = who("Bearer ops-key").unwrap();
         assert!(acme.may_write(&set, "acme.x"));
-        assert!(!globex.may_write(&set, "acme.x"), "acme is first in file order");
+        assert!(
+            !globex.may_write(&set, "acme.x"),
+            "acme is first in file order"
+        );
         assert!(!globex.may_read(&set, "acme.x"));
         assert!(globex.may_read(&set, "acme.public-faq"));
         assert!(!globex.may_write(&set, "acme.public-faq"));

@@ -24,7 +24,9 @@ impl Limits {
     pub fn from_config(q: &QuotaConfig) -> Result<Self, String> {
         let rate = q.requests_per_second.unwrap_or(100.0);
         if !(rate.is_finite() && rate > 0.0) {
-            return Err(format!("requests_per_second {rate} must be a positive number"));
+            return Err(format!(
+                "requests_per_second {rate} must be a positive number"
+            ));
         }
         let burst = q.burst.unwrap_or(2.0 * rate).max(1.0);
         if !burst.is_finite() {
@@ -164,7 +166,10 @@ mod tests {
         let Err(Refusal::Rate { retry_after, .. }) = l.admit_at(t0) else {
             panic!("fourth request in the same instant passed")
         };
-        assert!((retry_after.as_secs_f64() - 0.1).abs() < 1e-6, "{retry_after:?}");
+        assert!(
+            (retry_after.as_secs_f64() - 0.1).abs() < 1e-6,
+            "{retry_after:?}"
+        );
         // 100 ms later one token is back, not two.
         let t1 = t0 + Duration::from_millis(100);
         drop(l.admit_at(t1).unwrap());
@@ -189,7 +194,10 @@ mod tests {
         assert_eq!(l.in_flight(), 1);
         let _c = l.admit_at(now).unwrap();
         let tokens = l.bucket.lock().tokens;
-        assert_eq!(tokens, 997.0, "three admitted, the refused one took nothing");
+        assert_eq!(
+            tokens, 997.0,
+            "three admitted, the refused one took nothing"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Predict(args) => promptd::cli::predict::run(args),
         Command::Serve(args) => promptd::cli::serve::run(args),
+        Command::HashKey(args) => promptd::cli::keys::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -256,6 +256,8 @@ fn tensor(name: &'static str, datatype: &'static str, shape: &[i64]) -> TensorMe
     params(TaskParam),
     responses(
         (status = 200, description = "The task's metadata", body = ModelMetadata),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_metadata(
     State(state): State<AppState>,
@@ -286,6 +288,8 @@ pub async fn model_metadata(
     params(TaskVersionParams),
     responses(
         (status = 200, description = "The task's metadata", body = ModelMetadata),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_metadata(
     state: State<AppState>,
@@ -300,6 +304,8 @@ pub async fn version_metadata(
     params(TaskParam),
     responses(
         (status = 200, description = "Served", body = ModelReady),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_ready(
     State(state): State<AppState>,
@@ -319,6 +325,8 @@ pub async fn model_ready(
     params(TaskVersionParams),
     responses(
         (status = 200, description = "Served", body = ModelReady),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_ready(
     state: State<AppState>,
@@ -335,9 +343,11 @@ pub async fn version_ready(
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody),
         (status = 422, description = "A limit or parameter is violated", body = ErrorBody),
-        (status = 429, description = "Queue full; retry after Retry-After", body = ErrorBody),
+        (status = 429, description = "Queue full, or the tenant's request rate / in-flight quota; retry after Retry-After", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
         (status = 504, description = "Request timeout", body = ErrorBody)))]
 pub async fn infer(
@@ -409,6 +419,8 @@ pub async fn infer(
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task or version", body = ErrorBody),
         (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
 pub async fn version_infer(

@@ -57,6 +57,8 @@ pub struct TaskVersionParams {
         kserve::version_infer,
         serve,
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags(
         (name = "predict", description = "Generation and label scoring"),
         (name = "prompts", description = "Soft prompts: upload, replace, list, delete"),
@@ -65,6 +67,28 @@ pub struct TaskVersionParams {
     )
 )]
 pub struct ApiDoc;
+
+/// Declares the bearer-key scheme that a tenants file turns on.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key from the tenants file (--tenants); not needed on an open server \
+                         or for the probes and this document",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",

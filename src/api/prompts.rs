@@ -148,6 +148,8 @@ pub struct PromptFile(());
         (status = 201, description = "Created (version 1 or past a deleted one)", body = PromptInfo),
         (status = 200, description = "Replaced (version + 1)", body = PromptInfo),
         (status = 400, description = "Not a prompt file, bad task name, bad multipart", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        (status = 403, description = "Another tenant's task, or over max_prompts", body = ErrorBody),
         (status = 413, description = "Over --max-prompt-bytes", body = ErrorBody),
         (status = 422, description = "Wrong width, too long, not finite, empty", body = ErrorBody),
         (status = 503, description = "Loading, shutting down, or the folder is read-only", body = ErrorBody),

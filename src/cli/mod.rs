@@ -1,4 +1,5 @@
 //! Command-line entry points.
+pub mod keys;
 pub mod predict;
 pub mod serve;
 
@@ -6,7 +7,7 @@ use clap::{Parser, Subcommand};
 
 /// promptd: one frozen T5, thousands of soft-prompt tasks, mixed in one batch.
 #[derive(Debug, Parser)]
-#[command(name = "promptd", version, about)]
+#[command(name = "promptd", version, about, args_override_self = true)]
 pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "PROMPTD_LOG_JSON")]
@@ -23,6 +24,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Serve the HTTP API: prompt uploads, mixed-task batched predictions, metrics.
     Serve(serve::ServeArgs),
+    /// Print the SHA-256 of an API key (read on stdin) for a tenants file, or make a new key.
+    HashKey(keys::HashKeyArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.

@@ -61,7 +61,12 @@ impl AuditLog {
         line.push(b'\n');
         let mut slot = self.file.lock();
         if slot.is_none() {
-            *slot = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
+            *slot = Some(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
         }
         let file = slot.as_mut().expect("opened above");
         file.write_all(&line)?;

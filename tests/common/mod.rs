@@ -328,6 +328,11 @@ impl TestServer {
         self.wait()
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM without waiting.
     pub fn signal_term(&self) {
         let pid = self.child.id().to_string();

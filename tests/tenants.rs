@@ -1,0 +1,508 @@
+//! Multi-tenancy: keys, per-task permissions, visibility, quotas, the audit log and reloads of
+//! the tenants file, in-process; gRPC authentication and SIGHUP reload on a real process.
+mod common;
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::inproc::{call, setup, Reply, Setup};
+use common::{f32_bytes, npy_bytes, snapshot};
+use promptd::tenants::hash_key;
+use serde_json::{json, Value};
+
+const D: usize = 48;
+
+fn npy(rows: usize, v: f32) -> Vec<u8> {
+    npy_bytes(
+        "<f4",
+        &format!("({rows}, {D})"),
+        &f32_bytes(&vec![v; rows * D]),
+    )
+}
+
+fn req(method: Method, uri: &str, key: Option<&str>, body: Body) -> Request<Body> {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(key) = key {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    b.body(body).unwrap()
+}
+
+fn get(uri: &str, key: Option<&str>) -> Request<Body> {
+    req(Method::GET, uri, key, Body::empty())
+}
+
+fn put(task: &str, key: &str, bytes: Vec<u8>) -> Request<Body> {
+    req(
+        Method::PUT,
+        &format!("/v1/prompts/{task}"),
+        Some(key),
+        Body::from(bytes),
+    )
+}
+
+fn predict(task: &str, key: &str) -> Request<Body> {
+    let mut r = req(
+        Method::POST,
+        &format!("/v1/tasks/{task}/predict"),
+        Some(key),
+        Body::from(json!({"inputs": "hello", "max_new_tokens": 2}).to_string()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    r
+}
+
+fn tenants_file(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[tenants]]
+name = "acme"
+key_sha256 = ["{acme}"]
+tasks = ["acme.*"]
+public = ["acme.public-*"]
+
+[[tenants]]
+name = "globex"
+key_sha256 = ["{globex}"]
+tasks = ["globex.*"]
+[tenants.quotas]
+max_prompts = 2
+max_prompt_length = 3
+
+[[tenants]]
+name = "ops"
+admin = true
+key_sha256 = ["{ops}"]
+{extra}
+"#,
+            acme = hash_key("acme-key"),
+            globex = hash_key("globex-key"),
+            ops = hash_key("ops-key"),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn tenant_setup(extra_tenants: &str, run_batcher: bool) -> (Setup, tempfile::TempDir) {
+    let conf = tempfile::tempdir().unwrap();
+    let path = tenants_file(conf.path(), extra_tenants);
+    let s = setup(&["--tenants", path.to_str().unwrap()], run_batcher).await;
+    (s, conf)
+}
+
+fn tasks(r: &Reply) -> Vec<String> {
+    r.body["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["task"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_permissions_visibility_quotas_and_audit() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
+
+    // Probes and the API description need no key; everything else does.
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/v2/health/ready",
+        "/v2/health/live",
+        "/openapi.json",
+    ] {
+        assert_eq!(
+            call(st, get(path, None)).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    for (what, r) in [
+        ("no key", get("/v1/prompts", None)),
+        ("unknown key", get("/v1/prompts", Some("guess"))),
+        (
+            "not bearer",
+            Request::get("/v1/prompts")
+                .header(header::AUTHORIZATION, "Basic YWNtZTprZXk=")
+                .body(Body::empty())
+                .unwrap(),
+        ),
+        ("predict without key", get("/v2/models/keep", None)),
+    ] {
+        let r = call(st, r).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
+        assert_eq!(r.body["error_type"], "unauthorized", "{what}");
+        assert!(r.headers.contains_key(header::WWW_AUTHENTICATE), "{what}");
+    }
+    assert_eq!(
+        call(st, get("/metrics", Some("acme-key"))).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(st, get("/metrics", Some("ops-key"))).await.status,
+        StatusCode::OK
+    );
+
+    // Writes: only the owner (or an admin); a refused write leaves the folder as it was.
+    assert_eq!(
+        call(st, put("acme.x", "acme-key", npy(2, 0.1)))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let before = snapshot(s.dir.path());
+    for r in [
+        put("acme.x", "globex-key", npy(2, 0.9)),
+        req(
+            Method::DELETE,
+            "/v1/prompts/acme.x",
+            Some("globex-key"),
+            Body::empty(),
+        ),
+        put("keep", "acme-key", npy(2, 0.9)),
+        put("unowned", "acme-key", npy(2, 0.9)),
+    ] {
+        let r = call(st, r).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.body["error_type"], "forbidden");
+    }
+    assert_eq!(snapshot(s.dir.path()), before);
+
+    // Reads: own tasks and published ones.
+    assert_eq!(
+        call(st, predict("acme.x", "acme-key")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(st, predict("acme.x", "globex-key")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(st, get("/v1/prompts/acme.x", Some("globex-key")))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(st, get("/v2/models/acme.x", Some("globex-key")))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // 403 depends on the name only: a missing task of another tenant does not answer 404.
+    assert_eq!(
+        call(st, predict("acme.nothing", "globex-key")).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(st, put("acme.public-faq", "acme-key", npy(2, 0.2)))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        call(st, predict("acme.public-faq", "globex-key"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(st, put("acme.public-faq", "globex-key", npy(2, 0.3)))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Admins manage everything.
+    assert_eq!(
+        call(st, put("keep", "ops-key", npy(2, 0.4))).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(st, predict("acme.x", "ops-key")).await.status,
+        StatusCode::OK
+    );
+
+    // Quotas: prompts owned, prompt length.
+    for task in ["globex.a", "globex.b"] {
+        assert_eq!(
+            call(st, put(task, "globex-key", npy(2, 0.5))).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let r = call(st, put("globex.c", "globex-key", npy(2, 0.5))).await;
+    assert_eq!(
+        (r.status, r.body["error_type"].as_str()),
+        (StatusCode::FORBIDDEN, Some("quota_exceeded"))
+    );
+    assert!(
+        r.body["error"].as_str().unwrap().contains("max_prompts"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call(st, put("globex.a", "globex-key", npy(3, 0.6)))
+            .await
+            .status,
+        StatusCode::OK,
+        "replacing is not a new prompt"
+    );
+    let r = call(st, put("globex.a", "globex-key", npy(4, 0.6))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+
+    // Visibility in the list.
+    let list =
+        |key: &'static str| async move { tasks(&call(st, get("/v1/prompts", Some(key))).await) };
+    assert_eq!(
+        list("globex-key").await,
+        ["acme.public-faq", "globex.a", "globex.b"]
+    );
+    assert_eq!(list("acme-key").await, ["acme.public-faq", "acme.x"]);
+    assert_eq!(
+        list("ops-key").await,
+        ["acme.public-faq", "acme.x", "globex.a", "globex.b", "keep"]
+    );
+
+    // Delete by the owner; then the audit log holds every change, in order, without keys.
+    let r = call(
+        st,
+        req(
+            Method::DELETE,
+            "/v1/prompts/acme.x",
+            Some("acme-key"),
+            Body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let audit = std::fs::read_to_string(s.dir.path().join(".audit.jsonl")).unwrap();
+    for secret in ["acme-key", "globex-key", "ops-key"] {
+        assert!(!audit.contains(secret));
+    }
+    let entries: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary: Vec<(String, String, String, u64)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["tenant"].as_str().unwrap().into(),
+                e["task"].as_str().unwrap().into(),
+                e["action"].as_str().unwrap().into(),
+                e["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("acme", "acme.x", "create", 1),
+        ("acme", "acme.public-faq", "create", 1),
+        ("ops", "keep", "replace", 2),
+        ("globex", "globex.a", "create", 1),
+        ("globex", "globex.b", "create", 1),
+        ("globex", "globex.a", "replace", 2),
+        ("acme", "acme.x", "delete", 1),
+    ];
+    let want: Vec<_> = want
+        .iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), c.to_string(), *d))
+        .collect();
+    assert_eq!(summary, want);
+    let first = &entries[0];
+    assert_eq!(first["bytes"].as_u64().unwrap() as usize, npy(2, 0.1).len());
+    assert_eq!(first["sha256"].as_str().unwrap().len(), 64);
+    assert!(first["time_ms"].as_u64().unwrap() > 1_700_000_000_000);
+
+    let m = call(st, get("/metrics", Some("ops-key")))
+        .await
+        .body
+        .as_str()
+        .unwrap()
+        .to_string();
+    for line in [
+        "promptd_prompt_changes_total{action=\"create\",tenant=\"acme\"} 2",
+        "promptd_prompt_changes_total{action=\"delete\",tenant=\"acme\"} 1",
+        "promptd_prompt_changes_total{action=\"replace\",tenant=\"ops\"} 1",
+        "promptd_tenant_rejections_total{reason=\"quota_exceeded\",tenant=\"globex\"} 1",
+    ] {
+        assert!(m.contains(line), "{line} missing:\n{m}");
+    }
+}
+
+#[tokio::test]
+async fn request_rate_and_in_flight_quotas_answer_429_and_spare_other_tenants() {
+    let slow = format!(
+        "[[tenants]]\nname = \"slow\"\nkey_sha256 = [\"{}\"]\ntasks = [\"*\"]\n[tenants.quotas]\nrequests_per_second = 0.5\nburst = 2\n",
+        hash_key("slow-key")
+    );
+    let (s, _conf) = tenant_setup(&slow, true).await;
+    let st = &s.state;
+    // `keep` matches slow's `*` (the earlier tenants' patterns do not).
+    for _ in 0..2 {
+        assert_eq!(
+            call(st, predict("keep", "slow-key")).await.status,
+            StatusCode::OK
+        );
+    }
+    let r = call(st, predict("keep", "slow-key")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.body["error_type"], "rate_limited");
+    let retry: u64 = r.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Another tenant is not affected.
+    assert_eq!(
+        call(st, predict("keep", "ops-key")).await.status,
+        StatusCode::OK
+    );
+
+    // In flight: with no batching loop a request stays in flight; the next one is refused.
+    let one = format!(
+        "[[tenants]]\nname = \"one\"\nkey_sha256 = [\"{}\"]\ntasks = [\"*\"]\n[tenants.quotas]\nmax_in_flight = 1\n",
+        hash_key("one-key")
+    );
+    let (s, _conf) = tenant_setup(&one, false).await;
+    let state = s.state.clone();
+    let held = tokio::spawn(async move { call(&state, predict("keep", "one-key")).await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while s.state.batcher.queue_len() == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let r = call(&s.state, predict("keep", "one-key")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("max_in_flight"),
+        "{}",
+        r.body
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn reload_swaps_keys_and_a_bad_file_keeps_the_last_good_one() {
+    let (s, conf) = tenant_setup("", true).await;
+    let st = &s.state;
+    assert_eq!(
+        call(st, predict("keep", "new-admin")).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let extra = format!(
+        "[[tenants]]\nname = \"ops2\"\nadmin = true\nkey_sha256 = [\"{}\"]\n",
+        hash_key("new-admin")
+    );
+    tenants_file(conf.path(), &extra);
+    assert!(st.tenants.reload().unwrap());
+    assert_eq!(
+        call(st, predict("keep", "new-admin")).await.status,
+        StatusCode::OK
+    );
+    std::fs::write(conf.path().join("tenants.toml"), "[[tenants]]\nname = 1\n").unwrap();
+    assert!(st.tenants.reload().is_err());
+    assert!(
+        !st.tenants.reload().unwrap(),
+        "a bad version is reported once"
+    );
+    assert_eq!(
+        call(st, predict("keep", "new-admin")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn the_example_tenants_file_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tenants.example.toml");
+    let tenants = promptd::tenants::Tenants::load(&path, 512).unwrap();
+    assert_eq!(tenants.current().names(), ["acme", "globex", "ops"]);
+    for key in [
+        "demo-acme-key",
+        "demo-acme-key-2027",
+        "demo-globex-key",
+        "demo-admin-key",
+    ] {
+        assert!(
+            tenants.authenticate(Some(&format!("Bearer {key}"))).is_ok(),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_needs_a_key_and_sighup_reloads_the_file() {
+    use promptd::api::grpc::proto::promptd_client::PromptdClient;
+    use promptd::api::grpc::proto::ListPromptsRequest;
+
+    let conf = tempfile::tempdir().unwrap();
+    let path = tenants_file(conf.path(), "");
+    let prompts = tempfile::tempdir().unwrap();
+    let model = common::fixtures().join("models/t5-v1_1-tiny");
+    let server = common::TestServer::start(
+        &model,
+        prompts.path(),
+        &[
+            "--tenants",
+            path.to_str().unwrap(),
+            "--watch-interval-ms",
+            "3600000",
+        ],
+    );
+    let mut grpc = PromptdClient::connect(server.grpc.clone()).await.unwrap();
+    let e = grpc.list_prompts(ListPromptsRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let with_key = |key: &str| {
+        let mut r = tonic::Request::new(ListPromptsRequest {});
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        r
+    };
+    grpc.list_prompts(with_key("acme-key")).await.unwrap();
+    assert_eq!(
+        grpc.list_prompts(with_key("late-key"))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::Unauthenticated
+    );
+
+    // The folder poll is an hour here: only SIGHUP can bring the new key in.
+    let extra = format!(
+        "[[tenants]]\nname = \"late\"\nkey_sha256 = [\"{}\"]\n",
+        hash_key("late-key")
+    );
+    tenants_file(conf.path(), &extra);
+    let pid = server.pid().to_string();
+    std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while grpc.list_prompts(with_key("late-key")).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let logs = server.logs();
+    assert!(logs.contains("tenants file loaded"), "{logs}");
+    for secret in ["acme-key", "late-key"] {
+        assert!(!logs.contains(secret), "a key reached the log");
+    }
+    assert!(!logs.contains("OPEN"));
+    drop(server);
+
+    // Without a tenants file the server says loudly that it is open.
+    let open = common::TestServer::start(&model, prompts.path(), &[]);
+    assert!(
+        open.logs().contains("the server is OPEN"),
+        "{}",
+        open.logs()
+    );
+}

@@ -44,6 +44,12 @@ pub enum ApiError {
     /// The body has a content type the route does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// The request line or headers are larger than allowed.
+    #[error("{0}")]
+    HeadTooLarge(String),
+    /// The URL is longer than allowed.
+    #[error("{0}")]
+    UriTooLong(String),
     /// No valid API key.
     #[error("{0}")]
     Unauthorized(String),
@@ -94,6 +100,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => "validation",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::HeadTooLarge(_) => "headers_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
@@ -115,6 +123,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => {

@@ -98,6 +98,8 @@ pub fn status(e: ApiError) -> Status {
         ApiError::BadRequest(_)
         | ApiError::Unprocessable(_)
         | ApiError::TooLarge(_)
+        | ApiError::HeadTooLarge(_)
+        | ApiError::UriTooLong(_)
         | ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
         ApiError::Unauthorized(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => Code::PermissionDenied,

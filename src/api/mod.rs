@@ -41,6 +41,10 @@ pub struct ApiLimits {
     pub max_prompt_bytes: usize,
     /// Time a predict request may take before it gets 504 (zero: no limit).
     pub request_timeout: Duration,
+    /// Longest URL (path and query), in bytes (414 beyond).
+    pub max_uri_bytes: usize,
+    /// Largest total of header names and values, in bytes (431 beyond).
+    pub max_header_bytes: usize,
 }
 
 /// Lifecycle flags shared by the routes and `main`.
@@ -138,7 +142,41 @@ pub fn app(state: AppState) -> Router {
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_head,
+        ))
         .with_state(state)
+}
+
+/// Refuses oversized URLs and headers before any other work, authentication included.
+async fn check_head(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let limits = state.limits;
+    let uri = req.uri().to_string().len();
+    if uri > limits.max_uri_bytes {
+        return ApiError::UriTooLong(format!(
+            "the URL is {uri} bytes; the limit is {} (--max-uri-bytes)",
+            limits.max_uri_bytes
+        ))
+        .into_response();
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers > limits.max_header_bytes {
+        return ApiError::HeadTooLarge(format!(
+            "the headers are {headers} bytes; the limit is {} (--max-header-bytes)",
+            limits.max_header_bytes
+        ))
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found(uri: Uri) -> ApiError {

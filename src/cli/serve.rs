@@ -81,6 +81,12 @@ pub struct ServeArgs {
     /// Largest prompt upload, in bytes (413 beyond).
     #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES", default_value_t = 64 << 20)]
     pub max_prompt_bytes: usize,
+    /// Longest URL (path and query) in bytes; longer ones get 414.
+    #[arg(long, env = "PROMPTD_MAX_URI_BYTES", default_value_t = 8 << 10)]
+    pub max_uri_bytes: usize,
+    /// Largest total size of request headers in bytes; larger ones get 431.
+    #[arg(long, env = "PROMPTD_MAX_HEADER_BYTES", default_value_t = 32 << 10)]
+    pub max_header_bytes: usize,
     /// Time a predict request may take, queueing included, before it gets 504 (0: no limit).
     #[arg(long, env = "PROMPTD_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
     pub request_timeout_ms: u64,
@@ -217,6 +223,8 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
             max_body_bytes: args.max_body_bytes,
             max_prompt_bytes: args.max_prompt_bytes,
             request_timeout: Duration::from_millis(args.request_timeout_ms),
+            max_uri_bytes: args.max_uri_bytes,
+            max_header_bytes: args.max_header_bytes,
         },
         lifecycle,
         tenants: Arc::new(tenants),

@@ -186,6 +186,17 @@ impl Engine {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        #[cfg(debug_assertions)]
+        if fault::PANIC_PASSES
+            .fetch_update(
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        {
+            panic!("injected fault: forward pass panicked");
+        }
         self.check_rows(rows)?;
         let opts = self.model.options();
         let pad = self.model.config.pad_id();
@@ -330,4 +341,13 @@ mod tests {
             vec![0..1, 1..2, 2..3]
         );
     }
+}
+
+/// Fault injection for tests of the failure paths; compiled into debug builds only.
+#[cfg(debug_assertions)]
+pub mod fault {
+    use std::sync::atomic::AtomicUsize;
+
+    /// The next this-many forward passes panic inside the engine (retries included).
+    pub static PANIC_PASSES: AtomicUsize = AtomicUsize::new(0);
 }

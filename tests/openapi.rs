@@ -462,3 +462,100 @@ async fn real_responses_match_the_documented_schemas() {
         assert!(statuses.contains(&want), "no {want} in {statuses:?}");
     }
 }
+
+#[tokio::test]
+async fn tenant_errors_are_documented_too() {
+    let spec = spec();
+    let conf = tempfile::tempdir().unwrap();
+    let path = conf.path().join("tenants.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[tenants]]\nname = \"acme\"\nkey_sha256 = [\"{}\"]\ntasks = [\"acme.*\"]\n[tenants.quotas]\nrequests_per_second = 0.01\nburst = 1\n",
+            promptd::tenants::hash_key("acme-key")
+        ),
+    )
+    .unwrap();
+    let s = setup(&["--tenants", path.to_str().unwrap()], true).await;
+    let with_key = |method: Method, uri: &str, key: Option<&str>, body: Option<Value>| {
+        let mut r = request(method, uri, body);
+        if let Some(k) = key {
+            r.headers_mut().insert(
+                header::AUTHORIZATION,
+                format!("Bearer {k}").parse().unwrap(),
+            );
+        }
+        r
+    };
+    let predict = json!({"inputs": "x", "max_new_tokens": 1});
+    let cases: Vec<(Method, &str, &str, Option<&str>, Option<Value>)> = vec![
+        (Method::GET, "/v1/prompts", "/v1/prompts", None, None),
+        (Method::GET, "/metrics", "/metrics", Some("acme-key"), None),
+        (Method::GET, "/v2", "/v2", None, None),
+        (
+            Method::GET,
+            "/v1/prompts/keep",
+            "/v1/prompts/{task}",
+            Some("acme-key"),
+            None,
+        ),
+        (
+            Method::DELETE,
+            "/v1/prompts/keep",
+            "/v1/prompts/{task}",
+            Some("acme-key"),
+            None,
+        ),
+        (
+            Method::PUT,
+            "/v1/prompts/keep",
+            "/v1/prompts/{task}",
+            Some("acme-key"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v1/tasks/keep/predict",
+            "/v1/tasks/{task}/predict",
+            Some("acme-key"),
+            Some(predict.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/tasks/acme.x/predict",
+            "/v1/tasks/{task}/predict",
+            Some("acme-key"),
+            Some(predict.clone()),
+        ),
+        (
+            Method::POST,
+            "/v1/tasks/acme.x/predict",
+            "/v1/tasks/{task}/predict",
+            Some("acme-key"),
+            Some(predict.clone()),
+        ),
+        (
+            Method::GET,
+            "/v2/models/keep",
+            "/v2/models/{task}",
+            Some("acme-key"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/v2/models/keep/infer",
+            "/v2/models/{task}/infer",
+            None,
+            Some(json!({"inputs": []})),
+        ),
+    ];
+    let mut statuses = BTreeSet::new();
+    for (method, uri, documented, key, body) in cases {
+        let r = call(&s.state, with_key(method.clone(), uri, key, body)).await;
+        statuses.insert(r.status.as_u16());
+        conforms(&spec, &method.as_str().to_lowercase(), documented, &r);
+    }
+    for want in [401, 403, 429] {
+        assert!(statuses.contains(&want), "no {want} in {statuses:?}");
+    }
+}

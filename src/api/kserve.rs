@@ -181,8 +181,9 @@ pub struct ModelMetadata {
 }
 
 /// Server metadata.
-#[utoipa::path(get, path = "/v2", tag = "kserve",
-    responses((status = 200, description = "Server metadata", body = ServerMetadata)))]
+#[utoipa::path(get, path = "/v2", tag = "kserve", responses(
+    (status = 200, description = "Server metadata", body = ServerMetadata),
+    (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody)))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "promptd",

@@ -20,6 +20,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 
 pub use error::ApiError;
+use error::ErrorBody;
 
 use crate::batcher::Batcher;
 use crate::engine::worker::{EngineHandle, EngineState};
@@ -265,7 +266,9 @@ pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
 
 /// Prometheus text exposition of every metric (README: "Metrics").
 #[utoipa::path(get, path = "/metrics", tag = "health", responses(
-    (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain")))]
+    (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
+    (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+    (status = 403, description = "Not an admin key", body = ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let ready = readiness(&state).1.is_none();
     state.metrics.ready.set(i64::from(ready));

@@ -463,6 +463,9 @@ async fn real_responses_match_the_documented_schemas() {
     }
 }
 
+/// (method, URI, documented path, API key, JSON body)
+type KeyedCase = (Method, &'static str, &'static str, Option<&'static str>, Option<Value>);
+
 #[tokio::test]
 async fn tenant_errors_are_documented_too() {
     let spec = spec();
@@ -488,7 +491,7 @@ async fn tenant_errors_are_documented_too() {
         r
     };
     let predict = json!({"inputs": "x", "max_new_tokens": 1});
-    let cases: Vec<(Method, &str, &str, Option<&str>, Option<Value>)> = vec![
+    let cases: Vec<KeyedCase> = vec![
         (Method::GET, "/v1/prompts", "/v1/prompts", None, None),
         (Method::GET, "/metrics", "/metrics", Some("acme-key"), None),
         (Method::GET, "/v2", "/v2", None, None),

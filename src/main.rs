@@ -8,6 +8,8 @@ fn main() -> std::process::ExitCode {
         Command::Predict(args) => promptd::cli::predict::run(args),
         Command::Serve(args) => promptd::cli::serve::run(args),
         Command::HashKey(args) => promptd::cli::keys::run(args),
+        Command::MakeModel(args) => promptd::cli::make_model::make_model(args),
+        Command::MakePrompts(args) => promptd::cli::make_model::make_prompts(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

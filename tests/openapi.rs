@@ -464,7 +464,13 @@ async fn real_responses_match_the_documented_schemas() {
 }
 
 /// (method, URI, documented path, API key, JSON body)
-type KeyedCase = (Method, &'static str, &'static str, Option<&'static str>, Option<Value>);
+type KeyedCase = (
+    Method,
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    Option<Value>,
+);
 
 #[tokio::test]
 async fn tenant_errors_are_documented_too() {

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-pub use policy::{PolicyConfig, Refused};
+pub use policy::{Batching, PolicyConfig, Refused};
 
 use crate::engine::worker::EngineHandle;
 use crate::engine::{RowInput, RowOutput};

@@ -35,6 +35,19 @@ pub struct PolicyConfig {
     pub max_queue: usize,
     /// Padded encoder positions (rows × longest row) per forward pass.
     pub max_batch_tokens: u64,
+    /// Whether rows of different tasks share a forward pass.
+    pub batching: Batching,
+}
+
+/// Which rows may share a forward pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Batching {
+    /// Rows of any tasks share a pass (the product).
+    #[default]
+    Mixed,
+    /// Only rows of one task share a pass, as a server without mixed-task batching would do
+    /// (for comparisons).
+    PerTask,
 }
 
 /// Why rows were not queued.
@@ -236,6 +249,9 @@ impl<T: Queued> Policy<T> {
         if !due {
             return None;
         }
+        if self.cfg.batching == Batching::PerTask {
+            return Some(self.next_single_task_batch());
+        }
         let max = self.cfg.max_batch_size;
         let budget = self.cfg.max_batch_tokens;
         let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
@@ -271,6 +287,45 @@ impl<T: Queued> Policy<T> {
         }
         self.len -= batch.len();
         Some(batch)
+    }
+
+    /// Per-task batching: the next task in ring order (tenants, then their tasks) fills the
+    /// batch alone.
+    fn next_single_task_batch(&mut self) -> Vec<Waiting<T>> {
+        let (max, budget) = (self.cfg.max_batch_size, self.cfg.max_batch_tokens);
+        let name = self.ring.pop_front().expect("rows wait");
+        let tenant = self.tenants.get_mut(&name).expect("ring tenants exist");
+        let task = tenant
+            .ring
+            .pop_front()
+            .expect("tenants in the ring have rows");
+        let queue = tenant
+            .queues
+            .get_mut(&task)
+            .expect("ring tasks have queues");
+        let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
+        let mut widest = 0usize;
+        while let Some(front) = queue.front() {
+            let w = widest.max(front.item.cost());
+            let fits = batch.is_empty() || (batch.len() as u64 + 1) * w as u64 <= budget;
+            if batch.len() == max || !fits {
+                break;
+            }
+            batch.push(queue.pop_front().expect("front exists"));
+            widest = w;
+        }
+        if queue.is_empty() {
+            tenant.queues.remove(&task);
+        } else {
+            tenant.ring.push_back(task);
+        }
+        if tenant.is_empty() {
+            self.tenants.remove(&name);
+        } else {
+            self.ring.push_back(name);
+        }
+        self.len -= batch.len();
+        batch
     }
 
     fn drop_cancelled(&mut self) {
@@ -347,6 +402,27 @@ mod tests {
     }
 
     #[test]
+    fn per_task_batching_never_mixes_tasks() {
+        let mut p = Policy::new(PolicyConfig {
+            batching: Batching::PerTask,
+            ..cfg(4)
+        });
+        let now = Instant::now();
+        let rows: Vec<_> = (0..10).map(|i| row(["a", "b", "c"][i % 3], i)).collect();
+        p.push_all(rows, now).unwrap();
+        let mut batches = Vec::new();
+        while let Some(b) = p.next_batch(now + Duration::from_secs(1)) {
+            batches.push(ids(&b));
+        }
+        let tasks: Vec<Vec<String>> = batches
+            .iter()
+            .map(|b| b.iter().map(|(t, _)| t.clone()).collect())
+            .collect();
+        assert_eq!(tasks, [vec!["a"; 4], vec!["b"; 3], vec!["c"; 3]]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
     fn tenants_share_slots_by_weight_across_batches() {
         let mut p = Policy::new(PolicyConfig {
             max_queue: 1000,
@@ -408,6 +484,7 @@ mod tests {
             max_wait: Duration::from_millis(10),
             max_queue: 100,
             max_batch_tokens: 1 << 20,
+            batching: Batching::Mixed,
         }
     }
 

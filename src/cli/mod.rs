@@ -1,5 +1,6 @@
 //! Command-line entry points.
 pub mod keys;
+pub mod make_model;
 pub mod predict;
 pub mod serve;
 
@@ -26,6 +27,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the SHA-256 of an API key (read on stdin) for a tenants file, or make a new key.
     HashKey(keys::HashKeyArgs),
+    /// Write a deterministic random T5 checkpoint for benchmarks (t5-small shapes or smaller).
+    MakeModel(make_model::MakeModelArgs),
+    /// Write random prompt files (`taskNNNNN.npy`) for benchmarks.
+    MakePrompts(make_model::MakePromptsArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.

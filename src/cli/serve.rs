@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::api::validate::RowLimits;
 use crate::api::{app, ApiLimits, AppState, Lifecycle};
-use crate::batcher::{Batcher, PolicyConfig};
+use crate::batcher::{Batcher, Batching, PolicyConfig};
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::Metrics;
@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
     #[arg(long, env = "PROMPTD_DTYPE", default_value = "auto")]
     pub dtype: DtypeSpec,
+    /// mixed: rows of any tasks share a forward pass; per-task: only rows of one task do
+    /// (a baseline for benchmarks, as servers without mixed-task batching behave).
+    #[arg(long, env = "PROMPTD_BATCHING", value_enum, default_value = "mixed")]
+    pub batching: Batching,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
     #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS", default_value_t = 32768,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -181,6 +185,7 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
             max_wait: Duration::from_millis(args.max_wait_ms),
             max_queue: args.max_queue as usize,
             max_batch_tokens: args.max_batch_tokens,
+            batching: args.batching,
         },
         metrics.clone(),
     );

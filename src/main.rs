@@ -10,6 +10,7 @@ fn main() -> std::process::ExitCode {
         Command::HashKey(args) => promptd::cli::keys::run(args),
         Command::MakeModel(args) => promptd::cli::make_model::make_model(args),
         Command::MakePrompts(args) => promptd::cli::make_model::make_prompts(args),
+        Command::Bench(args) => promptd::cli::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -426,7 +426,15 @@ fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        &["--max-batch-size", "1", "--max-new-tokens-limit", "256"],
+        // A drain of 64 one-row passes can outlast the default 30 s on a loaded machine.
+        &[
+            "--max-batch-size",
+            "1",
+            "--max-new-tokens-limit",
+            "256",
+            "--shutdown-timeout-s",
+            "600",
+        ],
     );
     (dir, server)
 }

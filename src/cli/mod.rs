@@ -1,4 +1,5 @@
 //! Command-line entry points.
+pub mod bench;
 pub mod keys;
 pub mod make_model;
 pub mod predict;
@@ -31,6 +32,8 @@ pub enum Command {
     MakeModel(make_model::MakeModelArgs),
     /// Write random prompt files (`taskNNNNN.npy`) for benchmarks.
     MakePrompts(make_model::MakePromptsArgs),
+    /// Load generator against a live server: throughput, latency percentiles, batching.
+    Bench(bench::BenchArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.

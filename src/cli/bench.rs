@@ -1,0 +1,398 @@
+//! `promptd bench`: a load generator against a live server. Open loop (Poisson arrivals at a
+//! rate) or closed loop (N clients), tasks drawn uniformly or by Zipf over T tasks, inputs of
+//! varied length, optional labels. Reports throughput, latency percentiles, errors by status,
+//! and from /metrics the mean rows and tasks per forward pass during the run.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+/// Task popularity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dist {
+    /// Every task equally likely.
+    Uniform,
+    /// Task k (1-based) with probability ∝ 1/k^s.
+    Zipf,
+}
+
+/// Arguments of `promptd bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Number of tasks, named `<task-prefix><index>` with the index zero-padded to 5 digits.
+    #[arg(long, default_value_t = 1)]
+    pub tasks: usize,
+    /// Task name prefix (make-prompts writes `task00000`, …).
+    #[arg(long, default_value = "task")]
+    pub task_prefix: String,
+    /// Task popularity.
+    #[arg(long, value_enum, default_value = "uniform")]
+    pub dist: Dist,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Open loop: requests per second, Poisson arrivals. Without it: closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: clients, each sending its next request when the last one is answered.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds of measured load (after the warm-up).
+    #[arg(long, default_value_t = 20.0)]
+    pub duration_s: f64,
+    /// Seconds of unmeasured load first.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_s: f64,
+    /// Fewest words per input.
+    #[arg(long, default_value_t = 4)]
+    pub min_words: usize,
+    /// Most words per input.
+    #[arg(long, default_value_t = 32)]
+    pub max_words: usize,
+    /// Inputs per request.
+    #[arg(long, default_value_t = 1)]
+    pub inputs: usize,
+    /// max_new_tokens of every request.
+    #[arg(long, default_value_t = 16)]
+    pub max_new_tokens: usize,
+    /// Comma-separated labels to score (none: generation only).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// API key (tenants file in force).
+    #[arg(long, env = "PROMPTD_BENCH_KEY")]
+    pub key: Option<String>,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the summary as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// xorshift64*: small, seeded, good enough for arrival times and task draws.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in (0, 1].
+    fn unit(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.unit() * n as f64).min(n as f64 - 1.0) as usize
+    }
+}
+
+/// Draws task indices.
+struct Tasks {
+    cdf: Option<Vec<f64>>,
+    n: usize,
+}
+
+impl Tasks {
+    fn new(n: usize, dist: Dist, s: f64) -> Self {
+        let cdf = (dist == Dist::Zipf).then(|| {
+            let mut acc = 0.0;
+            let mut cdf: Vec<f64> = (1..=n)
+                .map(|k| {
+                    acc += 1.0 / (k as f64).powf(s);
+                    acc
+                })
+                .collect();
+            cdf.iter_mut().for_each(|c| *c /= acc);
+            cdf
+        });
+        Self { cdf, n }
+    }
+
+    fn draw(&self, rng: &mut Rng) -> usize {
+        match &self.cdf {
+            None => rng.below(self.n),
+            Some(cdf) => {
+                let u = rng.unit();
+                cdf.partition_point(|&c| c < u).min(self.n - 1)
+            }
+        }
+    }
+}
+
+const WORDS: [&str; 16] = [
+    "review", "the", "battery", "lasts", "all", "day", "screen", "cracked", "after", "a", "week",
+    "great", "value", "would", "buy", "again",
+];
+
+/// Shared results of the measured window.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<f64>,
+    statuses: BTreeMap<String, u64>,
+    rows: u64,
+}
+
+/// Runs the benchmark and prints the summary.
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.tasks == 0 || args.min_words == 0 || args.max_words < args.min_words {
+        return Err(
+            "--tasks and --min-words must be at least 1, and --max-words ≥ --min-words".into(),
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(bench(args))
+}
+
+async fn bench(args: BenchArgs) -> Result<(), String> {
+    let args = Arc::new(args);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let before = scrape(&client, &args).await;
+    let start = Instant::now();
+    let warm_until = start + Duration::from_secs_f64(args.warmup_s);
+    let end = warm_until + Duration::from_secs_f64(args.duration_s);
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let mut before_measured = None;
+
+    let progress = {
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let t = tally.lock();
+                eprintln!(
+                    "bench: {:.0} s, {} answers, {} rows measured",
+                    start.elapsed().as_secs_f64(),
+                    t.latencies.len(),
+                    t.rows
+                );
+            }
+        })
+    };
+
+    let mut handles = Vec::new();
+    match args.rate {
+        Some(rate) if rate > 0.0 => {
+            let mut rng = Rng::new(args.seed);
+            let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
+            let mut next = Instant::now();
+            while next < end {
+                tokio::time::sleep_until(next.into()).await;
+                if before_measured.is_none() && Instant::now() >= warm_until {
+                    before_measured = Some(scrape(&client, &args).await);
+                }
+                let body = request_body(&args, &mut rng, &tasks);
+                let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
+                handles.push(tokio::spawn(async move {
+                    one(&client, &args, body, warm_until, end, &tally).await;
+                }));
+                next += Duration::from_secs_f64(-rng.unit().ln() / rate);
+            }
+        }
+        Some(_) => return Err("--rate must be positive".into()),
+        None => {
+            for c in 0..args.concurrency {
+                let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
+                handles.push(tokio::spawn(async move {
+                    let mut rng = Rng::new(args.seed.wrapping_add(c as u64 * 7919));
+                    let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
+                    while Instant::now() < end {
+                        let body = request_body(&args, &mut rng, &tasks);
+                        one(&client, &args, body, warm_until, end, &tally).await;
+                    }
+                }));
+            }
+            tokio::time::sleep_until(warm_until.into()).await;
+            before_measured = Some(scrape(&client, &args).await);
+        }
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    progress.abort();
+    let after = scrape(&client, &args).await;
+    let base = before_measured.unwrap_or(before);
+    summarize(&args, &tally.lock(), &base, &after);
+    Ok(())
+}
+
+fn request_body(args: &BenchArgs, rng: &mut Rng, tasks: &Tasks) -> (String, Value) {
+    let task = format!("{}{:05}", args.task_prefix, tasks.draw(rng));
+    let inputs: Vec<String> = (0..args.inputs)
+        .map(|_| {
+            let n = args.min_words + rng.below(args.max_words - args.min_words + 1);
+            (0..n)
+                .map(|_| WORDS[rng.below(WORDS.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut body = json!({"inputs": inputs, "max_new_tokens": args.max_new_tokens});
+    if let Some(labels) = &args.labels {
+        body["labels"] = json!(labels.split(',').collect::<Vec<_>>());
+    }
+    (task, body)
+}
+
+async fn one(
+    client: &reqwest::Client,
+    args: &BenchArgs,
+    (task, body): (String, Value),
+    warm_until: Instant,
+    end: Instant,
+    tally: &Mutex<Tally>,
+) {
+    let sent = Instant::now();
+    let mut req = client
+        .post(format!("{}/v1/tasks/{task}/predict", args.url))
+        .json(&body);
+    if let Some(key) = &args.key {
+        req = req.bearer_auth(key);
+    }
+    let status = match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16().to_string();
+            let _ = r.bytes().await;
+            status
+        }
+        Err(e) if e.is_connect() => "connect_error".to_string(),
+        Err(_) => "io_error".to_string(),
+    };
+    let done = Instant::now();
+    if sent >= warm_until && done <= end + Duration::from_secs(60) {
+        let mut t = tally.lock();
+        if status == "200" {
+            t.latencies.push(done.duration_since(sent).as_secs_f64());
+            t.rows += args.inputs as u64;
+        }
+        *t.statuses.entry(status).or_default() += 1;
+    }
+}
+
+/// Sums of the batch histograms at one moment: (passes, rows, task-slots).
+async fn scrape(client: &reqwest::Client, args: &BenchArgs) -> (f64, f64, f64) {
+    let mut req = client.get(format!("{}/metrics", args.url));
+    if let Some(key) = &args.key {
+        req = req.bearer_auth(key);
+    }
+    let text = match req.send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (
+        value("promptd_batch_size_count "),
+        value("promptd_batch_size_sum "),
+        value("promptd_batch_tasks_sum "),
+    )
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn summarize(args: &BenchArgs, t: &Tally, before: &(f64, f64, f64), after: &(f64, f64, f64)) {
+    let mut lat = t.latencies.clone();
+    lat.sort_by(f64::total_cmp);
+    let secs = args.duration_s;
+    let passes = after.0 - before.0;
+    let summary = json!({
+        "mode": if args.rate.is_some() { "open" } else { "closed" },
+        "rate": args.rate,
+        "concurrency": if args.rate.is_none() { Some(args.concurrency) } else { None },
+        "tasks": args.tasks,
+        "dist": format!("{:?}", args.dist).to_lowercase(),
+        "duration_s": secs,
+        "requests_ok": lat.len(),
+        "requests_per_s": lat.len() as f64 / secs,
+        "rows_per_s": t.rows as f64 / secs,
+        "latency_ms": {
+            "p50": percentile(&lat, 0.50) * 1e3,
+            "p90": percentile(&lat, 0.90) * 1e3,
+            "p99": percentile(&lat, 0.99) * 1e3,
+        },
+        "statuses": t.statuses,
+        "passes": passes,
+        "mean_rows_per_pass": (after.1 - before.1) / passes,
+        "mean_tasks_per_pass": (after.2 - before.2) / passes,
+    });
+    if args.json {
+        println!("{summary}");
+        return;
+    }
+    println!(
+        "{} loop, {} tasks ({}), {:.0} s: {:.1} req/s, {:.1} rows/s; latency p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        summary["mode"].as_str().unwrap_or(""),
+        args.tasks,
+        summary["dist"].as_str().unwrap_or(""),
+        secs,
+        summary["requests_per_s"].as_f64().unwrap_or(0.0),
+        summary["rows_per_s"].as_f64().unwrap_or(0.0),
+        summary["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
+        summary["latency_ms"]["p90"].as_f64().unwrap_or(f64::NAN),
+        summary["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
+    );
+    println!(
+        "statuses {}; {} forward passes, {:.1} rows and {:.1} tasks per pass",
+        summary["statuses"], passes, summary["mean_rows_per_pass"], summary["mean_tasks_per_pass"]
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zipf_favours_the_first_tasks_and_uniform_covers_all() {
+        let mut rng = Rng::new(3);
+        let zipf = Tasks::new(100, Dist::Zipf, 1.0);
+        let mut counts = vec![0usize; 100];
+        for _ in 0..100_000 {
+            counts[zipf.draw(&mut rng)] += 1;
+        }
+        // P(task 1) = 1/H(100) ≈ 0.193; P(task 2) is half of it.
+        let p1 = counts[0] as f64 / 1e5;
+        assert!((p1 - 0.193).abs() < 0.01, "{p1}");
+        assert!((counts[0] as f64 / counts[1] as f64 - 2.0).abs() < 0.15);
+        let uniform = Tasks::new(7, Dist::Uniform, 1.0);
+        let mut seen = [0usize; 7];
+        for _ in 0..7000 {
+            seen[uniform.draw(&mut rng)] += 1;
+        }
+        assert!(seen.iter().all(|&c| (800..1200).contains(&c)), "{seen:?}");
+    }
+
+    #[test]
+    fn exponential_gaps_average_one_over_the_rate() {
+        let mut rng = Rng::new(9);
+        let mean: f64 = (0..100_000).map(|_| -rng.unit().ln() / 50.0).sum::<f64>() / 1e5;
+        assert!((mean - 0.02).abs() < 0.0005, "{mean}");
+    }
+}

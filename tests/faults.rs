@@ -9,19 +9,9 @@ use std::sync::atomic::Ordering;
 
 use axum::http::StatusCode;
 use common::inproc::{build_state, call, predict_req};
-use common::{f32_bytes, fixtures, npy_bytes, snapshot, TestServer};
+use common::{fixtures, npy_filled, snapshot, TestServer};
 use promptd::cli::serve::load;
 use serde_json::{json, Value};
-
-const D: usize = 48;
-
-fn npy(rows: usize, v: f32) -> Vec<u8> {
-    npy_bytes(
-        "<f4",
-        &format!("({rows}, {D})"),
-        &f32_bytes(&vec![v; rows * D]),
-    )
-}
 
 fn put(task: &str, bytes: Vec<u8>) -> axum::http::Request<axum::body::Body> {
     axum::http::Request::put(format!("/v1/prompts/{task}"))
@@ -86,7 +76,7 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
     drop(filler);
     let before = snapshot(dir.path());
     for task in ["keep", "fresh"] {
-        let r = call(&state, put(task, npy(100, 0.5))).await;
+        let r = call(&state, put(task, npy_filled(100, 0.5))).await;
         assert_eq!(
             r.status,
             StatusCode::INSUFFICIENT_STORAGE,
@@ -109,7 +99,7 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
     // Read-only: 503 with the reason, serving goes on.
     std::fs::remove_file(dir.path().join(".filler")).unwrap();
     assert!(fs.remount_read_only());
-    let r = call(&state, put("keep", npy(2, 0.5))).await;
+    let r = call(&state, put("keep", npy_filled(2, 0.5))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert!(
         r.body["error"]
@@ -160,7 +150,7 @@ async fn kill_9_during_an_upload_storm_loses_nothing_acknowledged_and_tears_noth
             while !stop.load(Ordering::Acquire) {
                 i += 1;
                 // Varied sizes, so a torn file could not pass for a whole one.
-                let body = npy(1 + (i as usize % 40), t as f32 + i as f32 / 1000.0);
+                let body = npy_filled(1 + (i as usize % 40), t as f32 + i as f32 / 1000.0);
                 acked.sent.push(sha256_hex(&body));
                 match client.put(&url).body(body.clone()).send().await {
                     Ok(r) if r.status().is_success() => {

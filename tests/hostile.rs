@@ -6,18 +6,10 @@ mod common;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::inproc::{build_state, call, get, setup};
-use common::{f32_bytes, npy_bytes, snapshot};
+use common::{npy_filled, snapshot};
 use promptd::cli::serve::load;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-fn npy(rows: usize) -> Vec<u8> {
-    npy_bytes(
-        "<f4",
-        &format!("({rows}, 48)"),
-        &f32_bytes(&vec![0.25; rows * 48]),
-    )
-}
 
 fn raw(method: Method, uri: &str, content_type: Option<&str>, body: Vec<u8>) -> Request<Body> {
     let mut b = Request::builder().method(method).uri(uri);
@@ -170,42 +162,47 @@ async fn malformed_requests_get_4xx_and_write_nothing() {
         ),
         (
             "traversal ../x",
-            raw(Method::PUT, "/v1/prompts/..%2Fx", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/..%2Fx", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "traversal %2e%2e",
-            raw(Method::PUT, "/v1/prompts/%2e%2e", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/%2e%2e", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "dot",
-            raw(Method::PUT, "/v1/prompts/.", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/.", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "hidden name",
-            raw(Method::PUT, "/v1/prompts/.audit", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/.audit", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "NUL in task",
-            raw(Method::PUT, "/v1/prompts/a%00b", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/a%00b", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "slash in task",
-            raw(Method::PUT, "/v1/prompts/a%2Fb", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/a%2Fb", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "backslash in task",
-            raw(Method::PUT, "/v1/prompts/a%5Cb", None, npy(2)),
+            raw(Method::PUT, "/v1/prompts/a%5Cb", None, npy_filled(2, 0.25)),
             StatusCode::BAD_REQUEST,
         ),
         (
             "unicode task",
-            raw(Method::PUT, "/v1/prompts/%C3%A9t%C3%A9", None, npy(2)),
+            raw(
+                Method::PUT,
+                "/v1/prompts/%C3%A9t%C3%A9",
+                None,
+                npy_filled(2, 0.25),
+            ),
             StatusCode::BAD_REQUEST,
         ),
         (
@@ -214,7 +211,7 @@ async fn malformed_requests_get_4xx_and_write_nothing() {
                 Method::PUT,
                 &format!("/v1/prompts/{}", "a".repeat(129)),
                 None,
-                npy(2),
+                npy_filled(2, 0.25),
             ),
             StatusCode::BAD_REQUEST,
         ),
@@ -368,7 +365,7 @@ proptest! {
                 b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
                 _ => format!("%{b:02X}"),
             }).collect();
-            let r = call(&s.state, raw(Method::PUT, &format!("/v1/prompts/{encoded}"), None, npy(2))).await;
+            let r = call(&s.state, raw(Method::PUT, &format!("/v1/prompts/{encoded}"), None, npy_filled(2, 0.25))).await;
             prop_assert!(
                 matches!(r.status.as_u16(), 200 | 201 | 400 | 404 | 405),
                 "{name:?} -> {} {}", r.status, r.body

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::inproc::{build_state, call, setup, Reply};
-use common::{f32_bytes, npy_bytes};
+use common::npy_filled;
 use promptd::api::openapi::ApiDoc;
 use serde_json::{json, Value};
 use utoipa::OpenApi;
@@ -180,11 +180,6 @@ fn request(method: Method, uri: &str, body: Option<Value>) -> Request<Body> {
     b.body(body).unwrap()
 }
 
-fn npy(rows: usize, value: f32) -> Vec<u8> {
-    let data = vec![value; rows * 48];
-    npy_bytes("<f4", &format!("({rows}, 48)"), &f32_bytes(&data))
-}
-
 /// Asserts the response's status is documented for `(method, path)` and its body matches.
 fn conforms(spec: &Value, method: &str, path: &str, r: &Reply) {
     let op = &spec["paths"][path][method];
@@ -270,14 +265,14 @@ async fn real_responses_match_the_documented_schemas() {
             "/v1/prompts/fresh",
             "/v1/prompts/{task}",
             None,
-            Some(npy(3, 0.5)),
+            Some(npy_filled(3, 0.5)),
         ),
         (
             Method::PUT,
             "/v1/prompts/fresh",
             "/v1/prompts/{task}",
             None,
-            Some(npy(4, 0.25)),
+            Some(npy_filled(4, 0.25)),
         ),
         (
             Method::PUT,
@@ -291,7 +286,7 @@ async fn real_responses_match_the_documented_schemas() {
             "/v1/prompts/fresh",
             "/v1/prompts/{task}",
             None,
-            Some(npy(3, f32::NAN)),
+            Some(npy_filled(3, f32::NAN)),
         ),
         (
             Method::DELETE,

@@ -394,3 +394,12 @@ pub async fn metrics(client: &reqwest::Client, server: &TestServer) -> String {
         .await
         .unwrap()
 }
+
+/// A `[rows, 48]` f32 .npy prompt (the tiny v1.1 fixture's width) filled with `value`.
+pub fn npy_filled(rows: usize, value: f32) -> Vec<u8> {
+    npy_bytes(
+        "<f4",
+        &format!("({rows}, 48)"),
+        &f32_bytes(&vec![value; rows * 48]),
+    )
+}

@@ -28,11 +28,16 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Time a row waited in the queue before its forward pass started.
     pub queue_wait: Histogram,
-    /// Rows per forward pass.
+    /// Rows per forward pass (continuous batching: per encoder pass of the rows joining).
     pub batch_size: Histogram,
-    /// Distinct tasks per forward pass.
+    /// Distinct tasks per forward pass (continuous batching: per encoder pass).
     pub batch_tasks: Histogram,
-    /// Engine time per forward pass (encoder, decoding and scoring).
+    /// Rows decoding together, observed each time rows join the running batch.
+    pub decode_rows: Histogram,
+    /// Distinct tasks among the rows decoding together, observed as `decode_rows` is.
+    pub decode_tasks: Histogram,
+    /// Engine time per static batch (encoder, decoding and scoring), or per admission into the
+    /// running batch (encoder, scoring and merge) under continuous batching.
     pub batch_duration: Histogram,
     /// Rows waiting in the queue.
     pub queue_depth: IntGauge,
@@ -110,10 +115,26 @@ impl Metrics {
             .buckets(buckets(1.0, 2.0, 13)),
         )
         .expect("valid metric");
+        let decode_rows = Histogram::with_opts(
+            HistogramOpts::new(
+                "promptd_decode_rows",
+                "Rows decoding together, observed each time rows join the running batch",
+            )
+            .buckets(buckets(1.0, 2.0, 13)),
+        )
+        .expect("valid metric");
+        let decode_tasks = Histogram::with_opts(
+            HistogramOpts::new(
+                "promptd_decode_tasks",
+                "Distinct tasks among the rows decoding together, observed as promptd_decode_rows",
+            )
+            .buckets(buckets(1.0, 2.0, 13)),
+        )
+        .expect("valid metric");
         let batch_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "promptd_batch_duration_seconds",
-                "Engine time per forward pass including decoding",
+                "Engine time per static batch including decoding, or per admission into the running batch",
             )
             .buckets(seconds),
         )
@@ -193,6 +214,8 @@ impl Metrics {
             Box::new(queue_wait.clone()),
             Box::new(batch_size.clone()),
             Box::new(batch_tasks.clone()),
+            Box::new(decode_rows.clone()),
+            Box::new(decode_tasks.clone()),
             Box::new(batch_duration.clone()),
             Box::new(queue_depth.clone()),
             Box::new(queue_capacity.clone()),
@@ -218,7 +241,7 @@ impl Metrics {
         for result in ["loaded", "removed", "invalid"] {
             prompt_reloads.with_label_values(&[result]);
         }
-        for kind in ["invalid_row", "model", "panic"] {
+        for kind in ["invalid_row", "model", "panic", "decode"] {
             batch_errors.with_label_values(&[kind]);
         }
         for result in ["loaded", "invalid"] {
@@ -237,6 +260,8 @@ impl Metrics {
             queue_wait,
             batch_size,
             batch_tasks,
+            decode_rows,
+            decode_tasks,
             batch_duration,
             queue_depth,
             queue_capacity,

@@ -175,3 +175,55 @@ fn a_cancelled_row_stops_decoding_and_leaves_the_others_unchanged() {
     }
     assert_ne!(&before, loaded.engine.last_stats());
 }
+
+/// Continuous batching: rows join a running decode batch in waves at different steps (so their
+/// caches are padded and merged with rows well into decoding) and leave as they finish; every
+/// row must still match transformers + PEFT, as when run alone.
+#[test]
+fn rows_joining_a_running_batch_match_transformers() {
+    use promptd::engine::continuous::{Joining, Running};
+    for model in model_names() {
+        let mut loaded = load(&model);
+        let all = cases(&model);
+        // A fixed interleaving: long and short inputs, with and without labels, mixed.
+        let mut order: Vec<usize> = (0..all.len()).collect();
+        order.sort_by_key(|&i| (i * 7919) % all.len());
+        let mut running = Running::new(loaded.engine.model());
+        let mut waiting = Vec::new();
+        let mut joined_while_running = 0;
+        let mut next = order.into_iter().peekable();
+        let mut wave = 0;
+        while next.peek().is_some() || !running.is_empty() {
+            wave += 1;
+            let take = 1 + wave % 4;
+            let mut joining = Vec::new();
+            for i in next.by_ref().take(take) {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                joining.push(Joining {
+                    row: loaded.row(&all[i]),
+                    reply,
+                });
+                waiting.push((i, rx));
+            }
+            if !joining.is_empty() && !running.is_empty() {
+                joined_while_running += 1;
+            }
+            // A small token budget splits some waves into several encoder passes.
+            running.admit(&mut loaded.engine, joining, 200);
+            for _ in 0..(wave % 3) {
+                running.step(loaded.engine.model());
+            }
+            if next.peek().is_none() {
+                while !running.is_empty() {
+                    running.step(loaded.engine.model());
+                }
+            }
+        }
+        assert!(joined_while_running > 5, "rows must join a running batch");
+        assert_eq!(waiting.len(), all.len());
+        for (i, mut rx) in waiting {
+            let out = rx.try_recv().expect("answered").expect("no error");
+            assert_matches(&all[i], &out, &format!("{model} continuous batch"));
+        }
+    }
+}

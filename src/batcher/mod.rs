@@ -1,8 +1,10 @@
 //! The dynamic batcher: a bounded queue of rows from any tasks, closed into mixed-task
-//! batches by [`policy::Policy`] and run on the engine thread one batch at a time.
+//! batches by [`policy::Policy`]. Under continuous batching ([`Decode::Continuous`], the
+//! default) a batch joins the engine's running decode batch as far as room allows; under
+//! static batching the engine runs one batch at a time.
 pub mod policy;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -11,8 +13,9 @@ use tokio::time::Instant;
 
 pub use policy::{Batching, PolicyConfig, Refused};
 
+use crate::engine::continuous::Joining;
 use crate::engine::worker::EngineHandle;
-use crate::engine::{RowInput, RowOutput};
+use crate::engine::{EngineError, RowInput, RowOutput};
 use crate::metrics::Metrics;
 use policy::{Policy, Queued};
 
@@ -94,22 +97,49 @@ impl Drop for Ticket {
     }
 }
 
+/// How the decoder batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Decode {
+    /// Rows join the running decode batch at a step boundary and leave when they finish.
+    #[default]
+    Continuous,
+    /// A batch decodes to its end before the next one starts (for comparisons).
+    Static,
+}
+
 /// The queue shared by request handlers and the batching loop.
 pub struct Batcher {
     policy: Mutex<Policy<Pending>>,
     wake: Notify,
     metrics: Arc<Metrics>,
+    decode: Decode,
+    max_batch_size: usize,
+    /// Rows handed to the engine and not answered yet (continuous batching).
+    in_engine: AtomicUsize,
 }
 
 impl Batcher {
-    /// An empty, open queue.
-    pub fn new(cfg: PolicyConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// An empty, open queue. Per-task batching always decodes statically (a running batch
+    /// would otherwise take rows of other tasks).
+    pub fn new(cfg: PolicyConfig, decode: Decode, metrics: Arc<Metrics>) -> Arc<Self> {
         metrics.queue_capacity.set(cfg.max_queue as i64);
+        let decode = match cfg.batching {
+            Batching::PerTask => Decode::Static,
+            Batching::Mixed => decode,
+        };
         Arc::new(Self {
             policy: Mutex::new(Policy::new(cfg)),
             wake: Notify::new(),
             metrics,
+            decode,
+            max_batch_size: cfg.max_batch_size,
+            in_engine: AtomicUsize::new(0),
         })
+    }
+
+    /// How this batcher decodes.
+    pub fn decode(&self) -> Decode {
+        self.decode
     }
 
     /// Queues rows `(task, row)` of one tenant all together or not at all; one ticket per row.
@@ -154,34 +184,108 @@ impl Batcher {
         self.wake.notify_one();
     }
 
-    /// The batching loop: forms each batch when it is due and waits for the engine to finish
-    /// it before forming the next, so rows that arrive meanwhile join the next batch.
+    /// The batching loop. Static: forms each batch when it is due and waits for the engine to
+    /// finish it before forming the next, so rows that arrive meanwhile join the next batch.
+    /// Continuous: whenever rows fit beside those still decoding, forms a batch of at most that
+    /// many when it is due and hands it to the engine, which merges it at the next step.
     pub async fn run(self: Arc<Self>, engine: EngineHandle) {
+        let continuous = self.decode == Decode::Continuous;
         loop {
+            let room = if continuous {
+                self.max_batch_size
+                    .saturating_sub(self.in_engine.load(Ordering::Acquire))
+            } else {
+                self.max_batch_size
+            };
             let (batch, deadline, finished) = {
                 let mut policy = self.policy.lock();
-                let batch = policy.next_batch(Instant::now());
+                let batch = policy.next_batch_within(Instant::now(), room);
                 self.metrics.queue_depth.set(policy.len() as i64);
                 let finished = policy.is_closed() && policy.is_empty();
                 (batch, policy.next_deadline(), finished)
             };
             if let Some(batch) = batch {
-                self.run_batch(&engine, batch).await;
+                if continuous {
+                    self.join(&engine, batch).await;
+                } else {
+                    self.run_batch(&engine, batch).await;
+                }
                 continue;
             }
-            if finished {
+            if finished && self.in_engine.load(Ordering::Acquire) == 0 {
                 return;
             }
             match deadline {
-                Some(d) => {
+                // With no room, only an answered row (which wakes us) can change anything.
+                Some(d) if room > 0 => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(d) => {}
                         _ = self.wake.notified() => {}
                     }
                 }
-                None => self.wake.notified().await,
+                _ => self.wake.notified().await,
             }
         }
+    }
+
+    /// Hands a batch to the running decode batch; each row's answer is forwarded when it comes.
+    async fn join(self: &Arc<Self>, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {
+        let now = Instant::now();
+        let mut rows = Vec::with_capacity(batch.len());
+        for waiting in batch {
+            self.metrics
+                .queue_wait
+                .observe((now - waiting.enqueued).as_secs_f64());
+            let (reply, rx) = oneshot::channel();
+            rows.push(Joining {
+                row: waiting.item.row,
+                reply,
+            });
+            let to = waiting.item.reply;
+            let this = self.clone();
+            self.in_engine.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                let out = match rx.await {
+                    Ok(out) => {
+                        if let Ok(o) = &out {
+                            this.metrics
+                                .generated_tokens
+                                .inc_by(o.token_ids.len() as u64);
+                        }
+                        out.map_err(|e| this.row_error(e))
+                    }
+                    Err(_) => Err(RowError::Stopped),
+                };
+                let _ = to.send(out);
+                this.in_engine.fetch_sub(1, Ordering::AcqRel);
+                this.wake.notify_one();
+            });
+        }
+        if let Ok((admitted, elapsed)) = engine.join(rows).await {
+            self.metrics.batch_duration.observe(elapsed.as_secs_f64());
+            for pass in &admitted.passes {
+                self.metrics.batch_size.observe(pass.rows as f64);
+                self.metrics.batch_tasks.observe(pass.tasks as f64);
+            }
+            if admitted.live_rows > 0 {
+                self.metrics.decode_rows.observe(admitted.live_rows as f64);
+                self.metrics
+                    .decode_tasks
+                    .observe(admitted.live_tasks as f64);
+            }
+        }
+        // A stopped engine drops the rows' senders: their forwarders answer `Stopped`.
+    }
+
+    fn row_error(&self, e: EngineError) -> RowError {
+        let kind = match e {
+            EngineError::InvalidRow { .. } => "invalid_row",
+            EngineError::Model(_) => "model",
+            EngineError::Panic(_) => "panic",
+            EngineError::Decode(_) => "decode",
+        };
+        self.metrics.batch_errors.with_label_values(&[kind]).inc();
+        RowError::Engine(e.to_string())
     }
 
     async fn run_batch(&self, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {
@@ -208,16 +312,7 @@ impl Batcher {
                         .inc_by(pass.generated_tokens as u64);
                 }
                 for (reply, out) in replies.into_iter().zip(done.outputs) {
-                    let out = out.map_err(|e| {
-                        let kind = match e {
-                            crate::engine::EngineError::InvalidRow { .. } => "invalid_row",
-                            crate::engine::EngineError::Model(_) => "model",
-                            crate::engine::EngineError::Panic(_) => "panic",
-                        };
-                        self.metrics.batch_errors.with_label_values(&[kind]).inc();
-                        RowError::Engine(e.to_string())
-                    });
-                    let _ = reply.send(out);
+                    let _ = reply.send(out.map_err(|e| self.row_error(e)));
                 }
             }
             Err(_) => {

@@ -239,20 +239,26 @@ impl<T: Queued> Policy<T> {
     /// tasks alternating row by row); a turn cut short by a full batch resumes in the next
     /// batch, so shares hold across batches and a flood cannot keep anyone out.
     pub fn next_batch(&mut self, now: Instant) -> Option<Vec<Waiting<T>>> {
+        self.next_batch_within(now, self.cfg.max_batch_size)
+    }
+
+    /// [`Policy::next_batch`] when only `room` rows fit (the rest of the batch is still
+    /// decoding, under continuous batching): due once `room` rows wait or the oldest has
+    /// waited max wait, and at most `room` rows.
+    pub fn next_batch_within(&mut self, now: Instant, room: usize) -> Option<Vec<Waiting<T>>> {
         self.drop_cancelled();
-        if self.len == 0 {
+        let room = room.min(self.cfg.max_batch_size);
+        if self.len == 0 || room == 0 {
             return None;
         }
-        let due = self.len >= self.cfg.max_batch_size
-            || self.closed
-            || self.next_deadline().is_some_and(|d| d <= now);
+        let due = self.len >= room || self.closed || self.next_deadline().is_some_and(|d| d <= now);
         if !due {
             return None;
         }
         if self.cfg.batching == Batching::PerTask {
-            return Some(self.next_single_task_batch());
+            return Some(self.next_single_task_batch(room));
         }
-        let max = self.cfg.max_batch_size;
+        let max = room;
         let budget = self.cfg.max_batch_tokens;
         let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
         let mut widest = 0usize;
@@ -291,8 +297,8 @@ impl<T: Queued> Policy<T> {
 
     /// Per-task batching: the next task in ring order (tenants, then their tasks) fills the
     /// batch alone.
-    fn next_single_task_batch(&mut self) -> Vec<Waiting<T>> {
-        let (max, budget) = (self.cfg.max_batch_size, self.cfg.max_batch_tokens);
+    fn next_single_task_batch(&mut self, max: usize) -> Vec<Waiting<T>> {
+        let budget = self.cfg.max_batch_tokens;
         let name = self.ring.pop_front().expect("rows wait");
         let tenant = self.tenants.get_mut(&name).expect("ring tenants exist");
         let task = tenant

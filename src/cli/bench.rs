@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Number of tasks, named `<task-prefix><index>` with the index zero-padded to 5 digits.
     #[arg(long, default_value_t = 1)]
     pub tasks: usize,
+    /// Index of the first task (tasks are first-task .. first-task + tasks).
+    #[arg(long, default_value_t = 0)]
+    pub first_task: usize,
     /// Task name prefix (make-prompts writes `task00000`, …).
     #[arg(long, default_value = "task")]
     pub task_prefix: String,
@@ -57,9 +60,12 @@ pub struct BenchArgs {
     /// Inputs per request.
     #[arg(long, default_value_t = 1)]
     pub inputs: usize,
-    /// max_new_tokens of every request.
+    /// max_new_tokens of every request (the most, with --min-new-tokens).
     #[arg(long, default_value_t = 16)]
     pub max_new_tokens: usize,
+    /// Draw each request's max_new_tokens uniformly from min-new-tokens ..= max-new-tokens.
+    #[arg(long)]
+    pub min_new_tokens: Option<usize>,
     /// Comma-separated labels to score (none: generation only).
     #[arg(long)]
     pub labels: Option<String>,
@@ -72,6 +78,19 @@ pub struct BenchArgs {
     /// Print the summary as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Offline: run the same requests straight through the engine in this process (no
+    /// server, no HTTP), in batches of --batch-size rows, for the server-overhead comparison.
+    #[arg(long, requires_all = ["model", "prompts"])]
+    pub offline: bool,
+    /// Offline: the model folder.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+    /// Offline: the prompts folder.
+    #[arg(long)]
+    pub prompts: Option<std::path::PathBuf>,
+    /// Offline: rows per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
 }
 
 /// xorshift64*: small, seeded, good enough for arrival times and task draws.
@@ -151,6 +170,12 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         return Err(
             "--tasks and --min-words must be at least 1, and --max-words ≥ --min-words".into(),
         );
+    }
+    if args.min_new_tokens.is_some_and(|m| m > args.max_new_tokens) {
+        return Err("--min-new-tokens must be at most --max-new-tokens".into());
+    }
+    if args.offline {
+        return offline(&args);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -237,7 +262,11 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
 }
 
 fn request_body(args: &BenchArgs, rng: &mut Rng, tasks: &Tasks) -> (String, Value) {
-    let task = format!("{}{:05}", args.task_prefix, tasks.draw(rng));
+    let task = format!(
+        "{}{:05}",
+        args.task_prefix,
+        args.first_task + tasks.draw(rng)
+    );
     let inputs: Vec<String> = (0..args.inputs)
         .map(|_| {
             let n = args.min_words + rng.below(args.max_words - args.min_words + 1);
@@ -247,7 +276,11 @@ fn request_body(args: &BenchArgs, rng: &mut Rng, tasks: &Tasks) -> (String, Valu
                 .join(" ")
         })
         .collect();
-    let mut body = json!({"inputs": inputs, "max_new_tokens": args.max_new_tokens});
+    let max_new_tokens = match args.min_new_tokens {
+        Some(min) => min + rng.below(args.max_new_tokens - min + 1),
+        None => args.max_new_tokens,
+    };
+    let mut body = json!({"inputs": inputs, "max_new_tokens": max_new_tokens});
     if let Some(labels) = &args.labels {
         body["labels"] = json!(labels.split(',').collect::<Vec<_>>());
     }
@@ -289,8 +322,21 @@ async fn one(
     }
 }
 
-/// Sums of the batch histograms at one moment: (passes, rows, task-slots).
-async fn scrape(client: &reqwest::Client, args: &BenchArgs) -> (f64, f64, f64) {
+/// Counters of /metrics that the summary uses, in this order.
+const COUNTERS: [&str; 7] = [
+    "promptd_batch_size_count ",
+    "promptd_batch_size_sum ",
+    "promptd_batch_tasks_sum ",
+    "promptd_generated_tokens_total ",
+    "promptd_decode_rows_count ",
+    "promptd_decode_rows_sum ",
+    "promptd_decode_tasks_sum ",
+];
+
+type Counters = [f64; COUNTERS.len()];
+
+/// The [`COUNTERS`] at one moment (NaN when absent).
+async fn scrape(client: &reqwest::Client, args: &BenchArgs) -> Counters {
     let mut req = client.get(format!("{}/metrics", args.url));
     if let Some(key) = &args.key {
         req = req.bearer_auth(key);
@@ -304,11 +350,7 @@ async fn scrape(client: &reqwest::Client, args: &BenchArgs) -> (f64, f64, f64) {
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
             .unwrap_or(f64::NAN)
     };
-    (
-        value("promptd_batch_size_count "),
-        value("promptd_batch_size_sum "),
-        value("promptd_batch_tasks_sum "),
-    )
+    COUNTERS.map(value)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -318,11 +360,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn summarize(args: &BenchArgs, t: &Tally, before: &(f64, f64, f64), after: &(f64, f64, f64)) {
+fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
     let mut lat = t.latencies.clone();
     lat.sort_by(f64::total_cmp);
     let secs = args.duration_s;
-    let passes = after.0 - before.0;
+    let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    let passes = d[0];
     let summary = json!({
         "mode": if args.rate.is_some() { "open" } else { "closed" },
         "rate": args.rate,
@@ -333,6 +376,7 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &(f64, f64, f64), after: &(f64
         "requests_ok": lat.len(),
         "requests_per_s": lat.len() as f64 / secs,
         "rows_per_s": t.rows as f64 / secs,
+        "generated_tokens_per_s": d[3] / secs,
         "latency_ms": {
             "p50": percentile(&lat, 0.50) * 1e3,
             "p90": percentile(&lat, 0.90) * 1e3,
@@ -340,8 +384,10 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &(f64, f64, f64), after: &(f64
         },
         "statuses": t.statuses,
         "passes": passes,
-        "mean_rows_per_pass": (after.1 - before.1) / passes,
-        "mean_tasks_per_pass": (after.2 - before.2) / passes,
+        "mean_rows_per_pass": d[1] / passes,
+        "mean_tasks_per_pass": d[2] / passes,
+        "mean_decode_rows": d[5] / d[4],
+        "mean_decode_tasks": d[6] / d[4],
     });
     if args.json {
         println!("{summary}");
@@ -360,9 +406,124 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &(f64, f64, f64), after: &(f64
         summary["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
     );
     println!(
-        "statuses {}; {} forward passes, {:.1} rows and {:.1} tasks per pass",
-        summary["statuses"], passes, summary["mean_rows_per_pass"], summary["mean_tasks_per_pass"]
+        "statuses {}; {} forward passes, {:.1} rows and {:.1} tasks per pass; {:.0} tokens/s",
+        summary["statuses"],
+        passes,
+        summary["mean_rows_per_pass"],
+        summary["mean_tasks_per_pass"],
+        summary["generated_tokens_per_s"]
     );
+    if d[4] > 0.0 {
+        println!(
+            "continuous batching: {:.1} rows and {:.1} tasks decoding together when rows joined",
+            summary["mean_decode_rows"], summary["mean_decode_tasks"]
+        );
+    }
+}
+
+/// The same requests as the load, run by this process's own engine in full batches: what the
+/// hardware gives without a server. Runs for --warmup-s, then measures --duration-s.
+fn offline(args: &BenchArgs) -> Result<(), String> {
+    use crate::engine::{Engine, RowInput};
+    use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+    use crate::prompts::{load_prompt_dir, PromptLimits};
+
+    let (Some(model_dir), Some(prompts_dir)) = (&args.model, &args.prompts) else {
+        return Err("--offline needs --model and --prompts".into());
+    };
+    let _guard = tch::no_grad_guard();
+    let model = T5Model::load(
+        model_dir,
+        ModelOptions {
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let eos = model.config.eos_ids()[0];
+    let tokenizer = T5Tokenizer::from_file(&model_dir.join("tokenizer.json"), eos)
+        .map_err(|e| e.to_string())?;
+    let d_model = model.config.d_model as usize;
+    let max_batch_tokens = 32768;
+    let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
+    let loaded = load_prompt_dir(prompts_dir, d_model, &PromptLimits::default())
+        .map_err(|e| e.to_string())?;
+    let mut slots = std::collections::HashMap::new();
+    for (task, prompt) in &loaded.prompts {
+        slots.insert(
+            task.to_string(),
+            engine.register_prompt(prompt).map_err(|e| e.to_string())?,
+        );
+    }
+    let mut rng = Rng::new(args.seed);
+    let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
+    let mut next_row = || -> Result<RowInput, String> {
+        let (task, body) = request_body(args, &mut rng, &tasks);
+        let slot = slots
+            .get(&task)
+            .ok_or_else(|| format!("no prompt for task {task} in the prompts folder"))?;
+        let text = body["inputs"][0].as_str().unwrap_or_default();
+        let labels = match &args.labels {
+            Some(l) => l
+                .split(',')
+                .map(|l| tokenizer.encode(l).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        };
+        Ok(RowInput {
+            prompt: Some(slot.clone()),
+            input_ids: tokenizer.encode(text).map_err(|e| e.to_string())?,
+            max_new_tokens: body["max_new_tokens"].as_u64().unwrap_or(16) as usize,
+            labels,
+            cancel: None,
+        })
+    };
+    let start = Instant::now();
+    let warm_until = start + Duration::from_secs_f64(args.warmup_s);
+    let end = warm_until + Duration::from_secs_f64(args.duration_s);
+    let (mut rows_done, mut tokens, mut passes, mut measured_from) = (0u64, 0u64, 0u64, None);
+    while Instant::now() < end {
+        let rows: Vec<RowInput> = (0..args.batch_size)
+            .map(|_| next_row())
+            .collect::<Result<_, _>>()?;
+        let measured = Instant::now() >= warm_until;
+        if measured {
+            measured_from.get_or_insert_with(Instant::now);
+        }
+        let (outputs, stats) = engine.run_rows(&rows, max_batch_tokens);
+        if !measured {
+            continue;
+        }
+        if let Some(e) = outputs.iter().find_map(|o| o.as_ref().err()) {
+            return Err(format!("engine: {e}"));
+        }
+        rows_done += rows.len() as u64;
+        passes += stats.len() as u64;
+        tokens += stats.iter().map(|s| s.generated_tokens as u64).sum::<u64>();
+    }
+    let secs = measured_from.map_or(f64::NAN, |t| (Instant::now() - t).as_secs_f64());
+    let summary = json!({
+        "mode": "offline",
+        "tasks": args.tasks,
+        "batch_size": args.batch_size,
+        "duration_s": secs,
+        "rows_per_s": rows_done as f64 / secs,
+        "generated_tokens_per_s": tokens as f64 / secs,
+        "passes": passes,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "offline engine, {} tasks, batches of {}: {:.1} rows/s, {:.0} tokens/s over {:.0} s",
+            args.tasks,
+            args.batch_size,
+            rows_done as f64 / secs,
+            tokens as f64 / secs,
+            secs
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::api::validate::RowLimits;
 use crate::api::{app, ApiLimits, AppState, Lifecycle};
-use crate::batcher::{Batcher, Batching, PolicyConfig};
+use crate::batcher::{Batcher, Batching, Decode, PolicyConfig};
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::Metrics;
@@ -56,6 +56,11 @@ pub struct ServeArgs {
     /// (a baseline for benchmarks, as servers without mixed-task batching behave).
     #[arg(long, env = "PROMPTD_BATCHING", value_enum, default_value = "mixed")]
     pub batching: Batching,
+    /// continuous: new rows join the running decode batch at the next step and finished rows
+    /// leave at once; static: a batch decodes to its end before the next starts (for
+    /// comparisons). per-task batching always decodes statically.
+    #[arg(long, env = "PROMPTD_DECODE", value_enum, default_value = "continuous")]
+    pub decode: Decode,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
     #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS", default_value_t = 32768,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -187,6 +192,7 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
             max_batch_tokens: args.max_batch_tokens,
             batching: args.batching,
         },
+        args.decode,
         metrics.clone(),
     );
     let lifecycle = Arc::new(Lifecycle::default());

@@ -2,6 +2,7 @@
 //! turns a batch of rows (each with its own prompt) into one encoder pass, then greedy
 //! decoding and label scoring.
 pub mod bank;
+pub mod continuous;
 pub mod device;
 pub mod greedy;
 pub mod score;
@@ -36,6 +37,9 @@ pub enum EngineError {
     /// Running the batch panicked; the engine itself is still usable.
     #[error("batch failed: {0}")]
     Panic(String),
+    /// A decode step of a running batch failed, so every row in it failed (the reason).
+    #[error("decoding failed: {0}")]
+    Decode(String),
 }
 
 impl From<tch::TchError> for EngineError {
@@ -74,6 +78,18 @@ impl RowInput {
     }
 }
 
+/// Runs `f`, turning a panic inside it into [`EngineError::Panic`].
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(EngineError::Panic(why))
+    })
+}
+
 /// Splits rows, in order, into consecutive groups whose padded size (rows × longest row)
 /// stays within `max_tokens`; a row longer than the budget runs alone.
 pub fn split_by_token_budget(lengths: &[usize], max_tokens: u64) -> Vec<std::ops::Range<usize>> {
@@ -94,6 +110,26 @@ pub fn split_by_token_budget(lengths: &[usize], max_tokens: u64) -> Vec<std::ops
         groups.push(start..lengths.len());
     }
     groups
+}
+
+/// Encoder output of a group of rows.
+pub(crate) struct Encoded {
+    /// [B, S, d]
+    pub out: Tensor,
+    /// 0/1 [B, S]
+    pub mask: Tensor,
+    /// S: the longest row's encoder positions.
+    pub width: usize,
+}
+
+/// Distinct prompts among rows; rows without a prompt count as one more.
+pub fn count_tasks<'a>(rows: impl Iterator<Item = &'a RowInput>) -> usize {
+    let mut prompts: Vec<Option<usize>> = rows
+        .map(|r| r.prompt.as_ref().map(|p| Arc::as_ptr(p) as usize))
+        .collect();
+    prompts.sort_unstable();
+    prompts.dedup();
+    prompts.len()
 }
 
 /// What one row produced.
@@ -171,21 +207,43 @@ impl Engine {
     /// Runs a mixed-task batch: one encoder pass over `[prompt rows ; input]` for every row,
     /// then greedy decoding and label scoring. A panic inside fails this batch only.
     pub fn run_batch(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
-        let run = std::panic::AssertUnwindSafe(|| self.run_batch_inner(rows));
-        std::panic::catch_unwind(run).unwrap_or_else(|payload| {
-            let why = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Panic(why))
-        })
+        guarded(|| self.run_batch_inner(rows))
     }
 
     fn run_batch_inner(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        let encoded = self.encode_rows(rows)?;
+        let (encoder_out, mask, width) = (&encoded.out, &encoded.mask, encoded.width);
+        let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
+        let cancelled = |i: usize| rows[i].is_cancelled();
+        let generated = greedy::generate(&self.model, encoder_out, mask, &max_new, &cancelled)?;
+        let label_pairs = rows
+            .iter()
+            .filter(|r| !r.is_cancelled())
+            .map(|r| r.labels.len())
+            .sum();
+        let scores = self.score_rows(rows, &encoded)?;
+        self.last_stats = BatchStats {
+            rows: rows.len(),
+            tasks: count_tasks(rows.iter()),
+            padded_encoder_tokens: rows.len() * width,
+            decode_steps: generated.steps,
+            decode_row_steps: generated.row_steps,
+            generated_tokens: generated.outputs.iter().map(Vec::len).sum(),
+            label_pairs,
+        };
+        Ok(generated
+            .outputs
+            .into_iter()
+            .zip(scores)
+            .map(|(token_ids, scores)| RowOutput { token_ids, scores })
+            .collect())
+    }
+
+    /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
+    pub(crate) fn encode_rows(&mut self, rows: &[RowInput]) -> Result<Encoded, EngineError> {
         #[cfg(debug_assertions)]
         if fault::PANIC_PASSES
             .fetch_update(
@@ -200,11 +258,7 @@ impl Engine {
         self.check_rows(rows)?;
         let opts = self.model.options();
         let pad = self.model.config.pad_id();
-        let width = rows
-            .iter()
-            .map(|r| r.prompt.as_ref().map_or(0, |p| p.len()) + r.input_ids.len())
-            .max()
-            .unwrap_or(1);
+        let width = rows.iter().map(RowInput::encoder_len).max().unwrap_or(1);
         let mut ids = vec![pad; rows.len() * width];
         let mut mask = vec![0i64; rows.len() * width];
         for (i, row) in rows.iter().enumerate() {
@@ -222,18 +276,16 @@ impl Engine {
             .f_view(shape)?
             .f_to_device(opts.device)?;
         let embeds = self.bank.embed(self.model.shared(), &ids)?;
-        let encoder_out = self.model.encode(&embeds, &mask)?;
+        let out = self.model.encode(&embeds, &mask)?;
+        Ok(Encoded { out, mask, width })
+    }
 
-        let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
-        let cancelled = |i: usize| rows[i].is_cancelled();
-        let generated = greedy::generate(&self.model, &encoder_out, &mask, &max_new, &cancelled)?;
-        let mut prompts: Vec<Option<usize>> = rows
-            .iter()
-            .map(|r| r.prompt.as_ref().map(|p| Arc::as_ptr(p) as usize))
-            .collect();
-        prompts.sort_unstable();
-        prompts.dedup();
-
+    /// Each row's label log-likelihoods: None without labels, empty when the row was cancelled.
+    pub(crate) fn score_rows(
+        &self,
+        rows: &[RowInput],
+        encoded: &Encoded,
+    ) -> Result<Vec<Option<Vec<f64>>>, EngineError> {
         let pairs: Vec<LabelPair> = rows
             .iter()
             .enumerate()
@@ -244,26 +296,14 @@ impl Engine {
                     .map(move |l| LabelPair { row: i, target: l })
             })
             .collect();
-        let mut scores = score::score_labels(&self.model, &encoder_out, &mask, &pairs)?.into_iter();
-        self.last_stats = BatchStats {
-            rows: rows.len(),
-            tasks: prompts.len(),
-            padded_encoder_tokens: rows.len() * width,
-            decode_steps: generated.steps,
-            decode_row_steps: generated.row_steps,
-            generated_tokens: generated.outputs.iter().map(Vec::len).sum(),
-            label_pairs: pairs.len(),
-        };
+        let mut scores =
+            score::score_labels(&self.model, &encoded.out, &encoded.mask, &pairs)?.into_iter();
         Ok(rows
             .iter()
-            .zip(generated.outputs)
-            .map(|(row, token_ids)| RowOutput {
-                token_ids,
-                scores: match (row.labels.is_empty(), row.is_cancelled()) {
-                    (true, _) => None,
-                    (false, true) => Some(Vec::new()),
-                    (false, false) => Some(scores.by_ref().take(row.labels.len()).collect()),
-                },
+            .map(|row| match (row.labels.is_empty(), row.is_cancelled()) {
+                (true, _) => None,
+                (false, true) => Some(Vec::new()),
+                (false, false) => Some(scores.by_ref().take(row.labels.len()).collect()),
             })
             .collect())
     }

@@ -1,6 +1,6 @@
 //! The engine thread: one named OS thread owns the model and the prompt bank and runs jobs
-//! one at a time. Async code talks to it through [`EngineHandle`]; every job carries its own
-//! reply channel. Prompt registration runs between batches, so the bank has a single writer.
+//! one at a time; between jobs it steps the running decode batch (continuous batching). Async
+//! code talks to it through [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between batches, so the bank has a single writer.
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
+use super::continuous::{Admitted, Joining, Running};
 use super::{BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
 use crate::model::{ModelError, ModelOptions, T5Model};
 use crate::prompts::Prompt;
@@ -58,6 +59,10 @@ enum Job {
     Register {
         prompts: Vec<Arc<Prompt>>,
         reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, ModelError>>>,
+    },
+    Join {
+        rows: Vec<Joining>,
+        reply: oneshot::Sender<(Admitted, Duration)>,
     },
 }
 
@@ -110,9 +115,19 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
         "model loaded"
     );
     state.send_replace(EngineState::Ready);
-    while let Ok(job) = jobs.recv() {
+    let mut running = Running::new(engine.model());
+    loop {
+        // Between decode steps, take every job that waits; with nothing decoding, wait for one.
+        let job = if running.is_empty() {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => break,
+            }
+        } else {
+            jobs.try_recv().ok()
+        };
         match job {
-            Job::Run { rows, reply } => {
+            Some(Job::Run { rows, reply }) => {
                 let t = Instant::now();
                 let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
                 let _ = reply.send(BatchDone {
@@ -121,11 +136,18 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                     elapsed: t.elapsed(),
                 });
             }
-            Job::Register { prompts, reply } => {
+            Some(Job::Register { prompts, reply }) => {
                 let slots = prompts.iter().map(|p| engine.register_prompt(p)).collect();
                 let _ = reply.send(slots);
             }
+            Some(Job::Join { rows, reply }) => {
+                let t = Instant::now();
+                let admitted = running.admit(&mut engine, rows, cfg.max_batch_tokens);
+                let _ = reply.send((admitted, t.elapsed()));
+            }
+            None => {}
         }
+        running.step(engine.model());
     }
     state.send_replace(EngineState::Stopped);
     tracing::info!("engine stopped");
@@ -161,6 +183,17 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Run { rows, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Adds rows to the running decode batch at the next step boundary (continuous batching).
+    /// Returns once they are admitted (encoded and merged) with the admission's cost; each row
+    /// is answered on its own channel when it finishes.
+    pub async fn join(&self, rows: Vec<Joining>) -> Result<(Admitted, Duration), WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Join { rows, reply })
             .map_err(|_| WorkerError::Stopped)?;
         rx.await.map_err(|_| WorkerError::Stopped)
     }

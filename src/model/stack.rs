@@ -25,6 +25,55 @@ impl LayerCache {
             cross_kv: pick(&self.cross_kv)?,
         })
     }
+
+    /// Appends `fresh`'s rows (no self-attention keys yet) after this cache's: they get `cols`
+    /// zero self-attention columns (masked by the caller) and cross keys padded to `enc_len`.
+    pub fn merge(self, fresh: LayerCache, enc_len: i64, cols: i64) -> Result<Self, ModelError> {
+        let pad = |t: &Tensor| -> Result<Tensor, ModelError> {
+            let mut shape = t.size();
+            let have = shape[2];
+            if have >= enc_len {
+                return Ok(t.shallow_clone());
+            }
+            shape[2] = enc_len - have;
+            let zeros = Tensor::f_zeros(shape.as_slice(), (t.kind(), t.device()))?;
+            Ok(Tensor::f_cat(&[t.shallow_clone(), zeros], 2)?)
+        };
+        let (ck, cv) = &self.cross_kv;
+        let (fk, fv) = &fresh.cross_kv;
+        let cross_kv = (
+            Tensor::f_cat(&[pad(ck)?, pad(fk)?], 0)?,
+            Tensor::f_cat(&[pad(cv)?, pad(fv)?], 0)?,
+        );
+        let self_kv = match self.self_kv {
+            None => None,
+            Some((k, v)) => {
+                let mut shape = fk.size();
+                shape[2] = cols;
+                let zeros = Tensor::f_zeros(shape.as_slice(), (k.kind(), k.device()))?;
+                Some((
+                    Tensor::f_cat(&[k, zeros.shallow_clone()], 0)?,
+                    Tensor::f_cat(&[v, zeros], 0)?,
+                ))
+            }
+        };
+        Ok(Self { self_kv, cross_kv })
+    }
+
+    /// Drops the first `cols` self-attention columns and keeps `enc_len` encoder positions.
+    pub fn trim(&mut self, cols: i64, enc_len: i64) -> Result<(), ModelError> {
+        if let Some((k, v)) = &self.self_kv {
+            let keep = k.size()[2] - cols;
+            if cols > 0 {
+                self.self_kv = Some((k.f_narrow(2, cols, keep)?, v.f_narrow(2, cols, keep)?));
+            }
+        }
+        let (k, v) = &self.cross_kv;
+        if k.size()[2] > enc_len {
+            self.cross_kv = (k.f_narrow(2, 0, enc_len)?, v.f_narrow(2, 0, enc_len)?);
+        }
+        Ok(())
+    }
 }
 
 /// `T5Block`: self-attention, cross-attention (decoder only), feed-forward; all pre-norm residual.

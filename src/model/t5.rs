@@ -36,7 +36,12 @@ pub struct DecoderState {
     /// Decoder position bias of the last planned step, [1, H, 1, steps]. The bias depends only
     /// on key − query, so step t's bias is its last t + 1 columns; computed once per batch.
     self_bias: Tensor,
-    /// Positions already decoded (the next token's position).
+    /// Rows that joined a running batch (continuous batching) have cache columns from before
+    /// their first step: this additive bias [B, 1, 1, step] masks them (None: no such rows).
+    /// Key j of query `step` is at relative position j − step for every row, so the position
+    /// bias stays shared; only the mask differs per row.
+    self_pad: Option<Tensor>,
+    /// Self-attention cache columns (the next token's position for rows that started at 0).
     pub step: i64,
 }
 
@@ -51,9 +56,100 @@ impl DecoderState {
                 .collect::<Result<_, _>>()?,
             cross_bias: self.cross_bias.f_index_select(0, keep)?,
             self_bias: self.self_bias.shallow_clone(),
+            self_pad: self
+                .self_pad
+                .as_ref()
+                .map(|p| p.f_index_select(0, keep))
+                .transpose()?,
             step: self.step,
         })
     }
+
+    /// Rows in the batch.
+    pub fn rows(&self) -> i64 {
+        self.cross_bias.size()[0]
+    }
+
+    /// Encoder positions the cross-attention covers.
+    pub fn encoder_len(&self) -> i64 {
+        self.cross_bias.size()[3]
+    }
+
+    /// Appends the rows of `fresh` (a state that has not decoded yet) after this state's rows.
+    /// The newcomers get this state's cache columns as masked padding, and the shorter encoder
+    /// output is padded and masked too, so each row attends to exactly what it would alone.
+    pub fn merge(self, fresh: DecoderState) -> Result<Self, ModelError> {
+        if fresh.step != 0 {
+            return Err(ModelError::Config(
+                "only a state that has not decoded can join a running batch".into(),
+            ));
+        }
+        let (b_old, b_new) = (self.rows(), fresh.rows());
+        let cols = self.step;
+        let s = self.encoder_len().max(fresh.encoder_len());
+        let like = &self.cross_bias;
+        let (kind, device) = (like.kind(), like.device());
+        let masked = super::stack::min_value(kind);
+        let self_pad = Tensor::f_cat(
+            &[
+                match self.self_pad {
+                    Some(p) => p,
+                    None => Tensor::f_zeros([b_old, 1, 1, cols], (kind, device))?,
+                },
+                Tensor::f_full([b_new, 1, 1, cols], masked, (kind, device))?,
+            ],
+            0,
+        )?;
+        let caches = self
+            .caches
+            .into_iter()
+            .zip(fresh.caches)
+            .map(|(old, new)| old.merge(new, s, cols))
+            .collect::<Result<_, _>>()?;
+        let cross_bias = Tensor::f_cat(
+            &[
+                pad_last(&self.cross_bias, s, masked)?,
+                pad_last(&fresh.cross_bias, s, masked)?,
+            ],
+            0,
+        )?;
+        let longer = |a: Tensor, b: Tensor| if a.size()[3] >= b.size()[3] { a } else { b };
+        Ok(Self {
+            caches,
+            cross_bias,
+            self_bias: longer(self.self_bias, fresh.self_bias),
+            self_pad: Some(self_pad),
+            step: cols,
+        })
+    }
+
+    /// Drops the first `cols` self-attention columns (padding no remaining row uses) and keeps
+    /// `encoder_len` encoder positions (the longest remaining row's).
+    pub fn trim(&mut self, cols: i64, encoder_len: i64) -> Result<(), ModelError> {
+        let cols = cols.clamp(0, self.step);
+        let keep_enc = encoder_len.clamp(1, self.encoder_len());
+        for cache in &mut self.caches {
+            cache.trim(cols, keep_enc)?;
+        }
+        if let Some(pad) = &self.self_pad {
+            self.self_pad = Some(pad.f_narrow(3, cols, self.step - cols)?);
+        }
+        self.cross_bias = self.cross_bias.f_narrow(3, 0, keep_enc)?;
+        self.step -= cols;
+        Ok(())
+    }
+}
+
+/// Pads the last dimension of `t` to `len` with `value`.
+fn pad_last(t: &Tensor, len: i64, value: f64) -> Result<Tensor, ModelError> {
+    let mut shape = t.size();
+    let have = *shape.last().expect("a dimension");
+    if have >= len {
+        return Ok(t.shallow_clone());
+    }
+    *shape.last_mut().expect("a dimension") = len - have;
+    let fill = Tensor::f_full(shape.as_slice(), value, (t.kind(), t.device()))?;
+    Ok(Tensor::f_cat(&[t.shallow_clone(), fill], -1)?)
 }
 
 impl T5Model {
@@ -140,8 +236,19 @@ impl T5Model {
             self_bias: self
                 .decoder
                 .position_bias(steps - 1, 1, steps, encoder_out)?,
+            self_pad: None,
             step: 0,
         })
+    }
+
+    /// Makes sure the precomputed decoder position bias covers `steps` cache columns.
+    pub fn plan_decoder(&self, state: &mut DecoderState, steps: i64) -> Result<(), ModelError> {
+        if state.self_bias.size()[3] < steps {
+            state.self_bias = self
+                .decoder
+                .position_bias(steps - 1, 1, steps, &state.cross_bias)?;
+        }
+        Ok(())
     }
 
     /// One greedy step: `tokens` [B] (the previous token of each row) → logits [B, vocab].
@@ -157,6 +264,17 @@ impl T5Model {
             state.self_bias.f_narrow(3, planned - 1 - step, step + 1)?
         } else {
             self.decoder.position_bias(step, 1, step + 1, &x)?
+        };
+        let bias = match state.self_pad.take() {
+            None => bias,
+            Some(pad) => {
+                let rows = pad.size()[0];
+                let own = Tensor::f_zeros([rows, 1, 1, 1], (pad.kind(), pad.device()))?;
+                let pad = Tensor::f_cat(&[pad, own], 3)?;
+                let bias = bias.f_add(&pad)?;
+                state.self_pad = Some(pad);
+                bias
+            }
         };
         let h = self
             .decoder

@@ -50,7 +50,7 @@ impl Drop for PromptSlot {
     }
 }
 
-/// Device table of prompt rows with a first-fit free list; grows by doubling.
+/// Device table of prompt rows with a first-fit free list; grows by a quarter at a time.
 pub struct PromptBank {
     table: Tensor,
     capacity: i64,
@@ -63,6 +63,8 @@ pub struct PromptBank {
 }
 
 const INITIAL_ROWS: i64 = 256;
+/// The bank grows in whole multiples of this many rows.
+const GROW_ROWS: i64 = 256;
 
 impl PromptBank {
     /// An empty bank for a model of `d_model` with `vocab_size` real tokens.
@@ -145,6 +147,17 @@ impl PromptBank {
         }))
     }
 
+    /// Makes room for `rows` more rows in one growth (a batch of registrations), so loading
+    /// many prompts does not grow the table step by step.
+    pub fn reserve(&mut self, rows: i64) -> Result<(), ModelError> {
+        self.reclaim();
+        let free: i64 = self.free.iter().map(|r| r.len).sum();
+        if free >= rows {
+            return Ok(());
+        }
+        self.grow(rows)
+    }
+
     fn take_free(&mut self, len: i64) -> Option<Region> {
         let i = self.free.iter().position(|r| r.len >= len)?;
         let r = self.free[i];
@@ -168,10 +181,11 @@ impl PromptBank {
             .last()
             .filter(|r| r.offset + r.len == self.capacity)
             .map_or(0, |r| r.len);
-        let mut capacity = self.capacity.max(1);
-        while capacity - self.capacity + tail_free < need {
-            capacity *= 2;
-        }
+        // Grow by a quarter (not doubling: the bank is most of a large server's host or device
+        // memory for prompts, and a quarter bounds the slack at 1.25x), or to fit `need`.
+        let fit = self.capacity - tail_free + need;
+        let capacity = (self.capacity + self.capacity / 4).max(fit);
+        let capacity = (capacity + GROW_ROWS - 1) / GROW_ROWS * GROW_ROWS;
         let table = Tensor::f_zeros([capacity, self.d_model], (self.kind, self.device))?;
         table.f_narrow(0, 0, self.capacity)?.f_copy_(&self.table)?;
         self.free.push(Region {
@@ -241,6 +255,24 @@ mod tests {
                 len: 512
             }]
         );
+    }
+
+    #[test]
+    fn growth_slack_stays_within_a_quarter_and_reserve_grows_once() {
+        let mut bank = PromptBank::new(10, 2, Device::Cpu, Kind::Float).unwrap();
+        let mut slots = Vec::new();
+        for i in 1..=2000 {
+            slots.push(bank.insert(&rows(20, 2, 1.0)).unwrap());
+            let (used, cap) = (bank.used_rows() as f64, bank.capacity() as f64);
+            assert!(cap <= (used * 1.25).max(256.0) + 256.0, "{i}: {cap} rows for {used}");
+        }
+        bank.reserve(100_000).unwrap();
+        let cap = bank.capacity();
+        assert!(cap >= 40_000 + 100_000);
+        for _ in 0..5000 {
+            slots.push(bank.insert(&rows(20, 2, 1.0)).unwrap());
+        }
+        assert_eq!(bank.capacity(), cap, "the reserved room was used without growing");
     }
 
     #[test]

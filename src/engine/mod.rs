@@ -199,6 +199,11 @@ impl Engine {
         &self.last_stats
     }
 
+    /// Makes room in the bank for `rows` more prompt rows at once.
+    pub fn reserve_prompt_rows(&mut self, rows: usize) -> Result<(), ModelError> {
+        self.bank.reserve(rows as i64)
+    }
+
     /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
     pub fn register_prompt(&mut self, prompt: &Prompt) -> Result<Arc<PromptSlot>, ModelError> {
         self.bank.insert(&prompt.encoder)

@@ -137,6 +137,10 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                 });
             }
             Some(Job::Register { prompts, reply }) => {
+                let rows = prompts.iter().map(|p| p.encoder.rows).sum();
+                if let Err(e) = engine.reserve_prompt_rows(rows) {
+                    tracing::warn!(rows, "could not reserve prompt bank rows: {e}");
+                }
                 let slots = prompts.iter().map(|p| engine.register_prompt(p)).collect();
                 let _ = reply.send(slots);
             }

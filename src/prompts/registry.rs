@@ -67,6 +67,17 @@ pub struct SyncReport {
     pub failed: usize,
 }
 
+/// What the registry keeps of a loaded prompt once its rows are in the engine's bank.
+struct Meta {
+    version: Option<u64>,
+    sha256: String,
+    rows: usize,
+    decoder_rows: Option<usize>,
+}
+
+/// Sources parsed and registered together during a folder sync.
+const SYNC_CHUNK: usize = 256;
+
 /// Task → served prompt.
 pub struct Registry {
     entries: RwLock<HashMap<TaskName, Arc<Entry>>>,
@@ -317,9 +328,25 @@ impl Registry {
             return Ok(report);
         }
 
+        // In chunks: parsed prompts wait in host memory only until the engine has copied them
+        // into its bank, so a folder of 100,000 prompts never holds them all twice.
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            let chunk: Vec<(TaskName, Found)> = todo.by_ref().take(SYNC_CHUNK).collect();
+            self.load_chunk(chunk, &mut report).await?;
+        }
+        Ok(report)
+    }
+
+    /// Loads a chunk of changed sources and serves those that are valid.
+    async fn load_chunk(
+        &self,
+        chunk: Vec<(TaskName, Found)>,
+        report: &mut SyncReport,
+    ) -> Result<(), RegistryError> {
         let store = self.store.clone();
         let (d_model, limits) = (self.d_model, self.limits);
-        let sources: Vec<PromptSource> = todo.iter().map(|(_, f)| f.source.clone()).collect();
+        let sources: Vec<PromptSource> = chunk.iter().map(|(_, f)| f.source.clone()).collect();
         let loaded: Vec<_> = tokio::task::spawn_blocking(move || {
             sources
                 .iter()
@@ -330,7 +357,7 @@ impl Registry {
         .map_err(|e| RegistryError::Engine(format!("load task failed: {e}")))?;
 
         let mut ok: Vec<(TaskName, Found, Loaded)> = Vec::new();
-        for ((task, found), result) in todo.into_iter().zip(loaded) {
+        for ((task, found), result) in chunk.into_iter().zip(loaded) {
             match result {
                 Ok(l) => ok.push((task, found, l)),
                 Err(e) => {
@@ -345,9 +372,20 @@ impl Registry {
                 }
             }
         }
-        let prompts: Vec<Arc<Prompt>> = ok
-            .iter()
-            .map(|(_, _, l)| Arc::new(l.prompt.clone()))
+        // The prompts move to the engine; only their sizes stay here.
+        let mut prompts: Vec<Arc<Prompt>> = Vec::with_capacity(ok.len());
+        let ok: Vec<(TaskName, Found, Meta)> = ok
+            .into_iter()
+            .map(|(task, found, l)| {
+                let meta = Meta {
+                    version: l.version,
+                    sha256: l.sha256,
+                    rows: l.prompt.encoder.rows,
+                    decoder_rows: l.prompt.decoder.as_ref().map(|d| d.rows),
+                };
+                prompts.push(Arc::new(l.prompt));
+                (task, found, meta)
+            })
             .collect();
         let slots = self
             .engine
@@ -373,11 +411,11 @@ impl Registry {
             self.failed.lock().remove(source_path(&found.source));
             let info = PromptInfo {
                 task: task.to_string(),
-                prompt_length: loaded.prompt.encoder.rows,
+                prompt_length: loaded.rows,
                 d_model: self.d_model,
                 version,
                 sha256: loaded.sha256,
-                decoder_prompt_length: loaded.prompt.decoder.as_ref().map(|d| d.rows),
+                decoder_prompt_length: loaded.decoder_rows,
                 loaded_at: now_secs(),
             };
             tracing::info!(%task, version, "prompt loaded from the folder");
@@ -395,6 +433,6 @@ impl Registry {
                 },
             );
         }
-        Ok(report)
+        Ok(())
     }
 }

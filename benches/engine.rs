@@ -80,8 +80,8 @@ fn load() -> (Engine, Vec<Arc<PromptSlot>>) {
     let loaded = load_prompt_dir(&prompts_dir, d_model, &PromptLimits::default()).expect("prompts");
     let slots = loaded
         .prompts
-        .iter()
-        .map(|(_, p)| engine.register_prompt(p).expect("register"))
+        .values()
+        .map(|p| engine.register_prompt(p).expect("register"))
         .collect();
     (engine, slots)
 }

@@ -186,7 +186,9 @@ impl PromptBank {
         let fit = self.capacity - tail_free + need;
         let capacity = (self.capacity + self.capacity / 4).max(fit);
         let capacity = (capacity + GROW_ROWS - 1) / GROW_ROWS * GROW_ROWS;
-        let table = Tensor::f_zeros([capacity, self.d_model], (self.kind, self.device))?;
+        // Uninitialised: rows past the used ones are never read (ids of real tokens gather row 0
+        // and then take the vocabulary row), and untouched host pages cost no memory.
+        let table = Tensor::f_empty([capacity, self.d_model], (self.kind, self.device))?;
         table.f_narrow(0, 0, self.capacity)?.f_copy_(&self.table)?;
         self.free.push(Region {
             offset: self.capacity,
@@ -264,7 +266,10 @@ mod tests {
         for i in 1..=2000 {
             slots.push(bank.insert(&rows(20, 2, 1.0)).unwrap());
             let (used, cap) = (bank.used_rows() as f64, bank.capacity() as f64);
-            assert!(cap <= (used * 1.25).max(256.0) + 256.0, "{i}: {cap} rows for {used}");
+            assert!(
+                cap <= (used * 1.25).max(256.0) + 256.0,
+                "{i}: {cap} rows for {used}"
+            );
         }
         bank.reserve(100_000).unwrap();
         let cap = bank.capacity();
@@ -272,7 +277,11 @@ mod tests {
         for _ in 0..5000 {
             slots.push(bank.insert(&rows(20, 2, 1.0)).unwrap());
         }
-        assert_eq!(bank.capacity(), cap, "the reserved room was used without growing");
+        assert_eq!(
+            bank.capacity(),
+            cap,
+            "the reserved room was used without growing"
+        );
     }
 
     #[test]

@@ -64,6 +64,10 @@ enum Job {
         rows: Vec<Joining>,
         reply: oneshot::Sender<(Admitted, Duration)>,
     },
+    Reserve {
+        rows: usize,
+        reply: oneshot::Sender<Result<(), ModelError>>,
+    },
 }
 
 /// Errors talking to the engine thread.
@@ -144,6 +148,9 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                 let slots = prompts.iter().map(|p| engine.register_prompt(p)).collect();
                 let _ = reply.send(slots);
             }
+            Some(Job::Reserve { rows, reply }) => {
+                let _ = reply.send(engine.reserve_prompt_rows(rows));
+            }
             Some(Job::Join { rows, reply }) => {
                 let t = Instant::now();
                 let admitted = running.admit(&mut engine, rows, cfg.max_batch_tokens);
@@ -198,6 +205,15 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Join { rows, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Makes room in the prompt bank for `rows` more rows at once (before loading many).
+    pub async fn reserve(&self, rows: usize) -> Result<Result<(), ModelError>, WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Reserve { rows, reply })
             .map_err(|_| WorkerError::Stopped)?;
         rx.await.map_err(|_| WorkerError::Stopped)
     }

@@ -330,20 +330,30 @@ impl Registry {
 
         // In chunks: parsed prompts wait in host memory only until the engine has copied them
         // into its bank, so a folder of 100,000 prompts never holds them all twice.
+        // After the first chunk, the bank makes room for the rest at once (estimated from the
+        // first chunk's prompt lengths) rather than growing chunk by chunk.
+        let mut left = todo.len();
         let mut todo = todo.into_iter().peekable();
+        let mut first = true;
         while todo.peek().is_some() {
             let chunk: Vec<(TaskName, Found)> = todo.by_ref().take(SYNC_CHUNK).collect();
-            self.load_chunk(chunk, &mut report).await?;
+            let n = chunk.len();
+            let rows = self.load_chunk(chunk, &mut report).await?;
+            left -= n;
+            if std::mem::take(&mut first) && left > 0 && rows > 0 {
+                let _ = self.engine.reserve(rows * left / n).await;
+            }
         }
         Ok(report)
     }
 
-    /// Loads a chunk of changed sources and serves those that are valid.
+    /// Loads a chunk of changed sources and serves those that are valid; returns the encoder
+    /// rows it put in the bank.
     async fn load_chunk(
         &self,
         chunk: Vec<(TaskName, Found)>,
         report: &mut SyncReport,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<usize, RegistryError> {
         let store = self.store.clone();
         let (d_model, limits) = (self.d_model, self.limits);
         let sources: Vec<PromptSource> = chunk.iter().map(|(_, f)| f.source.clone()).collect();
@@ -372,6 +382,7 @@ impl Registry {
                 }
             }
         }
+        let mut rows = 0;
         // The prompts move to the engine; only their sizes stay here.
         let mut prompts: Vec<Arc<Prompt>> = Vec::with_capacity(ok.len());
         let ok: Vec<(TaskName, Found, Meta)> = ok
@@ -424,6 +435,7 @@ impl Registry {
                 .with_label_values(&["loaded"])
                 .inc();
             report.loaded += 1;
+            rows += loaded.rows;
             self.insert(
                 task,
                 Entry {
@@ -433,6 +445,6 @@ impl Registry {
                 },
             );
         }
-        Ok(())
+        Ok(rows)
     }
 }

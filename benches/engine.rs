@@ -109,6 +109,7 @@ fn engine_passes(c: &mut Criterion) {
     let _guard = tch::no_grad_guard();
     let (mut engine, slots) = load();
     let steps = new_tokens();
+    let mut paired = Vec::new();
     for &b in &BATCH_SIZES {
         let mut group = c.benchmark_group(format!("engine/batch{b:02}"));
         group
@@ -124,6 +125,9 @@ fn engine_passes(c: &mut Criterion) {
             ),
             ("c_no_prompt", rows(b, |_| None)),
         ];
+        if std::env::args().any(|a| a == "--bench") {
+            paired.push(paired_ratios(&mut engine, b, &variants));
+        }
         for (name, batch) in &variants {
             // Same decode work in every variant: no row may stop early at </s>.
             engine.run_batch(batch).expect("batch runs");
@@ -139,6 +143,50 @@ fn engine_passes(c: &mut Criterion) {
         }
         group.finish();
     }
+    if !paired.is_empty() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/criterion/engine-paired.json");
+        std::fs::create_dir_all(path.parent().expect("a parent")).expect("criterion folder");
+        std::fs::write(&path, serde_json::to_string_pretty(&paired).expect("json"))
+            .expect("paired results");
+    }
+}
+
+/// Rounds of (a), (b), (c) back to back, in rotating order, so slow drifts of a shared machine
+/// hit all three alike; the medians of the per-round ratios are what BENCHMARKS.md quotes.
+fn paired_ratios(
+    engine: &mut Engine,
+    b: usize,
+    variants: &[(&str, Vec<RowInput>); 3],
+) -> serde_json::Value {
+    let rounds = 15;
+    let mut times = vec![Vec::with_capacity(rounds); 3];
+    for round in 0..rounds {
+        for k in 0..3 {
+            let v = (round + k) % 3;
+            let t = std::time::Instant::now();
+            engine.run_batch(&variants[v].1).expect("batch runs");
+            times[v].push(t.elapsed().as_secs_f64());
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let ratio = |x: usize| median((0..rounds).map(|r| times[x][r] / times[0][r]).collect());
+    let result = serde_json::json!({
+        "batch": b,
+        "rounds": rounds,
+        "median_ms": {
+            "a_one_task": median(times[0].clone()) * 1e3,
+            "b_all_different": median(times[1].clone()) * 1e3,
+            "c_no_prompt": median(times[2].clone()) * 1e3,
+        },
+        "b_over_a": ratio(1),
+        "c_over_a": ratio(2),
+    });
+    eprintln!("paired batch {b}: {result}");
+    result
 }
 
 criterion_group!(benches, engine_passes);

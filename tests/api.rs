@@ -523,7 +523,7 @@ async fn not_ready_until_loaded() {
 #[tokio::test]
 async fn full_queue_gets_429_with_retry_after() {
     // No batching loop: queued rows stay queued.
-    let s = setup(&["--max-queue", "3"], false).await;
+    let s = setup(&["--max-queue", "3", "--max-queue-per-task", "3"], false).await;
     let entry = s.state.registry.get("keep").unwrap();
     let row = |text: &str| {
         let ids = s.state.tokenizer.encode(text).unwrap();
@@ -552,6 +552,45 @@ async fn full_queue_gets_429_with_retry_after() {
         2,
         "refused rows are not queued"
     );
+}
+
+#[tokio::test]
+async fn a_task_past_its_share_of_the_queue_gets_429_and_others_still_queue() {
+    // No batching loop: queued rows stay queued.
+    let s = setup(&["--max-queue", "10", "--max-queue-per-task", "2"], false).await;
+    let state = s.state.clone();
+    let flood = tokio::spawn(async move {
+        call(&state, predict_req("keep", json!({"inputs": ["a", "b"]}))).await
+    });
+    while s.state.batcher.queue_len() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let r = call(&s.state, predict_req("keep", json!({"inputs": "c"}))).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.headers[header::RETRY_AFTER], "1");
+    assert_eq!(r.body["error_type"], json!("queue_full"));
+    assert!(
+        r.body["error"].as_str().unwrap().contains("task keep"),
+        "{}",
+        r.body
+    );
+    // Another task still gets in.
+    std::fs::copy(
+        s.dir.path().join("keep.npy"),
+        s.dir.path().join("other.npy"),
+    )
+    .unwrap();
+    s.state.registry.sync().await.unwrap();
+    let state = s.state.clone();
+    let queued =
+        tokio::spawn(
+            async move { call(&state, predict_req("other", json!({"inputs": "d"}))).await },
+        );
+    while s.state.batcher.queue_len() < 3 {
+        tokio::task::yield_now().await;
+    }
+    flood.abort();
+    queued.abort();
 }
 
 #[tokio::test]

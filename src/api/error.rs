@@ -75,6 +75,18 @@ pub enum ApiError {
         /// Queue capacity.
         max: usize,
     },
+    /// One task already has its share of the queue waiting; retry after the given seconds.
+    #[error(
+        "task {task} already has {queued} rows waiting, the most one task may ({max}); retry later"
+    )]
+    TaskQueueFull {
+        /// The task.
+        task: String,
+        /// Its rows waiting.
+        queued: usize,
+        /// Rows one task may have waiting.
+        max: usize,
+    },
     /// The request did not finish in time.
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
@@ -106,7 +118,7 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::QuotaExceeded(_) => "quota_exceeded",
             ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::QueueFull { .. } => "queue_full",
+            ApiError::QueueFull { .. } | ApiError::TaskQueueFull { .. } => "queue_full",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Storage(_) => "storage",
@@ -127,9 +139,9 @@ impl ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
-            ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::QueueFull { .. }
+            | ApiError::TaskQueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
@@ -158,7 +170,9 @@ impl IntoResponse for ApiError {
         });
         let mut response = (status, body).into_response();
         let retry_after = match &self {
-            ApiError::QueueFull { .. } | ApiError::Unavailable(_) => Some(1),
+            ApiError::QueueFull { .. }
+            | ApiError::TaskQueueFull { .. }
+            | ApiError::Unavailable(_) => Some(1),
             ApiError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         };

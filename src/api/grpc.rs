@@ -103,7 +103,9 @@ pub fn status(e: ApiError) -> Status {
         | ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
         ApiError::Unauthorized(_) => Code::Unauthenticated,
         ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => Code::PermissionDenied,
-        ApiError::RateLimited { .. } | ApiError::QueueFull { .. } => Code::ResourceExhausted,
+        ApiError::RateLimited { .. }
+        | ApiError::QueueFull { .. }
+        | ApiError::TaskQueueFull { .. } => Code::ResourceExhausted,
         ApiError::Timeout(_) => Code::DeadlineExceeded,
         ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,

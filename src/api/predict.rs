@@ -233,6 +233,7 @@ async fn predict_inner(
         .collect();
     let mut tickets = state.batcher.submit(rows, &share).map_err(|e| match e {
         Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
+        Refused::TaskFull { task, queued, max } => ApiError::TaskQueueFull { task, queued, max },
         Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
     })?;
     let timeout = state.limits.request_timeout;

@@ -33,6 +33,8 @@ pub struct PolicyConfig {
     pub max_wait: Duration,
     /// Rows the queue holds before refusing more.
     pub max_queue: usize,
+    /// Rows one task may have waiting, so one task's flood cannot fill the queue for all.
+    pub max_queue_per_task: usize,
     /// Padded encoder positions (rows × longest row) per forward pass.
     pub max_batch_tokens: u64,
     /// Whether rows of different tasks share a forward pass.
@@ -61,6 +63,15 @@ pub enum Refused {
         max: usize,
         /// Rows offered.
         wanted: usize,
+    },
+    /// This task already has `queued` of the `max` rows one task may have waiting.
+    TaskFull {
+        /// The task.
+        task: String,
+        /// Its rows waiting now.
+        queued: usize,
+        /// Rows one task may have waiting.
+        max: usize,
     },
     /// The server is shutting down.
     Closed,
@@ -205,6 +216,12 @@ impl<T: Queued> Policy<T> {
                 });
             }
         }
+        if let Some(refused) = self.task_over_share(&items) {
+            self.drop_cancelled();
+            if self.task_over_share(&items).is_some() {
+                return Err(refused);
+            }
+        }
         for item in items {
             let (tenant, weight) = (item.tenant(), item.weight());
             if !self.tenants.contains_key(tenant) {
@@ -222,6 +239,27 @@ impl<T: Queued> Policy<T> {
             self.len += 1;
         }
         Ok(())
+    }
+
+    /// The first task that `items` would take past its share of the queue.
+    fn task_over_share(&self, items: &[T]) -> Option<Refused> {
+        let max = self.cfg.max_queue_per_task;
+        let mut wanted: HashMap<(&str, &str), usize> = HashMap::new();
+        for item in items {
+            *wanted.entry((item.tenant(), item.task())).or_default() += 1;
+        }
+        wanted.into_iter().find_map(|((tenant, task), n)| {
+            let queued = self
+                .tenants
+                .get(tenant)
+                .and_then(|t| t.queues.get(task))
+                .map_or(0, VecDeque::len);
+            (queued + n > max).then(|| Refused::TaskFull {
+                task: task.to_string(),
+                queued,
+                max,
+            })
+        })
     }
 
     /// When the oldest waiting row reaches max wait (None when empty).
@@ -432,6 +470,7 @@ mod tests {
     fn tenants_share_slots_by_weight_across_batches() {
         let mut p = Policy::new(PolicyConfig {
             max_queue: 1000,
+            max_queue_per_task: 1000,
             ..cfg(2)
         });
         let now = Instant::now();
@@ -450,6 +489,7 @@ mod tests {
     fn a_tenant_with_many_tasks_gets_one_tenants_share() {
         let mut p = Policy::new(PolicyConfig {
             max_queue: 1000,
+            max_queue_per_task: 1000,
             ..cfg(10)
         });
         let now = Instant::now();
@@ -489,6 +529,7 @@ mod tests {
             max_batch_size,
             max_wait: Duration::from_millis(10),
             max_queue: 100,
+            max_queue_per_task: 100,
             max_batch_tokens: 1 << 20,
             batching: Batching::Mixed,
         }
@@ -527,6 +568,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(PolicyConfig {
             max_queue: 1000,
+            max_queue_per_task: 1000,
             ..cfg(4)
         });
         p.push_all((0..200).map(|i| row("flood", i)).collect(), t0)
@@ -563,6 +605,7 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Policy::new(PolicyConfig {
             max_queue: 3,
+            max_queue_per_task: 3,
             ..cfg(8)
         });
         p.push_all(vec![row("a", 0), row("a", 1)], t0).unwrap();
@@ -583,10 +626,43 @@ mod tests {
     }
 
     #[test]
+    fn one_task_cannot_take_more_than_its_share_of_the_queue() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 10,
+            max_queue_per_task: 3,
+            ..cfg(8)
+        });
+        p.push_all(vec![row("flood", 0), row("flood", 1)], t0)
+            .unwrap();
+        let err = p
+            .push_all(vec![row("flood", 2), row("flood", 3)], t0)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            Refused::TaskFull {
+                task: "flood".into(),
+                queued: 2,
+                max: 3
+            }
+        );
+        // All or nothing: a request mixing a full task with another queues neither.
+        assert!(p
+            .push_all(vec![row("b", 0), row("flood", 2), row("flood", 3)], t0)
+            .is_err());
+        assert_eq!(p.len(), 2);
+        p.push_all(vec![row("flood", 2)], t0).unwrap();
+        p.push_all(vec![row("b", 0), row("c", 0), row("b", 1)], t0)
+            .unwrap();
+        assert_eq!(p.len(), 6);
+    }
+
+    #[test]
     fn cancelled_rows_are_dropped_and_free_room() {
         let t0 = Instant::now();
         let mut p = Policy::new(PolicyConfig {
             max_queue: 2,
+            max_queue_per_task: 2,
             ..cfg(8)
         });
         let gone = row("a", 0);

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_MAX_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
+    /// Rows one task may have waiting (default: half of --max-queue), so a flooding task gets
+    /// 429 before it fills the queue for every other task.
+    #[arg(long, env = "PROMPTD_MAX_QUEUE_PER_TASK",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queue_per_task: Option<u32>,
     /// auto | cpu | cuda | cuda:N
     #[arg(long, env = "PROMPTD_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
@@ -189,6 +194,9 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
             max_batch_size: args.max_batch_size as usize,
             max_wait: Duration::from_millis(args.max_wait_ms),
             max_queue: args.max_queue as usize,
+            max_queue_per_task: args
+                .max_queue_per_task
+                .map_or((args.max_queue as usize / 2).max(1), |n| n as usize),
             max_batch_tokens: args.max_batch_tokens,
             batching: args.batching,
         },

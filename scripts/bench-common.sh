@@ -1,0 +1,36 @@
+# Shared by the scripts/bench-*.sh load benchmarks: the bench model and prompts, and one
+# server at a time on a fixed local port. Source it; needs a release build (make build).
+bin="$root/target/release/promptd"
+models="$root/bench-models"
+port=18091
+url="http://127.0.0.1:$port"
+
+# prepare <mini|small> <prompt count>: sets $model, $prompts, $d_model; makes what is missing.
+prepare() {
+  local shape="$1" count="$2"
+  case "$shape" in
+    mini) d_model=128 ;;
+    small) d_model=512 ;;
+    *) echo "shape: mini or small" >&2; exit 2 ;;
+  esac
+  model="$models/$shape"
+  prompts="$models/prompts-$d_model-$count"
+  [[ -f "$model/model.safetensors" ]] || "$bin" make-model --shape "$shape" --out "$model" >&2
+  [[ -d "$prompts" ]] || "$bin" make-prompts --count "$count" --length 20 --d-model "$d_model" --out "$prompts" >&2
+}
+
+# start_server [serve flags...]: serves $model and $prompts on $url, waits until ready.
+start_server() {
+  "$bin" serve --model "$model" --prompts "$prompts" --addr "127.0.0.1:$port" --grpc-addr off \
+    --audit-log off --max-queue 4096 "$@" >/dev/null 2>"$models/server.log" &
+  server_pid=$!
+  until curl -sf "$url/readyz" >/dev/null; do
+    kill -0 "$server_pid" 2>/dev/null || { cat "$models/server.log" >&2; exit 1; }
+    sleep 0.2
+  done
+}
+
+stop_server() {
+  kill -TERM "$server_pid"
+  wait "$server_pid" || true
+}

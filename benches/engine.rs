@@ -160,7 +160,7 @@ fn paired_ratios(
     variants: &[(&str, Vec<RowInput>); 3],
 ) -> serde_json::Value {
     let rounds = 15;
-    let mut times = vec![Vec::with_capacity(rounds); 3];
+    let mut times: Vec<Vec<f64>> = (0..3).map(|_| Vec::with_capacity(rounds)).collect();
     for round in 0..rounds {
         for k in 0..3 {
             let v = (round + k) % 3;

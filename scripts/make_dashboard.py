@@ -76,8 +76,11 @@ panels.append(row("Batching", y)); y += 1
 panels.append(panel("Rows and tasks per forward pass", "short", [
     q(mean("promptd_batch_size"), "rows per pass (mean)"),
     q(mean("promptd_batch_tasks"), "tasks per pass (mean)"),
-    q(quantile(0.99, "promptd_batch_tasks"), "tasks per pass (p99)")], 0, y,
-    description="When tasks per pass follows rows per pass, requests of different tasks share forward passes."))
+    q(quantile(0.99, "promptd_batch_tasks"), "tasks per pass (p99)"),
+    q(mean("promptd_decode_rows"), "rows decoding together (mean)"),
+    q(mean("promptd_decode_tasks"), "tasks decoding together (mean)")], 0, y,
+    description="When tasks per pass follows rows per pass, requests of different tasks share forward passes. "
+                "Under continuous batching, encoder passes hold the rows joining; the decode lines show the running batch."))
 panels.append(panel("Forward pass duration", "s", [
     q(quantile(0.5, "promptd_batch_duration_seconds"), "p50"),
     q(quantile(0.99, "promptd_batch_duration_seconds"), "p99"),

@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Offline: rows per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Offline: decode continuously (freed places refilled at every step) instead of in
+    /// static batches.
+    #[arg(long, requires = "offline")]
+    pub offline_continuous: bool,
 }
 
 /// xorshift64*: small, seeded, good enough for arrival times and task draws.
@@ -424,6 +428,7 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
 /// The same requests as the load, run by this process's own engine in full batches: what the
 /// hardware gives without a server. Runs for --warmup-s, then measures --duration-s.
 fn offline(args: &BenchArgs) -> Result<(), String> {
+    use crate::engine::continuous::{Joining, RowResult, Running};
     use crate::engine::{Engine, RowInput};
     use crate::model::{ModelOptions, T5Model, T5Tokenizer};
     use crate::prompts::{load_prompt_dir, PromptLimits};
@@ -482,7 +487,45 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     let warm_until = start + Duration::from_secs_f64(args.warmup_s);
     let end = warm_until + Duration::from_secs_f64(args.duration_s);
     let (mut rows_done, mut tokens, mut passes, mut measured_from) = (0u64, 0u64, 0u64, None);
-    while Instant::now() < end {
+    if args.offline_continuous {
+        // A saturated continuous batch: every freed place is refilled at the next step.
+        let mut running = Running::new(engine.model());
+        let mut waiting: Vec<(bool, tokio::sync::oneshot::Receiver<RowResult>)> = Vec::new();
+        while Instant::now() < end {
+            let measured = Instant::now() >= warm_until;
+            if measured {
+                measured_from.get_or_insert_with(Instant::now);
+            }
+            let room = args.batch_size - running.len();
+            if room > 0 {
+                let mut joining = Vec::with_capacity(room);
+                for _ in 0..room {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    joining.push(Joining {
+                        row: next_row()?,
+                        reply,
+                    });
+                    waiting.push((measured, rx));
+                }
+                passes += running
+                    .admit(&mut engine, joining, max_batch_tokens)
+                    .passes
+                    .len() as u64;
+            }
+            running.step(engine.model());
+            waiting.retain_mut(|(counted, rx)| match rx.try_recv() {
+                Ok(out) => {
+                    if *counted {
+                        rows_done += 1;
+                        tokens += out.map_or(0, |o| o.token_ids.len() as u64);
+                    }
+                    false
+                }
+                Err(_) => true,
+            });
+        }
+    }
+    while !args.offline_continuous && Instant::now() < end {
         let rows: Vec<RowInput> = (0..args.batch_size)
             .map(|_| next_row())
             .collect::<Result<_, _>>()?;
@@ -503,7 +546,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     }
     let secs = measured_from.map_or(f64::NAN, |t| (Instant::now() - t).as_secs_f64());
     let summary = json!({
-        "mode": "offline",
+        "mode": if args.offline_continuous { "offline-continuous" } else { "offline" },
         "tasks": args.tasks,
         "batch_size": args.batch_size,
         "duration_s": secs,

@@ -105,4 +105,43 @@ fn make_model_and_prompts_are_deterministic_and_serve() {
         "{ids:?}"
     );
     assert_ne!(ids[0], ids[1]);
+
+    // The offline engine mode of the load generator, static and continuous, on the same model.
+    for extra in [&[][..], &["--offline-continuous"][..]] {
+        let mut args = vec![
+            "bench",
+            "--offline",
+            "--model",
+            a.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--tasks",
+            "3",
+            "--batch-size",
+            "4",
+            "--min-new-tokens",
+            "1",
+            "--max-new-tokens",
+            "4",
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = promptd(&args);
+        let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(summary["rows_per_s"].as_f64().unwrap() > 0.0, "{summary}");
+        assert!(
+            summary["generated_tokens_per_s"].as_f64().unwrap() > 0.0,
+            "{summary}"
+        );
+        let mode = if extra.is_empty() {
+            "offline"
+        } else {
+            "offline-continuous"
+        };
+        assert_eq!(summary["mode"], mode);
+    }
 }

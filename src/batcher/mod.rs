@@ -137,11 +137,6 @@ impl Batcher {
         })
     }
 
-    /// How this batcher decodes.
-    pub fn decode(&self) -> Decode {
-        self.decode
-    }
-
     /// Queues rows `(task, row)` of one tenant all together or not at all; one ticket per row.
     pub fn submit(
         &self,

@@ -79,7 +79,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Offline: run the same requests straight through the engine in this process (no
-    /// server, no HTTP), in batches of --batch-size rows, for the server-overhead comparison.
+    /// server, no HTTP; CPU, f32), in batches of --batch-size rows, for the server-overhead
+    /// comparison.
     #[arg(long, requires_all = ["model", "prompts"])]
     pub offline: bool,
     /// Offline: the model folder.

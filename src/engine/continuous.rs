@@ -8,8 +8,8 @@ use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
 use super::{
-    count_tasks, guarded, split_by_token_budget, BatchStats, Engine, EngineError, RowInput,
-    RowOutput,
+    count_label_pairs, count_tasks, guarded, split_by_token_budget, BatchStats, Engine,
+    EngineError, RowInput, RowOutput,
 };
 use crate::model::{DecoderState, T5Model};
 
@@ -327,11 +327,7 @@ fn prepare(engine: &mut Engine, rows: &[RowInput]) -> Result<Fresh, EngineError>
         rows: rows.len(),
         tasks: count_tasks(rows.iter()),
         padded_encoder_tokens: rows.len() * encoded.width,
-        label_pairs: rows
-            .iter()
-            .filter(|r| !r.is_cancelled())
-            .map(|r| r.labels.len())
-            .sum(),
+        label_pairs: count_label_pairs(rows),
         ..BatchStats::default()
     };
     Ok(Fresh {

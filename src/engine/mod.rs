@@ -132,6 +132,14 @@ pub fn count_tasks<'a>(rows: impl Iterator<Item = &'a RowInput>) -> usize {
     prompts.len()
 }
 
+/// (row, label) pairs to score: the labels of rows not cancelled.
+pub fn count_label_pairs(rows: &[RowInput]) -> usize {
+    rows.iter()
+        .filter(|r| !r.is_cancelled())
+        .map(|r| r.labels.len())
+        .sum()
+}
+
 /// What one row produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowOutput {
@@ -224,11 +232,7 @@ impl Engine {
         let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
         let cancelled = |i: usize| rows[i].is_cancelled();
         let generated = greedy::generate(&self.model, encoder_out, mask, &max_new, &cancelled)?;
-        let label_pairs = rows
-            .iter()
-            .filter(|r| !r.is_cancelled())
-            .map(|r| r.labels.len())
-            .sum();
+        let label_pairs = count_label_pairs(rows);
         let scores = self.score_rows(rows, &encoded)?;
         self.last_stats = BatchStats {
             rows: rows.len(),

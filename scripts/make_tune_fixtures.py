@@ -13,10 +13,13 @@ For each tiny model in tests/fixtures/models/ (made by make_fixtures.py) writes,
                           right-padded with id 0, mask 0; eval mode, frozen weights);
                           adafactor_losses / adam_losses: the loss before each of 3 steps
   grad.safetensors        `grad` dLoss/dP at P0 [4, d] f32, `grad_f64` the same in float64
-  adafactor.safetensors   `step1`..`step3`: P (f32) after each transformers Adafactor step
+  adafactor.safetensors   `step1`..`step3`: P (f32) after each transformers Adafactor step;
+                          `grad1`..`grad3`: the gradient each step used; `f64_step1`..`f64_step3`:
+                          the same run in float64
                           (lr=0.3, scale_parameter/relative_step/warmup_init False, decay_rate=-0.8,
                           weight_decay=1e-5, clip_threshold=1.0, beta1=None)
-  adam.safetensors        `step1`..`step3`: P after each torch.optim.Adam(lr=0.01) step
+  adam.safetensors        `step1`..`step3`: P after each torch.optim.Adam(lr=0.01) step, and
+                          `grad1`..`grad3`
   sgd.safetensors         `step1`: P after one torch.optim.SGD(lr=1.0) step (= P0 - grad)
 Each step: zero grad, loss on the full 6-row batch, backward, step.
 
@@ -96,14 +99,16 @@ def load_frozen(path, dtype):
 def run_optimizer(model, p0, make_opt, steps, batch_t):
     prompt = p0.clone().requires_grad_(True)
     opt = make_opt([prompt])
-    losses, states = [], []
+    losses, states, grads = [], [], []
     for _ in range(steps):
         opt.zero_grad()
         loss = tune_loss(model, prompt, *batch_t)
         loss.backward()
+        grads.append(prompt.grad.detach().clone())
         opt.step()
         losses.append(float(loss))
         states.append(prompt.detach().clone())
+    run_optimizer.grads = grads
     return losses, states
 
 
@@ -136,10 +141,17 @@ def build(model_dir, out_dir, seed):
     loss64.backward()
     grad64 = prompt64.grad.detach().clone()
 
-    ada_losses, ada_states = run_optimizer(model, p0, lambda ps: Adafactor(
-        ps, lr=0.3, scale_parameter=False, relative_step=False, warmup_init=False, decay_rate=-0.8,
-        weight_decay=1e-5, clip_threshold=1.0, beta1=None), STEPS, batch_t)
+    def adafactor(ps):
+        return Adafactor(ps, lr=0.3, scale_parameter=False, relative_step=False, warmup_init=False,
+                         decay_rate=-0.8, weight_decay=1e-5, clip_threshold=1.0, beta1=None)
+
+    ada_losses, ada_states = run_optimizer(model, p0, adafactor, STEPS, batch_t)
+    ada_grads = run_optimizer.grads
+    # The same run in float64: how far transformers' own float32 trajectory drifts from exact
+    # (Adafactor's per-row/column normalisation amplifies rounding after the first step).
+    _, ada_states64 = run_optimizer(model64, p0.double(), adafactor, STEPS, batch_t)
     adam_losses, adam_states = run_optimizer(model, p0, lambda ps: torch.optim.Adam(ps, lr=0.01), STEPS, batch_t)
+    adam_grads = run_optimizer.grads
     _, sgd_states = run_optimizer(model, p0, lambda ps: torch.optim.SGD(ps, lr=1.0), 1, batch_t)
     assert ada_losses[0] == adam_losses[0] == float(loss)
     # transformers averages over all non-ignored label tokens of the batch (not per row first), and
@@ -168,9 +180,13 @@ def build(model_dir, out_dir, seed):
     save_file({"prompt": p0}, os.path.join(out_dir, "p0.safetensors"), metadata=meta)
     save_file({"grad": grad.contiguous(), "grad_f64": grad64.contiguous()},
               os.path.join(out_dir, "grad.safetensors"), metadata=meta)
-    for name, states in (("adafactor", ada_states), ("adam", adam_states), ("sgd", sgd_states)):
-        save_file({f"step{i + 1}": s.contiguous() for i, s in enumerate(states)},
-                  os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
+    for name, states, grads, states64 in (("adafactor", ada_states, ada_grads, ada_states64),
+                                          ("adam", adam_states, adam_grads, []),
+                                          ("sgd", sgd_states, [], [])):
+        tensors = {f"step{i + 1}": s.contiguous() for i, s in enumerate(states)}
+        tensors.update({f"grad{i + 1}": g.contiguous() for i, g in enumerate(grads)})
+        tensors.update({f"f64_step{i + 1}": s.contiguous() for i, s in enumerate(states64)})
+        save_file(tensors, os.path.join(out_dir, f"{name}.safetensors"), metadata=meta)
     expected = {
         "prompt_length": PROMPT_LENGTH,
         "input_ids": input_ids,

@@ -10,3 +10,4 @@ pub mod metrics;
 pub mod model;
 pub mod prompts;
 pub mod tenants;
+pub mod tune;

@@ -6,6 +6,8 @@ fn main() -> std::process::ExitCode {
     init_tracing(cli.log_json);
     let result = match cli.command {
         Command::Predict(args) => promptd::cli::predict::run(args),
+        Command::Tune(args) => promptd::cli::tune::run_tune(args),
+        Command::Eval(args) => promptd::cli::tune::run_eval(args),
         Command::Serve(args) => promptd::cli::serve::run(args),
         Command::HashKey(args) => promptd::cli::keys::run(args),
         Command::MakeModel(args) => promptd::cli::make_model::make_model(args),

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use parking_lot::Mutex;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label for tasks beyond the labelled set.
@@ -63,6 +63,14 @@ pub struct Metrics {
     pub audit_errors: IntCounter,
     /// Reloads of the tenants file by result.
     pub tenant_reloads: IntCounterVec,
+    /// Tuning jobs by state (set at each scrape).
+    pub tune_jobs: IntGaugeVec,
+    /// Tuning optimizer steps taken.
+    pub tune_steps: Counter,
+    /// Engine seconds spent on tuning jobs.
+    pub tune_engine_seconds: Counter,
+    /// Latest training loss of each queued or running job (series leave when jobs end).
+    pub tune_loss: GaugeVec,
 }
 
 /// Most distinct `tenant` label values; later tenants count as `_other`.
@@ -208,7 +216,31 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let tune_jobs = IntGaugeVec::new(
+            Opts::new("promptd_tune_jobs", "Tuning jobs by state"),
+            &["state"],
+        )
+        .expect("valid metric");
+        let tune_steps = Counter::new("promptd_tune_steps_total", "Tuning optimizer steps taken")
+            .expect("valid metric");
+        let tune_engine_seconds = Counter::new(
+            "promptd_tune_engine_seconds_total",
+            "Engine seconds spent on tuning jobs (steps and dev evaluations)",
+        )
+        .expect("valid metric");
+        let tune_loss = GaugeVec::new(
+            Opts::new(
+                "promptd_tune_loss",
+                "Latest training loss of each queued or running tuning job",
+            ),
+            &["job"],
+        )
+        .expect("valid metric");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(tune_jobs.clone()),
+            Box::new(tune_steps.clone()),
+            Box::new(tune_engine_seconds.clone()),
+            Box::new(tune_loss.clone()),
             Box::new(requests.clone()),
             Box::new(request_duration.clone()),
             Box::new(queue_wait.clone()),
@@ -255,6 +287,10 @@ impl Metrics {
             tenant_rejections,
             audit_errors,
             tenant_reloads,
+            tune_jobs,
+            tune_steps,
+            tune_engine_seconds,
+            tune_loss,
             requests,
             request_duration,
             queue_wait,

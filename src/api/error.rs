@@ -90,6 +90,9 @@ pub enum ApiError {
     /// The request did not finish in time.
     #[error("the request did not finish within {0} ms")]
     Timeout(u64),
+    /// The request conflicts with the resource's state (e.g. cancelling an ended job).
+    #[error("{0}")]
+    Conflict(String),
     /// The server is not ready (loading) or is shutting down.
     #[error("{0}")]
     Unavailable(String),
@@ -120,6 +123,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::QueueFull { .. } | ApiError::TaskQueueFull { .. } => "queue_full",
             ApiError::Timeout(_) => "timeout",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Storage(_) => "storage",
             ApiError::Internal(_) => "internal",
@@ -143,6 +147,7 @@ impl ApiError {
             | ApiError::QueueFull { .. }
             | ApiError::TaskQueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Storage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

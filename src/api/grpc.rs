@@ -107,6 +107,7 @@ pub fn status(e: ApiError) -> Status {
         | ApiError::QueueFull { .. }
         | ApiError::TaskQueueFull { .. } => Code::ResourceExhausted,
         ApiError::Timeout(_) => Code::DeadlineExceeded,
+        ApiError::Conflict(_) => Code::FailedPrecondition,
         ApiError::Unavailable(_) => Code::Unavailable,
         ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
     };

@@ -7,6 +7,7 @@ pub mod kserve;
 pub mod openapi;
 pub mod predict;
 pub mod prompts;
+pub mod tune;
 pub mod validate;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,8 @@ pub struct AppState {
     pub tenants: Arc<crate::tenants::Tenants>,
     /// Where prompt changes are recorded (None: not recorded).
     pub audit: Option<Arc<crate::prompts::audit::AuditLog>>,
+    /// Tuning jobs.
+    pub tuning: Arc<tune::TuneService>,
 }
 
 impl AppState {
@@ -99,6 +102,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let prompt_limit = DefaultBodyLimit::max(state.limits.max_prompt_bytes);
     let body_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
+    let tune_limit = DefaultBodyLimit::max(state.tuning.limits.max_body_bytes);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -115,6 +119,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/tasks/{task}/predict",
             post(predict::predict).layer(body_limit),
         )
+        .route("/v1/tasks/{task}/tune", post(tune::start).layer(tune_limit))
+        .route("/v1/tune-jobs", get(tune::list))
+        .route(
+            "/v1/tune-jobs/{id}",
+            get(tune::get_one).delete(tune::cancel),
+        )
+        .route("/v1/tune-jobs/{id}/promote", post(tune::promote))
         .route("/v2", get(kserve::server_metadata))
         .route("/v2/health/live", get(kserve::live))
         .route("/v2/health/ready", get(kserve::ready))
@@ -272,6 +283,7 @@ pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let ready = readiness(&state).1.is_none();
     state.metrics.ready.set(i64::from(ready));
+    state.tuning.update_metrics(&state.metrics);
     (
         [(
             header::CONTENT_TYPE,

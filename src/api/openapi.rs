@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{kserve, predict, prompts};
+use super::{kserve, predict, prompts, tune};
 
 /// The `{task}` path parameter.
 #[derive(utoipa::IntoParams)]
@@ -46,6 +46,11 @@ pub struct TaskVersionParams {
         prompts::get_one,
         prompts::delete,
         predict::predict,
+        tune::start,
+        tune::list,
+        tune::get_one,
+        tune::cancel,
+        tune::promote,
         kserve::server_metadata,
         kserve::live,
         kserve::ready,
@@ -62,6 +67,7 @@ pub struct TaskVersionParams {
     tags(
         (name = "predict", description = "Generation and label scoring"),
         (name = "prompts", description = "Soft prompts: upload, replace, list, delete"),
+        (name = "tuning", description = "Prompt tuning jobs on the served model"),
         (name = "kserve", description = "KServe Open Inference Protocol v2"),
         (name = "health", description = "Probes and metrics"),
     )

@@ -4,6 +4,7 @@ pub mod keys;
 pub mod make_model;
 pub mod predict;
 pub mod serve;
+pub mod tune;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,10 @@ pub struct Cli {
 pub enum Command {
     /// Read JSON lines {"task","input","labels"?,"max_new_tokens"?} on stdin, write one result line each.
     Predict(predict::PredictArgs),
+    /// Learn a soft prompt on the frozen model from labelled JSON lines (prompt tuning).
+    Tune(tune::TuneArgs),
+    /// Score a prompt (or none, or a text prefix) on labelled JSON lines.
+    Eval(tune::EvalArgs),
     /// Serve the HTTP API: prompt uploads, mixed-task batched predictions, metrics.
     Serve(serve::ServeArgs),
     /// Print the SHA-256 of an API key (read on stdin) for a tenants file, or make a new key.

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::tune::{TuneLimits, TuneService};
 use crate::api::validate::RowLimits;
 use crate::api::{app, ApiLimits, AppState, Lifecycle};
 use crate::batcher::{Batcher, Batching, Decode, PolicyConfig};
@@ -19,6 +20,7 @@ use crate::prompts::registry::Registry;
 use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
 use crate::tenants::Tenants;
+use crate::tune::jobs::JobTable;
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -118,6 +120,25 @@ pub struct ServeArgs {
     /// Audit log of prompt changes (JSON lines); default `<prompts>/.audit.jsonl`, `off` for none.
     #[arg(long, env = "PROMPTD_AUDIT_LOG")]
     pub audit_log: Option<String>,
+    /// Most of the engine's recent time tuning jobs may take while requests are being served
+    /// (an idle engine tunes at full speed).
+    #[arg(long, env = "PROMPTD_TUNE_SHARE", default_value_t = 0.25)]
+    pub tune_share: f64,
+    /// Training plus dev rows one tuning job may carry.
+    #[arg(long, env = "PROMPTD_TUNE_MAX_ROWS", default_value_t = 10_000)]
+    pub tune_max_rows: usize,
+    /// Steps one tuning job may take.
+    #[arg(long, env = "PROMPTD_TUNE_MAX_STEPS", default_value_t = 20_000)]
+    pub tune_max_steps: usize,
+    /// Rows per tuning step (bounds how long one step holds the engine).
+    #[arg(long, env = "PROMPTD_TUNE_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub tune_max_batch_size: usize,
+    /// Queued or running tuning jobs per tenant.
+    #[arg(long, env = "PROMPTD_TUNE_MAX_JOBS_PER_TENANT", default_value_t = 2)]
+    pub tune_max_jobs_per_tenant: usize,
+    /// Size of a tuning request body in bytes.
+    #[arg(long, env = "PROMPTD_TUNE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
+    pub tune_max_body_bytes: usize,
     /// Distinct task values of the `task` metric label; other tasks count as `_other`.
     #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
     pub metrics_max_tasks: usize,
@@ -174,8 +195,19 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
         device,
         kind,
         max_batch_tokens: args.max_batch_tokens,
+        tune_share: args.tune_share,
     })
     .map_err(|e| format!("starting the engine thread: {e}"))?;
+    let tuning = Arc::new(TuneService {
+        jobs: JobTable::open(&args.prompts).map_err(|e| format!("tuning jobs: {e}"))?,
+        limits: TuneLimits {
+            max_rows: args.tune_max_rows,
+            max_steps: args.tune_max_steps,
+            max_batch_size: args.tune_max_batch_size.max(1),
+            max_jobs_per_tenant: args.tune_max_jobs_per_tenant,
+            max_body_bytes: args.tune_max_body_bytes,
+        },
+    });
     let store = Store::open(&args.prompts)
         .map_err(|e| format!("prompts folder {}: {e}", args.prompts.display()))?;
     let limits = PromptLimits {
@@ -248,6 +280,7 @@ pub fn build(args: &ServeArgs) -> Result<Server, String> {
         lifecycle,
         tenants: Arc::new(tenants),
         audit,
+        tuning,
     };
     Ok(Server {
         state,
@@ -262,6 +295,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     } = build(&args)?;
     let batcher = state.batcher.clone();
     let lifecycle = state.lifecycle.clone();
+    let tuning = state.tuning.clone();
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("binding {}: {e}", args.addr))?;
@@ -349,6 +383,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     startup.abort();
     let _ = startup.await;
     tenant_watch.abort();
+    tuning
+        .jobs
+        .fail_active("the server shut down before the job ended");
     // Every engine handle is gone now; the engine thread ends after its current job.
     let joined = tokio::time::timeout(
         Duration::from_secs(5),

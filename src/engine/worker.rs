@@ -13,6 +13,7 @@ use super::continuous::{Admitted, Joining, Running};
 use super::{BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
 use crate::model::{ModelError, ModelOptions, T5Model};
 use crate::prompts::Prompt;
+use crate::tune::scheduler::{TuneScheduler, TuneWork};
 
 /// What the engine thread needs to start.
 #[derive(Debug, Clone)]
@@ -25,6 +26,8 @@ pub struct EngineConfig {
     pub kind: Kind,
     /// Padded encoder positions per forward pass.
     pub max_batch_tokens: u64,
+    /// Most of the engine's recent time tuning jobs may take while serving is busy.
+    pub tune_share: f64,
 }
 
 /// Engine life cycle, published on a watch channel.
@@ -68,6 +71,7 @@ enum Job {
         rows: usize,
         reply: oneshot::Sender<Result<(), ModelError>>,
     },
+    Tune(Box<TuneWork>),
 }
 
 /// Errors talking to the engine thread.
@@ -120,17 +124,27 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
     );
     state.send_replace(EngineState::Ready);
     let mut running = Running::new(engine.model());
+    let mut tuning = TuneScheduler::new(cfg.tune_share);
     loop {
-        // Between decode steps, take every job that waits; with nothing decoding, wait for one.
-        let job = if running.is_empty() {
+        // Between decode steps, take every job that waits; with nothing decoding or tuning,
+        // wait for one.
+        let job = if running.is_empty() && !tuning.has_work() {
             match jobs.recv() {
                 Ok(job) => Some(job),
                 Err(_) => break,
             }
         } else {
-            jobs.try_recv().ok()
+            match jobs.try_recv() {
+                Ok(job) => Some(job),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) if running.is_empty() => break,
+                Err(mpsc::TryRecvError::Disconnected) => None,
+            }
         };
+        let idle = job.is_none() && running.is_empty();
+        let serving = Instant::now();
         match job {
+            Some(Job::Tune(work)) => tuning.submit(*work),
             Some(Job::Run { rows, reply }) => {
                 let t = Instant::now();
                 let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
@@ -159,7 +173,12 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             None => {}
         }
         running.step(engine.model());
+        tuning.note_serving(serving.elapsed());
+        if tuning.may_step(idle) {
+            tuning.step(&mut engine);
+        }
     }
+    tuning.fail_all("the server stopped before the job ended");
     state.send_replace(EngineState::Stopped);
     tracing::info!("engine stopped");
 }
@@ -216,6 +235,13 @@ impl EngineHandle {
             .send(Job::Reserve { rows, reply })
             .map_err(|_| WorkerError::Stopped)?;
         rx.await.map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Hands a tuning job to the engine thread, which steps it between serving passes.
+    pub fn tune(&self, work: TuneWork) -> Result<(), WorkerError> {
+        self.jobs
+            .send(Job::Tune(Box::new(work)))
+            .map_err(|_| WorkerError::Stopped)
     }
 
     /// Writes prompts into the bank; one result per prompt, in order.

@@ -56,6 +56,13 @@ pub struct T5Config {
     /// First decoder input.
     #[serde(default)]
     pub decoder_start_token_id: Option<i64>,
+    /// Training dropout (prompt tuning's default; serving never drops).
+    #[serde(default = "default_dropout")]
+    pub dropout_rate: f64,
+}
+
+fn default_dropout() -> f64 {
+    0.1
 }
 
 fn default_vocab_size() -> i64 {
@@ -164,6 +171,12 @@ impl T5Config {
                     "{name} must be positive, got {value}"
                 )));
             }
+        }
+        if !(0.0..1.0).contains(&self.dropout_rate) {
+            return Err(ModelError::Config(format!(
+                "dropout_rate must be in [0, 1), got {}",
+                self.dropout_rate
+            )));
         }
         if self.num_layers < 0 || self.decoder_layers() < 1 {
             return Err(ModelError::Config(format!(

@@ -20,6 +20,11 @@ impl T5LayerNorm {
         })
     }
 
+    /// Adds this module's weights to `out`.
+    pub fn collect(&self, out: &mut Vec<Tensor>) {
+        out.push(self.weight.shallow_clone());
+    }
+
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let x32 = x.f_to_kind(Kind::Float)?;
@@ -28,6 +33,15 @@ impl T5LayerNorm {
             .f_mean_dim(-1, true, Kind::Float)?;
         let normed = x32.f_mul(&(variance + self.eps).f_rsqrt()?)?;
         Ok(self.weight.f_mul(&normed.f_to_kind(self.weight.kind())?)?)
+    }
+}
+
+/// Training-mode dropout with probability `p` (identity when `p` is 0, as in every serving pass).
+pub fn dropout(x: Tensor, p: f64) -> Result<Tensor, ModelError> {
+    if p > 0.0 {
+        Ok(x.f_dropout(p, true)?)
+    } else {
+        Ok(x)
     }
 }
 
@@ -87,17 +101,32 @@ impl T5LayerFF {
         })
     }
 
-    /// x + FF(norm(x))
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+    /// Adds this module's weights to `out`.
+    pub fn collect(&self, out: &mut Vec<Tensor>) {
+        match &self.dense {
+            DenseReluDense::Act { wi, wo } => out.extend([wi, wo].map(Tensor::shallow_clone)),
+            DenseReluDense::Gated { wi_0, wi_1, wo } => {
+                out.extend([wi_0, wi_1, wo].map(Tensor::shallow_clone))
+            }
+        }
+        self.layer_norm.collect(out);
+    }
+
+    /// x + FF(norm(x)); `drop` is the training dropout (0 when serving).
+    pub fn forward(&self, x: &Tensor, drop: f64) -> Result<Tensor, ModelError> {
         let h = self.layer_norm.forward(x)?;
         let out = match &self.dense {
-            DenseReluDense::Act { wi, wo } => linear(&activate(self.act, &linear(&h, wi)?)?, wo)?,
+            DenseReluDense::Act { wi, wo } => {
+                let inner = dropout(activate(self.act, &linear(&h, wi)?)?, drop)?;
+                linear(&inner, wo)?
+            }
             DenseReluDense::Gated { wi_0, wi_1, wo } => {
                 let gate = activate(self.act, &linear(&h, wi_0)?)?;
-                linear(&gate.f_mul(&linear(&h, wi_1)?)?, wo)?
+                let inner = dropout(gate.f_mul(&linear(&h, wi_1)?)?, drop)?;
+                linear(&inner, wo)?
             }
         };
-        Ok(x.f_add(&out)?)
+        Ok(x.f_add(&dropout(out, drop)?)?)
     }
 }
 
@@ -144,6 +173,16 @@ impl T5Attention {
         })
     }
 
+    /// Adds this module's weights to `out`.
+    pub fn collect(&self, out: &mut Vec<Tensor>) {
+        out.extend([&self.q, &self.k, &self.v, &self.o].map(Tensor::shallow_clone));
+        out.extend(
+            self.relative_attention_bias
+                .iter()
+                .map(Tensor::shallow_clone),
+        );
+    }
+
     /// [B, T, d] → [B, H, T, d_kv]
     fn split_heads(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
@@ -159,21 +198,26 @@ impl T5Attention {
         ))
     }
 
-    /// Attention of `x` over (keys, values) with an additive `bias` broadcastable to [B, H, T, S].
+    /// Attention of `x` over (keys, values) with an additive `bias` broadcastable to [B, H, T, S];
+    /// `drop` is the training dropout on the attention weights (0 when serving).
     pub fn attend(
         &self,
         x: &Tensor,
         keys: &Tensor,
         values: &Tensor,
         bias: &Tensor,
+        drop: f64,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.split_heads(&linear(x, &self.q)?)?;
         let scores = q.f_matmul(&keys.f_transpose(2, 3)?)?.f_add(bias)?;
         // Softmax accumulates in f32 so bf16/f16 weights stay stable.
-        let weights = scores
-            .f_softmax(-1, Kind::Float)?
-            .f_to_kind(values.kind())?;
+        let weights = dropout(
+            scores
+                .f_softmax(-1, Kind::Float)?
+                .f_to_kind(values.kind())?,
+            drop,
+        )?;
         let out = weights.f_matmul(values)?.f_transpose(1, 2)?.f_reshape([
             b,
             t,

@@ -2,7 +2,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::T5Config;
-use super::layers::{position_bias, T5Attention, T5LayerFF, T5LayerNorm};
+use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
 use super::weights::Weights;
 use super::ModelError;
 
@@ -123,28 +123,42 @@ impl T5Block {
         })
     }
 
+    fn collect(&self, out: &mut Vec<Tensor>) {
+        self.self_attn.collect(out);
+        self.self_norm.collect(out);
+        if let Some((attn, norm)) = &self.cross {
+            attn.collect(out);
+            norm.collect(out);
+        }
+        self.ff.collect(out);
+    }
+
     fn cross_part(&self) -> Result<&(T5Attention, T5LayerNorm), ModelError> {
         self.cross
             .as_ref()
             .ok_or_else(|| ModelError::Weights("encoder block used as decoder".into()))
     }
 
-    /// Encoder block, or decoder block over a whole target sequence (no cache).
+    /// Encoder block, or decoder block over a whole target sequence (no cache); `drop` is the
+    /// training dropout (0 when serving).
     fn forward(
         &self,
         x: &Tensor,
         self_bias: &Tensor,
         cross: Option<(&(Tensor, Tensor), &Tensor)>,
+        drop: f64,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k, v) = self.self_attn.key_values(&h)?;
-        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
+        let attended = self.self_attn.attend(&h, &k, &v, self_bias, drop)?;
+        let mut x = clamp_half(x.f_add(&dropout(attended, drop)?)?)?;
         if let Some(((ck, cv), cross_bias)) = cross {
             let (attn, norm) = self.cross_part()?;
             let h = norm.forward(&x)?;
-            x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias)?)?)?;
+            let attended = attn.attend(&h, ck, cv, cross_bias, drop)?;
+            x = clamp_half(x.f_add(&dropout(attended, drop)?)?)?;
         }
-        clamp_half(self.ff.forward(&x)?)
+        clamp_half(self.ff.forward(&x, drop)?)
     }
 
     /// Decoder block for the newest position only, appending its keys/values to `cache`.
@@ -164,13 +178,13 @@ impl T5Block {
                 Tensor::f_cat(&[v, v_new], 2)?,
             ),
         };
-        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias)?)?)?;
+        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias, 0.0)?)?)?;
         cache.self_kv = Some((k, v));
         let (attn, norm) = self.cross_part()?;
         let h = norm.forward(&x)?;
         let (ck, cv) = &cache.cross_kv;
-        x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias)?)?)?;
-        clamp_half(self.ff.forward(&x)?)
+        x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias, 0.0)?)?)?;
+        clamp_half(self.ff.forward(&x, 0.0)?)
     }
 }
 
@@ -202,6 +216,14 @@ impl T5Stack {
         })
     }
 
+    /// Adds every weight of the stack to `out`.
+    pub fn collect(&self, out: &mut Vec<Tensor>) {
+        for block in &self.blocks {
+            block.collect(out);
+        }
+        self.final_layer_norm.collect(out);
+    }
+
     /// Relative position bias [1, H, tq, tk] for queries starting at `query_start` (zeros without blocks).
     pub fn position_bias(
         &self,
@@ -223,15 +245,16 @@ impl T5Stack {
         }
     }
 
-    /// Encoder forward: `x` [B, S, d] embeddings, `mask_bias` [B, 1, 1, S] additive.
-    pub fn encode(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor, ModelError> {
+    /// Encoder forward: `x` [B, S, d] embeddings, `mask_bias` [B, 1, 1, S] additive; `drop` is
+    /// the training dropout (0 when serving).
+    pub fn encode(&self, x: &Tensor, mask_bias: &Tensor, drop: f64) -> Result<Tensor, ModelError> {
         let s = x.size()[1];
         let bias = self.position_bias(0, s, s, x)?.f_add(mask_bias)?;
-        let mut h = x.shallow_clone();
+        let mut h = dropout(x.shallow_clone(), drop)?;
         for block in &self.blocks {
-            h = block.forward(&h, &bias, None)?;
+            h = block.forward(&h, &bias, None, drop)?;
         }
-        self.final_layer_norm.forward(&h)
+        dropout(self.final_layer_norm.forward(&h)?, drop)
     }
 
     /// Cross-attention keys/values of every decoder block over the encoder output.
@@ -247,12 +270,14 @@ impl T5Stack {
             .collect()
     }
 
-    /// Decoder over whole target sequences `x` [B, T, d] (teacher forcing).
+    /// Decoder over whole target sequences `x` [B, T, d] (teacher forcing); `drop` is the
+    /// training dropout (0 when serving).
     pub fn decode_full(
         &self,
         x: &Tensor,
         caches: &[LayerCache],
         cross_bias: &Tensor,
+        drop: f64,
     ) -> Result<Tensor, ModelError> {
         let t = x.size()[1];
         let device = x.device();
@@ -261,11 +286,11 @@ impl T5Stack {
         let causal = Tensor::f_zeros([t, t], (x.kind(), device))?
             .f_masked_fill(&future, min_value(x.kind()))?;
         let bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
-        let mut h = x.shallow_clone();
+        let mut h = dropout(x.shallow_clone(), drop)?;
         for (block, cache) in self.blocks.iter().zip(caches) {
-            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)))?;
+            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)), drop)?;
         }
-        self.final_layer_norm.forward(&h)
+        dropout(self.final_layer_norm.forward(&h)?, drop)
     }
 
     /// Decoder for one new position of every row; `x` [B, 1, d], `self_bias` [1, H, 1, step + 1].

@@ -189,6 +189,14 @@ impl T5Model {
         })
     }
 
+    /// Every weight of the model (shallow handles), e.g. to prove tuning never changes one.
+    pub fn tensors(&self) -> Vec<Tensor> {
+        let mut out = vec![self.shared.shallow_clone(), self.lm_head.shallow_clone()];
+        self.encoder.collect(&mut out);
+        self.decoder.collect(&mut out);
+        out
+    }
+
     /// Device and dtype.
     pub fn options(&self) -> ModelOptions {
         self.opts
@@ -218,7 +226,42 @@ impl T5Model {
 
     /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S].
     pub fn encode(&self, embeds: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
-        self.encoder.encode(embeds, &self.mask_bias(mask)?)
+        self.encoder.encode(embeds, &self.mask_bias(mask)?, 0.0)
+    }
+
+    /// Hugging Face's seq2seq training loss: the mean cross-entropy over every target token of
+    /// `labels` [B, T] (padding is -100), teacher-forced from the labels shifted right, with
+    /// training dropout `drop` (0 turns it off). Differentiable in `embeds` [B, S, d].
+    pub fn seq2seq_loss(
+        &self,
+        embeds: &Tensor,
+        mask: &Tensor,
+        labels: &Tensor,
+        drop: f64,
+    ) -> Result<Tensor, ModelError> {
+        let (rows, len) = (labels.size()[0], labels.size()[1]);
+        let start = Tensor::f_full(
+            [rows, 1],
+            self.config.decoder_start_id(),
+            (Kind::Int64, labels.device()),
+        )?;
+        let shifted = Tensor::f_cat(&[start, labels.f_narrow(1, 0, len - 1)?], 1)?;
+        let decoder_ids = shifted.f_masked_fill(&shifted.f_eq(-100)?, self.config.pad_id())?;
+        let mask_bias = self.mask_bias(mask)?;
+        let encoder_out = self.encoder.encode(embeds, &mask_bias, drop)?;
+        let caches = self.decoder.cross_caches(&encoder_out)?;
+        let x = self.embed(&decoder_ids)?;
+        let h = self.decoder.decode_full(&x, &caches, &mask_bias, drop)?;
+        // Cross-entropy in f32 whatever the weights' dtype (bf16 logits lose the loss's digits).
+        let logits = self.logits(&h)?.f_to_kind(Kind::Float)?;
+        let vocab = logits.size()[2];
+        Ok(logits.f_view([-1, vocab])?.f_cross_entropy_loss::<Tensor>(
+            &labels.f_view([-1])?,
+            None,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )?)
     }
 
     /// Starts decoding up to `max_steps` tokens: cross-attention keys/values and the decoder's
@@ -294,7 +337,7 @@ impl T5Model {
         let x = self.embed(decoder_ids)?;
         let h = self
             .decoder
-            .decode_full(&x, &caches, &self.mask_bias(mask)?)?;
+            .decode_full(&x, &caches, &self.mask_bias(mask)?, 0.0)?;
         self.logits(&h)
     }
 

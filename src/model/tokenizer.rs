@@ -43,4 +43,14 @@ impl T5Tokenizer {
             .decode(&ids, true)
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
+
+    /// Ids of the vocabulary's ordinary tokens, lowest first: the base vocabulary without any
+    /// special or added token (for SentencePiece models, the most frequent pieces come first).
+    pub fn ordinary_ids(&self) -> Vec<i64> {
+        let added = self.inner.get_added_tokens_decoder();
+        (0..self.inner.get_vocab_size(false) as u32)
+            .filter(|id| !added.contains_key(id))
+            .map(i64::from)
+            .collect()
+    }
 }

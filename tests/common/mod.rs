@@ -403,3 +403,15 @@ pub fn npy_filled(rows: usize, value: f32) -> Vec<u8> {
         &f32_bytes(&vec![value; rows * 48]),
     )
 }
+
+/// A named f32 tensor of a safetensors file.
+pub fn read_f32_tensor(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    assert_eq!(t.dtype(), safetensors::Dtype::F32);
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}

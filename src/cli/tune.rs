@@ -1,0 +1,370 @@
+//! `promptd tune` and `promptd eval`: learn a soft prompt on the frozen model from labelled
+//! JSON lines, and score a prompt (or none, or a text prefix) on a dev set.
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+
+use crate::engine::{DeviceSpec, DtypeSpec, Engine};
+use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+use crate::tune::init::read_init_file;
+use crate::tune::metric::label_set;
+use crate::tune::output::{write_json, write_peft_dir, write_prompt_file};
+use crate::tune::tuner::Duration;
+use crate::tune::{
+    evaluate, load_jsonl, EvalSet, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneError,
+    TuneSettings, Tuner,
+};
+
+/// Model and device flags shared by `tune` and `eval`.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face T5 directory (config.json, weights, tokenizer).
+    #[arg(long, env = "PROMPTD_MODEL")]
+    pub model: PathBuf,
+    /// auto | cpu | cuda | cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 (the prompt itself is always f32)
+    #[arg(long, default_value = "auto")]
+    pub dtype: DtypeSpec,
+    /// Padded encoder tokens per evaluation pass.
+    #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_tokens: u64,
+}
+
+/// Arguments of `promptd tune`.
+#[derive(Debug, clap::Args)]
+pub struct TuneArgs {
+    /// Model and device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training data: JSON lines {"input": "...", "target": "..."}.
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Dev data (same format): evaluated every --eval-every steps; the best prompt is kept.
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Prompt rows (virtual tokens); default 100, or the rows of a file: init.
+    #[arg(long)]
+    pub prompt_length: Option<usize>,
+    /// class-labels | sampled-vocab | random-uniform | file:PATH | text:WORDS
+    #[arg(long, default_value = "class-labels")]
+    pub init: InitSpec,
+    /// Class labels, comma-separated (default: the distinct targets).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// adafactor (the paper's) | adam | sgd
+    #[arg(long, default_value = "adafactor")]
+    pub optimizer: OptimizerKind,
+    /// Learning rate (default: 0.3 adafactor, 0.01 adam, 1.0 sgd).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Weight decay (default: 1e-5 adafactor, 0 otherwise).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the gradient to this global L2 norm before each update.
+    #[arg(long)]
+    pub clip_grad_norm: Option<f64>,
+    /// Rows per step (at least the number of training rows: every step uses them all).
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Optimizer steps [default: 1000 unless --epochs].
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<usize>,
+    /// Passes over the training data instead of --steps.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Evaluate on --dev every this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: usize,
+    /// Stop after this many evaluations without improvement.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// accuracy | exact-match | rank-accuracy
+    #[arg(long, default_value = "accuracy")]
+    pub metric: Metric,
+    /// Inputs are cut to this many tokens (with </s>).
+    #[arg(long, default_value_t = 512)]
+    pub max_input_tokens: usize,
+    /// Targets are cut to this many tokens (with </s>).
+    #[arg(long, default_value_t = 128)]
+    pub max_target_tokens: usize,
+    /// Training dropout (default: the model's dropout_rate; 0 turns it off).
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Seed of the data order, the initial prompt and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Where to write the prompt (safetensors, the format the server accepts).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub peft_dir: Option<PathBuf>,
+    /// Write a JSON report (settings, curves, best step and metric, speed).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Arguments of `promptd eval`.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Model and device.
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A prompt file or PEFT folder, or `none` for the plain model.
+    #[arg(long)]
+    pub prompt: String,
+    /// Data: JSON lines {"input": "...", "target": "..."}.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// accuracy | exact-match | rank-accuracy
+    #[arg(long, default_value = "accuracy")]
+    pub metric: Metric,
+    /// Class labels for rank-accuracy, comma-separated (default: the distinct targets).
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Text put before every input (a hand-written instruction, or a pretraining prefix).
+    #[arg(long)]
+    pub text_prefix: Option<String>,
+    /// Inputs are cut to this many tokens (with </s>).
+    #[arg(long, default_value_t = 512)]
+    pub max_input_tokens: usize,
+    /// Targets are cut to this many tokens (with </s>).
+    #[arg(long, default_value_t = 128)]
+    pub max_target_tokens: usize,
+    /// Include every prediction in the output.
+    #[arg(long)]
+    pub predictions: bool,
+}
+
+/// Loads the model into an engine, and the tokenizer.
+pub fn load_engine(args: &ModelArgs) -> Result<(Engine, T5Tokenizer), String> {
+    let device = args.device.resolve()?;
+    let kind = args.dtype.resolve(device);
+    let model =
+        T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
+    let eos = model.config.eos_ids()[0];
+    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
+        .map_err(|e| e.to_string())?;
+    let engine = Engine::new(model).map_err(|e| e.to_string())?;
+    Ok((engine, tokenizer))
+}
+
+/// Sets the returned flag on Ctrl-C (SIGINT) instead of killing the process.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let _ = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+                set.store(true, Ordering::SeqCst);
+            }
+        });
+    flag
+}
+
+fn settings_from(args: &TuneArgs) -> TuneSettings {
+    let mut optimizer = OptimizerSettings::defaults(args.optimizer);
+    optimizer.lr = args.lr.unwrap_or(optimizer.lr);
+    optimizer.weight_decay = args.weight_decay.unwrap_or(optimizer.weight_decay);
+    optimizer.clip_grad_norm = args.clip_grad_norm;
+    let duration = match (args.steps, args.epochs) {
+        (_, Some(e)) => Duration::Epochs(e),
+        (Some(n), None) => Duration::Steps(n),
+        (None, None) => Duration::Steps(1000),
+    };
+    TuneSettings {
+        prompt_length: args.prompt_length,
+        init: args.init.clone(),
+        labels: args.labels.clone(),
+        optimizer,
+        batch_size: args.batch_size,
+        duration,
+        eval_every: args.eval_every,
+        patience: args.patience,
+        metric: args.metric,
+        max_input_tokens: args.max_input_tokens,
+        max_target_tokens: args.max_target_tokens,
+        dropout: args.dropout,
+        seed: args.seed,
+        max_batch_tokens: args.model.max_batch_tokens,
+    }
+}
+
+fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] step {pos}/{len} {msg} {per_sec} ETA {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// Runs `promptd tune`.
+pub fn run_tune(args: TuneArgs) -> Result<(), String> {
+    let started = Instant::now();
+    let train = load_jsonl(&args.train).map_err(|e| e.to_string())?;
+    let dev = match &args.dev {
+        Some(path) => load_jsonl(path).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let (mut engine, tokenizer) = load_engine(&args.model)?;
+    let settings = settings_from(&args);
+    let mut tuner = Tuner::new(engine.model(), &tokenizer, settings, &train, &dev)
+        .map_err(|e| e.to_string())?;
+    if tuner.truncated_rows() > 0 {
+        tracing::warn!(
+            rows = tuner.truncated_rows(),
+            "training rows cut to --max-input-tokens / --max-target-tokens"
+        );
+    }
+    let interrupted = interrupt_flag();
+    tracing::info!(
+        steps = tuner.total_steps(),
+        prompt_length = tuner.current_rows().map(|r| r.rows).unwrap_or_default(),
+        train = train.len(),
+        dev = dev.len(),
+        "tuning started (Ctrl-C saves the best prompt so far)"
+    );
+    let bar = progress_bar(tuner.total_steps(), args.quiet);
+    let outcome = train_loop(&mut tuner, &mut engine, &tokenizer, &bar, &interrupted);
+    bar.finish_and_clear();
+    let stopped_by_user = interrupted.load(Ordering::SeqCst);
+    let mut report = tuner.report();
+    report["model"] = json!(args.model.model.display().to_string());
+    report["wall_seconds"] = json!(started.elapsed().as_secs_f64());
+    report["interrupted"] = json!(stopped_by_user);
+    if let Err(e) = &outcome {
+        report["error"] = json!(e.to_string());
+    }
+    // A diverged run's current P is not finite: only a dev-selected best is worth keeping.
+    let keep = outcome.is_ok() || tuner.best().is_some();
+    if keep {
+        let rows = tuner.best_rows().map_err(|e| e.to_string())?;
+        write_prompt_file(&args.out, &rows).map_err(|e| e.to_string())?;
+        if let Some(dir) = &args.peft_dir {
+            write_peft_dir(dir, &rows, &engine.model().config, &args.model.model)
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    if let Some(path) = &args.report {
+        write_json(path, &report).map_err(|e| e.to_string())?;
+    }
+    outcome.map_err(|e| e.to_string())?;
+    if !args.quiet {
+        let best = match tuner.best() {
+            Some((step, m)) => format!(", best dev {} {m:.4} at step {step}", args.metric),
+            None => String::new(),
+        };
+        eprintln!(
+            "promptd tune: {} steps in {:.1}s (final loss {:.4}{best}); wrote {}",
+            tuner.step(),
+            tuner.train_seconds(),
+            tuner.last_loss().unwrap_or(f64::NAN),
+            args.out.display()
+        );
+    }
+    if stopped_by_user {
+        return Err(format!(
+            "interrupted at step {}: saved the best prompt so far to {}",
+            tuner.step(),
+            args.out.display()
+        ));
+    }
+    Ok(())
+}
+
+fn train_loop(
+    tuner: &mut Tuner,
+    engine: &mut Engine,
+    tokenizer: &T5Tokenizer,
+    bar: &ProgressBar,
+    interrupted: &AtomicBool,
+) -> Result<(), TuneError> {
+    let metric = tuner.settings().metric;
+    let mut dev_text = String::new();
+    if tuner.eval_due() {
+        if let Some(o) = tuner.evaluate(engine, tokenizer)? {
+            dev_text = format!(" dev {metric} {:.4}", o.value);
+            tracing::debug!(step = 0, value = o.value, "initial prompt on dev");
+        }
+    }
+    while !tuner.finished() && !interrupted.load(Ordering::SeqCst) {
+        let r = tuner.train_step(engine.model())?;
+        if tuner.eval_due() {
+            if let Some(o) = tuner.evaluate(engine, tokenizer)? {
+                dev_text = format!(" dev {metric} {:.4}", o.value);
+                if bar.is_hidden() {
+                    tracing::info!(step = r.step, loss = r.loss, metric = %metric, value = o.value, "evaluated");
+                }
+            }
+        }
+        bar.set_position(r.step as u64);
+        bar.set_message(format!("loss {:.4}{dev_text}", r.loss));
+    }
+    Ok(())
+}
+
+/// Runs `promptd eval` and prints one JSON object.
+pub fn run_eval(args: EvalArgs) -> Result<(), String> {
+    let data = load_jsonl(&args.data).map_err(|e| e.to_string())?;
+    let (mut engine, tokenizer) = load_engine(&args.model)?;
+    let d_model = engine.model().config.d_model as usize;
+    let prompt = match args.prompt.as_str() {
+        "none" => None,
+        path => Some(read_init_file(Path::new(path), d_model).map_err(|e| e.to_string())?),
+    };
+    let labels = label_set(&args.labels, data.iter());
+    let set = EvalSet::new(
+        &tokenizer,
+        &data,
+        args.metric,
+        labels,
+        args.max_input_tokens,
+        args.max_target_tokens,
+        args.text_prefix.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let outcome = evaluate(
+        &mut engine,
+        &tokenizer,
+        prompt.as_ref(),
+        &set,
+        args.model.max_batch_tokens,
+    )
+    .map_err(|e| e.to_string())?;
+    let mut out = json!({
+        "metric": outcome.metric,
+        "value": outcome.value,
+        "correct": outcome.correct,
+        "total": outcome.total,
+        "prompt": args.prompt,
+        "text_prefix": args.text_prefix,
+    });
+    if args.predictions {
+        out["predictions"] = json!(outcome.predictions);
+    }
+    println!("{out}");
+    Ok(())
+}

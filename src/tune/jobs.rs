@@ -1,0 +1,307 @@
+//! Tuning jobs on the running server: their status (shared between the engine thread, which
+//! steps them, and the routes, which show them), and their records on disk under
+//! `<prompts>/.tune-jobs/` so a restart reports an interrupted job as failed instead of losing it.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use super::output::{prompt_file_bytes, write_atomic};
+use super::TuneError;
+use crate::prompts::PromptRows;
+
+/// Folder of job records inside the prompts folder (hidden: never read as a prompt).
+pub const JOBS_DIR: &str = ".tune-jobs";
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, waiting for the engine.
+    Queued,
+    /// Taking steps between serving passes.
+    Running,
+    /// Done; its prompt is the task's new version.
+    Succeeded,
+    /// Done, but it scored worse on dev than the task's current prompt: kept for `promote`.
+    Candidate,
+    /// Failed (the error says why; a restart fails jobs that were running).
+    Failed,
+    /// Cancelled by its owner.
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, for metrics.
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Candidate,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Candidate => "candidate",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job still runs (or will).
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// What `GET /v1/tune-jobs/{id}` shows.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobStatus {
+    /// Job id.
+    pub id: String,
+    /// The task it tunes.
+    pub task: String,
+    /// The tenant that started it (`-` on an open server).
+    pub tenant: String,
+    /// queued | running | succeeded | candidate | failed | cancelled
+    pub state: JobState,
+    /// Steps taken.
+    pub step: usize,
+    /// Steps it will take unless it stops early.
+    pub total_steps: usize,
+    /// Latest training loss.
+    pub loss: Option<f64>,
+    /// The dev metric's name.
+    pub metric: String,
+    /// Latest dev metric.
+    pub dev_metric: Option<f64>,
+    /// Best dev metric so far (the prompt kept).
+    pub best_metric: Option<f64>,
+    /// The step of the best dev metric.
+    pub best_step: Option<usize>,
+    /// The task's current prompt on the same dev set (measured when the job ends).
+    pub current_metric: Option<f64>,
+    /// Seconds left at the recent pace (running jobs).
+    pub eta_seconds: Option<f64>,
+    /// Engine seconds spent on this job.
+    pub engine_seconds: f64,
+    /// The task version the job installed.
+    pub version: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Milliseconds since the Unix epoch, once ended.
+    pub finished_ms: Option<u64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// One job: its status and its cancel flag, shared by the engine thread and the routes.
+#[derive(Debug)]
+pub struct Job {
+    /// The status, updated after each step.
+    pub status: Mutex<JobStatus>,
+    /// Set by `DELETE`: the engine drops the job at its next turn.
+    pub cancel: AtomicBool,
+}
+
+impl Job {
+    /// A snapshot of the status.
+    pub fn snapshot(&self) -> JobStatus {
+        self.status.lock().clone()
+    }
+}
+
+/// Every job this server knows, with their records on disk.
+pub struct JobTable {
+    dir: PathBuf,
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    next: AtomicU64,
+}
+
+impl JobTable {
+    /// Opens `<prompts>/.tune-jobs`, loading every record; jobs that were queued or running
+    /// when the server stopped are marked failed (and rewritten) with that reason.
+    pub fn open(prompts_dir: &Path) -> Result<Self, TuneError> {
+        let dir = prompts_dir.join(JOBS_DIR);
+        let io = |source| TuneError::Io {
+            path: dir.clone(),
+            source,
+        };
+        let mut jobs = HashMap::new();
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            // A read-only prompts folder still serves; starting a job will fail (507) instead.
+            tracing::warn!(dir = %dir.display(), "tuning job records unavailable: {e}");
+            return Ok(Self {
+                dir,
+                jobs: Mutex::new(jobs),
+                next: AtomicU64::new(0),
+            });
+        }
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(text) = std::fs::read(&path) else {
+                continue;
+            };
+            let Ok(mut status) = serde_json::from_slice::<JobStatus>(&text) else {
+                tracing::warn!(path = %path.display(), "skipping an unreadable tuning job record");
+                continue;
+            };
+            if status.state.is_active() {
+                status.state = JobState::Failed;
+                status.error = Some(format!(
+                    "interrupted by a server restart at step {} of {}",
+                    status.step, status.total_steps
+                ));
+                status.finished_ms = Some(now_ms());
+                status.eta_seconds = None;
+                write_record(&dir, &status)?;
+            }
+            let id = status.id.clone();
+            let job = Job {
+                status: Mutex::new(status),
+                cancel: AtomicBool::new(false),
+            };
+            jobs.insert(id, Arc::new(job));
+        }
+        Ok(Self {
+            dir,
+            jobs: Mutex::new(jobs),
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// A new queued job for `task`, recorded on disk before it is returned.
+    pub fn create(
+        &self,
+        task: &str,
+        tenant: &str,
+        total_steps: usize,
+        metric: &str,
+    ) -> Result<Arc<Job>, TuneError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("tj-{}-{n}", now_ms());
+        let status = JobStatus {
+            id: id.clone(),
+            task: task.to_string(),
+            tenant: tenant.to_string(),
+            state: JobState::Queued,
+            step: 0,
+            total_steps,
+            loss: None,
+            metric: metric.to_string(),
+            dev_metric: None,
+            best_metric: None,
+            best_step: None,
+            current_metric: None,
+            eta_seconds: None,
+            engine_seconds: 0.0,
+            version: None,
+            error: None,
+            created_ms: now_ms(),
+            finished_ms: None,
+        };
+        write_record(&self.dir, &status)?;
+        let job = Arc::new(Job {
+            status: Mutex::new(status),
+            cancel: AtomicBool::new(false),
+        });
+        self.jobs.lock().insert(id, job.clone());
+        Ok(job)
+    }
+
+    /// A job by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs.lock().get(id).cloned()
+    }
+
+    /// Every job, oldest first.
+    pub fn all(&self) -> Vec<JobStatus> {
+        let mut out: Vec<JobStatus> = self.jobs.lock().values().map(|j| j.snapshot()).collect();
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        out
+    }
+
+    /// Jobs of `tenant` that are queued or running.
+    pub fn active_for(&self, tenant: &str) -> usize {
+        self.jobs
+            .lock()
+            .values()
+            .filter(|j| {
+                let s = j.status.lock();
+                s.state.is_active() && s.tenant == tenant
+            })
+            .count()
+    }
+
+    /// Jobs in each state.
+    pub fn counts(&self) -> HashMap<JobState, usize> {
+        let mut out = HashMap::new();
+        for job in self.jobs.lock().values() {
+            *out.entry(job.status.lock().state).or_default() += 1;
+        }
+        out
+    }
+
+    /// Fails every queued or running job with `why` (the server is stopping) and stops them.
+    pub fn fail_active(&self, why: &str) {
+        let jobs: Vec<Arc<Job>> = self.jobs.lock().values().cloned().collect();
+        for job in jobs {
+            {
+                let mut s = job.status.lock();
+                if !s.state.is_active() {
+                    continue;
+                }
+                s.state = JobState::Failed;
+                s.error = Some(format!("{why} (at step {} of {})", s.step, s.total_steps));
+                s.finished_ms = Some(now_ms());
+                s.eta_seconds = None;
+            }
+            job.cancel.store(true, Ordering::Release);
+            if let Err(e) = self.persist(&job) {
+                tracing::error!("recording tuning job: {e}");
+            }
+        }
+    }
+
+    /// Rewrites `job`'s record on disk.
+    pub fn persist(&self, job: &Job) -> Result<(), TuneError> {
+        let status = job.snapshot();
+        write_record(&self.dir, &status)
+    }
+
+    /// Keeps a candidate prompt next to its job's record.
+    pub fn save_candidate(&self, id: &str, rows: &PromptRows) -> Result<(), TuneError> {
+        write_atomic(&self.candidate_path(id), &prompt_file_bytes(rows)?)
+    }
+
+    /// The candidate prompt file of job `id`.
+    pub fn candidate_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.safetensors"))
+    }
+}
+
+fn write_record(dir: &Path, status: &JobStatus) -> Result<(), TuneError> {
+    let mut text = serde_json::to_vec_pretty(status).map_err(|e| TuneError::Data(e.to_string()))?;
+    text.push(b'\n');
+    write_atomic(&dir.join(format!("{}.json", status.id)), &text)
+}

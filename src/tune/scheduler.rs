@@ -1,0 +1,241 @@
+//! Tuning jobs on the engine thread: one micro-step at a time (build the tuner, one optimizer
+//! step, or one dev evaluation), taken between serving passes within a share of engine time,
+//! or freely while nothing is being served. One copy of the weights, one thread on the device.
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::jobs::{now_ms, Job, JobState};
+use super::{Example, TuneError, TuneSettings, Tuner};
+use crate::engine::{guarded, Engine, EngineError, PromptSlot};
+use crate::model::T5Tokenizer;
+use crate::prompts::PromptRows;
+
+/// A job handed to the engine thread.
+pub struct TuneWork {
+    /// Status and cancel flag.
+    pub job: Arc<Job>,
+    /// The run's settings.
+    pub settings: TuneSettings,
+    /// Training rows.
+    pub train: Vec<Example>,
+    /// Dev rows (may be empty).
+    pub dev: Vec<Example>,
+    /// The served model's tokenizer.
+    pub tokenizer: Arc<T5Tokenizer>,
+    /// The task's served prompt when the job started (scored on dev at the end).
+    pub current: Option<Arc<PromptSlot>>,
+    /// Where the ended job goes.
+    pub done: oneshot::Sender<TuneFinished>,
+}
+
+/// A job the engine is done with.
+pub struct TuneFinished {
+    /// The job.
+    pub job: Arc<Job>,
+    /// The best prompt and scores, or why it failed; None when cancelled.
+    pub result: Option<Result<FinishedPrompt, String>>,
+}
+
+/// What a successful job produced.
+pub struct FinishedPrompt {
+    /// The best prompt (by dev metric; the last one without dev).
+    pub rows: PromptRows,
+    /// Its dev metric.
+    pub best_metric: Option<f64>,
+    /// The task's served prompt's dev metric (None: no served prompt or no dev).
+    pub current_metric: Option<f64>,
+}
+
+struct Active {
+    work: TuneWork,
+    tuner: Option<Tuner>,
+}
+
+/// Tuning jobs the engine thread runs between serving passes.
+pub struct TuneScheduler {
+    share: f64,
+    jobs: VecDeque<Active>,
+    tune_secs: f64,
+    serve_secs: f64,
+    last_decay: Instant,
+}
+
+/// Engine time older than this counts half (the share is enforced over the recent past).
+const HALF_LIFE_S: f64 = 10.0;
+
+impl TuneScheduler {
+    /// A scheduler giving tuning at most `share` of engine time while serving is busy.
+    pub fn new(share: f64) -> Self {
+        Self {
+            share: share.clamp(0.0, 1.0),
+            jobs: VecDeque::new(),
+            tune_secs: 0.0,
+            serve_secs: 0.0,
+            last_decay: Instant::now(),
+        }
+    }
+
+    /// Queues a job.
+    pub fn submit(&mut self, work: TuneWork) {
+        self.jobs.push_back(Active { work, tuner: None });
+    }
+
+    /// Whether any job waits for steps.
+    pub fn has_work(&self) -> bool {
+        !self.jobs.is_empty()
+    }
+
+    fn decay(&mut self) {
+        let dt = self.last_decay.elapsed().as_secs_f64();
+        self.last_decay = Instant::now();
+        let f = 0.5f64.powf(dt / HALF_LIFE_S);
+        self.tune_secs *= f;
+        self.serve_secs *= f;
+    }
+
+    /// Records engine time spent serving.
+    pub fn note_serving(&mut self, spent: Duration) {
+        self.decay();
+        self.serve_secs += spent.as_secs_f64();
+    }
+
+    /// Whether a tuning micro-step may run now: always when the engine is otherwise idle,
+    /// else only while tuning's recent share of engine time is within the limit.
+    pub fn may_step(&mut self, idle: bool) -> bool {
+        if !self.has_work() {
+            return false;
+        }
+        if idle {
+            return true;
+        }
+        self.decay();
+        let total = self.tune_secs + self.serve_secs;
+        total <= 0.0 || self.tune_secs <= self.share * total
+    }
+
+    /// Runs one micro-step of the next job (round robin) and returns the time it took.
+    pub fn step(&mut self, engine: &mut Engine) -> Duration {
+        let started = Instant::now();
+        let Some(mut active) = self.jobs.pop_front() else {
+            return Duration::ZERO;
+        };
+        let outcome = guarded(|| {
+            micro_step(&mut active, engine).map_err(|e| EngineError::Decode(e.to_string()))
+        });
+        let spent = started.elapsed();
+        {
+            let mut s = active.work.job.status.lock();
+            s.engine_seconds += spent.as_secs_f64();
+        }
+        match outcome {
+            Ok(None) => self.jobs.push_back(active),
+            Ok(Some(result)) => finish(active, result),
+            Err(e) => {
+                let why = match e {
+                    EngineError::Decode(why) => why,
+                    other => other.to_string(),
+                };
+                finish(active, Some(Err(why)));
+            }
+        }
+        self.decay();
+        self.tune_secs += spent.as_secs_f64();
+        spent
+    }
+
+    /// Fails every job (the engine is stopping).
+    pub fn fail_all(&mut self, why: &str) {
+        for active in self.jobs.drain(..) {
+            finish(active, Some(Err(why.to_string())));
+        }
+    }
+}
+
+type StepResult = Result<Option<Option<Result<FinishedPrompt, String>>>, TuneError>;
+
+/// One unit of work for a job; `Some(result)` when the job has ended.
+fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
+    let work = &active.work;
+    if work.job.cancel.load(Ordering::Acquire) {
+        return Ok(Some(None));
+    }
+    let Some(tuner) = active.tuner.as_mut() else {
+        let tuner = match Tuner::new(
+            engine.model(),
+            &work.tokenizer,
+            work.settings.clone(),
+            &work.train,
+            &work.dev,
+        ) {
+            Ok(t) => t,
+            Err(e) => return Ok(Some(Some(Err(e.to_string())))),
+        };
+        let mut s = work.job.status.lock();
+        s.state = JobState::Running;
+        s.total_steps = tuner.total_steps();
+        drop(s);
+        active.tuner = Some(tuner);
+        return Ok(None);
+    };
+    if tuner.eval_due() {
+        tuner.evaluate(engine, &work.tokenizer)?;
+        update_status(work, tuner);
+        return Ok(None);
+    }
+    if tuner.finished() {
+        let current = match &work.current {
+            Some(slot) => tuner.evaluate_slot(engine, &work.tokenizer, slot.clone())?,
+            None => None,
+        };
+        let rows = tuner.best_rows()?;
+        return Ok(Some(Some(Ok(FinishedPrompt {
+            rows,
+            best_metric: tuner.best().map(|(_, m)| m),
+            current_metric: current,
+        }))));
+    }
+    match tuner.train_step(engine.model()) {
+        Ok(_) => {}
+        Err(e @ TuneError::Diverged { .. }) => return Ok(Some(Some(Err(e.to_string())))),
+        Err(e) => return Err(e),
+    }
+    update_status(work, tuner);
+    Ok(None)
+}
+
+fn update_status(work: &TuneWork, tuner: &Tuner) {
+    let mut s = work.job.status.lock();
+    s.step = tuner.step();
+    s.loss = tuner.last_loss();
+    s.dev_metric = tuner.last_metric();
+    (s.best_step, s.best_metric) = tuner.best().unzip();
+    let left = tuner.total_steps().saturating_sub(tuner.step());
+    s.eta_seconds =
+        (tuner.step() > 0).then(|| s.engine_seconds / tuner.step() as f64 * left as f64);
+}
+
+fn finish(active: Active, result: Option<Result<FinishedPrompt, String>>) {
+    if let Some(t) = &active.tuner {
+        update_status(&active.work, t);
+    }
+    {
+        let mut s = active.work.job.status.lock();
+        s.eta_seconds = None;
+        // A job the server already failed (shutting down) keeps that state.
+        if result.is_none() && s.state.is_active() {
+            s.state = JobState::Cancelled;
+            s.finished_ms = Some(now_ms());
+        }
+        if let Some(Err(why)) = &result {
+            s.state = JobState::Failed;
+            s.error = Some(why.clone());
+            s.finished_ms = Some(now_ms());
+        }
+    }
+    let job = active.work.job.clone();
+    let _ = active.work.done.send(TuneFinished { job, result });
+}

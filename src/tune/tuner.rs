@@ -1,0 +1,494 @@
+//! One tuning run as a step-at-a-time state machine: P, the optimizer, the data order and the
+//! history (loss curve, dev metric curve, best P).
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tch::{Kind, Tensor};
+
+use super::data::{tokenize, Batch, Example, TokenizedExample};
+use super::init::{initial_prompt, read_init_file, InitSpec};
+use super::metric::{evaluate, evaluate_slot, label_set, EvalOutcome, EvalSet, Metric};
+use super::optim::{Optimizer, OptimizerSettings};
+use super::{Rng, TuneError};
+use crate::engine::{Engine, PromptSlot};
+use crate::model::{T5Model, T5Tokenizer};
+use crate::prompts::PromptRows;
+
+/// Prompt length when neither the user nor an init file says.
+pub const DEFAULT_PROMPT_LENGTH: usize = 100;
+
+/// How long to train.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duration {
+    /// Exactly this many optimizer steps.
+    Steps(usize),
+    /// This many passes over the training rows.
+    Epochs(usize),
+}
+
+/// Everything that decides a tuning run (besides the model and the data).
+#[derive(Debug, Clone)]
+pub struct TuneSettings {
+    /// Rows of P; None: the init file's rows, else [`DEFAULT_PROMPT_LENGTH`].
+    pub prompt_length: Option<usize>,
+    /// Where P starts.
+    pub init: InitSpec,
+    /// Class labels (class-label init, rank classification); empty: the distinct targets.
+    pub labels: Vec<String>,
+    /// The optimizer.
+    pub optimizer: OptimizerSettings,
+    /// Rows per step; at least the training set size means every step uses every row.
+    pub batch_size: usize,
+    /// How long.
+    pub duration: Duration,
+    /// Evaluate on dev every this many steps.
+    pub eval_every: usize,
+    /// Stop after this many evaluations without a better dev metric.
+    pub patience: Option<usize>,
+    /// The dev metric.
+    pub metric: Metric,
+    /// Inputs are cut to this many tokens (with `</s>`).
+    pub max_input_tokens: usize,
+    /// Targets are cut to this many tokens (with `</s>`).
+    pub max_target_tokens: usize,
+    /// Training dropout; None: the model's `dropout_rate`.
+    pub dropout: Option<f64>,
+    /// Seed of the data order, the initial prompt and dropout.
+    pub seed: u64,
+    /// Padded encoder tokens per evaluation pass.
+    pub max_batch_tokens: u64,
+}
+
+impl TuneSettings {
+    /// Settings with the paper's defaults (Adafactor, lr 0.3, 100 rows, class-label init).
+    pub fn new(duration: Duration) -> Self {
+        Self {
+            prompt_length: None,
+            init: InitSpec::ClassLabels,
+            labels: Vec::new(),
+            optimizer: OptimizerSettings::defaults(super::OptimizerKind::Adafactor),
+            batch_size: 32,
+            duration,
+            eval_every: 100,
+            patience: None,
+            metric: Metric::Accuracy,
+            max_input_tokens: 512,
+            max_target_tokens: 128,
+            dropout: None,
+            seed: 0,
+            max_batch_tokens: 32768,
+        }
+    }
+
+    /// Checks every setting's range.
+    pub fn validate(&self) -> Result<(), TuneError> {
+        let bad = |why: String| Err(TuneError::Settings(why));
+        if self.prompt_length == Some(0) {
+            return bad("prompt length must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1".into());
+        }
+        if self.eval_every == 0 {
+            return bad("eval-every must be at least 1".into());
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1".into());
+        }
+        if matches!(self.duration, Duration::Steps(0) | Duration::Epochs(0)) {
+            return bad("steps / epochs must be at least 1".into());
+        }
+        if self.max_input_tokens < 1 || self.max_target_tokens < 1 {
+            return bad("max input / target tokens must be at least 1".into());
+        }
+        if let Some(p) = self.dropout {
+            if !(0.0..1.0).contains(&p) {
+                return bad(format!("dropout must be in [0, 1), got {p}"));
+            }
+        }
+        self.optimizer.validate().map_err(TuneError::Settings)
+    }
+
+    /// The settings as JSON, for reports.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "prompt_length": self.prompt_length,
+            "init": self.init.to_string(),
+            "labels": self.labels,
+            "optimizer": self.optimizer.kind.to_string(),
+            "lr": self.optimizer.lr,
+            "weight_decay": self.optimizer.weight_decay,
+            "clip_grad_norm": self.optimizer.clip_grad_norm,
+            "batch_size": self.batch_size,
+            "steps": match self.duration { Duration::Steps(n) => Some(n), Duration::Epochs(_) => None },
+            "epochs": match self.duration { Duration::Epochs(n) => Some(n), Duration::Steps(_) => None },
+            "eval_every": self.eval_every,
+            "patience": self.patience,
+            "metric": self.metric.to_string(),
+            "max_input_tokens": self.max_input_tokens,
+            "max_target_tokens": self.max_target_tokens,
+            "dropout": self.dropout,
+            "seed": self.seed,
+        })
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// Steps taken so far (this one included).
+    pub step: usize,
+    /// The batch's loss before the update.
+    pub loss: f64,
+    /// Real input + target tokens in the batch.
+    pub tokens: usize,
+}
+
+/// A tuning run in progress.
+pub struct Tuner {
+    settings: TuneSettings,
+    train: Vec<TokenizedExample>,
+    dev: Option<EvalSet>,
+    prompt: Tensor,
+    optimizer: Optimizer,
+    rng: Rng,
+    order: Vec<usize>,
+    cursor: usize,
+    step: usize,
+    total_steps: usize,
+    dropout: f64,
+    stale_evals: usize,
+    best: Option<(usize, f64, Vec<f32>)>,
+    train_loss: Vec<(usize, f64)>,
+    dev_metric: Vec<(usize, f64)>,
+    tokens: usize,
+    train_seconds: f64,
+    truncated: usize,
+    labels: Vec<String>,
+}
+
+impl Tuner {
+    /// Tokenizes the data and builds the initial prompt on the model's device.
+    pub fn new(
+        model: &T5Model,
+        tokenizer: &T5Tokenizer,
+        settings: TuneSettings,
+        train: &[Example],
+        dev: &[Example],
+    ) -> Result<Self, TuneError> {
+        settings.validate()?;
+        if train.is_empty() {
+            return Err(TuneError::Data("no training examples".into()));
+        }
+        let d = model.config.d_model as usize;
+        let rows = match (&settings.init, settings.prompt_length) {
+            (InitSpec::File(path), given) => {
+                let file_rows = read_init_file(path, d)?.rows;
+                if given.is_some_and(|g| g != file_rows) {
+                    return Err(TuneError::Settings(format!(
+                        "--prompt-length {} differs from the {file_rows} rows of {}",
+                        given.unwrap_or_default(),
+                        path.display()
+                    )));
+                }
+                file_rows
+            }
+            (_, given) => given.unwrap_or(DEFAULT_PROMPT_LENGTH),
+        };
+        let labels = label_set(&settings.labels, train.iter().chain(dev));
+        let mut rng = Rng::new(settings.seed);
+        let values = initial_prompt(&settings.init, model, tokenizer, rows, &labels, &mut rng)?;
+        let device = model.options().device;
+        let prompt = Tensor::f_from_slice(&values)?
+            .f_view([rows as i64, d as i64])?
+            .f_to_device(device)?
+            .set_requires_grad(true);
+        let (train_rows, truncated) = tokenize(
+            tokenizer,
+            train,
+            settings.max_input_tokens,
+            settings.max_target_tokens,
+        )?;
+        let dev = if dev.is_empty() {
+            None
+        } else {
+            Some(EvalSet::new(
+                tokenizer,
+                dev,
+                settings.metric,
+                labels.clone(),
+                settings.max_input_tokens,
+                settings.max_target_tokens,
+                None,
+            )?)
+        };
+        let per_epoch = train_rows.len().div_ceil(settings.batch_size);
+        let total_steps = match settings.duration {
+            Duration::Steps(n) => n,
+            Duration::Epochs(e) => e * per_epoch,
+        };
+        let optimizer = Optimizer::new(settings.optimizer, &prompt)?;
+        let dropout = settings.dropout.unwrap_or(model.config.dropout_rate);
+        tch::manual_seed(settings.seed as i64);
+        Ok(Self {
+            order: (0..train_rows.len()).collect(),
+            cursor: usize::MAX,
+            settings,
+            train: train_rows,
+            dev,
+            prompt,
+            optimizer,
+            rng,
+            step: 0,
+            total_steps,
+            dropout,
+            stale_evals: 0,
+            best: None,
+            train_loss: Vec::new(),
+            dev_metric: Vec::new(),
+            tokens: 0,
+            train_seconds: 0.0,
+            truncated,
+            labels,
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &TuneSettings {
+        &self.settings
+    }
+
+    /// Steps taken.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// Steps the run will take unless it stops early.
+    pub fn total_steps(&self) -> usize {
+        self.total_steps
+    }
+
+    /// Training rows cut to the token caps.
+    pub fn truncated_rows(&self) -> usize {
+        self.truncated
+    }
+
+    /// The labels (given, or the distinct targets).
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    /// Whether there is a dev set.
+    pub fn has_dev(&self) -> bool {
+        self.dev.is_some()
+    }
+
+    /// Whether every step is taken or early stopping ended the run.
+    pub fn finished(&self) -> bool {
+        self.step >= self.total_steps
+            || self
+                .settings
+                .patience
+                .is_some_and(|p| self.stale_evals >= p)
+    }
+
+    /// Whether the dev set is due for an evaluation now (at the start, every `eval_every`
+    /// steps, and at the end).
+    pub fn eval_due(&self) -> bool {
+        let Some(_) = &self.dev else { return false };
+        let last = self.dev_metric.last().map(|(s, _)| *s);
+        last != Some(self.step)
+            && (self.step % self.settings.eval_every == 0 || self.step >= self.total_steps)
+    }
+
+    fn next_batch(&mut self) -> Vec<usize> {
+        let n = self.train.len();
+        if self.settings.batch_size >= n {
+            return (0..n).collect();
+        }
+        if self.cursor >= n {
+            self.rng.shuffle(&mut self.order);
+            self.cursor = 0;
+        }
+        let end = (self.cursor + self.settings.batch_size).min(n);
+        let picked = self.order[self.cursor..end].to_vec();
+        self.cursor = end;
+        picked
+    }
+
+    /// The loss of `rows` with the current P, and its gradient with respect to P.
+    pub fn loss_and_grad(
+        &self,
+        model: &T5Model,
+        rows: &[&TokenizedExample],
+    ) -> Result<(f64, Tensor, usize), TuneError> {
+        tch::with_grad(|| {
+            let opts = model.options();
+            let batch = Batch::new(rows, model.config.pad_id(), opts.device)?;
+            let b = rows.len() as i64;
+            let (p, d) = (self.prompt.size()[0], self.prompt.size()[1]);
+            let prompt = self
+                .prompt
+                .f_to_kind(opts.kind)?
+                .f_unsqueeze(0)?
+                .f_expand([b, p, d], false)?;
+            let embeds = Tensor::f_cat(&[prompt, model.embed(&batch.input_ids)?], 1)?;
+            let ones = Tensor::f_ones([b, p], (Kind::Int64, opts.device))?;
+            let mask = Tensor::f_cat(&[ones, batch.mask.shallow_clone()], 1)?;
+            let loss = model.seq2seq_loss(&embeds, &mask, &batch.labels, self.dropout)?;
+            let value = loss.f_double_value(&[])?;
+            let mut grads = Tensor::f_run_backward(&[&loss], &[&self.prompt], false, false)?;
+            Ok((value, grads.remove(0), batch.tokens))
+        })
+    }
+
+    /// One optimizer step on the next batch.
+    pub fn train_step(&mut self, model: &T5Model) -> Result<StepReport, TuneError> {
+        let started = Instant::now();
+        let picked = self.next_batch();
+        let rows: Vec<&TokenizedExample> = picked.iter().map(|&i| &self.train[i]).collect();
+        let (loss, grad, tokens) = self.loss_and_grad(model, &rows)?;
+        if !loss.is_finite() {
+            return Err(TuneError::Diverged {
+                step: self.step + 1,
+                loss,
+            });
+        }
+        self.optimizer.step(&mut self.prompt, &grad)?;
+        self.step += 1;
+        self.tokens += tokens;
+        self.train_loss.push((self.step, loss));
+        self.train_seconds += started.elapsed().as_secs_f64();
+        Ok(StepReport {
+            step: self.step,
+            loss,
+            tokens,
+        })
+    }
+
+    /// Scores the current P on the dev set through `engine`, and keeps it if it is the best.
+    pub fn evaluate(
+        &mut self,
+        engine: &mut Engine,
+        tokenizer: &T5Tokenizer,
+    ) -> Result<Option<EvalOutcome>, TuneError> {
+        let Some(dev) = &self.dev else {
+            return Ok(None);
+        };
+        let rows = self.current_rows()?;
+        let outcome = evaluate(
+            engine,
+            tokenizer,
+            Some(&rows),
+            dev,
+            self.settings.max_batch_tokens,
+        )?;
+        self.dev_metric.push((self.step, outcome.value));
+        if self
+            .best
+            .as_ref()
+            .is_none_or(|(_, m, _)| outcome.value > *m)
+        {
+            self.best = Some((self.step, outcome.value, rows.values));
+            self.stale_evals = 0;
+        } else {
+            self.stale_evals += 1;
+        }
+        Ok(Some(outcome))
+    }
+
+    /// Scores a prompt already in the bank (a task's served one) on this run's dev set.
+    pub fn evaluate_slot(
+        &self,
+        engine: &mut Engine,
+        tokenizer: &T5Tokenizer,
+        slot: Arc<PromptSlot>,
+    ) -> Result<Option<f64>, TuneError> {
+        let Some(dev) = &self.dev else {
+            return Ok(None);
+        };
+        let o = evaluate_slot(
+            engine,
+            tokenizer,
+            Some(slot),
+            dev,
+            self.settings.max_batch_tokens,
+        )?;
+        Ok(Some(o.value))
+    }
+
+    /// P as it is now.
+    pub fn current_rows(&self) -> Result<PromptRows, TuneError> {
+        let size = self.prompt.size();
+        let values = Vec::<f32>::try_from(
+            self.prompt
+                .f_detach()?
+                .f_to_device(tch::Device::Cpu)?
+                .f_flatten(0, -1)?,
+        )?;
+        Ok(PromptRows {
+            rows: size[0] as usize,
+            cols: size[1] as usize,
+            values,
+        })
+    }
+
+    /// The P to keep: the best on dev so far, or (without dev) the current one.
+    pub fn best_rows(&self) -> Result<PromptRows, TuneError> {
+        match &self.best {
+            Some((_, _, values)) => Ok(PromptRows {
+                rows: self.prompt.size()[0] as usize,
+                cols: self.prompt.size()[1] as usize,
+                values: values.clone(),
+            }),
+            None => self.current_rows(),
+        }
+    }
+
+    /// (step, metric) of the best dev evaluation.
+    pub fn best(&self) -> Option<(usize, f64)> {
+        self.best.as_ref().map(|(s, m, _)| (*s, *m))
+    }
+
+    /// The latest training loss.
+    pub fn last_loss(&self) -> Option<f64> {
+        self.train_loss.last().map(|(_, l)| *l)
+    }
+
+    /// The latest dev metric.
+    pub fn last_metric(&self) -> Option<f64> {
+        self.dev_metric.last().map(|(_, m)| *m)
+    }
+
+    /// Seconds spent in training steps.
+    pub fn train_seconds(&self) -> f64 {
+        self.train_seconds
+    }
+
+    /// The run's history as JSON (the body of `--report` and of a job's status).
+    pub fn report(&self) -> Value {
+        let (best_step, best_metric) = self.best().unzip();
+        json!({
+            "settings": self.settings.to_json(),
+            "seed": self.settings.seed,
+            "prompt_length": self.prompt.size()[0],
+            "train_rows": self.train.len(),
+            "dev_rows": self.dev.as_ref().map_or(0, EvalSet::len),
+            "truncated_rows": self.truncated,
+            "labels": self.labels,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "dropout": self.dropout,
+            "train_seconds": self.train_seconds,
+            "steps_per_second": if self.train_seconds > 0.0 { self.step as f64 / self.train_seconds } else { 0.0 },
+            "tokens_per_second": if self.train_seconds > 0.0 { self.tokens as f64 / self.train_seconds } else { 0.0 },
+            "train_loss": self.train_loss,
+            "dev_metric": self.dev_metric,
+            "metric": self.settings.metric.to_string(),
+            "best_step": best_step,
+            "best_metric": best_metric,
+            "early_stopped": self.step < self.total_steps && self.finished(),
+        })
+    }
+}

@@ -1,0 +1,282 @@
+//! `promptd tune` and `promptd eval` as a user runs them: outputs the server and PEFT accept, the
+//! report, the hidden-check form (SGD, one step, `--init file:`), bad data, Ctrl-C, and a task the
+//! frozen model learns only through its prompt.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use promptd::prompts::dir::{load_source, PromptSource};
+use promptd::prompts::{Prompt, PromptLimits};
+use serde_json::Value;
+
+const MODEL: &str = "t5-v1_1-tiny";
+
+fn model_dir() -> PathBuf {
+    common::fixtures().join("models").join(MODEL)
+}
+
+fn tune_dir() -> PathBuf {
+    common::fixtures().join("tune").join(MODEL)
+}
+
+fn promptd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn rows_of(path: &Path) -> Vec<f32> {
+    let source = if path.is_dir() {
+        PromptSource::PeftDir(path.to_path_buf())
+    } else {
+        PromptSource::TensorFile(path.to_path_buf())
+    };
+    load_source(&source, 48, &PromptLimits::default())
+        .unwrap()
+        .encoder
+        .values
+}
+
+#[test]
+fn tune_writes_a_servable_prompt_a_peft_adapter_and_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, peft, report) = (
+        tmp.path().join("p.safetensors"),
+        tmp.path().join("peft"),
+        tmp.path().join("report.json"),
+    );
+    let train = tune_dir().join("train.jsonl");
+    let (ok, _, err) = promptd(&[
+        "tune",
+        "--model",
+        s(&model_dir()),
+        "--train",
+        s(&train),
+        "--dev",
+        s(&train),
+        "--prompt-length",
+        "6",
+        "--steps",
+        "5",
+        "--eval-every",
+        "2",
+        "--metric",
+        "rank-accuracy",
+        "--init",
+        "sampled-vocab",
+        "--out",
+        s(&out),
+        "--peft-dir",
+        s(&peft),
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&out).unwrap();
+    let prompt = Prompt::from_tensor_file(&bytes, 48, &PromptLimits::default()).unwrap();
+    assert_eq!(prompt.len(), 6);
+    // The PEFT folder holds the same encoder rows (and zeros for the decoder half).
+    assert_eq!(rows_of(&peft), prompt.encoder.values);
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(peft.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "PROMPT_TUNING");
+    assert_eq!(cfg["task_type"], "SEQ_2_SEQ_LM");
+    assert_eq!(cfg["num_virtual_tokens"], 6);
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["steps"], 5);
+    assert_eq!(report["train_loss"].as_array().unwrap().len(), 5);
+    // Evaluated at steps 0, 2, 4 and at the end (5).
+    let evals: Vec<u64> = report["dev_metric"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(evals, vec![0, 2, 4, 5]);
+    assert!(report["tokens_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["settings"]["optimizer"], "adafactor");
+    // `promptd eval` of the written prompt scores what the run reported as its best.
+    let (ok, stdout, err) = promptd(&[
+        "eval",
+        "--model",
+        s(&model_dir()),
+        "--prompt",
+        s(&out),
+        "--data",
+        s(&train),
+        "--metric",
+        "rank-accuracy",
+    ]);
+    assert!(ok, "{err}");
+    let eval: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(eval["total"], 6);
+    assert_eq!(eval["value"], report["best_metric"]);
+    for extra in [
+        &["--prompt", "none"][..],
+        &["--prompt", "none", "--text-prefix", "classify:"],
+    ] {
+        let model = model_dir();
+        let mut args = vec!["eval", "--model", s(&model), "--data", s(&train)];
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = promptd(&args);
+        assert!(ok, "{err}");
+        let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["metric"], "accuracy");
+    }
+}
+
+#[test]
+fn one_sgd_step_from_a_file_gives_p0_minus_the_gradient() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p1.safetensors");
+    let p0 = tune_dir().join("p0.safetensors");
+    let init = format!("file:{}", s(&p0));
+    let train = tune_dir().join("train.jsonl");
+    let (ok, _, err) = promptd(&[
+        "tune",
+        "--model",
+        s(&model_dir()),
+        "--train",
+        s(&train),
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "1",
+        "--steps",
+        "1",
+        "--dropout",
+        "0",
+        "--init",
+        &init,
+        "--out",
+        s(&out),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let (p0, p1) = (rows_of(&p0), rows_of(&out));
+    let grad = common::read_f32_tensor(&tune_dir().join("grad.safetensors"), "grad");
+    let scale = grad.iter().fold(0f32, |m, g| m.max(g.abs()));
+    for ((a, b), g) in p0.iter().zip(&p1).zip(&grad) {
+        assert!(((a - b) - g).abs() <= 1e-4 * scale, "{} vs {g}", a - b);
+    }
+}
+
+#[test]
+fn bad_data_names_the_file_and_line_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p.safetensors");
+    for (body, want) in [
+        (
+            "{\"input\": \"a\", \"target\": \"b\"}\n\n{\"input\": 3}\n",
+            "train.jsonl:3",
+        ),
+        ("{\"input\": \"a\"}\n", "train.jsonl:1"),
+        (
+            "{\"input\": \"a\", \"target\": \"b\", \"x\": 1}\n",
+            "train.jsonl:1",
+        ),
+        ("not json\n", "train.jsonl:1"),
+        ("\n\n", "no examples"),
+    ] {
+        let train = tmp.path().join("train.jsonl");
+        std::fs::write(&train, body).unwrap();
+        let (ok, _, err) = promptd(&[
+            "tune",
+            "--model",
+            s(&model_dir()),
+            "--train",
+            s(&train),
+            "--out",
+            s(&out),
+            "--quiet",
+        ]);
+        assert!(!ok && err.contains(want), "{body:?}: {err}");
+        assert!(!out.exists());
+    }
+    let train = tune_dir().join("train.jsonl");
+    for (flag, value, want) in [
+        ("--init", "file:/nonexistent.npy", "nonexistent"),
+        ("--init", "bogus", "unknown init"),
+        ("--optimizer", "lamb", "unknown optimizer"),
+        ("--lr", "-1", "lr"),
+        ("--prompt-length", "0", "prompt length"),
+    ] {
+        let arg = format!("{flag}={value}");
+        let (ok, _, err) = promptd(&[
+            "tune",
+            "--model",
+            s(&model_dir()),
+            "--train",
+            s(&train),
+            "--out",
+            s(&out),
+            "--quiet",
+            &arg,
+        ]);
+        assert!(!ok && err.contains(want), "{flag} {value}: {err}");
+        assert!(!out.exists());
+    }
+}
+
+#[test]
+fn ctrl_c_saves_the_prompt_so_far_and_exits_non_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, report) = (tmp.path().join("p.safetensors"), tmp.path().join("r.json"));
+    let train = tune_dir().join("train.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_promptd"))
+        .args([
+            "tune",
+            "--model",
+            s(&model_dir()),
+            "--train",
+            s(&train),
+            "--dev",
+            s(&train),
+            "--steps",
+            "1000000",
+            "--eval-every",
+            "3",
+            "--prompt-length",
+            "4",
+            "--out",
+            s(&out),
+            "--report",
+            s(&report),
+            "--quiet",
+        ])
+        .env_remove("LD_LIBRARY_PATH")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("tuning started") {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no start line");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success());
+    assert!(out.exists(), "the best prompt so far is saved");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["interrupted"], true);
+    assert!(report["steps"].as_u64().unwrap() < 1_000_000);
+}

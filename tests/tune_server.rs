@@ -1,0 +1,309 @@
+//! Tuning jobs on a running server: a job becomes the task's next version and is served with
+//! other tasks; bad requests get 4xx JSON and change nothing; a restart fails an interrupted job
+//! with its reason; a job worse than the current prompt waits as a candidate for `promote`.
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::{fixtures, metric, metrics, TestServer};
+use serde_json::{json, Value};
+
+const MODEL: &str = "t5-v1_1-tiny";
+
+fn model_dir() -> PathBuf {
+    fixtures().join("models").join(MODEL)
+}
+
+fn rows() -> Vec<Value> {
+    std::fs::read_to_string(fixtures().join("tune").join(MODEL).join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn start_job(
+    client: &reqwest::Client,
+    server: &TestServer,
+    task: &str,
+    body: Value,
+) -> String {
+    let r = client
+        .post(server.url(&format!("/v1/tasks/{task}/tune")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["status"]["state"], "queued");
+    v["job"].as_str().unwrap().to_string()
+}
+
+async fn job(client: &reqwest::Client, server: &TestServer, id: &str) -> Value {
+    client
+        .get(server.url(&format!("/v1/tune-jobs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_until(
+    client: &reqwest::Client,
+    server: &TestServer,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = job(client, server, id).await;
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job stuck: {v}\n{}",
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn ended(v: &Value) -> bool {
+    !matches!(v["state"].as_str(), Some("queued" | "running"))
+}
+
+async fn predict(client: &reqwest::Client, server: &TestServer, task: &str, input: &str) -> Value {
+    let r = client
+        .post(server.url(&format!("/v1/tasks/{task}/predict")))
+        .json(&json!({"inputs": input, "max_new_tokens": 6, "labels": ["positive", "negative"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("prompts").join(MODEL).join("task03.npy"),
+        dir.path().join("other.npy"),
+    )
+    .unwrap();
+    let server = TestServer::start(&model_dir(), dir.path(), &[]);
+    let client = reqwest::Client::new();
+    let body = json!({"train": rows(), "dev": rows(), "prompt_length": 4, "steps": 6,
+                      "eval_every": 3, "metric": "rank-accuracy", "init": "sampled-vocab"});
+    let id = start_job(&client, &server, "learned", body).await;
+    let v = wait_until(&client, &server, &id, ended).await;
+    assert_eq!(v["state"], "succeeded", "{v}");
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["step"], 6);
+    assert!(v["best_metric"].as_f64().is_some());
+    let info: Value = client
+        .get(server.url("/v1/prompts/learned"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["version"], 1);
+    assert_eq!(info["prompt_length"], 4);
+    // The tuned task and another one answer together, each as it would alone.
+    let alone = predict(&client, &server, "learned", "its engine vector it server").await;
+    let (a, b) = tokio::join!(
+        predict(&client, &server, "learned", "its engine vector it server"),
+        predict(&client, &server, "other", "kernel time this who model from"),
+    );
+    assert_eq!(a["outputs"], alone["outputs"]);
+    assert_eq!(b["task"], "other");
+    // A second job on the same task: the new version, or a candidate when worse on dev.
+    let body = json!({"train": rows(), "dev": rows(), "prompt_length": 4, "steps": 2,
+                      "eval_every": 1, "metric": "rank-accuracy", "init": "random-uniform",
+                      "optimizer": "sgd", "lr": 1e-9});
+    let id2 = start_job(&client, &server, "learned", body).await;
+    let v2 = wait_until(&client, &server, &id2, ended).await;
+    assert!(v2["current_metric"].as_f64().is_some(), "{v2}");
+    let worse = v2["best_metric"].as_f64() < v2["current_metric"].as_f64();
+    if worse {
+        assert_eq!(v2["state"], "candidate");
+        let r = client
+            .post(server.url(&format!("/v1/tune-jobs/{id2}/promote")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["version"], 2);
+    } else {
+        assert_eq!(v2["state"], "succeeded");
+        assert_eq!(v2["version"], 2);
+    }
+    let list: Value = client
+        .get(server.url("/v1/tune-jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    let text = metrics(&client, &server).await;
+    assert_eq!(metric(&text, "promptd_tune_jobs{state=\"succeeded\"}"), 2.0);
+    assert!(metric(&text, "promptd_tune_steps_total") >= 8.0);
+    assert!(metric(&text, "promptd_tune_engine_seconds_total") > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_job_requests_get_4xx_json_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&model_dir(), dir.path(), &["--tune-max-steps", "50"]);
+    let client = reqwest::Client::new();
+    let ok = json!({"train": rows(), "steps": 2, "prompt_length": 4});
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(&str, Value, u16)> = vec![
+        ("t", json!({"train": []}), 422),
+        ("t", json!({"dev": rows()}), 422),
+        ("t", with("steps", json!(51)), 422),
+        ("t", with("steps", json!(0)), 422),
+        ("t", with("prompt_length", json!(0)), 422),
+        ("t", with("prompt_length", json!(100000)), 422),
+        ("t", with("init", json!("file:/etc/passwd")), 422),
+        ("t", with("init", json!("bogus")), 422),
+        ("t", with("optimizer", json!("lamb")), 422),
+        ("t", with("lr", json!(-1.0)), 422),
+        ("t", with("metric", json!("bleu")), 422),
+        ("t", with("batch_size", json!(0)), 422),
+        ("t", with("dropout", json!(1.5)), 422),
+        ("t", with("surprise", json!(1)), 422),
+        ("t", with("train", json!([{"input": "x"}])), 422),
+        ("bad%20name", ok.clone(), 400),
+    ];
+    for (task, body, want) in cases {
+        let r = client
+            .post(server.url(&format!("/v1/tasks/{task}/tune")))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, want, "{body}: {v}");
+        assert!(
+            v["error"].as_str().is_some() && v["error_type"].as_str().is_some(),
+            "{v}"
+        );
+    }
+    let r = client
+        .post(server.url("/v1/tasks/t/tune"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    for (method, path, want) in [
+        ("GET", "/v1/tune-jobs/nope", 404),
+        ("DELETE", "/v1/tune-jobs/nope", 404),
+        ("POST", "/v1/tune-jobs/nope/promote", 404),
+    ] {
+        let r = client
+            .request(method.parse().unwrap(), server.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), want, "{method} {path}");
+    }
+    let list: Value = client
+        .get(server.url("/v1/tune-jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"], json!([]));
+    let prompts: Value = client
+        .get(server.url("/v1/prompts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(prompts["prompts"], json!([]));
+    // Cancel: the job ends cancelled, installs nothing, and cannot be cancelled twice.
+    let id = start_job(&client, &server, "t", with("steps", json!(50))).await;
+    let r = client
+        .delete(server.url(&format!("/v1/tune-jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let v = wait_until(&client, &server, &id, ended).await;
+    assert_eq!(v["state"], "cancelled");
+    let r = client
+        .delete(server.url(&format!("/v1/tune-jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let r = client
+        .post(server.url(&format!("/v1/tune-jobs/{id}/promote")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    let r = client
+        .get(server.url("/v1/prompts/t"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restart_fails_the_interrupted_job_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = TestServer::start(&model_dir(), dir.path(), &[]);
+    let body = json!({"train": rows(), "steps": 20000, "prompt_length": 4});
+    let id = start_job(&client, &server, "long", body).await;
+    wait_until(&client, &server, &id, |v| v["step"].as_u64() > Some(2)).await;
+    // kill -9: no chance to record anything on the way out.
+    Command::new("kill")
+        .args(["-KILL", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    let _ = server.wait();
+    let server = TestServer::start(&model_dir(), dir.path(), &[]);
+    let v = job(&client, &server, &id).await;
+    assert_eq!(v["state"], "failed", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("restart"), "{v}");
+    let r = client
+        .get(server.url("/v1/prompts/long"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    // Nothing half-written next to the prompts.
+    let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+use std::process::Command;

@@ -280,3 +280,95 @@ fn ctrl_c_saves_the_prompt_so_far_and_exits_non_zero() {
     assert_eq!(report["interrupted"], true);
     assert!(report["steps"].as_u64().unwrap() < 1_000_000);
 }
+
+/// A task the frozen model cannot do: answer `yes` when the sentence contains "river", else
+/// `no`. Without a prompt it answers neither; tuning only the prompt teaches it.
+fn river_task(seed: u64, rows: usize) -> String {
+    const WORDS: &str = "the a of to and in is was for on that with as by at from it his an were \
+        are which this be or has had but not its have they one their new first been two after who \
+        city model prompt task tenant batch token server engine decoder encoder frozen soft vector \
+        matrix weight memory device kernel queue shared fast slow quick brown fox jumps lazy dog";
+    let words: Vec<&str> = WORDS.split_whitespace().collect();
+    let mut rng = promptd::tune::Rng::new(seed);
+    let mut out = String::new();
+    for _ in 0..rows {
+        let n = 4 + rng.below(9);
+        let mut sentence: Vec<&str> = (0..n).map(|_| words[rng.below(words.len())]).collect();
+        let yes = rng.next_f64() < 0.5;
+        if yes {
+            sentence[rng.below(n)] = "river";
+        }
+        let line = serde_json::json!({"input": sentence.join(" "), "target": if yes { "yes" } else { "no" }});
+        out.push_str(&format!("{line}\n"));
+    }
+    out
+}
+
+#[test]
+fn tuning_teaches_the_frozen_model_a_task_it_cannot_do_without_a_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, dev) = (tmp.path().join("train.jsonl"), tmp.path().join("dev.jsonl"));
+    std::fs::write(&train, river_task(1, 64)).unwrap();
+    let dev_text = river_task(2, 64);
+    std::fs::write(&dev, &dev_text).unwrap();
+    let yes = dev_text.matches("\"yes\"").count() as f64 / 64.0;
+    let majority = yes.max(1.0 - yes);
+    let model = common::fixtures().join("models/t5-v1_0-tiny");
+    let (out, report) = (tmp.path().join("p.safetensors"), tmp.path().join("r.json"));
+    // The paper's recipe (Adafactor, lr 0.3, class-label init), without dropout for speed.
+    let (ok, _, err) = promptd(&[
+        "tune",
+        "--model",
+        s(&model),
+        "--train",
+        s(&train),
+        "--dev",
+        s(&dev),
+        "--prompt-length",
+        "10",
+        "--steps",
+        "150",
+        "--eval-every",
+        "25",
+        "--batch-size",
+        "64",
+        "--dropout",
+        "0",
+        "--out",
+        s(&out),
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let init = report["dev_metric"][0][1].as_f64().unwrap();
+    let best = report["best_metric"].as_f64().unwrap();
+    let (ok, stdout, err) = promptd(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--prompt",
+        "none",
+        "--data",
+        s(&dev),
+    ]);
+    assert!(ok, "{err}");
+    let none: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let none = none["value"].as_f64().unwrap();
+    eprintln!(
+        "dev accuracy: no prompt {none}, init {init}, tuned {best} (majority class {majority})"
+    );
+    assert!(
+        none <= 0.1,
+        "the plain model should not do the task ({none})"
+    );
+    assert!(
+        init <= 0.6,
+        "the initial prompt should not do the task ({init})"
+    );
+    assert!(
+        best >= 0.75 && best >= majority + 0.15,
+        "tuned prompt reached only {best} (majority class {majority})"
+    );
+}

@@ -372,3 +372,85 @@ async fn grpc_health_follows_readiness_and_reflection_lists_the_services() {
         assert!(names.contains(&want), "{names:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_tuning_jobs_mirror_http() {
+    use promptd::api::grpc::proto::{
+        Example, ListTuneJobsRequest, StartTuneRequest, TuneJobRequest,
+    };
+    let (server, _prompts) = start(&[]);
+    let mut grpc = client(&server).await;
+    let rows: Vec<Example> = ["positive", "negative", "positive"]
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Example {
+            input: format!("kernel time {i} this who model"),
+            target: t.to_string(),
+        })
+        .collect();
+    let job = grpc
+        .start_tune(StartTuneRequest {
+            task: "grpc-tuned".into(),
+            train: rows.clone(),
+            dev: rows,
+            prompt_length: Some(4),
+            steps: Some(3),
+            eval_every: Some(1),
+            metric: Some("rank-accuracy".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(job.task, "grpc-tuned");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let j = grpc
+            .get_tune_job(TuneJobRequest { id: job.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        if !matches!(j.state.as_str(), "queued" | "running") {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "job stuck: {j:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(done.state, "succeeded", "{done:?}");
+    assert_eq!(done.version, Some(1));
+    // The same job over HTTP.
+    let http: Value = reqwest::get(server.url(&format!("/v1/tune-jobs/{}", job.id)))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(http["state"], "succeeded");
+    assert_eq!(http["step"], done.step);
+    let list = grpc
+        .list_tune_jobs(ListTuneJobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.jobs.len(), 1);
+    // Errors carry the HTTP error_type.
+    let e = grpc
+        .get_tune_job(TuneJobRequest { id: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert_eq!(error_type(&e), "unknown_job");
+    let e = grpc
+        .cancel_tune_job(TuneJobRequest { id: job.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let e = grpc
+        .start_tune(StartTuneRequest {
+            task: "grpc-tuned".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}

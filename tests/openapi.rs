@@ -32,7 +32,9 @@ fn routed_paths() -> BTreeSet<String> {
 }
 
 fn concrete(path: &str) -> String {
-    path.replace("{task}", "keep").replace("{version}", "1")
+    path.replace("{task}", "keep")
+        .replace("{version}", "1")
+        .replace("{id}", "no-such-job")
 }
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];

@@ -7,10 +7,13 @@ use tonic::{Code, Request, Response, Status};
 
 use super::predict::{self, PredictRequest};
 use super::prompts::{self, Upload};
+use super::tune::{self as tuning, TuneRequest};
 use super::{ApiError, AppState};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::TaskName;
 use crate::tenants::Caller;
+use crate::tune::jobs::JobStatus;
+use crate::tune::Example;
 
 /// The encoded descriptors of `proto/promptd.proto`, served by gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("promptd_descriptor");
@@ -34,7 +37,10 @@ pub struct GrpcApi {
 /// The gRPC service, accepting messages as large as the largest HTTP body allowed.
 pub fn service(state: AppState) -> PromptdServer<GrpcApi> {
     let limits = state.limits;
-    let largest = limits.max_prompt_bytes.max(limits.max_body_bytes);
+    let largest = limits
+        .max_prompt_bytes
+        .max(limits.max_body_bytes)
+        .max(state.tuning.limits.max_body_bytes);
     PromptdServer::new(GrpcApi { state })
         .max_decoding_message_size(largest.saturating_add(FRAMING_BYTES))
 }
@@ -93,7 +99,9 @@ pub const SERVICE_NAME: &str = "promptd.v1.Promptd";
 /// The gRPC status of each error.
 pub fn status(e: ApiError) -> Status {
     let code = match &e {
-        ApiError::UnknownTask(_) | ApiError::NotFound(_) => Code::NotFound,
+        ApiError::UnknownTask(_) | ApiError::UnknownJob(_) | ApiError::NotFound(_) => {
+            Code::NotFound
+        }
         ApiError::MethodNotAllowed => Code::Unimplemented,
         ApiError::BadRequest(_)
         | ApiError::Unprocessable(_)
@@ -259,5 +267,110 @@ impl Promptd for GrpcApi {
             .await
             .map_err(status)?;
         Ok(Response::new(proto::DeletePromptResponse {}))
+    }
+
+    async fn start_tune(
+        &self,
+        request: Request<proto::StartTuneRequest>,
+    ) -> Result<Response<proto::TuneJob>, Status> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let task = task(&r.task)?;
+        let examples = |rows: Vec<proto::Example>| -> Vec<Example> {
+            rows.into_iter()
+                .map(|e| Example {
+                    input: e.input,
+                    target: e.target,
+                })
+                .collect()
+        };
+        let size = |v: Option<u64>| v.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let req = TuneRequest {
+            train: examples(r.train),
+            dev: examples(r.dev),
+            prompt_length: size(r.prompt_length),
+            steps: size(r.steps),
+            epochs: size(r.epochs),
+            init: r.init,
+            optimizer: r.optimizer,
+            lr: r.lr,
+            weight_decay: r.weight_decay,
+            clip_grad_norm: r.clip_grad_norm,
+            batch_size: size(r.batch_size),
+            labels: (!r.labels.is_empty()).then_some(r.labels),
+            metric: r.metric,
+            eval_every: size(r.eval_every),
+            patience: size(r.patience),
+            dropout: r.dropout,
+            seed: r.seed,
+        };
+        let job = tuning::start_job(&self.state, &caller, task, req).map_err(status)?;
+        Ok(Response::new(tune_job(job)))
+    }
+
+    async fn get_tune_job(
+        &self,
+        request: Request<proto::TuneJobRequest>,
+    ) -> Result<Response<proto::TuneJob>, Status> {
+        let caller = self.caller(&request)?;
+        let id = request.into_inner().id;
+        let job = tuning::job_status(&self.state, &caller, &id).map_err(status)?;
+        Ok(Response::new(tune_job(job)))
+    }
+
+    async fn list_tune_jobs(
+        &self,
+        request: Request<proto::ListTuneJobsRequest>,
+    ) -> Result<Response<proto::ListTuneJobsResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let jobs = tuning::list_jobs(&self.state, &caller);
+        Ok(Response::new(proto::ListTuneJobsResponse {
+            jobs: jobs.into_iter().map(tune_job).collect(),
+        }))
+    }
+
+    async fn cancel_tune_job(
+        &self,
+        request: Request<proto::TuneJobRequest>,
+    ) -> Result<Response<proto::TuneJob>, Status> {
+        let caller = self.caller(&request)?;
+        let id = request.into_inner().id;
+        let job = tuning::cancel_job(&self.state, &caller, &id).map_err(status)?;
+        Ok(Response::new(tune_job(job)))
+    }
+
+    async fn promote_tune_job(
+        &self,
+        request: Request<proto::TuneJobRequest>,
+    ) -> Result<Response<proto::TuneJob>, Status> {
+        let caller = self.caller(&request)?;
+        let id = request.into_inner().id;
+        let job = tuning::promote_job(&self.state, &caller, &id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(tune_job(job)))
+    }
+}
+
+fn tune_job(j: JobStatus) -> proto::TuneJob {
+    proto::TuneJob {
+        id: j.id,
+        task: j.task,
+        tenant: j.tenant,
+        state: j.state.as_str().to_string(),
+        step: j.step as u64,
+        total_steps: j.total_steps as u64,
+        loss: j.loss,
+        metric: j.metric,
+        dev_metric: j.dev_metric,
+        best_metric: j.best_metric,
+        best_step: j.best_step.map(|s| s as u64),
+        current_metric: j.current_metric,
+        eta_seconds: j.eta_seconds,
+        engine_seconds: j.engine_seconds,
+        version: j.version,
+        error: j.error,
+        created_ms: j.created_ms,
+        finished_ms: j.finished_ms,
     }
 }

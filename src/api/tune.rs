@@ -216,12 +216,28 @@ pub async fn start(
     JsonBody(req): JsonBody<TuneRequest>,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let Path(task) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let task = TaskName::parse(&task)?;
+    let status = start_job(&state, &caller, TaskName::parse(&task)?, req)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobCreated {
+            job: status.id.clone(),
+            status,
+        }),
+    ))
+}
+
+/// Validates a tuning request and hands the job to the engine. Shared by HTTP and gRPC.
+pub fn start_job(
+    state: &AppState,
+    caller: &Caller,
+    task: TaskName,
+    req: TuneRequest,
+) -> Result<JobStatus, ApiError> {
     state.check_serving()?;
-    authorize_write(&state, &caller, &task)?;
+    authorize_write(state, caller, &task)?;
     let service = state.tuning.clone();
     let mut max_len = state.registry.limits().max_rows;
-    if let Caller::Tenant(t) = &caller {
+    if let Caller::Tenant(t) = caller {
         max_len = max_len.min(t.max_prompt_length);
     }
     let settings = settings(&req, &service.limits, max_len)?;
@@ -266,13 +282,7 @@ pub async fn start(
     tokio::spawn(complete(state.clone(), caller.clone(), task, finished));
     let status = job.snapshot();
     tracing::info!(job = %status.id, task = %status.task, tenant = caller.name(), steps = total, "tuning job accepted");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(JobCreated {
-            job: status.id.clone(),
-            status,
-        }),
-    ))
+    Ok(status)
 }
 
 fn fail(jobs: &JobTable, job: &Job, why: &str) {
@@ -367,7 +377,7 @@ fn visible(state: &AppState, caller: &Caller, id: &str) -> Result<Arc<Job>, ApiE
         .tuning
         .jobs
         .get(id)
-        .ok_or_else(|| ApiError::NotFound(format!("tuning job {:?}", truncate(id))))?;
+        .ok_or_else(|| ApiError::UnknownJob(truncate(id)))?;
     let owner = job.status.lock().tenant.clone();
     if caller.is_admin() || owner == caller.name() {
         Ok(job)
@@ -397,7 +407,12 @@ pub async fn get_one(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    Ok(Json(visible(&state, &caller, &id)?.snapshot()))
+    job_status(&state, &caller, &id).map(Json)
+}
+
+/// One job's status, if the caller may see it. Shared by HTTP and gRPC.
+pub fn job_status(state: &AppState, caller: &Caller, id: &str) -> Result<JobStatus, ApiError> {
+    Ok(visible(state, caller, id)?.snapshot())
 }
 
 /// The caller's tuning jobs (every job for an admin or an open server).
@@ -408,11 +423,18 @@ pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
 ) -> Json<JobList> {
+    Json(JobList {
+        jobs: list_jobs(&state, &caller),
+    })
+}
+
+/// The caller's jobs (every job for an admin), oldest first. Shared by HTTP and gRPC.
+pub fn list_jobs(state: &AppState, caller: &Caller) -> Vec<JobStatus> {
     let mut jobs = state.tuning.jobs.all();
     if !caller.is_admin() {
         jobs.retain(|j| j.tenant == caller.name());
     }
-    Json(JobList { jobs })
+    jobs
 }
 
 /// Cancels a queued or running job (it stops at its next step; nothing is installed).
@@ -429,7 +451,15 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
-    let job = visible(&state, &caller, &id)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(cancel_job(&state, &caller, &id)?),
+    ))
+}
+
+/// Asks the engine to stop a queued or running job. Shared by HTTP and gRPC.
+pub fn cancel_job(state: &AppState, caller: &Caller, id: &str) -> Result<JobStatus, ApiError> {
+    let job = visible(state, caller, id)?;
     let status = job.snapshot();
     if !status.state.is_active() {
         return Err(ApiError::Conflict(format!(
@@ -439,7 +469,7 @@ pub async fn cancel(
         )));
     }
     job.cancel.store(true, Ordering::Release);
-    Ok((StatusCode::ACCEPTED, Json(status)))
+    Ok(status)
 }
 
 /// Installs a candidate (a job whose prompt scored below the task's current one) as the
@@ -457,8 +487,17 @@ pub async fn promote(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
+    promote_job(&state, &caller, &id).await.map(Json)
+}
+
+/// Installs a candidate's prompt as its task's next version. Shared by HTTP and gRPC.
+pub async fn promote_job(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<JobStatus, ApiError> {
     state.check_serving()?;
-    let job = visible(&state, &caller, &id)?;
+    let job = visible(state, caller, id)?;
     let status = job.snapshot();
     if status.state != JobState::Candidate {
         return Err(ApiError::Conflict(format!(
@@ -468,12 +507,12 @@ pub async fn promote(
         )));
     }
     let task = TaskName::parse(&status.task)?;
-    authorize_write(&state, &caller, &task)?;
+    authorize_write(state, caller, &task)?;
     let path = state.tuning.jobs.candidate_path(&status.id);
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| ApiError::Internal(format!("reading the candidate prompt: {e}")))?;
-    let (info, _) = store(&state, &caller, Ok((task, Upload::Tensor(bytes.into())))).await?;
+    let (info, _) = store(state, caller, Ok((task, Upload::Tensor(bytes.into())))).await?;
     {
         let mut s = job.status.lock();
         s.state = JobState::Succeeded;
@@ -484,7 +523,7 @@ pub async fn promote(
         .jobs
         .persist(&job)
         .map_err(|e| ApiError::Storage(e.to_string()))?;
-    Ok(Json(job.snapshot()))
+    Ok(job.snapshot())
 }
 
 impl TuneService {

@@ -266,6 +266,7 @@ pub fn start_job(
         .map_err(|e| ApiError::Storage(e.to_string()))?;
     let current = state.registry.get(task.as_str()).map(|e| e.slot.clone());
     let (done, finished) = oneshot::channel();
+    let status = job.snapshot();
     let work = TuneWork {
         job: job.clone(),
         settings,
@@ -280,7 +281,6 @@ pub fn start_job(
         return Err(ApiError::Unavailable("the engine is not running".into()));
     }
     tokio::spawn(complete(state.clone(), caller.clone(), task, finished));
-    let status = job.snapshot();
     tracing::info!(job = %status.id, task = %status.task, tenant = caller.name(), steps = total, "tuning job accepted");
     Ok(status)
 }

@@ -248,7 +248,14 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
         "tuning started (Ctrl-C saves the best prompt so far)"
     );
     let bar = progress_bar(tuner.total_steps(), args.quiet);
-    let outcome = train_loop(&mut tuner, &mut engine, &tokenizer, &bar, &interrupted);
+    let outcome = train_loop(
+        &mut tuner,
+        &mut engine,
+        &tokenizer,
+        &bar,
+        &interrupted,
+        args.quiet,
+    );
     bar.finish_and_clear();
     let stopped_by_user = interrupted.load(Ordering::SeqCst);
     let mut report = tuner.report();
@@ -301,6 +308,7 @@ fn train_loop(
     tokenizer: &T5Tokenizer,
     bar: &ProgressBar,
     interrupted: &AtomicBool,
+    quiet: bool,
 ) -> Result<(), TuneError> {
     let metric = tuner.settings().metric;
     let mut dev_text = String::new();
@@ -315,7 +323,8 @@ fn train_loop(
         if tuner.eval_due() {
             if let Some(o) = tuner.evaluate(engine, tokenizer)? {
                 dev_text = format!(" dev {metric} {:.4}", o.value);
-                if bar.is_hidden() {
+                // Without a terminal (a log file, CI) evaluations are logged instead of drawn.
+                if bar.is_hidden() && !quiet {
                     tracing::info!(step = r.step, loss = r.loss, metric = %metric, value = o.value, "evaluated");
                 }
             }

@@ -196,66 +196,107 @@ pub fn evaluate_slot(
     set: &EvalSet,
     max_batch_tokens: u64,
 ) -> Result<EvalOutcome, TuneError> {
-    let _guard = tch::no_grad_guard();
-    let rank = set.metric == Metric::RankAccuracy;
-    let inputs: Vec<RowInput> = set
-        .rows
-        .iter()
-        .map(|r| RowInput {
-            prompt: slot.clone(),
-            input_ids: r.input_ids.clone(),
-            max_new_tokens: if rank { 0 } else { set.max_new_tokens },
-            labels: if rank {
-                set.label_ids.clone()
-            } else {
-                Vec::new()
-            },
-            cancel: None,
-        })
-        .collect();
-    let (results, _) = engine.run_rows(&inputs, max_batch_tokens);
-    let mut predictions = Vec::with_capacity(results.len());
-    let mut correct = 0;
-    for (row, result) in set.rows.iter().zip(results) {
-        let out = result?;
-        let (prediction, ok) = match set.metric {
-            Metric::RankAccuracy => {
-                let scores = out.scores.unwrap_or_default();
-                let best = scores
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| set.labels[i].clone())
-                    .unwrap_or_default();
-                let ok = best == row.target;
-                (best, ok)
-            }
-            Metric::Accuracy => {
-                let text = tokenizer.decode(&out.token_ids)?;
-                let ok = text.trim() == row.target.trim();
-                (text, ok)
-            }
-            Metric::ExactMatch => {
-                let text = tokenizer.decode(&out.token_ids)?;
-                let ok = normalize_answer(&text) == normalize_answer(&row.target);
-                (text, ok)
-            }
-        };
-        correct += usize::from(ok);
-        predictions.push(prediction);
+    let mut eval = ChunkedEval::new(slot);
+    loop {
+        if let Some(outcome) = eval.step(engine, tokenizer, set, usize::MAX, max_batch_tokens)? {
+            return Ok(outcome);
+        }
     }
-    let total = set.rows.len();
-    Ok(EvalOutcome {
-        metric: set.metric,
-        value: if total == 0 {
-            0.0
-        } else {
-            correct as f64 / total as f64
-        },
-        correct,
-        total,
-        predictions,
-    })
+}
+
+/// A dev evaluation run a chunk of rows at a time, so a server's engine thread can serve
+/// between chunks.
+pub struct ChunkedEval {
+    slot: Option<Arc<PromptSlot>>,
+    next: usize,
+    correct: usize,
+    predictions: Vec<String>,
+}
+
+impl ChunkedEval {
+    /// An evaluation of the prompt in `slot` (None: the plain model), not started.
+    pub fn new(slot: Option<Arc<PromptSlot>>) -> Self {
+        Self {
+            slot,
+            next: 0,
+            correct: 0,
+            predictions: Vec::new(),
+        }
+    }
+
+    /// Scores the next `rows` rows of `set`; the outcome once every row is scored.
+    pub fn step(
+        &mut self,
+        engine: &mut Engine,
+        tokenizer: &T5Tokenizer,
+        set: &EvalSet,
+        rows: usize,
+        max_batch_tokens: u64,
+    ) -> Result<Option<EvalOutcome>, TuneError> {
+        let _guard = tch::no_grad_guard();
+        let rank = set.metric == Metric::RankAccuracy;
+        let end = self.next.saturating_add(rows.max(1)).min(set.rows.len());
+        let chunk = &set.rows[self.next..end];
+        let inputs: Vec<RowInput> = chunk
+            .iter()
+            .map(|r| RowInput {
+                prompt: self.slot.clone(),
+                input_ids: r.input_ids.clone(),
+                max_new_tokens: if rank { 0 } else { set.max_new_tokens },
+                labels: if rank {
+                    set.label_ids.clone()
+                } else {
+                    Vec::new()
+                },
+                cancel: None,
+            })
+            .collect();
+        let (results, _) = engine.run_rows(&inputs, max_batch_tokens);
+        for (row, result) in chunk.iter().zip(results) {
+            let out = result?;
+            let (prediction, ok) = match set.metric {
+                Metric::RankAccuracy => {
+                    let scores = out.scores.unwrap_or_default();
+                    let best = scores
+                        .iter()
+                        .enumerate()
+                        .max_by(|a, b| a.1.total_cmp(b.1))
+                        .map(|(i, _)| set.labels[i].clone())
+                        .unwrap_or_default();
+                    let ok = best == row.target;
+                    (best, ok)
+                }
+                Metric::Accuracy => {
+                    let text = tokenizer.decode(&out.token_ids)?;
+                    let ok = text.trim() == row.target.trim();
+                    (text, ok)
+                }
+                Metric::ExactMatch => {
+                    let text = tokenizer.decode(&out.token_ids)?;
+                    let ok = normalize_answer(&text) == normalize_answer(&row.target);
+                    (text, ok)
+                }
+            };
+            self.correct += usize::from(ok);
+            self.predictions.push(prediction);
+        }
+        self.next = end;
+        if self.next < set.rows.len() {
+            return Ok(None);
+        }
+        let total = set.rows.len();
+        Ok(Some(EvalOutcome {
+            metric: set.metric,
+            value: if total == 0 {
+                0.0
+            } else {
+                self.correct as f64 / total as f64
+            },
+            correct: self.correct,
+            total,
+            predictions: std::mem::take(&mut self.predictions),
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::jobs::{now_ms, Job, JobState};
+use super::metric::ChunkedEval;
 use super::{Example, TuneError, TuneSettings, Tuner};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};
 use crate::model::T5Tokenizer;
@@ -53,6 +54,8 @@ pub struct FinishedPrompt {
 struct Active {
     work: TuneWork,
     tuner: Option<Tuner>,
+    /// The task's served prompt being scored on dev once training has ended.
+    baseline: Option<ChunkedEval>,
 }
 
 /// Tuning jobs the engine thread runs between serving passes.
@@ -81,7 +84,11 @@ impl TuneScheduler {
 
     /// Queues a job.
     pub fn submit(&mut self, work: TuneWork) {
-        self.jobs.push_back(Active { work, tuner: None });
+        self.jobs.push_back(Active {
+            work,
+            tuner: None,
+            baseline: None,
+        });
     }
 
     /// Whether any job waits for steps.
@@ -157,14 +164,19 @@ impl TuneScheduler {
 
 type StepResult = Result<Option<Option<Result<FinishedPrompt, String>>>, TuneError>;
 
-/// One unit of work for a job; `Some(result)` when the job has ended.
+/// One unit of work for a job; `Some(result)` when the job has ended. Dev evaluations run a
+/// batch of rows per unit, so one unit never holds the engine much longer than a training step.
 fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
-    let work = &active.work;
+    let Active {
+        work,
+        tuner,
+        baseline,
+    } = active;
     if work.job.cancel.load(Ordering::Acquire) {
         return Ok(Some(None));
     }
-    let Some(tuner) = active.tuner.as_mut() else {
-        let tuner = match Tuner::new(
+    let Some(tuner) = tuner.as_mut() else {
+        let built = match Tuner::new(
             engine.model(),
             &work.tokenizer,
             work.settings.clone(),
@@ -176,20 +188,28 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
         };
         let mut s = work.job.status.lock();
         s.state = JobState::Running;
-        s.total_steps = tuner.total_steps();
+        s.total_steps = built.total_steps();
         drop(s);
-        active.tuner = Some(tuner);
+        *tuner = Some(built);
         return Ok(None);
     };
+    let chunk = tuner.settings().batch_size;
     if tuner.eval_due() {
-        tuner.evaluate(engine, &work.tokenizer)?;
+        tuner.evaluate_chunk(engine, &work.tokenizer, chunk)?;
         update_status(work, tuner);
         return Ok(None);
     }
     if tuner.finished() {
-        let current = match &work.current {
-            Some(slot) => tuner.evaluate_slot(engine, &work.tokenizer, slot.clone())?,
-            None => None,
+        let current = match (&work.current, tuner.dev_set()) {
+            (Some(slot), Some(dev)) => {
+                let eval = baseline.get_or_insert_with(|| ChunkedEval::new(Some(slot.clone())));
+                let budget = tuner.settings().max_batch_tokens;
+                match eval.step(engine, &work.tokenizer, dev, chunk, budget)? {
+                    None => return Ok(None),
+                    Some(o) => Some(o.value),
+                }
+            }
+            _ => None,
         };
         let rows = tuner.best_rows()?;
         return Ok(Some(Some(Ok(FinishedPrompt {

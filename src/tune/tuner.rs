@@ -1,6 +1,5 @@
 //! One tuning run as a step-at-a-time state machine: P, the optimizer, the data order and the
 //! history (loss curve, dev metric curve, best P).
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -8,10 +7,10 @@ use tch::{Kind, Tensor};
 
 use super::data::{tokenize, Batch, Example, TokenizedExample};
 use super::init::{initial_prompt, read_init_file, InitSpec};
-use super::metric::{evaluate, evaluate_slot, label_set, EvalOutcome, EvalSet, Metric};
+use super::metric::{label_set, ChunkedEval, EvalOutcome, EvalSet, Metric};
 use super::optim::{Optimizer, OptimizerSettings};
 use super::{Rng, TuneError};
-use crate::engine::{Engine, PromptSlot};
+use crate::engine::Engine;
 use crate::model::{T5Model, T5Tokenizer};
 use crate::prompts::PromptRows;
 
@@ -166,6 +165,8 @@ pub struct Tuner {
     train_seconds: f64,
     truncated: usize,
     labels: Vec<String>,
+    /// A dev evaluation of the current P in progress (P does not move until it ends).
+    pending: Option<(ChunkedEval, Vec<f32>)>,
 }
 
 impl Tuner {
@@ -251,6 +252,7 @@ impl Tuner {
             train_seconds: 0.0,
             truncated,
             labels,
+            pending: None,
         })
     }
 
@@ -297,6 +299,9 @@ impl Tuner {
     /// steps, and at the end).
     pub fn eval_due(&self) -> bool {
         let Some(_) = &self.dev else { return false };
+        if self.pending.is_some() {
+            return true;
+        }
         let last = self.dev_metric.last().map(|(s, _)| *s);
         last != Some(self.step)
             && (self.step % self.settings.eval_every == 0 || self.step >= self.total_steps)
@@ -373,24 +378,52 @@ impl Tuner {
         engine: &mut Engine,
         tokenizer: &T5Tokenizer,
     ) -> Result<Option<EvalOutcome>, TuneError> {
+        if self.dev.is_none() {
+            return Ok(None);
+        }
+        loop {
+            if let Some(outcome) = self.evaluate_chunk(engine, tokenizer, usize::MAX)? {
+                return Ok(Some(outcome));
+            }
+        }
+    }
+
+    /// Scores the next `rows` dev rows with the current P (training waits until the evaluation
+    /// ends); the outcome, recorded like [`Tuner::evaluate`]'s, once every row is scored.
+    pub fn evaluate_chunk(
+        &mut self,
+        engine: &mut Engine,
+        tokenizer: &T5Tokenizer,
+        rows: usize,
+    ) -> Result<Option<EvalOutcome>, TuneError> {
         let Some(dev) = &self.dev else {
             return Ok(None);
         };
-        let rows = self.current_rows()?;
-        let outcome = evaluate(
-            engine,
-            tokenizer,
-            Some(&rows),
-            dev,
-            self.settings.max_batch_tokens,
-        )?;
+        let (eval, _) = match &mut self.pending {
+            Some(p) => p,
+            None => {
+                let rows = self.current_rows()?;
+                let slot = engine.register_prompt(&crate::prompts::Prompt {
+                    encoder: rows.clone(),
+                    decoder: None,
+                })?;
+                self.pending
+                    .insert((ChunkedEval::new(Some(slot)), rows.values))
+            }
+        };
+        let Some(outcome) =
+            eval.step(engine, tokenizer, dev, rows, self.settings.max_batch_tokens)?
+        else {
+            return Ok(None);
+        };
+        let (_, values) = self.pending.take().expect("an evaluation in progress");
         self.dev_metric.push((self.step, outcome.value));
         if self
             .best
             .as_ref()
             .is_none_or(|(_, m, _)| outcome.value > *m)
         {
-            self.best = Some((self.step, outcome.value, rows.values));
+            self.best = Some((self.step, outcome.value, values));
             self.stale_evals = 0;
         } else {
             self.stale_evals += 1;
@@ -398,24 +431,9 @@ impl Tuner {
         Ok(Some(outcome))
     }
 
-    /// Scores a prompt already in the bank (a task's served one) on this run's dev set.
-    pub fn evaluate_slot(
-        &self,
-        engine: &mut Engine,
-        tokenizer: &T5Tokenizer,
-        slot: Arc<PromptSlot>,
-    ) -> Result<Option<f64>, TuneError> {
-        let Some(dev) = &self.dev else {
-            return Ok(None);
-        };
-        let o = evaluate_slot(
-            engine,
-            tokenizer,
-            Some(slot),
-            dev,
-            self.settings.max_batch_tokens,
-        )?;
-        Ok(Some(o.value))
+    /// The dev set, if any.
+    pub fn dev_set(&self) -> Option<&EvalSet> {
+        self.dev.as_ref()
     }
 
     /// P as it is now.

@@ -133,6 +133,14 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                 Ok(job) => Some(job),
                 Err(_) => break,
             }
+        } else if running.is_empty() && !tuning.may_step(true) {
+            // Tuning waits for its share or for the engine to be idle a moment: wait for a job
+            // a little instead of spinning.
+            match jobs.recv_timeout(Duration::from_millis(10)) {
+                Ok(job) => Some(job),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
         } else {
             match jobs.try_recv() {
                 Ok(job) => Some(job),
@@ -142,6 +150,7 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             }
         };
         let idle = job.is_none() && running.is_empty();
+        let busy = !idle;
         let serving = Instant::now();
         match job {
             Some(Job::Tune(work)) => tuning.submit(*work),
@@ -173,7 +182,7 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             None => {}
         }
         running.step(engine.model());
-        tuning.note_serving(serving.elapsed());
+        tuning.note_serving(serving.elapsed(), busy);
         if tuning.may_step(idle) {
             tuning.step(&mut engine);
         }

@@ -65,10 +65,16 @@ pub struct TuneScheduler {
     tune_secs: f64,
     serve_secs: f64,
     last_decay: Instant,
+    last_served: Instant,
 }
 
 /// Engine time older than this counts half (the share is enforced over the recent past).
 const HALF_LIFE_S: f64 = 10.0;
+/// Training rows (and dev rows) per engine turn: a turn holds the engine about as long as a
+/// small serving pass, whatever the job's batch size (gradients accumulate across turns).
+pub const ROWS_PER_TURN: usize = 8;
+/// The engine counts as idle (tuning unthrottled) once it has served nothing for this long.
+const IDLE_AFTER: Duration = Duration::from_millis(200);
 
 impl TuneScheduler {
     /// A scheduler giving tuning at most `share` of engine time while serving is busy.
@@ -79,6 +85,7 @@ impl TuneScheduler {
             tune_secs: 0.0,
             serve_secs: 0.0,
             last_decay: Instant::now(),
+            last_served: Instant::now(),
         }
     }
 
@@ -104,19 +111,22 @@ impl TuneScheduler {
         self.serve_secs *= f;
     }
 
-    /// Records engine time spent serving.
-    pub fn note_serving(&mut self, spent: Duration) {
+    /// Records engine time spent serving (`busy`: there was serving work).
+    pub fn note_serving(&mut self, spent: Duration, busy: bool) {
         self.decay();
         self.serve_secs += spent.as_secs_f64();
+        if busy {
+            self.last_served = Instant::now();
+        }
     }
 
-    /// Whether a tuning micro-step may run now: always when the engine is otherwise idle,
-    /// else only while tuning's recent share of engine time is within the limit.
+    /// Whether a tuning micro-step may run now: freely once the engine has been idle for a
+    /// moment, else only while tuning's recent share of engine time is within the limit.
     pub fn may_step(&mut self, idle: bool) -> bool {
         if !self.has_work() {
             return false;
         }
-        if idle {
+        if idle && self.last_served.elapsed() >= IDLE_AFTER {
             return true;
         }
         self.decay();
@@ -193,7 +203,7 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
         *tuner = Some(built);
         return Ok(None);
     };
-    let chunk = tuner.settings().batch_size;
+    let chunk = ROWS_PER_TURN;
     if tuner.eval_due() {
         tuner.evaluate_chunk(engine, &work.tokenizer, chunk)?;
         update_status(work, tuner);
@@ -218,7 +228,7 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
             current_metric: current,
         }))));
     }
-    match tuner.train_step(engine.model()) {
+    match tuner.train_micro_step(engine.model(), ROWS_PER_TURN) {
         Ok(_) => {}
         Err(e @ TuneError::Diverged { .. }) => return Ok(Some(Some(Err(e.to_string())))),
         Err(e) => return Err(e),

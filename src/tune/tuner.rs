@@ -167,6 +167,19 @@ pub struct Tuner {
     labels: Vec<String>,
     /// A dev evaluation of the current P in progress (P does not move until it ends).
     pending: Option<(ChunkedEval, Vec<f32>)>,
+    /// A step whose batch is being worked through in parts.
+    accum: Option<Accum>,
+}
+
+/// A batch part-way through gradient accumulation.
+struct Accum {
+    picked: Vec<usize>,
+    next: usize,
+    /// Target tokens of the whole batch (the loss's denominator).
+    label_tokens: usize,
+    loss: f64,
+    grad: Option<Tensor>,
+    tokens: usize,
 }
 
 impl Tuner {
@@ -253,6 +266,7 @@ impl Tuner {
             truncated,
             labels,
             pending: None,
+            accum: None,
         })
     }
 
@@ -302,6 +316,9 @@ impl Tuner {
         if self.pending.is_some() {
             return true;
         }
+        if self.accum.is_some() {
+            return false;
+        }
         let last = self.dev_metric.last().map(|(s, _)| *s);
         last != Some(self.step)
             && (self.step % self.settings.eval_every == 0 || self.step >= self.total_steps)
@@ -350,26 +367,82 @@ impl Tuner {
 
     /// One optimizer step on the next batch.
     pub fn train_step(&mut self, model: &T5Model) -> Result<StepReport, TuneError> {
+        loop {
+            if let Some(report) = self.train_micro_step(model, usize::MAX)? {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Works through the current batch at most `max_rows` rows at a time (gradient
+    /// accumulation, so a server's engine thread can serve in between); returns the step's
+    /// report once the whole batch is done and P has moved. The accumulated loss and gradient
+    /// are the whole batch's: each part is weighted by its share of the batch's target tokens.
+    pub fn train_micro_step(
+        &mut self,
+        model: &T5Model,
+        max_rows: usize,
+    ) -> Result<Option<StepReport>, TuneError> {
         let started = Instant::now();
-        let picked = self.next_batch();
-        let rows: Vec<&TokenizedExample> = picked.iter().map(|&i| &self.train[i]).collect();
+        let mut acc = match self.accum.take() {
+            Some(acc) => acc,
+            None => {
+                let picked = self.next_batch();
+                let label_tokens = picked.iter().map(|&i| self.train[i].labels.len()).sum();
+                Accum {
+                    picked,
+                    next: 0,
+                    label_tokens,
+                    loss: 0.0,
+                    grad: None,
+                    tokens: 0,
+                }
+            }
+        };
+        let end = acc
+            .next
+            .saturating_add(max_rows.max(1))
+            .min(acc.picked.len());
+        let rows: Vec<&TokenizedExample> = acc.picked[acc.next..end]
+            .iter()
+            .map(|&i| &self.train[i])
+            .collect();
+        let part_tokens: usize = rows.iter().map(|r| r.labels.len()).sum();
         let (loss, grad, tokens) = self.loss_and_grad(model, &rows)?;
+        let weight = part_tokens as f64 / acc.label_tokens.max(1) as f64;
+        acc.loss += loss * weight;
+        acc.grad = Some(match acc.grad.take() {
+            // The whole batch at once: no rescaling, bit for bit the single-pass gradient.
+            None if end == acc.picked.len() && acc.next == 0 => grad,
+            None => grad.f_mul_scalar(weight)?,
+            Some(g) => g.f_add(&grad.f_mul_scalar(weight)?)?,
+        });
+        acc.tokens += tokens;
+        acc.next = end;
+        self.train_seconds += started.elapsed().as_secs_f64();
+        if acc.next < acc.picked.len() {
+            self.accum = Some(acc);
+            return Ok(None);
+        }
+        let loss = acc.loss;
         if !loss.is_finite() {
             return Err(TuneError::Diverged {
                 step: self.step + 1,
                 loss,
             });
         }
+        let started = Instant::now();
+        let grad = acc.grad.expect("at least one part");
         self.optimizer.step(&mut self.prompt, &grad)?;
         self.step += 1;
-        self.tokens += tokens;
+        self.tokens += acc.tokens;
         self.train_loss.push((self.step, loss));
         self.train_seconds += started.elapsed().as_secs_f64();
-        Ok(StepReport {
+        Ok(Some(StepReport {
             step: self.step,
             loss,
-            tokens,
-        })
+            tokens: acc.tokens,
+        }))
     }
 
     /// Scores the current P on the dev set through `engine`, and keeps it if it is the best.

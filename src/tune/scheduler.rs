@@ -66,6 +66,8 @@ pub struct TuneScheduler {
     serve_secs: f64,
     last_decay: Instant,
     last_served: Instant,
+    /// How long the latest turn took: the next one is assumed to take as long.
+    last_turn_secs: f64,
 }
 
 /// Engine time older than this counts half (the share is enforced over the recent past).
@@ -86,6 +88,7 @@ impl TuneScheduler {
             serve_secs: 0.0,
             last_decay: Instant::now(),
             last_served: Instant::now(),
+            last_turn_secs: 0.0,
         }
     }
 
@@ -130,8 +133,9 @@ impl TuneScheduler {
             return true;
         }
         self.decay();
-        let total = self.tune_secs + self.serve_secs;
-        total <= 0.0 || self.tune_secs <= self.share * total
+        // Counting the coming turn too, so one long turn cannot overshoot the share.
+        let tune = self.tune_secs + self.last_turn_secs;
+        tune <= self.share * (tune + self.serve_secs)
     }
 
     /// Runs one micro-step of the next job (round robin) and returns the time it took.
@@ -161,6 +165,13 @@ impl TuneScheduler {
         }
         self.decay();
         self.tune_secs += spent.as_secs_f64();
+        self.last_turn_secs = spent.as_secs_f64();
+        tracing::debug!(
+            turn_ms = spent.as_secs_f64() * 1e3,
+            tune_s = self.tune_secs,
+            serve_s = self.serve_secs,
+            "tuning turn"
+        );
         spent
     }
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Prompt-tuning benchmarks (BENCHMARKS.md, "Prompt tuning"):
-#   steps  — `promptd tune` steps/s, tokens/s and peak RSS on the test models and t5-small shapes
+#   steps  — `promptd tune` steps/s, tokens/s and peak RSS on the test models and t5-small shapes,
+#            each next to the same step in PyTorch + transformers (scripts/bench_tune_torch.py, run
+#            with $PYTHON, default .venv/bin/python, when it has torch and transformers)
 #   serve  — serving throughput and p99 with one tuning job running on the server vs none
 #   scripts/bench-tune.sh [steps|serve|all] [mini|small] [seconds]
 set -euo pipefail
@@ -8,6 +10,7 @@ what="${1:-all}"; shape="${2:-mini}"; secs="${3:-20}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 source "$root/scripts/bench-common.sh"
 work="$models/tune"
+py="${PYTHON:-$root/.venv/bin/python}"
 mkdir -p "$work"
 
 # data <file> <rows> <seed>: labelled rows of 8-24 fixture words, target yes/no.
@@ -44,6 +47,10 @@ print(json.dumps({"model": os.path.basename(m), "batch_size": batch, "prompt_len
                   "s_per_step": round(r["train_seconds"] / r["steps"], 3),
                   "peak_rss_mb": round(rss / 1024, 1)}))
 PY
+      if "$py" -c "import torch, transformers" 2>/dev/null; then
+        "$py" "$root/scripts/bench_tune_torch.py" --model "$m" --train "$work/train.jsonl" \
+          --prompt-length 100 --batch-size "$batch" --steps 20 --threads 2
+      fi
     done
   done
 }

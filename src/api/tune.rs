@@ -280,7 +280,13 @@ pub fn start_job(
         fail(&service.jobs, &job, "the engine is not running");
         return Err(ApiError::Unavailable("the engine is not running".into()));
     }
-    tokio::spawn(complete(state.clone(), caller.clone(), task, finished));
+    tokio::spawn(complete(
+        state.clone(),
+        caller.clone(),
+        task,
+        status.id.clone(),
+        finished,
+    ));
     tracing::info!(job = %status.id, task = %status.task, tenant = caller.name(), steps = total, "tuning job accepted");
     Ok(status)
 }
@@ -302,10 +308,28 @@ async fn complete(
     state: AppState,
     caller: Caller,
     task: TaskName,
+    job_id: String,
     finished: oneshot::Receiver<TuneFinished>,
 ) {
     let jobs = &state.tuning.jobs;
-    let Ok(TuneFinished { job, result }) = finished.await else {
+    let mut finished = std::pin::pin!(finished);
+    let mut beat = tokio::time::interval(std::time::Duration::from_millis(
+        crate::tune::jobs::HEARTBEAT_MS,
+    ));
+    let done = loop {
+        tokio::select! {
+            done = &mut finished => break done,
+            _ = beat.tick() => {
+                // Progress on disk, and proof of life for other replicas sharing the folder.
+                if let Some(job) = jobs.get(&job_id) {
+                    if let Err(e) = jobs.persist(&job) {
+                        tracing::warn!("recording tuning job progress: {e}");
+                    }
+                }
+            }
+        }
+    };
+    let Ok(TuneFinished { job, result }) = done else {
         return;
     };
     match result {

@@ -103,6 +103,31 @@ pub struct JobStatus {
     pub created_ms: u64,
     /// Milliseconds since the Unix epoch, once ended.
     pub finished_ms: Option<u64>,
+    /// The replica (host name) running the job.
+    #[serde(default)]
+    pub replica: String,
+    /// When the running replica last recorded the job (every few seconds while it runs).
+    #[serde(default)]
+    pub heartbeat_ms: u64,
+}
+
+/// A running job's record is rewritten at least this often; a record of another replica's
+/// job that is older than [`STALE_AFTER_MS`] means that replica stopped without ending it.
+pub const HEARTBEAT_MS: u64 = 10_000;
+/// See [`HEARTBEAT_MS`].
+pub const STALE_AFTER_MS: u64 = 6 * HEARTBEAT_MS;
+
+/// This replica's name: the host name (a Kubernetes pod keeps it across container restarts).
+pub fn replica_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -145,6 +170,7 @@ impl JobTable {
             source,
         };
         let mut jobs = HashMap::new();
+        let replica = replica_name();
         if let Err(e) = std::fs::create_dir_all(&dir) {
             // A read-only prompts folder still serves; starting a job will fail (507) instead.
             tracing::warn!(dir = %dir.display(), "tuning job records unavailable: {e}");
@@ -166,7 +192,10 @@ impl JobTable {
                 tracing::warn!(path = %path.display(), "skipping an unreadable tuning job record");
                 continue;
             };
-            if status.state.is_active() {
+            // Another replica's job is its own business until its record goes stale.
+            let others_live = status.replica != replica
+                && now_ms().saturating_sub(status.heartbeat_ms) < STALE_AFTER_MS;
+            if status.state.is_active() && !others_live {
                 status.state = JobState::Failed;
                 status.error = Some(format!(
                     "interrupted by a server restart at step {} of {}",
@@ -219,6 +248,8 @@ impl JobTable {
             error: None,
             created_ms: now_ms(),
             finished_ms: None,
+            replica: replica_name(),
+            heartbeat_ms: now_ms(),
         };
         write_record(&self.dir, &status)?;
         let job = Arc::new(Job {
@@ -283,9 +314,13 @@ impl JobTable {
         }
     }
 
-    /// Rewrites `job`'s record on disk.
+    /// Rewrites `job`'s record on disk (with a fresh heartbeat).
     pub fn persist(&self, job: &Job) -> Result<(), TuneError> {
-        let status = job.snapshot();
+        let status = {
+            let mut s = job.status.lock();
+            s.heartbeat_ms = now_ms();
+            s.clone()
+        };
         write_record(&self.dir, &status)
     }
 

@@ -66,16 +66,20 @@ pub struct Loaded {
 }
 
 pub fn load(model: &str) -> Loaded {
-    let dir = fixtures().join("models").join(model);
+    load_from(&fixtures().join("models").join(model), model)
+}
+
+/// A CPU f32 engine over the model folder `dir`, with fixture `model`'s prompts registered.
+pub fn load_from(dir: &Path, model: &str) -> Loaded {
     let t5 = T5Model::load(
-        &dir,
+        dir,
         ModelOptions {
             device: tch::Device::Cpu,
             kind: tch::Kind::Float,
         },
     )
     .unwrap();
-    let tokenizer = T5Tokenizer::from_file(&dir.join("tokenizer.json"), 1).unwrap();
+    let tokenizer = T5Tokenizer::from_dir(dir, 1).unwrap();
     let d_model = t5.config.d_model as usize;
     let mut engine = Engine::new(t5).unwrap();
     let prompts = load_prompt_dir(

@@ -330,7 +330,10 @@ mod tests {
 
     #[test]
     fn model_types() {
-        assert_eq!(parse(r#"{"model_type": "t5"}"#).model_type.as_deref(), Some("t5"));
+        assert_eq!(
+            parse(r#"{"model_type": "t5"}"#).model_type.as_deref(),
+            Some("t5")
+        );
         parse(r#"{"model_type": "mt5", "feed_forward_proj": "gated-gelu"}"#);
         for other in ["umt5", "longt5", "switch_transformers", "bart", ""] {
             let json = format!(r#"{{"model_type": "{other}"}}"#);

@@ -1,11 +1,13 @@
-//! Frozen T5 from a Hugging Face directory (config.json; safetensors;
+//! Frozen T5 from a Hugging Face directory (config.json; safetensors or pytorch_model.bin;
 //! tokenizer.json or spiece.model).
 pub mod config;
 pub mod layers;
+pub mod pickle;
 pub mod spiece;
 pub mod stack;
 pub mod t5;
 pub mod tokenizer;
+pub mod torch_bin;
 pub mod weights;
 
 use std::path::PathBuf;

@@ -1,0 +1,213 @@
+//! `pytorch_model.bin` as `torch.save` writes it since PyTorch 1.6: a zip holding
+//! `<top>/data.pkl` (the state dict's pickle, read by the allow-listed [`super::pickle`]) and one
+//! `<top>/data/<key>` entry per storage, stored uncompressed. Entries are located in the
+//! memory-mapped file and sliced in place, so no storage is copied until its tensor is read.
+use std::io::Cursor;
+use std::ops::Range;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use tch::Kind;
+use zip::{CompressionMethod, ZipArchive};
+
+use super::pickle::{read_state_dict, TensorRef};
+
+/// Where one tensor's bytes are in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinTensor {
+    /// Element type.
+    pub kind: Kind,
+    /// Shape.
+    pub shape: Vec<i64>,
+    /// Bytes of the file covering the tensor, from its first element to its last.
+    pub bytes: Range<usize>,
+    /// Strides in elements when the tensor is not laid out row-major contiguous in `bytes`.
+    pub stride: Option<Vec<i64>>,
+}
+
+/// Every tensor of a `torch.save` zip archive, in pickle order. `file` is the whole file.
+pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
+    if !file.starts_with(b"PK\x03\x04") {
+        if file.first() == Some(&0x80) {
+            return Err(
+                "legacy (pre-1.6, non-zip) torch.save format is not supported: \
+                        re-save it with torch>=1.6 or convert it to safetensors"
+                    .into(),
+            );
+        }
+        return Err("not a torch.save zip archive".into());
+    }
+    let entries = zip_entries(file)?;
+    let pkl = entries
+        .iter()
+        .filter(|(name, _)| name == "data.pkl" || name.ends_with("/data.pkl"))
+        .collect::<Vec<_>>();
+    let [(pkl_name, pkl_range)] = pkl.as_slice() else {
+        return Err(format!(
+            "expected one data.pkl in the archive, found {}",
+            pkl.len()
+        ));
+    };
+    let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let lookup = |name: &str| {
+        entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, r)| r.clone())
+    };
+    if let Some(order) = lookup(&format!("{prefix}byteorder")) {
+        if &file[order] != b"little" {
+            return Err("big-endian checkpoints are not supported".into());
+        }
+    }
+    let state = read_state_dict(&file[pkl_range.clone()]).map_err(|e| e.to_string())?;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(state.len());
+    for (name, t) in state {
+        if !seen.insert(name.clone()) {
+            return Err(format!("tensor {name} appears twice"));
+        }
+        let storage = format!("{prefix}data/{}", t.storage.key);
+        let range =
+            lookup(&storage).ok_or_else(|| format!("{name}: storage {storage} is missing"))?;
+        let tensor = locate(&t, range).map_err(|e| format!("{name}: {e}"))?;
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+/// Name → byte range of every stored entry. Compressed entries get an empty range and are
+/// refused when used: torch.save never compresses.
+fn zip_entries(file: &[u8]) -> Result<Vec<(String, Range<usize>)>, String> {
+    // The zip crate parses untrusted headers; a panic in it must not take the process down.
+    catch_unwind(AssertUnwindSafe(|| {
+        let mut archive = ZipArchive::new(Cursor::new(file)).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(archive.len());
+        for i in 0..archive.len() {
+            let entry = archive.by_index_raw(i).map_err(|e| e.to_string())?;
+            let name = entry.name().to_string();
+            if entry.compression() != CompressionMethod::Stored {
+                return Err(format!("{name}: compressed zip entries are not supported"));
+            }
+            let start = usize::try_from(entry.data_start()).ok();
+            let len = usize::try_from(entry.compressed_size()).ok();
+            let range = start
+                .zip(len)
+                .and_then(|(s, l)| Some(s..s.checked_add(l)?))
+                .filter(|r| r.end <= file.len())
+                .ok_or_else(|| {
+                    format!("{name}: entry runs past the end of the file (truncated?)")
+                })?;
+            out.push((name, range));
+        }
+        Ok(out)
+    }))
+    .unwrap_or_else(|_| Err("malformed zip archive".into()))
+}
+
+/// Checks a tensor's view against its storage entry and returns the bytes it covers.
+fn locate(t: &TensorRef, entry: Range<usize>) -> Result<BinTensor, String> {
+    let es = t.storage.kind.elt_size_in_bytes() as u64;
+    let entry_len = (entry.end - entry.start) as u64;
+    let declared = t.storage.numel.checked_mul(es);
+    if declared != Some(entry_len) {
+        return Err(format!(
+            "storage declares {} elements of {} bytes but holds {entry_len} bytes",
+            t.storage.numel, es
+        ));
+    }
+    if t.size.len() != t.stride.len() || t.size.iter().chain(&t.stride).any(|&d| d < 0) {
+        return Err(format!("bad size {:?} / stride {:?}", t.size, t.stride));
+    }
+    let numel = t
+        .size
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+        .ok_or("element count overflows")?;
+    // Elements from the first to the last one the view touches.
+    let extent = if numel == 0 {
+        0
+    } else {
+        t.size
+            .iter()
+            .zip(&t.stride)
+            .try_fold(1u64, |acc, (&d, &s)| {
+                acc.checked_add((d as u64 - 1).checked_mul(s as u64)?)
+            })
+            .ok_or("extent overflows")?
+    };
+    let end = t.offset.checked_add(extent).ok_or("offset overflows")?;
+    if end > t.storage.numel {
+        return Err(format!(
+            "shape {:?} stride {:?} offset {} needs {end} elements, the storage has {}",
+            t.size, t.stride, t.offset, t.storage.numel
+        ));
+    }
+    let start = entry.start + (t.offset * es) as usize;
+    let bytes = start..start + (extent * es) as usize;
+    let contiguous = extent == numel && is_row_major(&t.size, &t.stride);
+    Ok(BinTensor {
+        kind: t.storage.kind,
+        shape: t.size.clone(),
+        bytes,
+        stride: (!contiguous).then(|| t.stride.clone()),
+    })
+}
+
+fn is_row_major(size: &[i64], stride: &[i64]) -> bool {
+    let mut expected = 1i64;
+    for (&d, &s) in size.iter().zip(stride).rev() {
+        if d != 1 && s != expected {
+            return false;
+        }
+        expected = expected.saturating_mul(d);
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::pickle::StorageRef;
+
+    fn t(numel: u64, offset: u64, size: &[i64], stride: &[i64]) -> TensorRef {
+        TensorRef {
+            storage: StorageRef {
+                key: "0".into(),
+                kind: Kind::Float,
+                numel,
+            },
+            offset,
+            size: size.to_vec(),
+            stride: stride.to_vec(),
+        }
+    }
+
+    #[test]
+    fn views_are_checked_against_storage() {
+        let ok = locate(&t(6, 0, &[2, 3], &[3, 1]), 100..124).unwrap();
+        assert_eq!((ok.bytes, ok.stride), (100..124, None));
+        let transposed = locate(&t(6, 0, &[3, 2], &[1, 3]), 100..124).unwrap();
+        assert_eq!(transposed.stride, Some(vec![1, 3]));
+        let slice = locate(&t(6, 3, &[3], &[1]), 100..124).unwrap();
+        assert_eq!((slice.bytes, slice.stride), (112..124, None));
+        for bad in [
+            t(6, 0, &[3, 3], &[3, 1]),               // longer than the storage
+            t(6, 4, &[3], &[1]),                     // offset pushes it past the end
+            t(7, 0, &[2, 3], &[3, 1]),               // storage size disagrees with the entry
+            t(u64::MAX, 0, &[2], &[1]),              // absurd storage
+            t(6, 0, &[i64::MAX, i64::MAX], &[1, 1]), // absurd shape
+            t(6, 0, &[-1], &[1]),
+            t(6, 0, &[2, 3], &[1]),
+        ] {
+            assert!(locate(&bad, 100..124).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn non_archives_are_refused() {
+        assert!(read_archive(b"").is_err());
+        let legacy = read_archive(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap_err();
+        assert!(legacy.contains("legacy"), "{legacy}");
+        assert!(read_archive(b"PK\x03\x04garbage").is_err());
+    }
+}

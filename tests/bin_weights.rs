@@ -62,6 +62,10 @@ fn bin_tensors_equal_safetensors_tensors() {
             let shared = bin.read_raw("shared.weight").unwrap();
             let t = bin.read_raw("extra.shared_t").unwrap();
             assert!(equal(&shared.tr().contiguous(), &t));
+            // Tied names are recognised as one stored tensor (the model shares it, no copy).
+            assert!(bin.is_alias("encoder.embed_tokens.weight", "shared.weight"));
+            assert!(!bin.is_alias("extra.shared_t", "shared.weight"));
+            assert!(!bin.is_alias("lm_head.weight", "shared.weight"));
         }
     }
 }

@@ -187,7 +187,9 @@ impl T5Model {
         let encoder = T5Stack::load(w, &config, false)?;
         let decoder = T5Stack::load(w, &config, true)?;
         // An lm_head in the file wins (untied v1.1/Flan); otherwise it is the shared embedding.
-        let lm_head = if w.contains("lm_head.weight") {
+        // A tied model's .bin also stores the head under its own name: reuse, don't copy.
+        let lm_head = if w.contains("lm_head.weight") && !w.is_alias("lm_head.weight", shared_name)
+        {
             w.get("lm_head.weight", &emb_shape)?
         } else {
             shared.shallow_clone()

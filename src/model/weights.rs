@@ -163,6 +163,15 @@ impl Weights {
         self.index.iter().map(|(n, i)| (n.as_str(), i))
     }
 
+    /// Whether `a` and `b` are both present and views of the same stored bytes (tied weights
+    /// that a `.bin` keeps under several names).
+    pub fn is_alias(&self, a: &str, b: &str) -> bool {
+        match (self.index.get(a), self.index.get(b)) {
+            (Some(x), Some(y)) => x.alias_key() == y.alias_key(),
+            _ => false,
+        }
+    }
+
     /// Whether the checkpoint holds `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)

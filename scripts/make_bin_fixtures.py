@@ -7,6 +7,10 @@ regenerated here) and writes the same tensors with torch.save:
   t5-v1_0-tiny/pytorch_model.bin                 single file; the tied embeddings share one
                                                  storage, plus a transposed view `extra.shared_t`
   t5-v1_1-tiny/pytorch_model-0000{1,2}-of-00002.bin + pytorch_model.bin.index.json  sharded
+  mt5-tiny/config.json                           t5-v1_1-tiny's config as model_type mt5, after
+                                                 checking that transformers' MT5ForConditionalGeneration
+                                                 gives the same logits and greedy tokens as T5's
+                                                 on those weights (so the v1.1 parity cases hold)
   small/*.bin                                    tiny archives: valid ones (protocol 2 and 4, a
                                                  bf16/f16 pair) and hostile ones (os.system and
                                                  builtins.eval payloads, storage shorter than the
@@ -85,15 +89,48 @@ def write_sharded(out):
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
 
 
+def write_mt5(out):
+    from transformers import MT5Config, MT5ForConditionalGeneration, T5Config, T5ForConditionalGeneration
+
+    src = os.path.join(MODELS, "t5-v1_1-tiny")
+    with open(os.path.join(src, "config.json")) as f:
+        cfg = json.load(f)
+    state = load_dir("t5-v1_1-tiny")
+    t5 = T5ForConditionalGeneration(T5Config(**cfg)).eval()
+    t5.load_state_dict(state, strict=False)
+    mcfg = dict(cfg, model_type="mt5", architectures=["MT5ForConditionalGeneration"])
+    mt5 = MT5ForConditionalGeneration(MT5Config(**mcfg)).eval()
+    mt5.load_state_dict(state, strict=False)
+    torch.manual_seed(0)
+    ids = torch.randint(3, cfg["vocab_size"] - 10, (4, 17))
+    with torch.no_grad():
+        dec = torch.zeros((4, 1), dtype=torch.long)
+        a = t5(input_ids=ids, decoder_input_ids=dec).logits
+        b = mt5(input_ids=ids, decoder_input_ids=dec).logits
+        assert torch.equal(a, b), "MT5 and T5 differ on the same weights"
+        ga = t5.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+        gb = mt5.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+        assert torch.equal(ga, gb)
+    d = os.path.join(out, "mt5-tiny")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(mcfg, f, indent=2)
+
+
 def archive(path, pkl, storages, compress=False, top="archive"):
     """A torch.save-shaped zip written by hand, for pickles torch would not write."""
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
-    with zipfile.ZipFile(path, "w", method) as z:
-        z.writestr(f"{top}/data.pkl", pkl)
-        z.writestr(f"{top}/byteorder", "little")
-        for key, data in storages.items():
-            z.writestr(f"{top}/data/{key}", data)
-        z.writestr(f"{top}/version", "3\n")
+    entries = {f"{top}/data.pkl": pkl, f"{top}/byteorder": b"little"}
+    entries.update({f"{top}/data/{key}": data for key, data in storages.items()})
+    entries[f"{top}/version"] = b"3\n"
+    write_zip(path, entries, method)
+
+
+def write_zip(path, entries, method=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in entries.items():
+            # A fixed timestamp keeps the committed files reproducible.
+            z.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data, compress_type=method)
 
 
 def rebuild_pickle(shape, stride, numel, offset=0, storage="FloatStorage"):
@@ -144,8 +181,7 @@ def write_small(out):
     archive(os.path.join(d, "absurd_storage.bin"), rebuild_pickle((2, 4), (4, 1), 1 << 61), {"0": data})
     archive(os.path.join(d, "bad_offset.bin"), rebuild_pickle((2, 4), (4, 1), 8, offset=1), {"0": data})
     archive(os.path.join(d, "compressed.bin"), rebuild_pickle((2, 4), (4, 1), 8), {"0": data}, compress=True)
-    with zipfile.ZipFile(os.path.join(d, "no_pickle.bin"), "w") as z:
-        z.writestr("archive/data/0", data)
+    write_zip(os.path.join(d, "no_pickle.bin"), {"archive/data/0": data})
     torch.save({"w": w}, os.path.join(d, "legacy.bin"), _use_new_zipfile_serialization=False)
 
 
@@ -156,6 +192,7 @@ def main():
     shutil.rmtree(args.out, ignore_errors=True)
     write_single(args.out)
     write_sharded(args.out)
+    write_mt5(args.out)
     write_small(args.out)
     assert not os.path.exists(MARKER)
 

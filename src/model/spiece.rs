@@ -65,7 +65,7 @@ fn build(
     model: &proto::ModelProto,
     config: &SpecialConfig,
 ) -> Result<Tokenizer, ModelError> {
-    let trainer = model.trainer_spec.clone().unwrap_or_default();
+    let trainer = model.trainer_spec.unwrap_or_default();
     if trainer.model_type() != proto::trainer_spec::ModelType::Unigram {
         return Err(err(
             path,
@@ -129,7 +129,7 @@ fn check_charsmap(map: &[u8]) -> Result<(), String> {
         .and_then(|h| h.try_into().ok())
         .ok_or("precompiled_charsmap is shorter than its header")?;
     let trie = u32::from_le_bytes(head) as usize;
-    if trie == 0 || trie % 4 != 0 || trie > map.len() - 4 {
+    if trie == 0 || !trie.is_multiple_of(4) || trie > map.len() - 4 {
         return Err(format!(
             "precompiled_charsmap declares a {trie}-byte trie in {} bytes",
             map.len()

@@ -173,3 +173,28 @@ fn a_model_with_a_hostile_bin_fails_to_load() {
     let err = T5Model::load(dir.path(), opts).err().unwrap().to_string();
     assert!(err.contains("posix.system"), "{err}");
 }
+
+#[test]
+fn mutated_archives_never_panic() {
+    let base = std::fs::read(bin_fixtures().join("small/ok_proto4.bin")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pytorch_model.bin");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..3000 {
+        let mut bytes = base.clone();
+        for _ in 0..4 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let i = (seed as usize) % bytes.len();
+            bytes[i] = (seed >> 40) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        if let Ok(w) = Weights::open(dir.path(), Device::Cpu, Kind::Float) {
+            let names: Vec<String> = w.tensors().map(|(n, _)| n.to_string()).collect();
+            for n in names {
+                let _ = w.read_raw(&n);
+            }
+        }
+    }
+}

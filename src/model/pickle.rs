@@ -135,6 +135,9 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: HashMap<u32, Value>,
+    /// Container items copied by DUP / PUT / GET so far; bounded so that a small pickle cannot
+    /// make us copy a large list over and over (memory blow-up).
+    copied: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -145,6 +148,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            copied: 0,
         }
     }
 
@@ -286,20 +290,44 @@ impl<'a> Machine<'a> {
         Ok(())
     }
 
+    /// Charges copying `v` to the copy budget (before the copy is made).
+    fn charge(&mut self, v: &Value) -> Result<(), PickleError> {
+        let items = match v {
+            Value::List(l, _) => l.len(),
+            Value::Dict(d, _) => d.len(),
+            _ => 0,
+        };
+        self.copied = self.copied.saturating_add(items);
+        if self.copied > 4 * self.data.len() + 1024 {
+            return self.bad("copies lists or dicts too often");
+        }
+        Ok(())
+    }
+
+    /// A copy of the top of the stack, charged.
+    fn copy_top(&mut self) -> Result<Value, PickleError> {
+        let top = self.top_mut()?;
+        let top = std::mem::replace(top, Value::None);
+        let charged = self.charge(&top);
+        let copy = charged.map(|()| top.clone());
+        // Put the original back whatever happened.
+        *self.top_mut()? = top;
+        copy
+    }
+
     fn memo_put(&mut self, id: u32) -> Result<(), PickleError> {
-        let top = self.top_mut()?.clone();
+        let top = self.copy_top()?;
         self.memo.insert(id, top);
         Ok(())
     }
 
     fn memo_get(&mut self, id: u32) -> Result<(), PickleError> {
-        match self.memo.get(&id) {
-            Some(v) => {
-                let v = v.clone();
-                self.push(v)
-            }
-            None => self.bad(format!("memo {id} was never stored")),
-        }
+        let Some(v) = self.memo.remove(&id) else {
+            return self.bad(format!("memo {id} was never stored"));
+        };
+        let copy = self.charge(&v).map(|()| v.clone());
+        self.memo.insert(id, v);
+        self.push(copy?)
     }
 
     fn run(mut self) -> Result<Value, PickleError> {
@@ -322,7 +350,7 @@ impl<'a> Machine<'a> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let top = self.top_mut()?.clone();
+                    let top = self.copy_top()?;
                     self.push(top)?;
                 }
                 b'p' => {
@@ -634,6 +662,22 @@ mod tests {
         p.extend(std::iter::repeat_n(0x85u8, 100_000));
         p.push(b'.');
         assert!(read_state_dict(&p).is_err());
+    }
+
+    #[test]
+    fn repeated_copies_of_a_big_list_are_refused() {
+        // A list of 10,000 Nones, then 100,000 DUPs or GETs: 10^9 items if each copy were made.
+        for op in [&b"2"[..], b"h\x00"] {
+            let mut p = b"\x80\x02](".to_vec();
+            p.extend(std::iter::repeat_n(b'N', 10_000));
+            p.extend_from_slice(b"eq\x00");
+            for _ in 0..100_000 {
+                p.extend_from_slice(op);
+            }
+            p.push(b'.');
+            let err = read_state_dict(&p).unwrap_err().to_string();
+            assert!(err.contains("copies"), "{err}");
+        }
     }
 
     #[test]

@@ -36,7 +36,12 @@ pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
         }
         return Err("not a torch.save zip archive".into());
     }
+    check_entry_count(file)?;
     let entries = zip_entries(file)?;
+    let index: std::collections::HashMap<&str, Range<usize>> = entries
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.clone()))
+        .collect();
     let pkl = entries
         .iter()
         .filter(|(name, _)| name == "data.pkl" || name.ends_with("/data.pkl"))
@@ -73,6 +78,48 @@ pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+/// The zip crate reserves memory for as many entries as the end-of-central-directory records
+/// claim (bounded only by the file size): refuse a count the file cannot hold (a central
+/// directory entry takes 46 bytes at least) before it gets there.
+fn check_entry_count(file: &[u8]) -> Result<(), String> {
+    let u64_at = |at: usize| -> Option<u64> {
+        let b: [u8; 8] = file.get(at..at.checked_add(8)?)?.try_into().ok()?;
+        Some(u64::from_le_bytes(b))
+    };
+    let lowest = file.len().saturating_sub(22 + 65_535);
+    let Some(eocd) = (lowest..file.len().saturating_sub(21))
+        .rev()
+        .find(|&i| file[i..].starts_with(b"PK\x05\x06"))
+    else {
+        return Err("no zip end-of-central-directory record (truncated?)".into());
+    };
+    let mut counts = vec![u64::from(u16::from_le_bytes([
+        file[eocd + 10],
+        file[eocd + 11],
+    ]))];
+    // Zip64: a locator just before the record; the crate then takes the first zip64 record
+    // found searching forward from the offset the locator gives.
+    let locator = eocd
+        .checked_sub(20)
+        .filter(|&l| file[l..].starts_with(b"PK\x06\x07"));
+    if let Some(l) = locator {
+        let from = u64_at(l + 8)
+            .and_then(|r| usize::try_from(r).ok())
+            .unwrap_or(usize::MAX);
+        let record = (from..l.saturating_sub(55)).find(|&i| file[i..].starts_with(b"PK\x06\x06"));
+        if let Some(r) = record {
+            counts.extend([u64_at(r + 24), u64_at(r + 32)].into_iter().flatten());
+        }
+    }
+    let max = counts.into_iter().max().unwrap_or(0);
+    if max.saturating_mul(46) > file.len() as u64 {
+        return Err(format!(
+            "the archive claims {max} entries, more than its size can hold"
+        ));
+    }
+    Ok(())
 }
 
 /// Name → byte range of every stored entry. Compressed entries get an empty range and are
@@ -201,6 +248,27 @@ mod tests {
         ] {
             assert!(locate(&bad, 100..124).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn absurd_entry_counts_are_refused_before_the_zip_crate_allocates() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/bin/small/ok_proto2.bin"
+        );
+        let file = std::fs::read(path).unwrap();
+        check_entry_count(&file).unwrap();
+        let z64 = file.windows(4).rposition(|w| w == b"PK\x06\x06").unwrap();
+        let eocd = file.windows(4).rposition(|w| w == b"PK\x05\x06").unwrap();
+        for at in [z64 + 24, z64 + 32] {
+            let mut bad = file.clone();
+            bad[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            assert!(check_entry_count(&bad).unwrap_err().contains("claims"));
+            assert!(read_archive(&bad).is_err());
+        }
+        let mut bad = file.clone();
+        bad[eocd + 10..eocd + 12].copy_from_slice(&[0xff, 0xff]);
+        assert!(check_entry_count(&bad).is_err());
     }
 
     #[test]

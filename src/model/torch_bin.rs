@@ -53,12 +53,7 @@ pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
         ));
     };
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
-    let lookup = |name: &str| {
-        entries
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, r)| r.clone())
-    };
+    let lookup = |name: &str| index.get(name).cloned();
     if let Some(order) = lookup(&format!("{prefix}byteorder")) {
         if &file[order] != b"little" {
             return Err("big-endian checkpoints are not supported".into());

@@ -59,6 +59,7 @@ INPUTS = [
     "<extra_id_5>",
     "an unknown sentinel <extra_id_100> stays text",
     "special tokens in text: </s> <pad> <unk> <sep>",
+    "an added token <new> and<new>glued",
     "punctuation: don't, can't! what? (yes) \"no\" 'maybe' ... -- end.",
     "",
     " ",
@@ -69,11 +70,32 @@ INPUTS = [
     "MiXeD CaSe ThE QuIcK BrOwN",
 ]
 
-# variant -> kwargs to T5TokenizerFast before save_pretrained (None: only spiece.model, no json files).
+# variant -> kwargs to T5TokenizerFast before save_pretrained (None: only spiece.model, no json
+# files), or a dict of hand-written files (a folder as transformers 4 wrote it: special tokens in
+# special_tokens_map.json, as strings and as AddedToken dicts).
+V4_SPECIALS = [f"<extra_id_{i}>" for i in range(100)]
 VARIANTS = {
     "bare": None,
     "saved": dict(extra_ids=100),
     "extra10": dict(extra_ids=10),
+    "v4": {
+        "tokenizer_config.json": {
+            "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 100,
+            "additional_special_tokens": V4_SPECIALS, "model_max_length": 512,
+            "tokenizer_class": "T5Tokenizer", "legacy": True,
+        },
+        "special_tokens_map.json": {
+            "eos_token": {"content": "</s>", "lstrip": False, "normalized": False, "rstrip": False,
+                          "single_word": False},
+            "unk_token": "<unk>", "pad_token": "<pad>",
+            "additional_special_tokens": V4_SPECIALS,
+        },
+    },
+    # No sentinels, one token added after the pieces (added_tokens.json pins its id).
+    "added": {
+        "tokenizer_config.json": {"extra_ids": 0, "tokenizer_class": "T5Tokenizer"},
+        "added_tokens.json": {"<new>": 300},
+    },
 }
 
 
@@ -141,7 +163,11 @@ def main():
             folder = os.path.join(work, name)
             os.makedirs(folder)
             shutil.copy(model, os.path.join(folder, "spiece.model"))
-            if kwargs is not None:
+            if isinstance(kwargs, dict) and kwargs and all(k.endswith(".json") for k in kwargs):
+                for fname, content in kwargs.items():
+                    with open(os.path.join(folder, fname), "w") as f:
+                        json.dump(content, f, indent=1)
+            elif kwargs is not None:
                 tmp = os.path.join(work, name + "-src")
                 os.makedirs(tmp)
                 shutil.copy(model, os.path.join(tmp, "spiece.model"))

@@ -37,7 +37,7 @@ fn ids_and_decoding_match_transformers() {
     let text = std::fs::read_to_string(fixtures().join("expected.json")).unwrap();
     let expected: std::collections::BTreeMap<String, Vec<Case>> =
         serde_json::from_str(&text).unwrap();
-    assert_eq!(expected.len(), 3);
+    assert_eq!(expected.len(), 5);
     let mut failures = Vec::new();
     for (variant, cases) in &expected {
         let dir = variant_dir(variant);

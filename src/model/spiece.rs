@@ -158,11 +158,15 @@ fn added_tokens(
             }
         }
     };
-    for p in &model.pieces {
-        match p.r#type() {
-            PieceType::Control => push(p.piece(), true),
-            PieceType::UserDefined => push(p.piece(), false),
-            _ => {}
+    // The model's control and user-defined pieces, unless the folder lists its own additional
+    // special tokens: then transformers takes that list instead.
+    if config.additional.is_empty() {
+        for p in &model.pieces {
+            match p.r#type() {
+                PieceType::Control => push(p.piece(), true),
+                PieceType::UserDefined => push(p.piece(), false),
+                _ => {}
+            }
         }
     }
     for t in config

@@ -12,6 +12,10 @@ Writes:
   spiece.model                the one SentencePiece model (shared by the variants: it is the largest file)
   <variant>/*.json            the variant's tokenizer_config.json / special_tokens_map.json / added_tokens.json
   expected.json               {variant: [{text, ids (with </s>), decoded}]}
+  model/                      a tiny random T5 v1.1 (vocab 408) as the older releases ship it:
+                              config.json + pytorch_model.bin, for spiece.model + "saved"'s files
+  model.jsonl                 transformers' greedy tokens and label log-likelihoods for that
+                              folder (the tests/common Case format; no prompt)
 
 The Rust test copies spiece.model next to a variant's files and compares.
 
@@ -19,6 +23,7 @@ Usage: python3 scripts/make_spiece_fixtures.py [--out tests/fixtures/spiece]
 Needs: pip install transformers sentencepiece protobuf tokenizers
 """
 import argparse
+import copy
 import json
 import os
 import random
@@ -148,6 +153,86 @@ def expected_for(folder):
     return cases
 
 
+MODEL_INPUTS = ["hello world", "café naïve résumé", "東京 is in 日本", "fill <extra_id_0> the blanks",
+                "digits 1234 and ＡＢＣ", "many     repeated      spaces", "a", "what? yes, no; maybe"]
+LABELS = ["yes", "no", "<extra_id_0> maybe"]
+
+
+def label_scores(model, ids, tok):
+    """Sum of log p(label tokens + </s>) under teacher forcing, one per label."""
+    import torch
+
+    row = []
+    for label in LABELS:
+        target = tok(label)["input_ids"]
+        logits = model(input_ids=torch.tensor([ids]), decoder_input_ids=torch.tensor([[0] + target[:-1]])).logits
+        logp = torch.log_softmax(logits, -1)[0]
+        row.append(float(logp[torch.arange(len(target)), torch.tensor(target)].sum()))
+    return row
+
+
+def write_model(out, folder):
+    """A tiny T5 v1.1 for the spiece tokenizer, as pytorch_model.bin, and what transformers says."""
+    import re
+
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(15)
+    cfg = T5Config(vocab_size=408, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_decoder_layers=2,
+                   num_heads=2, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=16,
+                   dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    model = T5ForConditionalGeneration(cfg).eval()
+    gen = torch.Generator().manual_seed(15)
+    with torch.no_grad():
+        # As in make_fixtures.py: sharper attention and uneven norms, so outputs depend on inputs.
+        for key, t in model.state_dict().items():
+            if key.endswith("layer_norm.weight"):
+                t.copy_(0.5 + torch.rand(t.shape, generator=gen))
+            elif re.search(r"(SelfAttention|EncDecAttention)\.[qk]\.weight$", key):
+                t.mul_(3.0)
+            elif key.endswith("relative_attention_bias.weight"):
+                t.copy_(torch.randn(t.shape, generator=gen) * 2.0)
+    d = os.path.join(out, "model")
+    os.makedirs(d, exist_ok=True)
+    state = {k: v for k, v in model.state_dict().items()}
+    torch.save(state, os.path.join(d, "pytorch_model.bin"))
+    conf = cfg.to_dict()
+    conf = {k: conf[k] for k in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers",
+                                 "num_heads", "relative_attention_num_buckets", "relative_attention_max_distance",
+                                 "layer_norm_epsilon", "feed_forward_proj", "pad_token_id", "eos_token_id",
+                                 "decoder_start_token_id", "tie_word_embeddings")}
+    # As released v1.1 configs say it (transformers 5's to_dict() reports the tie differently).
+    conf.update(model_type="t5", architectures=["T5ForConditionalGeneration"], tie_word_embeddings=False)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(conf, f, indent=1)
+    reloaded = T5ForConditionalGeneration.from_pretrained(d).eval()
+    probe = torch.tensor([[5, 6, 7, 1]])
+    with torch.no_grad():
+        a = model(input_ids=probe, decoder_input_ids=torch.tensor([[0, 5]])).logits
+        b = reloaded(input_ids=probe, decoder_input_ids=torch.tensor([[0, 5]])).logits
+    assert torch.equal(a, b), "the saved folder must be the model the expectations come from"
+    tok = T5TokenizerFast.from_pretrained(folder)
+    model64 = copy.deepcopy(model).double()
+    lines = []
+    with torch.no_grad():
+        for i, text in enumerate(MODEL_INPUTS):
+            ids = tok(text)["input_ids"]
+            out_ids = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                     num_beams=1, use_cache=False)[0].tolist()[1:]
+            if 1 in out_ids:
+                out_ids = out_ids[: out_ids.index(1) + 1]
+            line = {"task": None, "input": text, "max_new_tokens": 6, "input_ids": ids, "token_ids": out_ids,
+                    "text": tok.decode(out_ids, skip_special_tokens=True)}
+            if i % 2 == 0:
+                scores = [label_scores(m, ids, tok) for m in (model, model64)]
+                line.update(labels=LABELS, scores=scores[0], scores_f64=scores[1])
+            lines.append(json.dumps(line, ensure_ascii=False))
+    with open(os.path.join(out, "model.jsonl"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/spiece")
@@ -175,6 +260,8 @@ def main():
                 # What users have: the slow tokenizer's files, no tokenizer.json.
                 os.remove(os.path.join(folder, "tokenizer.json"))
             expected[name] = expected_for(folder)
+            if name == "saved":
+                write_model(args.out, folder)
             out_dir = os.path.join(args.out, name)
             shutil.rmtree(out_dir, ignore_errors=True)
             os.makedirs(out_dir)

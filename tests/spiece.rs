@@ -2,6 +2,8 @@
 //! decodes exactly as transformers' T5 fast tokenizer does (fixtures: scripts/make_spiece_fixtures.py).
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use promptd::model::{T5Tokenizer, TokenizerSource};
 
 fn fixtures() -> PathBuf {
@@ -124,5 +126,32 @@ fn saved_as_tokenizer_json_it_still_matches() {
             case.text
         );
         assert_eq!(reloaded.decode(&case.ids).unwrap(), case.decoded);
+    }
+}
+
+/// The layout the older T5 1.1 / LM-adapted releases ship: config.json + pytorch_model.bin +
+/// spiece.model, no tokenizer.json, no safetensors. Tokens and label scores equal transformers'.
+#[test]
+fn spiece_and_bin_model_folder_matches_transformers() {
+    let dir = variant_dir("saved");
+    for f in ["config.json", "pytorch_model.bin"] {
+        std::fs::copy(fixtures().join("model").join(f), dir.path().join(f)).unwrap();
+    }
+    // No prompt folder is named "none": rows run without a prompt.
+    let mut loaded = common::load_from(dir.path(), "none");
+    let text = std::fs::read_to_string(fixtures().join("model.jsonl")).unwrap();
+    let cases: Vec<common::Case> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cases.len(), 8);
+    for case in &cases {
+        assert_eq!(
+            loaded.tokenizer.encode(&case.input).unwrap(),
+            case.input_ids
+        );
+        let out = loaded.run(&[case]);
+        common::assert_matches(case, &out[0], "spiece + .bin");
+        assert_eq!(loaded.tokenizer.decode(&case.token_ids).unwrap(), case.text);
     }
 }

@@ -121,8 +121,10 @@ fn build(
     Ok(tokenizer)
 }
 
-/// The charsmap starts with the byte size of its double-array trie; `Precompiled::from` trusts
-/// it for an allocation and indexes the trie without bounds checks, so check what we can.
+/// The charsmap is a double-array trie (its byte size first) then the normalized strings.
+/// `spm_precompiled` trusts the size for an allocation and, when normalizing, indexes the trie
+/// and slices the strings without bounds checks: a corrupt map would panic on some request's
+/// text. So walk every state a lookup can reach and check each index it would use.
 fn check_charsmap(map: &[u8]) -> Result<(), String> {
     let head: [u8; 4] = map
         .get(..4)
@@ -134,6 +136,40 @@ fn check_charsmap(map: &[u8]) -> Result<(), String> {
             "precompiled_charsmap declares a {trie}-byte trie in {} bytes",
             map.len()
         ));
+    }
+    let units: Vec<usize> = map[4..4 + trie]
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .collect();
+    let normalized = std::str::from_utf8(&map[4 + trie..])
+        .map_err(|_| "precompiled_charsmap strings are not UTF-8")?;
+    // Unit layout as spm_precompiled (and darts-clone) reads it.
+    let label = |u: usize| u & ((1 << 31) | 0xff);
+    let offset = |u: usize| (u >> 10) << ((u & (1 << 9)) >> 6);
+    let has_leaf = |u: usize| (u >> 8) & 1 == 1;
+    let value = |u: usize| u & ((1 << 31) - 1);
+    let bad = || "precompiled_charsmap trie is corrupt".to_string();
+    let mut todo = vec![offset(units[0])];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(node) = todo.pop() {
+        if !seen.insert(node) {
+            continue;
+        }
+        for c in 1..=255usize {
+            let pos = node ^ c;
+            let unit = *units.get(pos).ok_or_else(bad)?;
+            if label(unit) != c {
+                continue;
+            }
+            let next = pos ^ offset(unit);
+            if has_leaf(unit) {
+                let v = value(*units.get(next).ok_or_else(bad)?);
+                if !normalized.is_char_boundary(v) {
+                    return Err(bad());
+                }
+            }
+            todo.push(next);
+        }
     }
     Ok(())
 }
@@ -315,6 +351,19 @@ mod tests {
         }
     }
 
+    fn fixture_charsmap() -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/spiece/spiece.model"
+        );
+        let model = proto::ModelProto::decode(std::fs::read(path).unwrap().as_slice()).unwrap();
+        model
+            .normalizer_spec
+            .unwrap()
+            .precompiled_charsmap()
+            .to_vec()
+    }
+
     #[test]
     fn hostile_charsmap_is_refused() {
         for map in [
@@ -325,6 +374,42 @@ mod tests {
         ] {
             assert!(check_charsmap(map).is_err(), "{map:?}");
         }
-        assert!(check_charsmap(b"\x04\0\0\0abcd").is_ok());
+        // One unit whose transitions leave the array.
+        assert!(check_charsmap(b"\x04\0\0\0abcd").is_err());
+        // nmt_nfkc, the map T5's spiece.model carries, passes.
+        check_charsmap(&fixture_charsmap()).unwrap();
+    }
+
+    #[test]
+    fn a_charsmap_that_passes_never_panics_when_normalizing() {
+        use tokenizers::{NormalizedString, Normalizer};
+        let good = fixture_charsmap();
+        let trie = u32::from_le_bytes(good[..4].try_into().unwrap()) as usize;
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut passed = 0;
+        for _ in 0..60 {
+            let mut map = good.clone();
+            for _ in 0..8 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly in the trie, where corruption bites.
+                let i = 4 + (seed as usize) % trie.min(map.len() - 4);
+                map[i] = (seed >> 40) as u8;
+            }
+            if check_charsmap(&map).is_err() {
+                continue;
+            }
+            passed += 1;
+            let p = Precompiled::from(&map).unwrap();
+            for text in [
+                "café １２３ ﬁ ½ 東京 🙂 e\u{301} ＡＢＣ",
+                "\u{3000}x\u{ad}y\u{200b}",
+            ] {
+                let mut n = NormalizedString::from(text);
+                let _ = p.normalize(&mut n);
+            }
+        }
+        assert!(passed > 0, "some mutations must leave a usable map");
     }
 }

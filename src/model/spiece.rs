@@ -387,9 +387,9 @@ mod tests {
         let trie = u32::from_le_bytes(good[..4].try_into().unwrap()) as usize;
         let mut seed = 0x1234_5678_9abc_def1u64;
         let mut passed = 0;
-        for _ in 0..60 {
+        for _ in 0..100 {
             let mut map = good.clone();
-            for _ in 0..8 {
+            for _ in 0..2 {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;

@@ -12,6 +12,8 @@ Writes:
   spiece.model                the one SentencePiece model (shared by the variants: it is the largest file)
   <variant>/*.json            the variant's tokenizer_config.json / special_tokens_map.json / added_tokens.json
   expected.json               {variant: [{text, ids (with </s>), decoded}]}
+  identity/spiece.model       a second, tiny model trained with normalization_rule_name=identity
+                              (no charsmap: no normalizer), and identity/expected.json
   model/                      a tiny random T5 v1.1 (vocab 408) as the older releases ship it:
                               config.json + pytorch_model.bin, for spiece.model + "saved"'s files
   model.jsonl                 transformers' greedy tokens and label log-likelihoods for that
@@ -233,6 +235,38 @@ def write_model(out, folder):
         f.write("\n".join(lines) + "\n")
 
 
+def write_identity(out, work, rng):
+    """A model without a precompiled charsmap: transformers then uses no normalizer at all."""
+    d = os.path.join(work, "identity")
+    os.makedirs(d)
+    corpus = os.path.join(work, "identity.txt")
+    with open(corpus, "w", encoding="utf-8") as f:
+        f.write("\n".join(corpus_lines(rng, 1500)) + "\n")
+    spm.SentencePieceTrainer.train(
+        input=corpus, model_prefix=os.path.join(d, "spiece"), vocab_size=150, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, normalization_rule_name="identity", minloglevel=2,
+        num_threads=1, shuffle_input_sentence=False,
+    )
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    path = os.path.join(d, "spiece.model")
+    proto = pb.ModelProto()
+    with open(path, "rb") as f:
+        proto.ParseFromString(f.read())
+    assert len(proto.normalizer_spec.precompiled_charsmap) == 0
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.input.append("identity.txt")
+    proto.trainer_spec.model_prefix = "spiece"
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+    dst = os.path.join(out, "identity")
+    os.makedirs(dst, exist_ok=True)
+    shutil.copy(path, os.path.join(dst, "spiece.model"))
+    with open(os.path.join(dst, "expected.json"), "w", encoding="utf-8") as f:
+        json.dump(expected_for(d), f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/fixtures/spiece")
@@ -271,6 +305,7 @@ def main():
             # git keeps no empty folders
             with open(os.path.join(out_dir, "README"), "w") as f:
                 f.write("Tokenizer files of this variant; tests add ../spiece.model.\n")
+        write_identity(args.out, work, rng)
         with open(os.path.join(args.out, "expected.json"), "w", encoding="utf-8") as f:
             json.dump(expected, f, ensure_ascii=False, indent=1)
             f.write("\n")

@@ -155,3 +155,23 @@ fn spiece_and_bin_model_folder_matches_transformers() {
         assert_eq!(loaded.tokenizer.decode(&case.token_ids).unwrap(), case.text);
     }
 }
+
+/// A model with no precompiled charsmap (normalization_rule_name=identity): no normalizer.
+#[test]
+fn identity_normalization_model_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("identity");
+    std::fs::copy(src.join("spiece.model"), dir.path().join("spiece.model")).unwrap();
+    let text = std::fs::read_to_string(src.join("expected.json")).unwrap();
+    let cases: Vec<Case> = serde_json::from_str(&text).unwrap();
+    let tok = T5Tokenizer::from_dir(dir.path(), 1).unwrap();
+    for case in &cases {
+        assert_eq!(tok.encode(&case.text).unwrap(), case.ids, "{:?}", case.text);
+        assert_eq!(
+            tok.decode(&case.ids).unwrap(),
+            case.decoded,
+            "{:?}",
+            case.text
+        );
+    }
+}

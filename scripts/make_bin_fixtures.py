@@ -183,6 +183,9 @@ def write_small(out):
     archive(os.path.join(d, "compressed.bin"), rebuild_pickle((2, 4), (4, 1), 8), {"0": data}, compress=True)
     write_zip(os.path.join(d, "no_pickle.bin"), {"archive/data/0": data})
     torch.save({"w": w}, os.path.join(d, "legacy.bin"), _use_new_zipfile_serialization=False)
+    # Legacy format with several storages, dtypes, an alias and a transposed view.
+    torch.save({"w": w, "h": w.half(), "t": w.t(), "alias": w, "b": w.to(torch.bfloat16)},
+               os.path.join(d, "legacy_multi.bin"), _use_new_zipfile_serialization=False)
 
 
 def main():

@@ -2,6 +2,7 @@
 //! `<top>/data.pkl` (the state dict's pickle, read by the allow-listed [`super::pickle`]) and one
 //! `<top>/data/<key>` entry per storage, stored uncompressed. Entries are located in the
 //! memory-mapped file and sliced in place, so no storage is copied until its tensor is read.
+//! The legacy format of older PyTorch (pickles followed by the raw storages) is read the same way.
 use std::io::Cursor;
 use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -9,7 +10,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use tch::Kind;
 use zip::{CompressionMethod, ZipArchive};
 
-use super::pickle::{read_state_dict, TensorRef};
+use super::pickle::{read_legacy, read_state_dict, TensorRef, LEGACY_MAGIC};
 
 /// Where one tensor's bytes are in the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,15 +27,11 @@ pub struct BinTensor {
 
 /// Every tensor of a `torch.save` zip archive, in pickle order. `file` is the whole file.
 pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
+    if file.starts_with(LEGACY_MAGIC) {
+        return read_legacy_file(file);
+    }
     if !file.starts_with(b"PK\x03\x04") {
-        if file.first() == Some(&0x80) {
-            return Err(
-                "legacy (pre-1.6, non-zip) torch.save format is not supported: \
-                        re-save it with torch>=1.6 or convert it to safetensors"
-                    .into(),
-            );
-        }
-        return Err("not a torch.save zip archive".into());
+        return Err("not a torch.save file (neither a zip archive nor the legacy format)".into());
     }
     check_entry_count(file)?;
     let entries = zip_entries(file)?;
@@ -71,6 +68,56 @@ pub fn read_archive(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
             lookup(&storage).ok_or_else(|| format!("{name}: storage {storage} is missing"))?;
         let tensor = locate(&t, range).map_err(|e| format!("{name}: {e}"))?;
         out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+/// The legacy (pre-1.6) format: the pickles, then each storage in key order as an i64 element
+/// count and its bytes. Element sizes come from the tensors that use each storage.
+fn read_legacy_file(file: &[u8]) -> Result<Vec<(String, BinTensor)>, String> {
+    let legacy = read_legacy(file).map_err(|e| format!("legacy torch.save format: {e}"))?;
+    let kinds: std::collections::HashMap<&str, Kind> = legacy
+        .tensors
+        .iter()
+        .map(|(_, t)| (t.storage.key.as_str(), t.storage.kind))
+        .collect();
+    let mut ranges = std::collections::HashMap::new();
+    let mut pos = legacy.data_start;
+    for key in &legacy.keys {
+        let count: [u8; 8] = file
+            .get(pos..pos + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| format!("storage {key}: the file ends (truncated?)"))?;
+        let numel = u64::from_le_bytes(count);
+        let kind = kinds
+            .get(key.as_str())
+            .ok_or_else(|| format!("storage {key} is used by no tensor: its size is unknown"))?;
+        let len = numel
+            .checked_mul(kind.elt_size_in_bytes() as u64)
+            .and_then(|l| usize::try_from(l).ok())
+            .ok_or_else(|| format!("storage {key}: {numel} elements is absurd"))?;
+        let start = pos + 8;
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= file.len())
+            .ok_or_else(|| format!("storage {key} runs past the end of the file (truncated?)"))?;
+        ranges.insert(key.as_str(), start..end);
+        pos = end;
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(legacy.tensors.len());
+    for (name, t) in &legacy.tensors {
+        if !seen.insert(name.clone()) {
+            return Err(format!("tensor {name} appears twice"));
+        }
+        let range = ranges
+            .get(t.storage.key.as_str())
+            .cloned()
+            .ok_or_else(|| format!("{name}: storage {} is missing", t.storage.key))?;
+        out.push((
+            name.clone(),
+            locate(t, range).map_err(|e| format!("{name}: {e}"))?,
+        ));
     }
     Ok(out)
 }
@@ -269,8 +316,9 @@ mod tests {
     #[test]
     fn non_archives_are_refused() {
         assert!(read_archive(b"").is_err());
-        let legacy = read_archive(b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.").unwrap_err();
+        let legacy = read_archive(LEGACY_MAGIC).unwrap_err();
         assert!(legacy.contains("legacy"), "{legacy}");
         assert!(read_archive(b"PK\x03\x04garbage").is_err());
+        assert!(read_archive(b"\x80\x02}.").is_err());
     }
 }

@@ -16,10 +16,11 @@ pub(super) struct Machine<'a> {
 }
 
 impl<'a> Machine<'a> {
-    pub(super) fn new(data: &'a [u8]) -> Self {
+    /// A machine for the pickle starting at byte `start` of `data`.
+    pub(super) fn new(data: &'a [u8], start: usize) -> Self {
         Self {
             data,
-            pos: 0,
+            pos: start,
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
@@ -205,8 +206,8 @@ impl<'a> Machine<'a> {
         self.push(copy?)
     }
 
-    /// Runs the pickle to its STOP; returns the value left on the stack.
-    pub(super) fn run(mut self) -> Result<Value, PickleError> {
+    /// Runs the pickle to its STOP; returns the value left on the stack and the byte after STOP.
+    pub(super) fn run(mut self) -> Result<(Value, usize), PickleError> {
         loop {
             let at = self.pos;
             let op = self.u8()?;
@@ -217,7 +218,7 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.le::<8>()?; // FRAME: a hint for buffered readers
                 }
-                b'.' => return self.pop(), // STOP
+                b'.' => return Ok((self.pop()?, self.pos)), // STOP
                 b'(' => self.marks.push(self.stack.len()),
                 b'0' => {
                     self.pop()?;
@@ -258,8 +259,8 @@ impl<'a> Machine<'a> {
                     self.memo_get(id)?;
                 }
                 b'N' => self.push(Value::None)?,
-                0x88 => self.push(Value::Bool)?,
-                0x89 => self.push(Value::Bool)?,
+                0x88 => self.push(Value::Bool(true))?,
+                0x89 => self.push(Value::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.le()?);
                     self.push(Value::Int(i64::from(v)))?;
@@ -457,8 +458,9 @@ impl<'a> Machine<'a> {
             return self.bad("persistent id is not a tuple");
         };
         match items.as_slice() {
-            [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), Value::Str(_location), Value::Int(numel)]
-                if &**tag == "storage" =>
+            // The legacy (pre-1.6) format adds view metadata, None for whole storages.
+            [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), Value::Str(_location), Value::Int(numel), rest @ ..]
+                if &**tag == "storage" && matches!(rest, [] | [Value::None]) =>
             {
                 let numel = u64::try_from(*numel).or_else(|_| self.bad("negative storage size"))?;
                 Ok(Value::Storage(Rc::new(StorageRef {

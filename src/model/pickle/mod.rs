@@ -68,7 +68,7 @@ enum Global {
 #[derive(Debug, Clone)]
 enum Value {
     None,
-    Bool,
+    Bool(bool),
     Int(i64),
     Float,
     Str(Rc<str>),
@@ -115,10 +115,14 @@ fn global(module: &str, name: &str) -> Result<Global, PickleError> {
 /// Reads a state dict pickle: every `name → tensor` entry, in file order; entries whose value
 /// is not a tensor are skipped.
 pub fn read_state_dict(data: &[u8]) -> Result<Vec<(String, TensorRef)>, PickleError> {
-    let top = Machine::new(data).run()?;
+    let (top, _) = Machine::new(data, 0).run()?;
+    tensors_of(top, data.len())
+}
+
+fn tensors_of(top: Value, at: usize) -> Result<Vec<(String, TensorRef)>, PickleError> {
     let Value::Dict(items, _) = top else {
         return Err(PickleError::Malformed(
-            data.len(),
+            at,
             "the pickle is not a dict".into(),
         ));
     };
@@ -129,6 +133,75 @@ pub fn read_state_dict(data: &[u8]) -> Result<Vec<(String, TensorRef)>, PickleEr
         }
     }
     Ok(out)
+}
+
+/// How the legacy format's file starts: the pickled magic number 0x1950a86a20f9469cfc6c.
+pub const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.";
+
+/// A legacy (pre-1.6, non-zip) `torch.save` file's pickles.
+#[derive(Debug)]
+pub struct Legacy {
+    /// The state dict's tensors.
+    pub tensors: Vec<(String, TensorRef)>,
+    /// Storage keys in the order their bytes follow.
+    pub keys: Vec<String>,
+    /// Where the first storage (an i64 element count, then the bytes) starts.
+    pub data_start: usize,
+}
+
+/// Reads the pickles of a legacy file: magic number, protocol version, system info (must be
+/// little-endian), the state dict, the list of storage keys.
+pub fn read_legacy(file: &[u8]) -> Result<Legacy, PickleError> {
+    if !file.starts_with(LEGACY_MAGIC) {
+        return Err(PickleError::Malformed(
+            0,
+            "no legacy torch.save magic number".into(),
+        ));
+    }
+    let (version, pos) = Machine::new(file, LEGACY_MAGIC.len()).run()?;
+    if !matches!(version, Value::Int(1001)) {
+        return Err(PickleError::Malformed(
+            pos,
+            "unknown legacy protocol version".into(),
+        ));
+    }
+    let (info, pos) = Machine::new(file, pos).run()?;
+    let little = match &info {
+        Value::Dict(items, _) => items.iter().any(|(k, v)| {
+            matches!((k, v), (Value::Str(k), Value::Bool(true)) if &**k == "little_endian")
+        }),
+        _ => false,
+    };
+    if !little {
+        return Err(PickleError::Malformed(
+            pos,
+            "not a little-endian checkpoint".into(),
+        ));
+    }
+    let (top, pos) = Machine::new(file, pos).run()?;
+    let tensors = tensors_of(top, pos)?;
+    let (keys, data_start) = Machine::new(file, pos).run()?;
+    let Value::List(keys, _) = keys else {
+        return Err(PickleError::Malformed(
+            data_start,
+            "storage keys are not a list".into(),
+        ));
+    };
+    let keys = keys
+        .into_iter()
+        .map(|k| match k {
+            Value::Str(k) => Ok(k.to_string()),
+            _ => Err(PickleError::Malformed(
+                data_start,
+                "a storage key is not a string".into(),
+            )),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Legacy {
+        tensors,
+        keys,
+        data_start,
+    })
 }
 
 #[cfg(test)]

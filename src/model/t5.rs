@@ -158,6 +158,12 @@ impl T5Model {
     pub fn load(dir: &Path, opts: ModelOptions) -> Result<Self, ModelError> {
         let config = T5Config::from_dir(dir)?;
         let w = Weights::open(dir, opts.device, opts.kind)?;
+        tracing::info!(
+            dir = %dir.display(),
+            weights = w.layout().file_name(),
+            files = w.files().count(),
+            "loading weights"
+        );
         Self::from_weights(config, &w, opts)
     }
 

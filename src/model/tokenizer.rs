@@ -21,7 +21,11 @@ impl T5Tokenizer {
     /// Loads the tokenizer of a model folder: `tokenizer.json` when present, else one built from
     /// `spiece.model` as transformers does. The one rule every caller uses.
     pub fn from_dir(dir: &Path, eos_id: i64) -> Result<Self, ModelError> {
-        match TokenizerSource::of(dir) {
+        let source = TokenizerSource::of(dir);
+        if let Some(s) = source {
+            tracing::info!(dir = %dir.display(), source = s.file_name(), "loading tokenizer");
+        }
+        match source {
             Some(TokenizerSource::Json) => Self::from_file(&dir.join("tokenizer.json"), eos_id),
             Some(TokenizerSource::SentencePiece) => Ok(Self {
                 inner: super::spiece::tokenizer_from_spiece(dir)?,

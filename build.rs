@@ -2,7 +2,8 @@
 //!
 //! - rpath to libtorch and the CUDA runtime wheel folder, so binaries and tests run without
 //!   `LD_LIBRARY_PATH` (RUNPATH, so `LD_LIBRARY_PATH` still wins on a GPU host with its own torch).
-//! - gRPC code from `proto/promptd.proto`, compiled by protox (pure Rust: no protoc needed).
+//! - gRPC code from `proto/promptd.proto`, compiled by protox (pure Rust: no protoc needed), and
+//!   the messages of SentencePiece's `spiece.model` from `proto/sentencepiece_model.proto`.
 //! - `cuda` feature: force a NEEDED entry on libtorch_cuda; nothing references its symbols
 //!   directly, so without `--no-as-needed` the linker would drop it and CUDA would never register.
 use std::path::PathBuf;
@@ -48,4 +49,10 @@ fn compile_protos() {
         .build_server(true)
         .compile_fds(files)
         .unwrap_or_else(|e| panic!("generating gRPC code: {e}"));
+    // SentencePiece's model file (spiece.model): plain messages, no services.
+    let spiece = protox::compile(["proto/sentencepiece_model.proto"], ["proto"])
+        .unwrap_or_else(|e| panic!("proto/sentencepiece_model.proto: {e}"));
+    tonic_prost_build::Config::new()
+        .compile_fds(spiece)
+        .unwrap_or_else(|e| panic!("generating SentencePiece model code: {e}"));
 }

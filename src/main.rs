@@ -13,6 +13,8 @@ fn main() -> std::process::ExitCode {
         Command::MakeModel(args) => promptd::cli::make_model::make_model(args),
         Command::MakePrompts(args) => promptd::cli::make_model::make_prompts(args),
         Command::Bench(args) => promptd::cli::bench::run(args),
+        Command::Inspect(args) => promptd::cli::inspect::run(args),
+        Command::Convert(args) => promptd::cli::convert::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

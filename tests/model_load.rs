@@ -107,3 +107,42 @@ fn missing_files_and_bad_config_are_clear() {
     .unwrap();
     assert!(load_err(empty.path()).contains("model.safetensors"));
 }
+
+/// mT5 is T5 v1.1's architecture: the v1.1 fixture's weights under an `mt5` config (which
+/// scripts/make_bin_fixtures.py checked gives transformers' MT5ForConditionalGeneration the same
+/// logits and tokens as T5's) load and answer the v1.1 parity cases.
+#[test]
+fn mt5_loads_and_matches_transformers() {
+    let fx = common::fixtures();
+    let src = fx.join("models/t5-v1_1-tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::copy(
+        fx.join("bin/mt5-tiny/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let mut loaded = common::load_from(dir.path(), "t5-v1_1-tiny");
+    for case in common::cases("t5-v1_1-tiny").iter().take(8) {
+        let out = loaded.run(&[case]);
+        common::assert_matches(case, &out[0], "mt5");
+    }
+}
+
+#[test]
+fn lookalike_model_types_are_refused_at_load() {
+    for model_type in ["umt5", "longt5", "switch_transformers"] {
+        let dir = edited_copy(|_, shape, data| Some((shape, data)));
+        let cfg = dir.path().join("config.json");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, text.replace("\"t5\"", &format!("\"{model_type}\""))).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains(model_type) && err.contains("t5 or mt5"),
+            "{err}"
+        );
+    }
+}

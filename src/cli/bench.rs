@@ -447,8 +447,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_file(&model_dir.join("tokenizer.json"), eos)
-        .map_err(|e| e.to_string())?;
+    let tokenizer = T5Tokenizer::from_dir(model_dir, eos).map_err(|e| e.to_string())?;
     let d_model = model.config.d_model as usize;
     let max_batch_tokens = 32768;
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;

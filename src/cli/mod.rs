@@ -1,5 +1,7 @@
 //! Command-line entry points.
 pub mod bench;
+pub mod convert;
+pub mod inspect;
 pub mod keys;
 pub mod make_model;
 pub mod predict;
@@ -39,6 +41,10 @@ pub enum Command {
     MakePrompts(make_model::MakePromptsArgs),
     /// Load generator against a live server: throughput, latency percentiles, batching.
     Bench(bench::BenchArgs),
+    /// Show what promptd sees in a model folder (variant, sizes, files, memory) and whether it can serve it.
+    Inspect(inspect::InspectArgs),
+    /// Rewrite a model folder promptd can serve as sharded safetensors + tokenizer.json.
+    Convert(convert::ConvertArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.

@@ -15,7 +15,8 @@ use crate::prompts::{load_prompt_dir, PromptLimits};
 /// Arguments of `promptd predict`.
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Hugging Face T5 directory (config.json, model.safetensors[.index.json], tokenizer.json).
+    /// Hugging Face T5 directory (config.json; safetensors or pytorch_model.bin weights, single or
+    /// sharded; tokenizer.json or spiece.model).
     #[arg(long, env = "PROMPTD_MODEL")]
     pub model: PathBuf,
     /// Folder of prompts: <task>.safetensors, <task>.npy or PEFT adapter folders <task>/.
@@ -103,8 +104,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     let model =
         T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
-        .map_err(|e| e.to_string())?;
+    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
     let d_model = model.config.d_model as usize;
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
     let mut slots = HashMap::new();

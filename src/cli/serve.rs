@@ -25,7 +25,8 @@ use crate::tune::jobs::JobTable;
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Hugging Face T5 directory (config.json, model.safetensors[.index.json], tokenizer.json).
+    /// Hugging Face T5 directory (config.json; safetensors or pytorch_model.bin weights, single or
+    /// sharded; tokenizer.json or spiece.model).
     #[arg(long, env = "PROMPTD_MODEL")]
     pub model: PathBuf,
     /// Prompts folder: loaded at start, uploads are written here, changes by others are picked up.
@@ -185,8 +186,7 @@ pub struct Server {
 pub fn build(args: &ServeArgs) -> Result<Server, String> {
     let config = T5Config::from_dir(&args.model).map_err(|e| e.to_string())?;
     let eos = config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
-        .map_err(|e| e.to_string())?;
+    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
     let device = args.device.resolve()?;
     let kind = args.dtype.resolve(device);
     let metrics = Arc::new(Metrics::new(args.metrics_max_tasks));

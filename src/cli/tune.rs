@@ -152,8 +152,7 @@ pub fn load_engine(args: &ModelArgs) -> Result<(Engine, T5Tokenizer), String> {
     let model =
         T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_file(&args.model.join("tokenizer.json"), eos)
-        .map_err(|e| e.to_string())?;
+    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
     let engine = Engine::new(model).map_err(|e| e.to_string())?;
     Ok((engine, tokenizer))
 }

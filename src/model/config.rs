@@ -8,6 +8,9 @@ use super::ModelError;
 /// T5 hyper-parameters, field names as in `T5Config`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct T5Config {
+    /// `t5` or `mt5` (the same architecture); absent means `t5`.
+    #[serde(default)]
+    pub model_type: Option<String>,
     /// Rows of the shared embedding (may exceed the tokenizer's vocabulary).
     #[serde(default = "default_vocab_size")]
     pub vocab_size: i64,
@@ -96,6 +99,9 @@ fn default_ff_proj() -> String {
     "relu".into()
 }
 
+/// `model_type` values promptd serves.
+pub const SUPPORTED_MODEL_TYPES: [&str; 2] = ["t5", "mt5"];
+
 /// Feed-forward activation, as transformers' `ACT2FN` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -150,6 +156,7 @@ impl T5Config {
     }
 
     fn validate(&self) -> Result<(), ModelError> {
+        self.check_model_type()?;
         let positive = [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
@@ -195,6 +202,19 @@ impl T5Config {
         }
         self.activation()?;
         Ok(())
+    }
+
+    /// Refuses architectures that merely look like T5 (e.g. `umt5` has a relative-position bias
+    /// in every layer, `longt5` sparse attention): loaded as T5 they would answer wrongly.
+    fn check_model_type(&self) -> Result<(), ModelError> {
+        match self.model_type.as_deref() {
+            None | Some("t5") | Some("mt5") => Ok(()),
+            Some(other) => Err(ModelError::Config(format!(
+                "model_type {other:?} is not supported: promptd serves {} (T5 v1.0, v1.1, LM-adapted, \
+                 Flan-T5 and mT5)",
+                SUPPORTED_MODEL_TYPES.join(" or ")
+            ))),
+        }
     }
 
     /// Decoder blocks.
@@ -314,9 +334,26 @@ mod tests {
             r#"{"feed_forward_proj": "gated-gelu-x"}"#,
             r#"{"feed_forward_proj": "tanhshrink"}"#,
             r#"{"relative_attention_num_buckets": 2}"#,
+            r#"{"model_type": "umt5"}"#,
         ] {
             let cfg: T5Config = serde_json::from_str(json).unwrap();
             assert!(cfg.validate().is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn model_types() {
+        assert_eq!(
+            parse(r#"{"model_type": "t5"}"#).model_type.as_deref(),
+            Some("t5")
+        );
+        parse(r#"{"model_type": "mt5", "feed_forward_proj": "gated-gelu"}"#);
+        for other in ["umt5", "longt5", "switch_transformers", "bart", ""] {
+            let json = format!(r#"{{"model_type": "{other}"}}"#);
+            let cfg: T5Config = serde_json::from_str(&json).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(&format!("{other:?}")), "{err}");
+            assert!(err.contains("t5 or mt5"), "{err}");
         }
     }
 }

@@ -1,16 +1,20 @@
-//! Frozen T5 from a Hugging Face directory (config.json, safetensors, tokenizer.json).
+//! Frozen T5 from a Hugging Face directory (config.json; safetensors or pytorch_model.bin;
+//! tokenizer.json or spiece.model).
 pub mod config;
 pub mod layers;
+pub mod pickle;
+pub mod spiece;
 pub mod stack;
 pub mod t5;
 pub mod tokenizer;
+pub mod torch_bin;
 pub mod weights;
 
 use std::path::PathBuf;
 
 pub use config::T5Config;
 pub use t5::{DecoderState, ModelOptions, T5Model};
-pub use tokenizer::T5Tokenizer;
+pub use tokenizer::{T5Tokenizer, TokenizerSource};
 
 /// Errors while loading or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,7 @@ pub enum ModelError {
     /// The checkpoint files are malformed.
     #[error("checkpoint: {0}")]
     Weights(String),
-    /// tokenizer.json failed to load or run.
+    /// The tokenizer (tokenizer.json or spiece.model) failed to load or run.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// libtorch refused an operation.

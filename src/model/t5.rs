@@ -153,10 +153,33 @@ fn pad_last(t: &Tensor, len: i64, value: f64) -> Result<Tensor, ModelError> {
 }
 
 impl T5Model {
-    /// Loads `config.json` and the safetensors weights from a Hugging Face directory.
+    /// Loads `config.json` and the weights (safetensors or pytorch_model.bin) from a Hugging
+    /// Face directory.
     pub fn load(dir: &Path, opts: ModelOptions) -> Result<Self, ModelError> {
         let config = T5Config::from_dir(dir)?;
         let w = Weights::open(dir, opts.device, opts.kind)?;
+        tracing::info!(
+            dir = %dir.display(),
+            weights = w.layout().file_name(),
+            files = w.files().count(),
+            "loading weights"
+        );
+        Self::from_weights(config, &w, opts)
+    }
+
+    /// Checks that `dir` would load (config, every tensor's name, shape and dtype) without
+    /// reading any weight.
+    pub fn check(dir: &Path) -> Result<T5Config, ModelError> {
+        let config = T5Config::from_dir(dir)?;
+        let w = Weights::open_dry_run(dir)?;
+        let opts = ModelOptions {
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+        };
+        Ok(Self::from_weights(config, &w, opts)?.config)
+    }
+
+    fn from_weights(config: T5Config, w: &Weights, opts: ModelOptions) -> Result<Self, ModelError> {
         let emb_shape = [config.vocab_size, config.d_model];
         let shared_name = [
             "shared.weight",
@@ -167,10 +190,12 @@ impl T5Model {
         .find(|n| w.contains(n))
         .ok_or_else(|| ModelError::MissingTensor("shared.weight".into()))?;
         let shared = w.get(shared_name, &emb_shape)?;
-        let encoder = T5Stack::load(&w, &config, false)?;
-        let decoder = T5Stack::load(&w, &config, true)?;
+        let encoder = T5Stack::load(w, &config, false)?;
+        let decoder = T5Stack::load(w, &config, true)?;
         // An lm_head in the file wins (untied v1.1/Flan); otherwise it is the shared embedding.
-        let lm_head = if w.contains("lm_head.weight") {
+        // A tied model's .bin also stores the head under its own name: reuse, don't copy.
+        let lm_head = if w.contains("lm_head.weight") && !w.is_alias("lm_head.weight", shared_name)
+        {
             w.get("lm_head.weight", &emb_shape)?
         } else {
             shared.shallow_clone()

@@ -1,4 +1,5 @@
-//! `tokenizer.json` through the `tokenizers` crate, with T5's trailing `</s>`.
+//! A model folder's tokenizer (`tokenizer.json`, else `spiece.model`) through the `tokenizers`
+//! crate, with T5's trailing `</s>`.
 use std::path::Path;
 
 use super::ModelError;
@@ -15,6 +16,31 @@ impl T5Tokenizer {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self { inner, eos_id })
+    }
+
+    /// Loads the tokenizer of a model folder: `tokenizer.json` when present, else one built from
+    /// `spiece.model` as transformers does. The one rule every caller uses.
+    pub fn from_dir(dir: &Path, eos_id: i64) -> Result<Self, ModelError> {
+        let source = TokenizerSource::of(dir);
+        if let Some(s) = source {
+            tracing::info!(dir = %dir.display(), source = s.file_name(), "loading tokenizer");
+        }
+        match source {
+            Some(TokenizerSource::Json) => Self::from_file(&dir.join("tokenizer.json"), eos_id),
+            Some(TokenizerSource::SentencePiece) => Ok(Self {
+                inner: super::spiece::tokenizer_from_spiece(dir)?,
+                eos_id,
+            }),
+            None => Err(ModelError::Tokenizer(format!(
+                "{}: neither tokenizer.json nor spiece.model found",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// The underlying `tokenizers` tokenizer (e.g. to save it as `tokenizer.json`).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 
     /// Token ids of `text` followed by `</s>`.
@@ -52,5 +78,35 @@ impl T5Tokenizer {
             .filter(|id| !added.contains_key(id))
             .map(i64::from)
             .collect()
+    }
+}
+
+/// Which file a model folder's tokenizer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// `tokenizer.json` (the `tokenizers` library's own format).
+    Json,
+    /// `spiece.model`, converted as transformers' T5 fast tokenizer does.
+    SentencePiece,
+}
+
+impl TokenizerSource {
+    /// The source `T5Tokenizer::from_dir` uses for `dir`, if any.
+    pub fn of(dir: &Path) -> Option<Self> {
+        if dir.join("tokenizer.json").is_file() {
+            Some(Self::Json)
+        } else if dir.join("spiece.model").is_file() {
+            Some(Self::SentencePiece)
+        } else {
+            None
+        }
+    }
+
+    /// The file name.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Json => "tokenizer.json",
+            Self::SentencePiece => "spiece.model",
+        }
     }
 }

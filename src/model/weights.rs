@@ -1,63 +1,175 @@
-//! Memory-mapped safetensors checkpoints: `model.safetensors` or a sharded
-//! `model.safetensors.index.json`. Each tensor is copied once, straight from the page cache
-//! into its device tensor; the file is never read whole into RAM.
+//! Memory-mapped checkpoints: `model.safetensors`, sharded `model.safetensors.index.json`,
+//! `pytorch_model.bin`, or sharded `pytorch_model.bin.index.json`. Each tensor is copied once,
+//! straight from the page cache into its device tensor; no file is ever read whole into RAM.
 use std::collections::HashMap;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
-use safetensors::tensor::{Dtype, Metadata};
+use memmap2::{Mmap, UncheckedAdvice};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
+use super::torch_bin;
 use super::ModelError;
 
-struct Shard {
-    path: PathBuf,
-    mmap: Mmap,
-    data_start: usize,
-    metadata: Metadata,
+/// How a folder stores its weights, in the order `Weights::open` looks for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `model.safetensors`
+    Safetensors,
+    /// `model.safetensors.index.json` + shards
+    ShardedSafetensors,
+    /// `pytorch_model.bin`
+    Bin,
+    /// `pytorch_model.bin.index.json` + shards
+    ShardedBin,
 }
 
-/// Name → (shard, tensor info) over one or more memory-mapped safetensors files.
+impl Layout {
+    /// The file that marks this layout.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Layout::Safetensors => "model.safetensors",
+            Layout::ShardedSafetensors => "model.safetensors.index.json",
+            Layout::Bin => "pytorch_model.bin",
+            Layout::ShardedBin => "pytorch_model.bin.index.json",
+        }
+    }
+
+    /// The layout of `dir`, if it has one promptd reads.
+    pub fn of(dir: &Path) -> Option<Self> {
+        [
+            Layout::Safetensors,
+            Layout::ShardedSafetensors,
+            Layout::Bin,
+            Layout::ShardedBin,
+        ]
+        .into_iter()
+        .find(|l| dir.join(l.file_name()).is_file())
+    }
+
+    fn is_bin(self) -> bool {
+        matches!(self, Layout::Bin | Layout::ShardedBin)
+    }
+}
+
+/// One tensor's place in a shard.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    /// Index into `Weights::files`.
+    pub file: usize,
+    /// Element type in the file.
+    pub kind: Kind,
+    /// Shape.
+    pub shape: Vec<i64>,
+    bytes: Range<usize>,
+    /// Strides (elements) of a view that is not row-major contiguous (only `.bin` has these).
+    stride: Option<Vec<i64>>,
+}
+
+impl TensorInfo {
+    /// Elements in the tensor.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().map(|&d| d.max(0) as u64).product()
+    }
+
+    /// Tensors with equal keys are the same bytes viewed the same way: aliases of one stored
+    /// tensor (tied embeddings in a `.bin`).
+    pub fn alias_key(&self) -> (usize, Range<usize>, Vec<i64>, Option<Vec<i64>>) {
+        (
+            self.file,
+            self.bytes.clone(),
+            self.shape.clone(),
+            self.stride.clone(),
+        )
+    }
+}
+
+/// Name → (shard, tensor info) over one or more memory-mapped checkpoint files.
 pub struct Weights {
-    shards: Vec<Shard>,
-    index: HashMap<String, usize>,
+    layout: Layout,
+    files: Vec<(PathBuf, Mmap)>,
+    index: HashMap<String, TensorInfo>,
     device: Device,
     kind: Kind,
+    /// Check names, shapes and dtypes only; `get` returns zero-stride stand-ins.
+    dry_run: bool,
 }
 
 impl Weights {
     /// Opens the checkpoint in `dir`; tensors are converted to `kind` on `device` when read.
     pub fn open(dir: &Path, device: Device, kind: Kind) -> Result<Self, ModelError> {
-        let single = dir.join("model.safetensors");
-        let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
-            vec![single]
-        } else if index_path.is_file() {
-            shard_files(dir, &index_path)?
-        } else {
-            return Err(ModelError::Config(format!(
-                "{}: neither model.safetensors nor model.safetensors.index.json found \
-                 (PyTorch .bin checkpoints are not supported: convert them to safetensors)",
+        let layout = Layout::of(dir).ok_or_else(|| {
+            ModelError::Config(format!(
+                "{}: no weights found (looked for model.safetensors, model.safetensors.index.json, \
+                 pytorch_model.bin, pytorch_model.bin.index.json)",
                 dir.display()
-            )));
+            ))
+        })?;
+        let marker = dir.join(layout.file_name());
+        let paths = match layout {
+            Layout::Safetensors | Layout::Bin => vec![marker],
+            Layout::ShardedSafetensors | Layout::ShardedBin => shard_files(dir, &marker)?,
         };
-        let mut shards = Vec::with_capacity(files.len());
+        let mut files = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
-        for (i, path) in files.into_iter().enumerate() {
-            let shard = open_shard(path)?;
-            for name in shard.metadata.tensors().keys() {
-                index.insert(name.clone(), i);
+        for (i, path) in paths.into_iter().enumerate() {
+            let mmap = map(&path)?;
+            let bad = |msg: String| ModelError::Weights(format!("{}: {msg}", path.display()));
+            let tensors = if layout.is_bin() {
+                bin_tensors(&mmap, i).map_err(bad)?
+            } else {
+                safetensors_tensors(&mmap, i).map_err(bad)?
+            };
+            for (name, info) in tensors {
+                if index.insert(name.clone(), info).is_some() {
+                    return Err(bad(format!("tensor {name} is also in another shard")));
+                }
             }
-            shards.push(shard);
+            files.push((path, mmap));
         }
         Ok(Self {
-            shards,
+            layout,
+            files,
             index,
             device,
             kind,
+            dry_run: false,
         })
+    }
+
+    /// Opens the checkpoint to check it: `get` validates as usual but reads nothing and returns
+    /// a zero-stride stand-in, so a model of any size can be checked in constant memory.
+    pub fn open_dry_run(dir: &Path) -> Result<Self, ModelError> {
+        let mut w = Self::open(dir, Device::Cpu, Kind::Float)?;
+        w.dry_run = true;
+        Ok(w)
+    }
+
+    /// The layout the weights were found in.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// The checkpoint files, in shard order.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.files.iter().map(|(p, _)| p.as_path())
+    }
+
+    /// Every tensor, by name.
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &TensorInfo)> {
+        self.index.iter().map(|(n, i)| (n.as_str(), i))
+    }
+
+    /// Whether `a` and `b` are both present and views of the same stored bytes (tied weights
+    /// that a `.bin` keeps under several names).
+    pub fn is_alias(&self, a: &str, b: &str) -> bool {
+        match (self.index.get(a), self.index.get(b)) {
+            (Some(x), Some(y)) => x.alias_key() == y.alias_key(),
+            _ => false,
+        }
     }
 
     /// Whether the checkpoint holds `name`.
@@ -67,38 +179,23 @@ impl Weights {
 
     /// Reads `name`, checks its shape, converts it to the model dtype and device.
     pub fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
-        let shard = self
+        let info = self
             .index
             .get(name)
-            .map(|&i| &self.shards[i])
             .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let info = shard
-            .metadata
-            .info(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let found: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
-        if found != shape {
+        if info.shape != shape {
             return Err(ModelError::TensorShape {
                 name: name.to_string(),
                 expected: shape.to_vec(),
-                found,
+                found: info.shape.clone(),
             });
         }
-        let kind = match info.dtype {
-            Dtype::F32 => Kind::Float,
-            Dtype::F16 => Kind::Half,
-            Dtype::BF16 => Kind::BFloat16,
-            Dtype::F64 => Kind::Double,
-            other => {
-                return Err(ModelError::Weights(format!(
-                    "{name}: unsupported dtype {other:?} in {}",
-                    shard.path.display()
-                )))
-            }
-        };
-        let (start, end) = info.data_offsets;
-        let bytes = &shard.mmap[shard.data_start + start..shard.data_start + end];
-        let cpu = Tensor::f_from_data_size(bytes, &found, kind)?;
+        if self.dry_run {
+            check_kind(name, info.kind)?;
+            let one = Tensor::f_zeros([] as [i64; 0], (self.kind, Device::Cpu))?;
+            return Ok(one.f_expand(shape, true)?);
+        }
+        let cpu = self.read(name, info)?;
         let converted = if self.device == Device::Cpu {
             cpu.f_to_kind(self.kind)?
         } else {
@@ -107,6 +204,102 @@ impl Weights {
         };
         Ok(converted)
     }
+
+    /// `name` as stored, in host memory (one copy out of the page cache).
+    pub fn read_raw(&self, name: &str) -> Result<Tensor, ModelError> {
+        let info = self
+            .index
+            .get(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        self.read(name, info)
+    }
+
+    fn read(&self, name: &str, info: &TensorInfo) -> Result<Tensor, ModelError> {
+        check_kind(name, info.kind)?;
+        let mmap = &self.files[info.file].1;
+        let bytes = &mmap[info.bytes.clone()];
+        let tensor = match &info.stride {
+            None => Tensor::f_from_data_size(bytes, &info.shape, info.kind)?,
+            Some(stride) => {
+                let es = info.kind.elt_size_in_bytes();
+                let flat =
+                    Tensor::f_from_data_size(bytes, &[(bytes.len() / es) as i64], info.kind)?;
+                flat.f_as_strided(info.shape.as_slice(), stride.as_slice(), 0)?
+                    .f_contiguous()?
+            }
+        };
+        // The copy is made: drop these pages from our resident set (they stay in the page cache),
+        // so resident memory peaks at the loaded model plus one tensor, not plus the file.
+        // SAFETY: a read-only shared file mapping; DONTNEED only unmaps the pages, and a later
+        // access faults them in again from the file.
+        let _ = unsafe {
+            mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, info.bytes.start, bytes.len())
+        };
+        Ok(tensor)
+    }
+}
+
+/// Weights must be floating point (an integer tensor in a T5 checkpoint is not a weight we use).
+fn check_kind(name: &str, kind: Kind) -> Result<(), ModelError> {
+    if matches!(
+        kind,
+        Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+    ) {
+        Ok(())
+    } else {
+        Err(ModelError::Weights(format!(
+            "{name}: unsupported dtype {kind:?}"
+        )))
+    }
+}
+
+fn safetensors_tensors(mmap: &[u8], file: usize) -> Result<Vec<(String, TensorInfo)>, String> {
+    let (header_len, metadata) = SafeTensors::read_metadata(mmap).map_err(|e| e.to_string())?;
+    let data_start = 8 + header_len;
+    let mut out = Vec::new();
+    for (name, info) in metadata.tensors() {
+        let kind = match info.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::I16 => Kind::Int16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::BOOL => Kind::Bool,
+            other => return Err(format!("{name}: unsupported dtype {other:?}")),
+        };
+        let (start, end) = info.data_offsets;
+        out.push((
+            name,
+            TensorInfo {
+                file,
+                kind,
+                shape: info.shape.iter().map(|&d| d as i64).collect(),
+                bytes: data_start + start..data_start + end,
+                stride: None,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn bin_tensors(mmap: &[u8], file: usize) -> Result<Vec<(String, TensorInfo)>, String> {
+    Ok(torch_bin::read_archive(mmap)?
+        .into_iter()
+        .map(|(name, t)| {
+            let info = TensorInfo {
+                file,
+                kind: t.kind,
+                shape: t.shape,
+                bytes: t.bytes,
+                stride: t.stride,
+            };
+            (name, info)
+        })
+        .collect())
 }
 
 fn shard_files(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, ModelError> {
@@ -138,23 +331,13 @@ fn shard_files(dir: &Path, index_path: &Path) -> Result<Vec<PathBuf>, ModelError
         .collect()
 }
 
-fn open_shard(path: PathBuf) -> Result<Shard, ModelError> {
-    let file = File::open(&path).map_err(|e| ModelError::Io {
-        path: path.clone(),
+fn map(path: &Path) -> Result<Mmap, ModelError> {
+    let io = |e| ModelError::Io {
+        path: path.to_path_buf(),
         source: e,
-    })?;
+    };
+    let file = File::open(path).map_err(io)?;
     // SAFETY: the checkpoint is treated as read-only for the life of the process; a file
     // truncated under us would fault, as with every mmap-based loader.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::Io {
-        path: path.clone(),
-        source: e,
-    })?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&mmap)
-        .map_err(|e| ModelError::Weights(format!("{}: {e}", path.display())))?;
-    Ok(Shard {
-        path,
-        mmap,
-        data_start: 8 + header_len,
-        metadata,
-    })
+    unsafe { Mmap::map(&file) }.map_err(io)
 }

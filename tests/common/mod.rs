@@ -66,30 +66,32 @@ pub struct Loaded {
 }
 
 pub fn load(model: &str) -> Loaded {
-    let dir = fixtures().join("models").join(model);
+    load_from(&fixtures().join("models").join(model), model)
+}
+
+/// A CPU f32 engine over the model folder `dir`, with fixture `model`'s prompts registered
+/// (none when tests/fixtures/prompts/<model> does not exist).
+pub fn load_from(dir: &Path, model: &str) -> Loaded {
     let t5 = T5Model::load(
-        &dir,
+        dir,
         ModelOptions {
             device: tch::Device::Cpu,
             kind: tch::Kind::Float,
         },
     )
     .unwrap();
-    let tokenizer = T5Tokenizer::from_file(&dir.join("tokenizer.json"), 1).unwrap();
+    let tokenizer = T5Tokenizer::from_dir(dir, 1).unwrap();
     let d_model = t5.config.d_model as usize;
     let mut engine = Engine::new(t5).unwrap();
-    let prompts = load_prompt_dir(
-        &fixtures().join("prompts").join(model),
-        d_model,
-        &PromptLimits::default(),
-    )
-    .unwrap();
-    assert!(prompts.errors.is_empty(), "{:?}", prompts.errors);
-    let slots = prompts
-        .prompts
-        .iter()
-        .map(|(task, p)| (task.to_string(), engine.register_prompt(p).unwrap()))
-        .collect();
+    let prompt_dir = fixtures().join("prompts").join(model);
+    let mut slots = HashMap::new();
+    if prompt_dir.is_dir() {
+        let prompts = load_prompt_dir(&prompt_dir, d_model, &PromptLimits::default()).unwrap();
+        assert!(prompts.errors.is_empty(), "{:?}", prompts.errors);
+        for (task, p) in &prompts.prompts {
+            slots.insert(task.to_string(), engine.register_prompt(p).unwrap());
+        }
+    }
     Loaded {
         engine,
         tokenizer,

@@ -74,7 +74,7 @@ pub struct TuneScheduler {
 const HALF_LIFE_S: f64 = 10.0;
 /// Training rows (and dev rows) per engine turn: a turn holds the engine about as long as a
 /// small serving pass, whatever the job's batch size (gradients accumulate across turns).
-pub const ROWS_PER_TURN: usize = 8;
+pub const ROWS_PER_TURN: usize = 4;
 /// The engine counts as idle (tuning unthrottled) once it has served nothing for this long.
 const IDLE_AFTER: Duration = Duration::from_millis(200);
 

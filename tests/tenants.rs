@@ -503,3 +503,61 @@ async fn grpc_needs_a_key_and_sighup_reloads_the_file() {
         open.logs()
     );
 }
+
+fn tune(task: &str, key: &str, body: Value) -> Request<Body> {
+    let mut r = req(
+        Method::POST,
+        &format!("/v1/tasks/{task}/tune"),
+        Some(key),
+        Body::from(body.to_string()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn only_a_tenant_that_may_write_a_task_may_tune_it_and_see_its_jobs() {
+    let (s, _conf) = tenant_setup("", false).await;
+    let st = &s.state;
+    let body =
+        json!({"train": [{"input": "a b c", "target": "yes"}], "steps": 1, "prompt_length": 2});
+    // Another tenant's task, a task outside every pattern, no key: refused, nothing recorded.
+    for (task, key, status) in [
+        ("globex.sentiment", "acme-key", StatusCode::FORBIDDEN),
+        ("loose", "acme-key", StatusCode::FORBIDDEN),
+    ] {
+        let r = call(st, tune(task, key, body.clone())).await;
+        assert_eq!(r.status, status, "{task} with {key}: {:?}", r.body);
+    }
+    let r = call(st, get("/v1/tune-jobs", Some("acme-key"))).await;
+    assert_eq!(r.body["jobs"], json!([]));
+    // globex's prompt-length quota (3) caps a job's prompt too.
+    let long = json!({"train": [{"input": "a", "target": "b"}], "steps": 1, "prompt_length": 4});
+    let r = call(st, tune("globex.x", "globex-key", long)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    // The owner may; its job is its own: others get 403, the admin sees it.
+    let r = call(st, tune("acme.sentiment", "acme-key", body.clone())).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
+    let id = r.body["job"].as_str().unwrap().to_string();
+    assert_eq!(r.body["status"]["tenant"], "acme");
+    let r = call(st, get(&format!("/v1/tune-jobs/{id}"), Some("globex-key"))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = call(st, get("/v1/tune-jobs", Some("globex-key"))).await;
+    assert_eq!(r.body["jobs"], json!([]));
+    let r = call(st, get("/v1/tune-jobs", Some("ops-key"))).await;
+    assert_eq!(r.body["jobs"].as_array().unwrap().len(), 1);
+    let r = call(st, get(&format!("/v1/tune-jobs/{id}"), Some("acme-key"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = call(
+        st,
+        req(
+            Method::DELETE,
+            &format!("/v1/tune-jobs/{id}"),
+            Some("globex-key"),
+            Body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

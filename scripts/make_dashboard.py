@@ -110,6 +110,16 @@ y += 8
 panels.append(panel("Errors", "reqps", [
     q(f"sum by (status) (rate(promptd_requests_total{ERR}[{RATE}]))", "HTTP {{status}}"),
     q(f"sum by (error_type) (rate(promptd_batch_errors_total{SEL}[{RATE}]))", "batch {{error_type}}")], 0, y, 24))
+y += 8
+panels.append(row("Prompt tuning", y)); y += 1
+panels.append(panel("Tuning jobs by state", "short", [
+    q(f"sum by (state) (promptd_tune_jobs{SEL})", "{{state}}")], 0, y, 8, stack=True))
+panels.append(panel("Engine share spent tuning", "percentunit", [
+    q(f"sum(rate(promptd_tune_engine_seconds_total{SEL}[{RATE}]))", "engine s/s")], 8, y, 8,
+    description="Engine seconds per second on tuning jobs; capped near --tune-share while serving is busy"))
+panels.append(panel("Tuning steps/s", "short", [
+    q(f"sum(rate(promptd_tune_steps_total{SEL}[{RATE}]))", "steps/s")], 16, y, 8,
+    description="promptd_tune_loss{job} has each running job's latest loss"))
 
 for i, p in enumerate(panels):
     p["id"] = i + 1

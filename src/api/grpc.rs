@@ -304,7 +304,9 @@ impl Promptd for GrpcApi {
             dropout: r.dropout,
             seed: r.seed,
         };
-        let job = tuning::start_job(&self.state, &caller, task, req).map_err(status)?;
+        let job = tuning::start_job(&self.state, &caller, task, req)
+            .await
+            .map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 

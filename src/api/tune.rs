@@ -23,7 +23,7 @@ use crate::tenants::Caller;
 use crate::tune::jobs::{now_ms, Job, JobState, JobStatus, JobTable};
 use crate::tune::output::prompt_file_bytes;
 use crate::tune::scheduler::{TuneFinished, TuneWork};
-use crate::tune::tuner::Duration;
+use crate::tune::tuner::{Duration, Prepared};
 use crate::tune::{Example, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneSettings};
 
 /// Caps on tuning jobs.
@@ -216,7 +216,7 @@ pub async fn start(
     JsonBody(req): JsonBody<TuneRequest>,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     let Path(task) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let status = start_job(&state, &caller, TaskName::parse(&task)?, req)?;
+    let status = start_job(&state, &caller, TaskName::parse(&task)?, req).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(JobCreated {
@@ -227,7 +227,7 @@ pub async fn start(
 }
 
 /// Validates a tuning request and hands the job to the engine. Shared by HTTP and gRPC.
-pub fn start_job(
+pub async fn start_job(
     state: &AppState,
     caller: &Caller,
     task: TaskName,
@@ -241,6 +241,20 @@ pub fn start_job(
         max_len = max_len.min(t.max_prompt_length);
     }
     let settings = settings(&req, &service.limits, max_len)?;
+    let total = match settings.duration {
+        Duration::Steps(n) => n,
+        Duration::Epochs(e) => e * req.train.len().div_ceil(settings.batch_size),
+    };
+    // Tokenizing thousands of rows is CPU work: off the runtime, and off the engine thread.
+    let data = {
+        let (tokenizer, settings) = (state.tokenizer.clone(), settings.clone());
+        tokio::task::spawn_blocking(move || {
+            Prepared::new(&tokenizer, &settings, &req.train, &req.dev)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("preparing the tuning data failed: {e}")))?
+        .map_err(|e| invalid(e.to_string()))?
+    };
     let active = service.jobs.active_for(caller.name());
     if active >= service.limits.max_jobs_per_tenant {
         return Err(ApiError::RateLimited {
@@ -251,10 +265,6 @@ pub fn start_job(
             retry_after_s: 60,
         });
     }
-    let total = match settings.duration {
-        Duration::Steps(n) => n,
-        Duration::Epochs(e) => e * req.train.len().div_ceil(settings.batch_size),
-    };
     let job = service
         .jobs
         .create(
@@ -270,8 +280,7 @@ pub fn start_job(
     let work = TuneWork {
         job: job.clone(),
         settings,
-        train: req.train,
-        dev: req.dev,
+        data: Some(data),
         tokenizer: state.tokenizer.clone(),
         current,
         done,

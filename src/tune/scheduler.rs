@@ -10,7 +10,8 @@ use tokio::sync::oneshot;
 
 use super::jobs::{now_ms, Job, JobState};
 use super::metric::ChunkedEval;
-use super::{Example, TuneError, TuneSettings, Tuner};
+use super::tuner::Prepared;
+use super::{TuneError, TuneSettings, Tuner};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};
 use crate::model::T5Tokenizer;
 use crate::prompts::PromptRows;
@@ -21,10 +22,8 @@ pub struct TuneWork {
     pub job: Arc<Job>,
     /// The run's settings.
     pub settings: TuneSettings,
-    /// Training rows.
-    pub train: Vec<Example>,
-    /// Dev rows (may be empty).
-    pub dev: Vec<Example>,
+    /// Training and dev rows, tokenized (taken when the job starts).
+    pub data: Option<Prepared>,
     /// The served model's tokenizer.
     pub tokenizer: Arc<T5Tokenizer>,
     /// The task's served prompt when the job started (scored on dev at the end).
@@ -197,12 +196,14 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
         return Ok(Some(None));
     }
     let Some(tuner) = tuner.as_mut() else {
-        let built = match Tuner::new(
+        let Some(data) = work.data.take() else {
+            return Ok(Some(Some(Err("the job has no data".into()))));
+        };
+        let built = match Tuner::from_prepared(
             engine.model(),
             &work.tokenizer,
             work.settings.clone(),
-            &work.train,
-            &work.dev,
+            data,
         ) {
             Ok(t) => t,
             Err(e) => return Ok(Some(Some(Err(e.to_string())))),

@@ -133,6 +133,55 @@ impl TuneSettings {
     }
 }
 
+/// A run's data, tokenized: tokenizer work only, so a server does it off the engine thread.
+pub struct Prepared {
+    train: Vec<TokenizedExample>,
+    dev: Option<EvalSet>,
+    labels: Vec<String>,
+    truncated: usize,
+}
+
+impl Prepared {
+    /// Tokenizes `train` and `dev` under `settings` (token caps, metric, labels).
+    pub fn new(
+        tokenizer: &T5Tokenizer,
+        settings: &TuneSettings,
+        train: &[Example],
+        dev: &[Example],
+    ) -> Result<Self, TuneError> {
+        settings.validate()?;
+        if train.is_empty() {
+            return Err(TuneError::Data("no training examples".into()));
+        }
+        let labels = label_set(&settings.labels, train.iter().chain(dev));
+        let (train, truncated) = tokenize(
+            tokenizer,
+            train,
+            settings.max_input_tokens,
+            settings.max_target_tokens,
+        )?;
+        let dev = if dev.is_empty() {
+            None
+        } else {
+            Some(EvalSet::new(
+                tokenizer,
+                dev,
+                settings.metric,
+                labels.clone(),
+                settings.max_input_tokens,
+                settings.max_target_tokens,
+                None,
+            )?)
+        };
+        Ok(Self {
+            train,
+            dev,
+            labels,
+            truncated,
+        })
+    }
+}
+
 /// What one optimizer step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -191,10 +240,24 @@ impl Tuner {
         train: &[Example],
         dev: &[Example],
     ) -> Result<Self, TuneError> {
+        let prepared = Prepared::new(tokenizer, &settings, train, dev)?;
+        Self::from_prepared(model, tokenizer, settings, prepared)
+    }
+
+    /// Builds the initial prompt for already tokenized data (the part that needs the model).
+    pub fn from_prepared(
+        model: &T5Model,
+        tokenizer: &T5Tokenizer,
+        settings: TuneSettings,
+        prepared: Prepared,
+    ) -> Result<Self, TuneError> {
         settings.validate()?;
-        if train.is_empty() {
-            return Err(TuneError::Data("no training examples".into()));
-        }
+        let Prepared {
+            train: train_rows,
+            dev,
+            labels,
+            truncated,
+        } = prepared;
         let d = model.config.d_model as usize;
         let rows = match (&settings.init, settings.prompt_length) {
             (InitSpec::File(path), given) => {
@@ -210,7 +273,6 @@ impl Tuner {
             }
             (_, given) => given.unwrap_or(DEFAULT_PROMPT_LENGTH),
         };
-        let labels = label_set(&settings.labels, train.iter().chain(dev));
         let mut rng = Rng::new(settings.seed);
         let values = initial_prompt(&settings.init, model, tokenizer, rows, &labels, &mut rng)?;
         let device = model.options().device;
@@ -218,25 +280,6 @@ impl Tuner {
             .f_view([rows as i64, d as i64])?
             .f_to_device(device)?
             .set_requires_grad(true);
-        let (train_rows, truncated) = tokenize(
-            tokenizer,
-            train,
-            settings.max_input_tokens,
-            settings.max_target_tokens,
-        )?;
-        let dev = if dev.is_empty() {
-            None
-        } else {
-            Some(EvalSet::new(
-                tokenizer,
-                dev,
-                settings.metric,
-                labels.clone(),
-                settings.max_input_tokens,
-                settings.max_target_tokens,
-                None,
-            )?)
-        };
         let per_epoch = train_rows.len().div_ceil(settings.batch_size);
         let total_steps = match settings.duration {
             Duration::Steps(n) => n,

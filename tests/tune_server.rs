@@ -41,6 +41,11 @@ async fn start_job(
     v["job"].as_str().unwrap().to_string()
 }
 
+async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
+    let r = client.get(server.url(path)).send().await.unwrap();
+    r.json().await.unwrap()
+}
+
 async fn job(client: &reqwest::Client, server: &TestServer, id: &str) -> Value {
     client
         .get(server.url(&format!("/v1/tune-jobs/{id}")))
@@ -106,14 +111,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
     assert_eq!(v["version"], 1);
     assert_eq!(v["step"], 6);
     assert!(v["best_metric"].as_f64().is_some());
-    let info: Value = client
-        .get(server.url("/v1/prompts/learned"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, &server, "/v1/prompts/learned").await;
     assert_eq!(info["version"], 1);
     assert_eq!(info["prompt_length"], 4);
     // The tuned task and another one answer together, each as it would alone.
@@ -165,14 +163,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
     assert_eq!(v2["current_metric"], 1.0);
     assert!(v2["best_metric"].as_f64().unwrap() < 1.0);
     assert!(v2["version"].is_null());
-    let info: Value = client
-        .get(server.url("/v1/prompts/learned"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, &server, "/v1/prompts/learned").await;
     assert_eq!(info["version"], 1, "a candidate is not installed");
     let r = client
         .post(server.url(&format!("/v1/tune-jobs/{id2}/promote")))
@@ -183,14 +174,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["state"], "succeeded");
     assert_eq!(v["version"], 2);
-    let info: Value = client
-        .get(server.url("/v1/prompts/learned"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = get_json(&client, &server, "/v1/prompts/learned").await;
     assert_eq!(info["version"], 2);
     let r = client
         .post(server.url(&format!("/v1/tune-jobs/{id2}/promote")))
@@ -198,14 +182,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
-    let list: Value = client
-        .get(server.url("/v1/tune-jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, &server, "/v1/tune-jobs").await;
     assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
     let text = metrics(&client, &server).await;
     assert_eq!(metric(&text, "promptd_tune_jobs{state=\"succeeded\"}"), 2.0);
@@ -277,23 +254,9 @@ async fn bad_job_requests_get_4xx_json_and_change_nothing() {
             .unwrap();
         assert_eq!(r.status().as_u16(), want, "{method} {path}");
     }
-    let list: Value = client
-        .get(server.url("/v1/tune-jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, &server, "/v1/tune-jobs").await;
     assert_eq!(list["jobs"], json!([]));
-    let prompts: Value = client
-        .get(server.url("/v1/prompts"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prompts: Value = get_json(&client, &server, "/v1/prompts").await;
     assert_eq!(prompts["prompts"], json!([]));
     // Cancel: the job ends cancelled, installs nothing, and cannot be cancelled twice.
     let id = start_job(&client, &server, "t", with("steps", json!(50))).await;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::validate::{best_label, build_row, RowLimits};
 use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
-use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+use crate::model::T5Tokenizer;
 use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};
 
@@ -99,14 +99,8 @@ struct Context {
 /// Runs `promptd predict` over stdin/stdout.
 pub fn run(args: PredictArgs) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
-    let device = args.device.resolve()?;
-    let kind = args.dtype.resolve(device);
-    let model =
-        T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
-    let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
-    let d_model = model.config.d_model as usize;
-    let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
+    let (mut engine, tokenizer) = super::load_engine(&args.model, args.device, args.dtype)?;
+    let d_model = engine.model().config.d_model as usize;
     let mut slots = HashMap::new();
     let mut broken = HashMap::new();
     if let Some(dir) = &args.prompts {

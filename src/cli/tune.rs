@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::engine::{DeviceSpec, DtypeSpec, Engine};
-use crate::model::{ModelOptions, T5Model, T5Tokenizer};
+use crate::model::T5Tokenizer;
 use crate::tune::init::read_init_file;
 use crate::tune::metric::label_set;
 use crate::tune::output::{write_json, write_peft_dir, write_prompt_file};
@@ -147,14 +147,7 @@ pub struct EvalArgs {
 
 /// Loads the model into an engine, and the tokenizer.
 pub fn load_engine(args: &ModelArgs) -> Result<(Engine, T5Tokenizer), String> {
-    let device = args.device.resolve()?;
-    let kind = args.dtype.resolve(device);
-    let model =
-        T5Model::load(&args.model, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
-    let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
-    let engine = Engine::new(model).map_err(|e| e.to_string())?;
-    Ok((engine, tokenizer))
+    super::load_engine(&args.model, args.device, args.dtype)
 }
 
 /// Sets the returned flag on Ctrl-C (SIGINT) instead of killing the process.

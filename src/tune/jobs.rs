@@ -171,16 +171,19 @@ impl JobTable {
         };
         let mut jobs = HashMap::new();
         let replica = replica_name();
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            // A read-only prompts folder still serves; starting a job will fail (507) instead.
-            tracing::warn!(dir = %dir.display(), "tuning job records unavailable: {e}");
-            return Ok(Self {
-                dir,
-                jobs: Mutex::new(jobs),
-                next: AtomicU64::new(0),
-            });
-        }
-        for entry in std::fs::read_dir(&dir).map_err(io)? {
+        // Created with the first job: a server that never tunes leaves the folder as it was.
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    dir,
+                    jobs: Mutex::new(jobs),
+                    next: AtomicU64::new(0),
+                })
+            }
+            Err(e) => return Err(io(e)),
+        };
+        for entry in entries {
             let path = entry.map_err(io)?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
@@ -336,6 +339,10 @@ impl JobTable {
 }
 
 fn write_record(dir: &Path, status: &JobStatus) -> Result<(), TuneError> {
+    std::fs::create_dir_all(dir).map_err(|source| TuneError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut text = serde_json::to_vec_pretty(status).map_err(|e| TuneError::Data(e.to_string()))?;
     text.push(b'\n');
     write_atomic(&dir.join(format!("{}.json", status.id)), &text)

@@ -215,6 +215,20 @@ async fn bad_job_requests_get_4xx_json_and_change_nothing() {
         ("t", with("metric", json!("bleu")), 422),
         ("t", with("batch_size", json!(0)), 422),
         ("t", with("dropout", json!(1.5)), 422),
+        (
+            "t",
+            with("init", json!(format!("text:{}", "word ".repeat(20000)))),
+            422,
+        ),
+        (
+            "t",
+            {
+                let mut b = with("metric", json!("rank-accuracy"));
+                b["labels"] = json!(vec!["x"; 300]);
+                b
+            },
+            422,
+        ),
         ("t", with("surprise", json!(1)), 422),
         ("t", with("train", json!([{"input": "x"}])), 422),
         ("bad%20name", ok.clone(), 400),

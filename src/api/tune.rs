@@ -106,6 +106,9 @@ pub struct JobList {
     pub jobs: Vec<JobStatus>,
 }
 
+/// Longest `text:` initial prompt accepted over HTTP (it is tokenized on the engine thread).
+const MAX_INIT_TEXT_BYTES: usize = 64 << 10;
+
 fn invalid(why: impl Into<String>) -> ApiError {
     ApiError::Unprocessable(why.into())
 }
@@ -125,6 +128,7 @@ fn settings(
     req: &TuneRequest,
     limits: &TuneLimits,
     max_prompt_length: usize,
+    max_labels: usize,
 ) -> Result<TuneSettings, ApiError> {
     if req.train.is_empty() {
         return Err(invalid(
@@ -170,10 +174,31 @@ fn settings(
         )));
     }
     let init: InitSpec = parse_enum(&req.init, InitSpec::ClassLabels)?;
-    if matches!(init, InitSpec::File(_)) {
-        return Err(invalid(
-            "init file:PATH reads the server's disk and is only for `promptd tune`",
-        ));
+    match &init {
+        InitSpec::File(_) => {
+            return Err(invalid(
+                "init file:PATH reads the server's disk and is only for `promptd tune`",
+            ))
+        }
+        InitSpec::Text(text) if text.len() > MAX_INIT_TEXT_BYTES => {
+            return Err(invalid(format!(
+                "init text is {} bytes; the limit is {MAX_INIT_TEXT_BYTES}",
+                text.len()
+            )))
+        }
+        _ => {}
+    }
+    // Rank classification scores every label for every dev row.
+    let metric: Metric = parse_enum(&req.metric, Metric::Accuracy)?;
+    let labels = crate::tune::metric::label_set(
+        req.labels.as_deref().unwrap_or_default(),
+        req.train.iter().chain(&req.dev),
+    );
+    if metric == Metric::RankAccuracy && labels.len() > max_labels {
+        return Err(invalid(format!(
+            "{} labels (given, or distinct targets); the limit is {max_labels} (--max-labels)",
+            labels.len()
+        )));
     }
     let kind: OptimizerKind = parse_enum(&req.optimizer, OptimizerKind::Adafactor)?;
     let mut optimizer = OptimizerSettings::defaults(kind);
@@ -188,7 +213,7 @@ fn settings(
     s.batch_size = batch_size;
     s.eval_every = req.eval_every.unwrap_or(s.eval_every);
     s.patience = req.patience;
-    s.metric = parse_enum(&req.metric, Metric::Accuracy)?;
+    s.metric = metric;
     s.dropout = req.dropout;
     s.seed = req.seed.unwrap_or(0);
     s.validate().map_err(|e| invalid(e.to_string()))?;
@@ -240,10 +265,10 @@ pub async fn start_job(
     if let Caller::Tenant(t) = caller {
         max_len = max_len.min(t.max_prompt_length);
     }
-    let settings = settings(&req, &service.limits, max_len)?;
+    let settings = settings(&req, &service.limits, max_len, state.limits.row.max_labels)?;
     let total = match settings.duration {
         Duration::Steps(n) => n,
-        Duration::Epochs(e) => e * req.train.len().div_ceil(settings.batch_size),
+        Duration::Epochs(e) => e.saturating_mul(req.train.len().div_ceil(settings.batch_size)),
     };
     // Tokenizing thousands of rows is CPU work: off the runtime, and off the engine thread.
     let data = {

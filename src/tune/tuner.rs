@@ -283,7 +283,7 @@ impl Tuner {
         let per_epoch = train_rows.len().div_ceil(settings.batch_size);
         let total_steps = match settings.duration {
             Duration::Steps(n) => n,
-            Duration::Epochs(e) => e * per_epoch,
+            Duration::Epochs(e) => e.saturating_mul(per_epoch),
         };
         let optimizer = Optimizer::new(settings.optimizer, &prompt)?;
         let dropout = settings.dropout.unwrap_or(model.config.dropout_rate);

@@ -364,7 +364,7 @@ impl Tuner {
         }
         let last = self.dev_metric.last().map(|(s, _)| *s);
         last != Some(self.step)
-            && (self.step % self.settings.eval_every == 0 || self.step >= self.total_steps)
+            && (self.step.is_multiple_of(self.settings.eval_every) || self.step >= self.total_steps)
     }
 
     fn next_batch(&mut self) -> Vec<usize> {

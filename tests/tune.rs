@@ -175,6 +175,12 @@ fn loss_and_prompt_gradient_match_pytorch() {
         );
         let want = read_tensor(&fx.dir.join("grad.safetensors"), "grad");
         let err = rel_err(&grad, &want);
+        eprintln!(
+            "{}: loss relative error {:.2e}, dP relative error {err:.2e} (transformers' own f32 vs f64: {:.2e})",
+            fx.name,
+            (loss - fx.expected.loss).abs() / fx.expected.loss.abs(),
+            rel_err(&want, &read_tensor(&fx.dir.join("grad.safetensors"), "grad_f64"))
+        );
         assert!(err <= 1e-4, "{}: gradient relative error {err}", fx.name);
     }
 }
@@ -221,6 +227,10 @@ fn check_steps(
             let want = read_tensor(&fx.dir.join(file), &format!("step{step}"));
             let err = rel_err(&prompt_values(&t), &want);
             let tol = step_tolerance(&fx, file, step);
+            eprintln!(
+                "{} {kind} step {step}: P relative error {err:.2e} (allowed {tol:.2e})",
+                fx.name
+            );
             assert!(
                 err <= tol,
                 "{} {kind} step {step}: P relative error {err} > {tol}",
@@ -357,6 +367,10 @@ fn check_update_rule(kind: OptimizerKind, file: &str, steps: usize) {
                 .collect();
             let want = read_tensor(&path, &format!("step{step}"));
             let err = rel_err(&got, &want);
+            eprintln!(
+                "{} {kind} update rule, step {step}: relative error {err:.2e}",
+                fx.name
+            );
             assert!(
                 err <= 2e-6,
                 "{} {kind} step {step}: relative error {err}",

@@ -586,9 +586,11 @@ pub async fn promote_job(
 
 impl TuneService {
     /// Sets the tuning metrics from the job table (called at each scrape): jobs by state,
-    /// steps and engine seconds summed over every job, the loss of each active job.
+    /// steps and engine seconds summed over every job, the loss of each active job. Only this
+    /// replica's jobs count (records of others sharing the folder would be counted twice).
     pub fn update_metrics(&self, metrics: &crate::metrics::Metrics) {
-        let all = self.jobs.all();
+        let mut all = self.jobs.all();
+        all.retain(|j| j.replica == self.jobs.replica());
         for state in JobState::ALL {
             let n = all.iter().filter(|j| j.state == state).count();
             metrics

@@ -158,6 +158,7 @@ pub struct JobTable {
     dir: PathBuf,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     next: AtomicU64,
+    replica: String,
 }
 
 impl JobTable {
@@ -179,6 +180,7 @@ impl JobTable {
                     dir,
                     jobs: Mutex::new(jobs),
                     next: AtomicU64::new(0),
+                    replica,
                 })
             }
             Err(e) => return Err(io(e)),
@@ -219,6 +221,7 @@ impl JobTable {
             dir,
             jobs: Mutex::new(jobs),
             next: AtomicU64::new(0),
+            replica,
         })
     }
 
@@ -251,7 +254,7 @@ impl JobTable {
             error: None,
             created_ms: now_ms(),
             finished_ms: None,
-            replica: replica_name(),
+            replica: self.replica.clone(),
             heartbeat_ms: now_ms(),
         };
         write_record(&self.dir, &status)?;
@@ -273,6 +276,11 @@ impl JobTable {
         let mut out: Vec<JobStatus> = self.jobs.lock().values().map(|j| j.snapshot()).collect();
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         out
+    }
+
+    /// This replica's name (as recorded in its jobs).
+    pub fn replica(&self) -> &str {
+        &self.replica
     }
 
     /// Jobs of `tenant` that are queued or running.

@@ -2,7 +2,7 @@
 //!
 //! - rpath to libtorch and the CUDA runtime wheel folder, so binaries and tests run without
 //!   `LD_LIBRARY_PATH` (RUNPATH, so `LD_LIBRARY_PATH` still wins on a GPU host with its own torch).
-//! - gRPC code from `proto/promptd.proto`, compiled by protox (pure Rust: no protoc needed), and
+//! - gRPC code from `proto/promptd.proto` and `proto/grpc_predict_v2.proto` (KServe v2), compiled by protox (pure Rust: no protoc needed), and
 //!   the messages of SentencePiece's `spiece.model` from `proto/sentencepiece_model.proto`.
 //! - `cuda` feature: force a NEEDED entry on libtorch_cuda; nothing references its symbols
 //!   directly, so without `--no-as-needed` the linker would drop it and CUDA would never register.
@@ -35,8 +35,12 @@ fn main() {
 
 fn compile_protos() {
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["proto/promptd.proto"], ["proto"])
-        .unwrap_or_else(|e| panic!("proto/promptd.proto: {e}"));
+    // promptd's own API, and KServe's Open Inference Protocol (package `inference`).
+    let files = protox::compile(
+        ["proto/promptd.proto", "proto/grpc_predict_v2.proto"],
+        ["proto"],
+    )
+    .unwrap_or_else(|e| panic!("proto/: {e}"));
     // The encoded descriptors, for gRPC server reflection (tonic::include_file_descriptor_set!).
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(

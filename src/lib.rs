@@ -6,8 +6,11 @@ pub mod api;
 pub mod batcher;
 pub mod cli;
 pub mod engine;
+#[cfg(debug_assertions)]
+pub mod fault;
 pub mod metrics;
 pub mod model;
 pub mod prompts;
+pub mod server;
 pub mod tenants;
 pub mod tune;

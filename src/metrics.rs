@@ -71,6 +71,10 @@ pub struct Metrics {
     pub tune_engine_seconds: Counter,
     /// Latest training loss of each queued or running job (series leave when jobs end).
     pub tune_loss: GaugeVec,
+    /// Open HTTP connections.
+    pub http_connections: IntGauge,
+    /// HTTP connections closed at once because --max-connections were open.
+    pub http_connections_refused: IntCounter,
 }
 
 /// Most distinct `tenant` label values; later tenants count as `_other`.
@@ -236,7 +240,16 @@ impl Metrics {
             &["job"],
         )
         .expect("valid metric");
+        let http_connections =
+            IntGauge::new("promptd_http_connections", "Open HTTP connections").expect("valid");
+        let http_connections_refused = IntCounter::new(
+            "promptd_http_connections_refused_total",
+            "HTTP connections closed on accept because --max-connections were open",
+        )
+        .expect("valid");
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(http_connections.clone()),
+            Box::new(http_connections_refused.clone()),
             Box::new(tune_jobs.clone()),
             Box::new(tune_steps.clone()),
             Box::new(tune_engine_seconds.clone()),
@@ -291,6 +304,8 @@ impl Metrics {
             tune_steps,
             tune_engine_seconds,
             tune_loss,
+            http_connections,
+            http_connections_refused,
             requests,
             request_duration,
             queue_wait,

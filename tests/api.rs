@@ -5,7 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::inproc::{build_state, call, get, predict_req, setup};
+use common::inproc::{build_state, call, defaults, get, predict_req, setup};
 use common::{f32_bytes, fixtures, npy_bytes, snapshot, st_bytes};
 use promptd::api::{app, AppState};
 use safetensors::Dtype;
@@ -64,7 +64,11 @@ async fn keep_answer(state: &AppState) -> Value {
 #[tokio::test]
 async fn every_bad_upload_is_refused_and_changes_nothing() {
     let s = setup(
-        &["--max-prompt-length", "16", "--max-prompt-bytes", "65536"],
+        |c| {
+            c.prompt_limits.max_rows = 16;
+            c.prompt_limits.max_file_bytes = 65536;
+            c.limits.max_prompt_bytes = 65536;
+        },
         true,
     )
     .await;
@@ -211,7 +215,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn prompt_life_cycle_put_get_list_replace_delete() {
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     let first = npy_f32(3, D, |i| (i as f32 * 0.1).cos());
     let r = call(&s.state, put("fresh", first.clone())).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
@@ -296,16 +300,12 @@ async fn prompt_life_cycle_put_get_list_replace_delete() {
 #[tokio::test]
 async fn bad_predict_requests_get_json_errors() {
     let s = setup(
-        &[
-            "--max-inputs",
-            "4",
-            "--max-body-bytes",
-            "2048",
-            "--max-new-tokens-limit",
-            "50",
-            "--max-labels",
-            "3",
-        ],
+        |c| {
+            c.limits.max_inputs = 4;
+            c.limits.max_body_bytes = 2048;
+            c.limits.row.max_new_tokens_limit = 50;
+            c.limits.row.max_labels = 3;
+        },
         true,
     )
     .await;
@@ -453,7 +453,7 @@ async fn bad_predict_requests_get_json_errors() {
 
 #[tokio::test]
 async fn health_readiness_and_metrics() {
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     assert_eq!(call(&s.state, get("/healthz")).await.status, StatusCode::OK);
     let ready = call(&s.state, get("/readyz")).await;
     assert_eq!(
@@ -493,10 +493,7 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("promptd_generated_tokens_total 12"), "{text}");
 
     // Draining: readiness fails and new work is refused with 503.
-    s.state
-        .lifecycle
-        .draining
-        .store(true, std::sync::atomic::Ordering::Release);
+    s.state.lifecycle.drain();
     assert_eq!(
         call(&s.state, get("/readyz")).await.status,
         StatusCode::SERVICE_UNAVAILABLE
@@ -509,7 +506,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn not_ready_until_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let state = build_state(dir.path(), &[]);
+    let state = build_state(dir.path(), defaults);
     assert_eq!(call(&state, get("/healthz")).await.status, StatusCode::OK);
     assert_eq!(
         call(&state, get("/readyz")).await.status,
@@ -523,7 +520,14 @@ async fn not_ready_until_loaded() {
 #[tokio::test]
 async fn full_queue_gets_429_with_retry_after() {
     // No batching loop: queued rows stay queued.
-    let s = setup(&["--max-queue", "3", "--max-queue-per-task", "3"], false).await;
+    let s = setup(
+        |c| {
+            c.policy.max_queue = 3;
+            c.policy.max_queue_per_task = 3;
+        },
+        false,
+    )
+    .await;
     let entry = s.state.registry.get("keep").unwrap();
     let row = |text: &str| {
         let ids = s.state.tokenizer.encode(text).unwrap();
@@ -557,7 +561,14 @@ async fn full_queue_gets_429_with_retry_after() {
 #[tokio::test]
 async fn a_task_past_its_share_of_the_queue_gets_429_and_others_still_queue() {
     // No batching loop: queued rows stay queued.
-    let s = setup(&["--max-queue", "10", "--max-queue-per-task", "2"], false).await;
+    let s = setup(
+        |c| {
+            c.policy.max_queue = 10;
+            c.policy.max_queue_per_task = 2;
+        },
+        false,
+    )
+    .await;
     let state = s.state.clone();
     let flood = tokio::spawn(async move {
         call(&state, predict_req("keep", json!({"inputs": ["a", "b"]}))).await
@@ -595,7 +606,11 @@ async fn a_task_past_its_share_of_the_queue_gets_429_and_others_still_queue() {
 
 #[tokio::test]
 async fn request_timeout_gives_504_and_cancels_the_rows() {
-    let s = setup(&["--request-timeout-ms", "100"], false).await;
+    let s = setup(
+        |c| c.limits.request_timeout = std::time::Duration::from_millis(100),
+        false,
+    )
+    .await;
     let r = call(&s.state, predict_req("keep", json!({"inputs": ["a", "b"]}))).await;
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
     assert_eq!(r.body["error_type"], json!("timeout"));
@@ -615,14 +630,11 @@ async fn request_timeout_gives_504_and_cancels_the_rows() {
 async fn a_batch_closes_at_max_wait_or_when_full() {
     // No request timeout: a paused clock jumps to the next timer while the engine thread works.
     let s = setup(
-        &[
-            "--max-wait-ms",
-            "50",
-            "--max-batch-size",
-            "4",
-            "--request-timeout-ms",
-            "0",
-        ],
+        |c| {
+            c.policy.max_wait = std::time::Duration::from_millis(50);
+            c.policy.max_batch_size = 4;
+            c.limits.request_timeout = std::time::Duration::ZERO;
+        },
         true,
     )
     .await;
@@ -651,7 +663,7 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
 #[tokio::test]
 async fn an_upload_counts_past_a_version_another_replica_just_wrote() {
     // No folder sync runs here, so this registry has not seen the other replica's write.
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     let other = promptd::prompts::store::Store::open(s.dir.path()).unwrap();
     let task = promptd::prompts::TaskName::parse("keep").unwrap();
     let prompt =
@@ -667,7 +679,15 @@ async fn an_upload_counts_past_a_version_another_replica_just_wrote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
     // Queue a flood first, with the batching loop stopped, then one row of another task.
-    let s = setup(&["--max-batch-size", "8", "--max-queue", "512"], false).await;
+    let s = setup(
+        |c| {
+            c.policy.max_batch_size = 8;
+            c.policy.max_queue = 512;
+            c.policy.max_queue_per_task = 256;
+        },
+        false,
+    )
+    .await;
     let keep = s.state.registry.get("keep").unwrap();
     let row = |text: &str| promptd::engine::RowInput {
         prompt: Some(keep.slot.clone()),

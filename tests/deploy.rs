@@ -328,7 +328,7 @@ async fn kserve_runtime_matches_the_server() {
     assert_eq!(service["spec"]["predictor"]["model"]["runtime"], "promptd");
 
     // Its probes answer 200 on a ready server.
-    let s = common::inproc::setup(&[], false).await;
+    let s = common::inproc::setup(common::inproc::defaults, false).await;
     for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
         let get = &container[probe]["httpGet"];
         assert_eq!(get["port"].as_u64(), Some(port), "{probe}");

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use axum::http::StatusCode;
-use common::inproc::{build_state, call, predict_req};
+use common::inproc::{build_state, call, defaults, predict_req};
 use common::{fixtures, npy_filled, snapshot, TestServer};
-use promptd::cli::serve::load;
+use promptd::server::load;
 use serde_json::{json, Value};
 
 fn put(task: &str, bytes: Vec<u8>) -> axum::http::Request<axum::body::Body> {
@@ -60,7 +60,7 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
         dir.path().join("keep.npy"),
     )
     .unwrap();
-    let state = build_state(dir.path(), &[]);
+    let state = build_state(dir.path(), defaults);
     tokio::spawn(state.batcher.clone().run(state.engine.clone()));
     load(&state.engine, &state.registry, &state.lifecycle)
         .await

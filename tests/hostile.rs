@@ -5,9 +5,9 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::inproc::{build_state, call, get, setup};
+use common::inproc::{build_state, call, defaults, get, setup};
 use common::{npy_filled, snapshot};
-use promptd::cli::serve::load;
+use promptd::server::load;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -35,7 +35,7 @@ struct Rooted {
 }
 
 impl Rooted {
-    async fn new(extra: &[&str]) -> Self {
+    async fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
         let prompts = root.path().join("prompts");
         std::fs::create_dir(&prompts).unwrap();
@@ -44,7 +44,7 @@ impl Rooted {
             prompts.join("keep.npy"),
         )
         .unwrap();
-        let state = build_state(&prompts, extra);
+        let state = build_state(&prompts, defaults);
         tokio::spawn(state.batcher.clone().run(state.engine.clone()));
         load(&state.engine, &state.registry, &state.lifecycle)
             .await
@@ -68,7 +68,7 @@ impl Rooted {
 
 #[tokio::test]
 async fn malformed_requests_get_4xx_and_write_nothing() {
-    let s = Rooted::new(&[]).await;
+    let s = Rooted::new().await;
     let before = snapshot(&s.prompts());
     let deep = "[".repeat(100_000);
     let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
@@ -344,7 +344,7 @@ proptest! {
     fn any_predict_body_gets_an_answer_or_a_4xx_json_error(bodies in prop::collection::vec(prop_oneof![predict_body(), json_value()], 1..4)) {
         let rt = runtime();
         rt.block_on(async {
-            let s = setup(&["--max-new-tokens-limit", "64", "--max-inputs", "8"], true).await;
+            let s = setup(|c| { c.limits.row.max_new_tokens_limit = 64; c.limits.max_inputs = 8; }, true).await;
             for body in &bodies {
                 let r = call(&s.state, predict_bytes(body.to_string().into_bytes())).await;
                 let ok = r.status == StatusCode::OK && r.body["outputs"].is_array();
@@ -360,7 +360,7 @@ proptest! {
     fn any_task_name_is_stored_inside_the_folder_or_refused(name in "[a-zA-Z0-9._/%\\\\ -]{1,40}") {
         let rt = runtime();
         rt.block_on(async {
-            let s = Rooted::new(&[]).await;
+            let s = Rooted::new().await;
             let encoded: String = name.bytes().map(|b| match b {
                 b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => (b as char).to_string(),
                 _ => format!("%{b:02X}"),

@@ -4,7 +4,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::inproc::{build_state, call, get, predict_req, setup};
+use common::inproc::{build_state, call, defaults, get, predict_req, setup};
 use serde_json::{json, Value};
 
 fn infer(path: &str, body: Value) -> Request<Body> {
@@ -21,7 +21,7 @@ fn texts(data: Value, shape: Value) -> Value {
 #[tokio::test]
 async fn health_and_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let unloaded = build_state(dir.path(), &[]);
+    let unloaded = build_state(dir.path(), defaults);
     let r = call(&unloaded, get("/v2/health/ready")).await;
     assert_eq!(
         (r.status, &r.body),
@@ -33,7 +33,7 @@ async fn health_and_metadata() {
         (StatusCode::OK, &json!({"live": true}))
     );
 
-    let s = setup(&[], false).await;
+    let s = setup(defaults, false).await;
     let r = call(&s.state, get("/v2/health/ready")).await;
     assert_eq!(
         (r.status, &r.body),
@@ -67,7 +67,7 @@ async fn health_and_metadata() {
 
 #[tokio::test]
 async fn inference_equals_the_predict_route() {
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     let inputs = ["translate: hello", "is it good? yes", "three"];
     let labels = ["yes", "no"];
     let want = call(
@@ -167,7 +167,7 @@ async fn inference_equals_the_predict_route() {
 
 #[tokio::test]
 async fn malformed_inference_requests_get_4xx_json_errors() {
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     let ok_input = texts(json!(["a"]), json!([1]));
     let cases: Vec<(&str, String, StatusCode)> = vec![
         ("not json", "{".into(), StatusCode::BAD_REQUEST),

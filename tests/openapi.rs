@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::inproc::{build_state, call, setup, Reply};
+use common::inproc::{build_state, call, defaults, setup, Reply};
 use common::npy_filled;
 use promptd::api::openapi::ApiDoc;
 use serde_json::{json, Value};
@@ -50,7 +50,7 @@ async fn documented_paths_and_methods_are_exactly_the_routed_ones() {
         "OpenAPI paths differ from the router's"
     );
 
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     for (path, item) in paths {
         for method in METHODS {
             let req = Request::builder()
@@ -213,7 +213,7 @@ fn conforms(spec: &Value, method: &str, path: &str, r: &Reply) {
 async fn real_responses_match_the_documented_schemas() {
     let spec = spec();
     let dir = tempfile::tempdir().unwrap();
-    let unloaded = build_state(dir.path(), &[]);
+    let unloaded = build_state(dir.path(), defaults);
     for (path, method) in [
         ("/readyz", "get"),
         ("/v2/health/ready", "get"),
@@ -224,7 +224,7 @@ async fn real_responses_match_the_documented_schemas() {
         conforms(&spec, method, path, &r);
     }
 
-    let s = setup(&[], true).await;
+    let s = setup(defaults, true).await;
     let labels = json!({"inputs": ["a b c", "d"], "labels": ["yes", "no"], "max_new_tokens": 3});
     let infer = |labels: bool| {
         let mut inputs =
@@ -482,7 +482,7 @@ async fn tenant_errors_are_documented_too() {
         ),
     )
     .unwrap();
-    let s = setup(&["--tenants", path.to_str().unwrap()], true).await;
+    let s = setup(|c| c.tenants = Some(path.clone()), true).await;
     let with_key = |method: Method, uri: &str, key: Option<&str>, body: Option<Value>| {
         let mut r = request(method, uri, body);
         if let Some(k) = key {

@@ -272,12 +272,20 @@ fn prompt_dir_reports_bad_entries_and_keeps_good_ones() {
     let dir = tempfile::tempdir().unwrap();
     let good = st_bytes(&[("p", Dtype::F32, vec![2, D], f32_bytes(&values(2)))]);
     std::fs::write(dir.path().join("good.safetensors"), &good).unwrap();
+    // A task defined twice: the most recently modified source wins (the folder rule).
     std::fs::write(dir.path().join("dup.safetensors"), &good).unwrap();
     std::fs::write(
         dir.path().join("dup.npy"),
-        npy_bytes("<f4", "(2, 8)", &f32_bytes(&values(2))),
+        npy_bytes("<f4", "(3, 8)", &f32_bytes(&values(3))),
     )
     .unwrap();
+    let older = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join("dup.safetensors"))
+        .unwrap()
+        .set_modified(older)
+        .unwrap();
     std::fs::write(dir.path().join("broken.npy"), b"\x93NUMPY\x01\x00").unwrap();
     std::fs::write(dir.path().join("-bad-name.npy"), &good).unwrap();
     std::fs::write(dir.path().join(".hidden.safetensors"), b"junk").unwrap();
@@ -289,13 +297,16 @@ fn prompt_dir_reports_bad_entries_and_keeps_good_ones() {
     std::fs::create_dir(dir.path().join("not-an-adapter")).unwrap();
     let loaded = load_prompt_dir(dir.path(), D, &limits()).unwrap();
     let names: Vec<String> = loaded.prompts.keys().map(|t| t.to_string()).collect();
-    assert_eq!(names, vec!["good"]);
-    assert_eq!(loaded.errors.len(), 4, "{:?}", loaded.errors);
-    let all = format!("{:?}", loaded.errors);
-    assert!(
-        all.contains("safe_serialization=True") && all.contains("defined twice"),
-        "{all}"
+    assert_eq!(names, vec!["dup", "good"]);
+    assert_eq!(
+        loaded.prompts[&promptd::prompts::TaskName::parse("dup").unwrap()]
+            .encoder
+            .rows,
+        3
     );
+    assert_eq!(loaded.errors.len(), 3, "{:?}", loaded.errors);
+    let all = format!("{:?}", loaded.errors);
+    assert!(all.contains("safe_serialization=True"), "{all}");
 }
 
 fn valid_files() -> Vec<Vec<u8>> {

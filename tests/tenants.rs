@@ -82,7 +82,7 @@ key_sha256 = ["{ops}"]
 async fn tenant_setup(extra_tenants: &str, run_batcher: bool) -> (Setup, tempfile::TempDir) {
     let conf = tempfile::tempdir().unwrap();
     let path = tenants_file(conf.path(), extra_tenants);
-    let s = setup(&["--tenants", path.to_str().unwrap()], run_batcher).await;
+    let s = setup(|c| c.tenants = Some(path.clone()), run_batcher).await;
     (s, conf)
 }
 

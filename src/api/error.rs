@@ -222,38 +222,78 @@ impl From<MultipartError> for ApiError {
 
 impl From<PromptError> for ApiError {
     fn from(e: PromptError) -> Self {
-        match e {
+        match &e {
             PromptError::Invalid(_) => ApiError::Unprocessable(e.to_string()),
             PromptError::Format(_) | PromptError::Adapter(_) | PromptError::TaskName(_) => {
                 ApiError::BadRequest(e.to_string())
             }
-            PromptError::Io(_) => ApiError::Internal(e.to_string()),
+            PromptError::Io { source, .. } => ApiError::from_io(source.kind(), e.to_string()),
+        }
+    }
+}
+
+impl ApiError {
+    /// The one rule for the server's own file failures: a full disk is 507, a read-only or
+    /// forbidden folder 503 (an operator must act; retrying elsewhere may work), else 500.
+    pub fn from_io(kind: std::io::ErrorKind, text: String) -> Self {
+        use std::io::ErrorKind;
+        match kind {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => ApiError::Storage(text),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+                ApiError::Unavailable(text)
+            }
+            _ => ApiError::Internal(text),
         }
     }
 }
 
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
+        use crate::engine::EngineError;
         match &e {
-            RegistryError::Store(io) => match io.kind() {
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                    ApiError::Storage(e.to_string())
-                }
-                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
-                    ApiError::Unavailable(e.to_string())
-                }
-                _ => ApiError::Internal(e.to_string()),
-            },
-            RegistryError::Engine(_) => ApiError::Unavailable(e.to_string()),
+            RegistryError::Store(io) => ApiError::from_io(io.kind(), e.to_string()),
+            // A panic is a bug in the server, not an engine that cannot take the prompt.
+            RegistryError::Engine(EngineError::Panic(_)) | RegistryError::Task { .. } => {
+                ApiError::Internal(e.to_string())
+            }
+            RegistryError::Engine(_) | RegistryError::Stopped(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
         }
     }
 }
 
 /// A JSON body whose rejections are [`ApiError`]s, so malformed bodies get the same JSON
-/// error shape as everything else.
-#[derive(Debug, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// error shape as everything else (a body over the route's limit is a 413).
+#[derive(Debug)]
 pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        super::body::check(&req)?;
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// A raw body (any content type); a body over the route's limit is a 413.
+#[derive(Debug)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        super::body::check(&req)?;
+        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
+    }
+}
 
 impl From<crate::tenants::AuthError> for ApiError {
     fn from(e: crate::tenants::AuthError) -> Self {

@@ -27,7 +27,7 @@ pub mod proto {
 use proto::promptd_server::{Promptd, PromptdServer};
 
 /// Room for protobuf framing around the largest payload a request may carry.
-const FRAMING_BYTES: usize = 64 << 10;
+pub const FRAMING_BYTES: usize = 64 << 10;
 
 /// The gRPC service over the shared state.
 pub struct GrpcApi {
@@ -45,24 +45,32 @@ pub fn service(state: AppState) -> PromptdServer<GrpcApi> {
         .max_decoding_message_size(largest.saturating_add(FRAMING_BYTES))
 }
 
-/// Serves the promptd service, standard health checking (`grpc.health.v1`, following
-/// `/readyz`) and server reflection on `listener` until `stop` resolves, then drains.
+/// Serves the promptd service, KServe's v2 inference service (`inference.GRPCInferenceService`),
+/// standard health checking (`grpc.health.v1`, following `/readyz`) and server reflection (v1
+/// and v1alpha) on `listener` until `stop` resolves, then drains.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .inspect_err(|e| tracing::warn!("gRPC reflection disabled: {e}"))
-        .ok();
+    // grpcurl and most tools ask v1; Python's grpcio-reflection still asks v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let disabled = |e: &tonic_reflection::server::Error| {
+        tracing::warn!("gRPC reflection disabled: {e}");
+    };
+    let reflection_v1 = reflection().build_v1().inspect_err(disabled).ok();
+    let reflection_v1alpha = reflection().build_v1alpha().inspect_err(disabled).ok();
     let tracker = tokio::spawn(track_health(reporter, state.clone()));
     let result = tonic::transport::Server::builder()
         .add_service(health)
-        .add_optional_service(reflection)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(super::kserve::grpc::service(state.clone()))
         .add_service(service(state))
         .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
         .await;
@@ -72,24 +80,24 @@ pub async fn serve(
     }
 }
 
-/// Keeps the gRPC health status of the server ("") and of the service in step with readiness.
+/// Keeps the gRPC health status of the server ("") and of the services in step with the
+/// readiness watch.
 async fn track_health(reporter: tonic_health::server::HealthReporter, state: AppState) {
     use tonic_health::ServingStatus;
-    let mut last = None;
+    let mut status = state.lifecycle.subscribe();
     loop {
-        let ready = super::readiness(&state).1.is_none();
-        if last != Some(ready) {
-            let status = if ready {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            for name in ["", SERVICE_NAME] {
-                reporter.set_service_status(name, status).await;
-            }
-            last = Some(ready);
+        let ready = *status.borrow_and_update() == super::lifecycle::Status::Ready;
+        let serving = if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", SERVICE_NAME, super::kserve::grpc::SERVICE_NAME] {
+            reporter.set_service_status(name, serving).await;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -127,21 +135,25 @@ pub fn status(e: ApiError) -> Status {
 }
 
 impl GrpcApi {
-    /// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        self.state.tenants.authenticate(header).map_err(|e| {
-            self.state
-                .metrics
-                .tenant_rejections
-                .with_label_values(&["_unknown", "unauthenticated"])
-                .inc();
-            status(e.into())
-        })
+        caller(&self.state, request)
     }
+}
+
+/// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.
+pub fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
+    let header = request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    state.tenants.authenticate(header).map_err(|e| {
+        state
+            .metrics
+            .tenant_rejections
+            .with_label_values(&["_unknown", "unauthenticated"])
+            .inc();
+        status(e.into())
+    })
 }
 
 fn task(name: &str) -> Result<TaskName, Status> {

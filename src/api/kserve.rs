@@ -5,11 +5,15 @@
 //! input named `labels`, and the parameter `max_new_tokens`; it answers `text_output` (BYTES),
 //! and with labels `label` (BYTES) and `scores` (FP64, `[N, labels]`). It runs through the same
 //! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared.
+pub mod grpc;
+pub mod wire;
+
 use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -19,9 +23,9 @@ use utoipa::openapi::schema::{
 use utoipa::openapi::RefOr;
 
 use super::auth::check_read;
-use super::error::{ErrorBody, JsonBody};
+use super::error::{ErrorBody, RawBody};
 use super::openapi::{TaskParam, TaskVersionParams};
-use super::predict::{self, PredictRequest};
+use super::predict::{self, PredictRequest, PredictResponse};
 use super::{readiness, ApiError, AppState};
 use crate::prompts::registry::{Entry, PromptInfo};
 use crate::tenants::Caller;
@@ -30,6 +34,10 @@ use crate::tenants::Caller;
 pub const TEXT_INPUT: &str = "text_input";
 /// Name of the candidate-labels input.
 pub const LABELS_INPUT: &str = "labels";
+/// The binary tensor data extension's header: the length of the JSON part of the body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Outputs promptd answers with.
+pub const OUTPUTS: [&str; 3] = ["text_output", "label", "scores"];
 
 /// An inference request (the protocol's `$inference_request`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -58,9 +66,14 @@ pub struct InferInput {
     pub shape: Vec<i64>,
     /// Element type; only BYTES is accepted.
     pub datatype: String,
-    /// Elements, flat or nested in row-major order.
+    /// Elements, flat or nested in row-major order; absent when they travel as binary data.
+    #[serde(default)]
     #[schema(schema_with = input_data_schema)]
-    pub data: Value,
+    pub data: Option<Value>,
+    /// `binary_data_size`: the elements are this many bytes of the body's binary part.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
 /// An output a client asks for.
@@ -68,6 +81,10 @@ pub struct InferInput {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
+    /// `binary_data`: answer this output as binary data.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
 }
 
 /// One output tensor.
@@ -79,9 +96,64 @@ pub struct InferOutput {
     pub shape: Vec<usize>,
     /// Element type.
     pub datatype: &'static str,
-    /// Elements in row-major order.
+    /// Elements in row-major order; absent when they travel as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(schema_with = output_data_schema)]
-    pub data: Vec<Value>,
+    pub data: Option<Vec<Value>>,
+    /// `binary_data_size` when the elements travel as binary data.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Map<String, Value>>,
+}
+
+/// An output's elements.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Elements {
+    /// BYTES: texts (a missing label is the empty string in binary form, null in JSON).
+    Bytes(Vec<Option<String>>),
+    /// FP64.
+    Fp64(Vec<f64>),
+}
+
+impl Elements {
+    /// The protocol's datatype name.
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            Elements::Bytes(_) => "BYTES",
+            Elements::Fp64(_) => "FP64",
+        }
+    }
+
+    /// Raw bytes (binary extension, gRPC `raw_output_contents`).
+    pub fn raw(&self) -> Vec<u8> {
+        match self {
+            Elements::Bytes(items) => {
+                wire::encode_bytes(items.iter().map(|s| s.as_deref().unwrap_or("")))
+            }
+            Elements::Fp64(items) => wire::encode_f64(items.iter().copied()),
+        }
+    }
+
+    fn json(&self) -> Vec<Value> {
+        match self {
+            Elements::Bytes(items) => items
+                .iter()
+                .map(|s| s.clone().map(Value::from).unwrap_or(Value::Null))
+                .collect(),
+            Elements::Fp64(items) => items.iter().map(|&f| Value::from(f)).collect(),
+        }
+    }
+}
+
+/// One output of an answer, before it is put on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Tensor name.
+    pub name: &'static str,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Elements.
+    pub elements: Elements,
 }
 
 fn input_data_schema() -> impl Into<RefOr<Schema>> {
@@ -125,7 +197,7 @@ pub struct ServerMetadata {
     pub name: &'static str,
     /// promptd's version.
     pub version: &'static str,
-    /// Protocol extensions (none).
+    /// Protocol extensions: `binary_tensor_data`.
     pub extensions: Vec<String>,
 }
 
@@ -188,7 +260,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: "promptd",
         version: env!("CARGO_PKG_VERSION"),
-        extensions: Vec::new(),
+        extensions: vec!["binary_tensor_data".into()],
     })
 }
 
@@ -213,7 +285,8 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     (status, Json(Ready { ready }))
 }
 
-fn entry(
+/// The served entry of `task` (at `version`, when given) that `caller` may read.
+pub fn entry(
     state: &AppState,
     caller: &Caller,
     task: &str,
@@ -267,21 +340,28 @@ pub async fn model_metadata(
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let (task, version) = path_parts(path)?;
     let entry = entry(&state, &caller, &task, version.as_deref())?;
-    Ok(Json(ModelMetadata {
-        name: entry.info.task.clone(),
-        versions: vec![entry.info.version.to_string()],
-        platform: "promptd_t5_soft_prompt",
-        inputs: vec![
-            tensor(TEXT_INPUT, "BYTES", &[-1]),
-            tensor(LABELS_INPUT, "BYTES", &[-1]),
-        ],
-        outputs: vec![
-            tensor("text_output", "BYTES", &[-1]),
-            tensor("label", "BYTES", &[-1]),
-            tensor("scores", "FP64", &[-1, -1]),
-        ],
-        parameters: entry.info.clone(),
-    }))
+    Ok(Json(metadata(&entry)))
+}
+
+/// A served task's metadata as a model's.
+pub fn metadata(entry: &Entry) -> ModelMetadata {
+    {
+        ModelMetadata {
+            name: entry.info.task.clone(),
+            versions: vec![entry.info.version.to_string()],
+            platform: "promptd_t5_soft_prompt",
+            inputs: vec![
+                tensor(TEXT_INPUT, "BYTES", &[-1]),
+                tensor(LABELS_INPUT, "BYTES", &[-1]),
+            ],
+            outputs: vec![
+                tensor("text_output", "BYTES", &[-1]),
+                tensor("label", "BYTES", &[-1]),
+                tensor("scores", "FP64", &[-1, -1]),
+            ],
+            parameters: entry.info.clone(),
+        }
+    }
 }
 
 /// Metadata of one version of a task (only the served version exists).
@@ -338,11 +418,19 @@ pub async fn version_ready(
 }
 
 /// Inference: generates for every text with the task's prompt (same path as /v1 predict).
+///
+/// The body is JSON (with any content type, or none), or the binary tensor data extension: the
+/// JSON request, its length in `Inference-Header-Content-Length`, then the inputs' raw bytes
+/// (each BYTES element a little-endian u32 length and the bytes). Outputs asked for with
+/// `binary_data` (or the request's `binary_data_output`) come back the same way.
 #[utoipa::path(post, path = "/v2/models/{task}/infer", tag = "kserve",
     params(TaskParam),
-    request_body = InferRequest,
+    request_body(content(
+        (InferRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream")
+    )),
     responses(
-        (status = 200, description = "One output element per text", body = InferResponse),
+        (status = 200, description = "One output element per text; with binary outputs asked for, the JSON response (its length in Inference-Header-Content-Length) then the outputs' raw bytes", body = InferResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
         (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
@@ -355,68 +443,39 @@ pub async fn infer(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: ModelPath,
-    body: Result<JsonBody<InferRequest>, ApiError>,
-) -> Result<Json<InferResponse>, ApiError> {
+    headers: HeaderMap,
+    body: Result<RawBody, ApiError>,
+) -> Result<Response, ApiError> {
     let (task, version) = path_parts(path)?;
     if version.is_some() {
         entry(&state, &caller, &task, version.as_deref())?;
     }
     // A bad body still goes through predict::run, so it is counted like any other request.
-    let parsed = body.and_then(|JsonBody(req)| Ok((to_predict(&req)?, (req.id, req.outputs))));
-    let (predict_req, (id, wanted)) = match parsed {
-        Ok((p, meta)) => (Ok(p), meta),
-        Err(e) => (Err(e), Default::default()),
+    let decoded = body.and_then(|RawBody(body)| decode(&headers, &body));
+    let (predict_req, meta) = match decoded {
+        Ok((req, elements)) => match to_predict(&req, elements) {
+            Ok(p) => (Ok(p), Some(req)),
+            Err(e) => (Err(e), None),
+        },
+        Err(e) => (Err(e), None),
     };
     let answer = predict::run(&state, &caller, &task, predict_req).await?;
-    let n = answer.outputs.len();
-    let mut outputs = vec![InferOutput {
-        name: "text_output".into(),
-        shape: vec![n],
-        datatype: "BYTES",
-        data: answer
-            .outputs
-            .iter()
-            .map(|o| Value::from(o.text.clone()))
-            .collect(),
-    }];
-    if let Some(first) = answer.outputs.first().and_then(|o| o.scores.as_ref()) {
-        outputs.push(InferOutput {
-            name: "label".into(),
-            shape: vec![n],
-            datatype: "BYTES",
-            data: answer
-                .outputs
-                .iter()
-                .map(|o| o.label.clone().map(Value::from).unwrap_or(Value::Null))
-                .collect(),
-        });
-        outputs.push(InferOutput {
-            name: "scores".into(),
-            shape: vec![n, first.len()],
-            datatype: "FP64",
-            data: answer
-                .outputs
-                .iter()
-                .flat_map(|o| o.scores.clone().unwrap_or_default())
-                .map(Value::from)
-                .collect(),
-        });
-    }
-    if let Some(wanted) = wanted {
-        outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
-    }
-    Ok(Json(InferResponse {
-        model_name: answer.task,
-        model_version: answer.prompt_version.to_string(),
-        id,
-        outputs,
-    }))
+    let Some(req) = meta else {
+        return Err(ApiError::Internal(
+            "an undecoded inference request ran".into(),
+        ));
+    };
+    let outputs = outputs(&answer, req.outputs.as_deref());
+    Ok(respond(answer, req, outputs))
 }
 
 /// Inference on one version of a task (only the served version exists).
 #[utoipa::path(post, path = "/v2/models/{task}/versions/{version}/infer", tag = "kserve",
     params(TaskVersionParams),
-    request_body = InferRequest,
+    request_body(content(
+        (InferRequest = "application/json"),
+        (Vec<u8> = "application/octet-stream")
+    )),
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),
         (status = 400, description = "Malformed request", body = ErrorBody),
@@ -428,16 +487,44 @@ pub async fn version_infer(
     state: State<AppState>,
     caller: Extension<Caller>,
     path: ModelPath,
-    body: Result<JsonBody<InferRequest>, ApiError>,
-) -> Result<Json<InferResponse>, ApiError> {
-    infer(state, caller, path, body).await
+    headers: HeaderMap,
+    body: Result<RawBody, ApiError>,
+) -> Result<Response, ApiError> {
+    infer(state, caller, path, headers, body).await
 }
 
-/// Maps an inference request onto a predict request; every mistake is a 400 naming the field.
-fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
-    let bad = |why: String| ApiError::BadRequest(why);
-    let mut texts = None;
-    let mut labels = None;
+/// Parses a body (JSON, or the binary tensor data extension) into the request and each
+/// input's texts. Syntax errors are 400, JSON of the wrong shape 422, like other JSON routes;
+/// any content type is taken, since the protocol's clients do not all send one.
+pub fn decode(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(InferRequest, Vec<Vec<String>>), ApiError> {
+    let bad = ApiError::BadRequest;
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&n| n <= body.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "{HEADER_LENGTH} must be the length of the JSON part of the body, at most {} bytes",
+                    body.len()
+                ))
+            })?,
+    };
+    let (json, mut binary) = body.split_at(json_len);
+    let req: InferRequest = serde_json::from_slice(json).map_err(|e| {
+        use serde_json::error::Category;
+        let why = format!("the inference request: {e}");
+        match e.classify() {
+            Category::Data => ApiError::Unprocessable(why),
+            _ => bad(why),
+        }
+    })?;
+    let mut elements = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
         if input.datatype != "BYTES" {
             return Err(bad(format!(
@@ -445,7 +532,76 @@ fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
                 input.name, input.datatype
             )));
         }
-        let data = strings(input)?;
+        let size = param(&input.parameters, "binary_data_size")
+            .map(|v| {
+                v.as_u64().ok_or_else(|| {
+                    bad(format!(
+                        "input {:?}: binary_data_size must be a non-negative integer, got {v}",
+                        input.name
+                    ))
+                })
+            })
+            .transpose()?;
+        let items = match (size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!(
+                    "input {:?} has both data and binary_data_size; send one",
+                    input.name
+                )))
+            }
+            (Some(size), None) => {
+                let size = usize::try_from(size).unwrap_or(usize::MAX);
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "input {:?}: binary_data_size {size} is more than the {} bytes of binary data left",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (raw, rest) = binary.split_at(size);
+                binary = rest;
+                wire::decode_bytes(raw)
+                    .map_err(|why| bad(format!("input {:?}: {why}", input.name)))?
+            }
+            (None, Some(data)) => {
+                let mut out = Vec::new();
+                flatten(data, &mut out, 0)
+                    .map_err(|why| bad(format!("input {:?}: {why}", input.name)))?;
+                out
+            }
+            (None, None) => {
+                return Err(bad(format!(
+                    "input {:?} has neither data nor binary_data_size",
+                    input.name
+                )))
+            }
+        };
+        check_shape(input, items.len())?;
+        elements.push(items);
+    }
+    if !binary.is_empty() {
+        return Err(bad(format!(
+            "{} bytes of binary data belong to no input (binary_data_size)",
+            binary.len()
+        )));
+    }
+    Ok((req, elements))
+}
+
+fn param<'a>(params: &'a Option<serde_json::Map<String, Value>>, name: &str) -> Option<&'a Value> {
+    params.as_ref().and_then(|p| p.get(name))
+}
+
+/// Maps a decoded inference request onto a predict request; every mistake is a 400 naming
+/// the field. `elements` are the inputs' texts, in input order.
+pub fn to_predict(
+    req: &InferRequest,
+    elements: Vec<Vec<String>>,
+) -> Result<PredictRequest, ApiError> {
+    let bad = |why: String| ApiError::BadRequest(why);
+    let mut texts = None;
+    let mut labels = None;
+    for (input, data) in req.inputs.iter().zip(elements) {
         let slot = if input.name == LABELS_INPUT {
             &mut labels
         } else {
@@ -459,21 +615,9 @@ fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
         }
     }
     let texts = texts.ok_or_else(|| bad("no BYTES input with the texts".into()))?;
-    let max_new_tokens = match req
-        .parameters
-        .as_ref()
-        .and_then(|p| p.get("max_new_tokens"))
-    {
-        None => None,
-        Some(v) => Some(v.as_number().and_then(predict::as_count).ok_or_else(|| {
-            ApiError::Unprocessable(format!(
-                "parameter max_new_tokens must be a non-negative integer, got {v}"
-            ))
-        })?),
-    };
     if let Some(outputs) = &req.outputs {
         for o in outputs {
-            if !["text_output", "label", "scores"].contains(&o.name.as_str()) {
+            if !OUTPUTS.contains(&o.name.as_str()) {
                 return Err(bad(format!(
                     "unknown output {:?}; outputs are text_output, label, scores",
                     o.name
@@ -481,6 +625,14 @@ fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
             }
         }
     }
+    let max_new_tokens = match param(&req.parameters, "max_new_tokens") {
+        None => None,
+        Some(v) => Some(v.as_number().and_then(predict::as_count).ok_or_else(|| {
+            ApiError::Unprocessable(format!(
+                "parameter max_new_tokens must be a non-negative integer, got {v}"
+            ))
+        })?),
+    };
     Ok(PredictRequest {
         inputs: Value::Array(texts.into_iter().map(Value::from).collect()),
         max_new_tokens,
@@ -488,24 +640,117 @@ fn to_predict(req: &InferRequest) -> Result<PredictRequest, ApiError> {
     })
 }
 
-/// The strings of a BYTES tensor, checked against its shape.
-fn strings(input: &InferInput) -> Result<Vec<String>, ApiError> {
-    let mut out = Vec::new();
-    flatten(&input.data, &mut out, 0)
-        .map_err(|why| ApiError::BadRequest(format!("input {:?}: {why}", input.name)))?;
+/// The outputs of an answer (`text_output`, and with labels `label` and `scores`), only those
+/// asked for when `wanted` is given.
+pub fn outputs(answer: &PredictResponse, wanted: Option<&[RequestedOutput]>) -> Vec<Output> {
+    let n = answer.outputs.len();
+    let mut outputs = vec![Output {
+        name: "text_output",
+        shape: vec![n],
+        elements: Elements::Bytes(
+            answer
+                .outputs
+                .iter()
+                .map(|o| Some(o.text.clone()))
+                .collect(),
+        ),
+    }];
+    if let Some(first) = answer.outputs.first().and_then(|o| o.scores.as_ref()) {
+        outputs.push(Output {
+            name: "label",
+            shape: vec![n],
+            elements: Elements::Bytes(answer.outputs.iter().map(|o| o.label.clone()).collect()),
+        });
+        outputs.push(Output {
+            name: "scores",
+            shape: vec![n, first.len()],
+            elements: Elements::Fp64(
+                answer
+                    .outputs
+                    .iter()
+                    .flat_map(|o| o.scores.clone().unwrap_or_default())
+                    .collect(),
+            ),
+        });
+    }
+    if let Some(wanted) = wanted {
+        outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
+    }
+    outputs
+}
+
+/// The HTTP response: JSON, or with binary outputs asked for (the request's
+/// `binary_data_output`, or an output's `binary_data`) the JSON header then the raw bytes.
+fn respond(answer: PredictResponse, req: InferRequest, outputs: Vec<Output>) -> Response {
+    let all_binary =
+        param(&req.parameters, "binary_data_output").and_then(Value::as_bool) == Some(true);
+    let binary_asked = |name: &str| {
+        req.outputs
+            .iter()
+            .flatten()
+            .find(|w| w.name == name)
+            .and_then(|w| param(&w.parameters, "binary_data"))
+            .and_then(Value::as_bool)
+            .unwrap_or(all_binary)
+    };
+    let mut raw = Vec::new();
+    let outputs = outputs
+        .into_iter()
+        .map(|o| {
+            let (data, parameters) = if binary_asked(o.name) {
+                let bytes = o.elements.raw();
+                let size = bytes.len();
+                raw.extend_from_slice(&bytes);
+                let mut p = serde_json::Map::new();
+                p.insert("binary_data_size".into(), Value::from(size));
+                (None, Some(p))
+            } else {
+                (Some(o.elements.json()), None)
+            };
+            InferOutput {
+                name: o.name.into(),
+                shape: o.shape,
+                datatype: o.elements.datatype(),
+                data,
+                parameters,
+            }
+        })
+        .collect();
+    let response = InferResponse {
+        model_name: answer.task,
+        model_version: answer.prompt_version.to_string(),
+        id: req.id,
+        outputs,
+    };
+    if raw.is_empty() {
+        return Json(response).into_response();
+    }
+    let mut body = serde_json::to_vec(&response).expect("a response serialises");
+    let json_len = body.len();
+    body.extend_from_slice(&raw);
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(HEADER_LENGTH, HeaderValue::from(json_len));
+    response
+}
+
+/// Checks that `input`'s shape holds exactly its `n` elements.
+fn check_shape(input: &InferInput, n: usize) -> Result<(), ApiError> {
     let elements = input.shape.iter().try_fold(
         1i64,
         |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
     );
-    if elements != Some(out.len() as i64) {
+    if elements != Some(n as i64) {
         return Err(ApiError::BadRequest(format!(
-            "input {:?}: shape {:?} does not hold its {} elements",
-            input.name,
-            input.shape,
-            out.len()
+            "input {:?}: shape {:?} does not hold its {n} elements",
+            input.name, input.shape,
         )));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn flatten(v: &Value, out: &mut Vec<String>, depth: usize) -> Result<(), String> {

@@ -1,16 +1,17 @@
 //! The HTTP API: routes, request and response types, and the error → status table.
 //! No tensors here: requests become validated rows and go to the batcher.
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod grpc;
 pub mod kserve;
+pub mod lifecycle;
 pub mod openapi;
 pub mod predict;
 pub mod prompts;
 pub mod tune;
 pub mod validate;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +23,10 @@ use axum::{Json, Router};
 
 pub use error::ApiError;
 use error::ErrorBody;
+pub use lifecycle::Lifecycle;
 
 use crate::batcher::Batcher;
-use crate::engine::worker::{EngineHandle, EngineState};
+use crate::engine::worker::EngineHandle;
 use crate::metrics::Metrics;
 use crate::model::T5Tokenizer;
 use crate::prompts::registry::Registry;
@@ -49,13 +51,18 @@ pub struct ApiLimits {
     pub max_header_bytes: usize,
 }
 
-/// Lifecycle flags shared by the routes and `main`.
-#[derive(Debug, Default)]
-pub struct Lifecycle {
-    /// Model loaded and the prompts folder read.
-    pub ready: AtomicBool,
-    /// Shutting down: readiness fails, new work is refused.
-    pub draining: AtomicBool,
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            row: RowLimits::default(),
+            max_inputs: 64,
+            max_body_bytes: 1 << 20,
+            max_prompt_bytes: 64 << 20,
+            request_timeout: Duration::from_secs(60),
+            max_uri_bytes: 8 << 10,
+            max_header_bytes: 32 << 10,
+        }
+    }
 }
 
 /// Everything the routes need.
@@ -73,7 +80,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Request limits.
     pub limits: ApiLimits,
-    /// Ready / draining flags.
+    /// Where the server stands (the one readiness source).
     pub lifecycle: Arc<Lifecycle>,
     /// API keys, permissions and quotas (open when no tenants file).
     pub tenants: Arc<crate::tenants::Tenants>,
@@ -84,25 +91,22 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Fails with 503 until the server is ready, and once it drains.
+    /// Fails with 503 until the server is ready, once it drains, and once it failed.
     pub fn check_serving(&self) -> Result<(), ApiError> {
-        if self.lifecycle.draining.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable("the server is shutting down".into()));
+        match self.lifecycle.current() {
+            lifecycle::Status::Ready => Ok(()),
+            lifecycle::Status::Loading(what) => Err(ApiError::Unavailable(format!(
+                "the server is starting ({what})"
+            ))),
+            other => Err(ApiError::Unavailable(other.why_not().unwrap_or_default())),
         }
-        if !self.lifecycle.ready.load(Ordering::Acquire) {
-            return Err(ApiError::Unavailable(
-                "the server is starting (loading the model and prompts)".into(),
-            ));
-        }
-        Ok(())
     }
 }
 
 /// The router with every route.
 pub fn app(state: AppState) -> Router {
-    let prompt_limit = DefaultBodyLimit::max(state.limits.max_prompt_bytes);
-    let body_limit = DefaultBodyLimit::max(state.limits.max_body_bytes);
-    let tune_limit = DefaultBodyLimit::max(state.tuning.limits.max_body_bytes);
+    let limits = state.limits;
+    let predict_limit = |route| limited(route, limits.max_body_bytes, "--max-body-bytes");
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -110,16 +114,26 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/prompts", get(prompts::list))
         .route(
             "/v1/prompts/{task}",
-            put(prompts::put)
-                .layer(prompt_limit)
-                .get(prompts::get_one)
-                .delete(prompts::delete),
+            limited(
+                put(prompts::put),
+                limits.max_prompt_bytes,
+                "--max-prompt-bytes",
+            )
+            .get(prompts::get_one)
+            .delete(prompts::delete),
         )
         .route(
             "/v1/tasks/{task}/predict",
-            post(predict::predict).layer(body_limit),
+            predict_limit(post(predict::predict)),
         )
-        .route("/v1/tasks/{task}/tune", post(tune::start).layer(tune_limit))
+        .route(
+            "/v1/tasks/{task}/tune",
+            limited(
+                post(tune::start),
+                state.tuning.limits.max_body_bytes,
+                "--tune-max-body-bytes",
+            ),
+        )
         .route("/v1/tune-jobs", get(tune::list))
         .route(
             "/v1/tune-jobs/{id}",
@@ -133,7 +147,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v2/models/{task}/ready", get(kserve::model_ready))
         .route(
             "/v2/models/{task}/infer",
-            post(kserve::infer).layer(body_limit),
+            predict_limit(post(kserve::infer)),
         )
         .route(
             "/v2/models/{task}/versions/{version}",
@@ -145,7 +159,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v2/models/{task}/versions/{version}/infer",
-            post(kserve::version_infer).layer(body_limit),
+            predict_limit(post(kserve::version_infer)),
         )
         .route("/openapi.json", get(openapi::serve))
         .layer(axum::middleware::from_fn_with_state(
@@ -159,6 +173,22 @@ pub fn app(state: AppState) -> Router {
             check_head,
         ))
         .with_state(state)
+}
+
+/// `route` with its body held to `max` bytes: 413 by declared length at once, or as it
+/// streams (see [`body`]).
+fn limited(
+    route: axum::routing::MethodRouter<AppState>,
+    max: usize,
+    flag: &'static str,
+) -> axum::routing::MethodRouter<AppState> {
+    let limit = body::BodyLimit { max, flag };
+    route
+        .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
+            limit,
+            body::limit,
+        ))
+        .layer(DefaultBodyLimit::max(max))
 }
 
 /// Refuses oversized URLs and headers before any other work, authentication included.
@@ -259,20 +289,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
 
 /// The readiness status word and, when not ready, why.
 pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
-    let engine = state.engine.state();
-    if state.lifecycle.draining.load(Ordering::Acquire) {
-        ("draining", Some("the server is shutting down".to_string()))
-    } else {
-        match engine {
-            EngineState::Loading => ("loading", Some("loading the model".into())),
-            EngineState::Failed(e) => ("failed", Some(format!("model failed to load: {e}"))),
-            EngineState::Stopped => ("failed", Some("the engine has stopped".into())),
-            EngineState::Ready if !state.lifecycle.ready.load(Ordering::Acquire) => {
-                ("loading", Some("loading prompts".into()))
-            }
-            EngineState::Ready => ("ready", None),
-        }
-    }
+    let status = state.lifecycle.current();
+    (status.word(), status.why_not())
 }
 
 /// Prometheus text exposition of every metric (README: "Metrics").
@@ -281,8 +299,6 @@ pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
     (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
     (status = 403, description = "Not an admin key", body = ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let ready = readiness(&state).1.is_none();
-    state.metrics.ready.set(i64::from(ready));
     state.tuning.update_metrics(&state.metrics);
     (
         [(

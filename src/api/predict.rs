@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{check_read, reject};
 use super::error::{ErrorBody, JsonBody};
 use super::openapi::TaskParam;
-use super::validate::{best_label, build_row};
+use super::validate::{best_label, build_row, RowRefusal};
 use super::{ApiError, AppState};
 use crate::batcher::{Refused, RowError, RowReply, Share, Ticket};
 use crate::engine::RowInput;
@@ -298,11 +298,20 @@ fn validate(
                 } else {
                     String::new()
                 };
-                ApiError::Unprocessable(format!("{at}{why}"))
+                refusal(&at, why)
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ValidRequest { rows, labels })
+}
+
+/// The error for an input that could not become a row: a broken limit is the client's (422), a
+/// failing tokenizer the server's (500).
+fn refusal(at: &str, why: RowRefusal) -> ApiError {
+    match why {
+        RowRefusal::Limit(_) => ApiError::Unprocessable(format!("{at}{why}")),
+        RowRefusal::Tokenizer(_) => ApiError::Internal(format!("{at}{why}")),
+    }
 }
 
 /// Awaits every row's answer, in order.
@@ -312,4 +321,23 @@ async fn answers(tickets: &mut [Ticket]) -> Vec<RowReply> {
         out.push(t.answer().await);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    #[test]
+    fn a_failing_tokenizer_is_the_servers_fault_and_a_limit_the_clients() {
+        let e = refusal(
+            "inputs[1]: ",
+            RowRefusal::Tokenizer(crate::model::ModelError::Tokenizer("boom".into())),
+        );
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.error_type(), "internal");
+        assert!(e.to_string().starts_with("inputs[1]: tokenizing: "), "{e}");
+        let e = refusal("", RowRefusal::Limit("too long".into()));
+        assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    }
 }

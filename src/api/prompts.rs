@@ -43,6 +43,7 @@ pub enum Upload {
 
 impl Upload {
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        super::body::check(&req)?;
         let multipart = req
             .headers()
             .get(header::CONTENT_TYPE)

@@ -41,6 +41,18 @@ pub struct TuneLimits {
     pub max_body_bytes: usize,
 }
 
+impl Default for TuneLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            max_steps: 20_000,
+            max_batch_size: 64,
+            max_jobs_per_tenant: 2,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
 /// The server's tuning jobs.
 pub struct TuneService {
     /// Every job, with records under `<prompts>/.tune-jobs/`.
@@ -298,7 +310,7 @@ pub async fn start_job(
             total,
             &settings.metric.to_string(),
         )
-        .map_err(|e| ApiError::Storage(e.to_string()))?;
+        .map_err(records_error)?;
     let current = state.registry.get(task.as_str()).map(|e| e.slot.clone());
     let (done, finished) = oneshot::channel();
     let status = job.snapshot();
@@ -569,19 +581,25 @@ pub async fn promote_job(
     let path = state.tuning.jobs.candidate_path(&status.id);
     let bytes = tokio::fs::read(&path)
         .await
-        .map_err(|e| ApiError::Internal(format!("reading the candidate prompt: {e}")))?;
+        .map_err(|e| ApiError::from_io(e.kind(), format!("reading the candidate prompt: {e}")))?;
     let (info, _) = store(state, caller, Ok((task, Upload::Tensor(bytes.into())))).await?;
     {
         let mut s = job.status.lock();
         s.state = JobState::Succeeded;
         s.version = Some(info.version);
     }
-    state
-        .tuning
-        .jobs
-        .persist(&job)
-        .map_err(|e| ApiError::Storage(e.to_string()))?;
+    state.tuning.jobs.persist(&job).map_err(records_error)?;
     Ok(job.snapshot())
+}
+
+/// A job record that could not be written: by its I/O kind (a full disk is 507).
+fn records_error(e: crate::tune::TuneError) -> ApiError {
+    match &e {
+        crate::tune::TuneError::Io { source, .. } => {
+            ApiError::from_io(source.kind(), e.to_string())
+        }
+        _ => ApiError::Internal(e.to_string()),
+    }
 }
 
 impl TuneService {

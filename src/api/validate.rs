@@ -29,8 +29,18 @@ impl Default for RowLimits {
     }
 }
 
+/// Why an input could not become a row.
+#[derive(Debug, thiserror::Error)]
+pub enum RowRefusal {
+    /// The input breaks a limit (the client's to fix): names the limit, its value and its flag.
+    #[error("{0}")]
+    Limit(String),
+    /// The tokenizer failed (the server's fault, not the input's).
+    #[error("tokenizing: {0}")]
+    Tokenizer(#[from] crate::model::ModelError),
+}
+
 /// Tokenizes one input (and its labels) into a row for `prompt`, checking `limits`.
-/// Errors name the limit, its value and the flag that sets it.
 pub fn build_row(
     tokenizer: &T5Tokenizer,
     limits: &RowLimits,
@@ -38,43 +48,58 @@ pub fn build_row(
     input: &str,
     max_new_tokens: Option<usize>,
     labels: &[String],
-) -> Result<RowInput, String> {
+) -> Result<RowInput, RowRefusal> {
     let max_new_tokens = max_new_tokens.unwrap_or(limits.default_max_new_tokens);
     if max_new_tokens > limits.max_new_tokens_limit {
-        return Err(format!(
+        return Err(RowRefusal::Limit(format!(
             "max_new_tokens {max_new_tokens} exceeds the limit {} (--max-new-tokens-limit)",
             limits.max_new_tokens_limit
-        ));
+        )));
     }
     if labels.len() > limits.max_labels {
-        return Err(format!(
+        return Err(RowRefusal::Limit(format!(
             "{} labels; the limit is {} (--max-labels)",
             labels.len(),
             limits.max_labels
-        ));
+        )));
     }
-    let input_ids = tokenizer.encode(input).map_err(|e| e.to_string())?;
+    // Bytes bound tokens: text too long to fit is refused before tokenizing it, so a flood of
+    // huge inputs costs no tokenizer time or memory.
+    let max_bytes = tokenizer.max_text_bytes(limits.max_input_tokens);
+    let too_long = |what: &str, bytes: usize| {
+        RowRefusal::Limit(format!(
+            "{what} is {bytes} bytes, more than {} tokens can hold ({max_bytes} bytes with this vocabulary); the limit is {} tokens (--max-input-tokens)",
+            limits.max_input_tokens, limits.max_input_tokens
+        ))
+    };
+    if input.len() > max_bytes {
+        return Err(too_long("input", input.len()));
+    }
+    if let Some(label) = labels.iter().find(|l| l.len() > max_bytes) {
+        return Err(too_long("a label", label.len()));
+    }
+    let input_ids = tokenizer.encode(input)?;
     if input_ids.len() > limits.max_input_tokens {
-        return Err(format!(
+        return Err(RowRefusal::Limit(format!(
             "input has {} tokens; the limit is {} (--max-input-tokens)",
             input_ids.len(),
             limits.max_input_tokens
-        ));
+        )));
     }
     let labels = labels
         .iter()
         .map(|l| {
-            let ids = tokenizer.encode(l).map_err(|e| e.to_string())?;
+            let ids = tokenizer.encode(l)?;
             if ids.len() > limits.max_input_tokens {
-                return Err(format!(
+                return Err(RowRefusal::Limit(format!(
                     "a label has {} tokens; the limit is {} (--max-input-tokens)",
                     ids.len(),
                     limits.max_input_tokens
-                ));
+                )));
             }
             Ok(ids)
         })
-        .collect::<Result<Vec<_>, String>>()?;
+        .collect::<Result<Vec<_>, RowRefusal>>()?;
     Ok(RowInput {
         prompt,
         input_ids,

@@ -179,6 +179,15 @@ impl Batcher {
         self.wake.notify_one();
     }
 
+    /// Closes the queue and drops every waiting row, so its request is answered at once
+    /// ([`RowError::Stopped`], a 503) instead of waiting for its timeout. For when the batching
+    /// loop is gone; returns how many rows were waiting.
+    pub fn abandon(&self) -> usize {
+        let rows = self.policy.lock().abandon();
+        self.metrics.queue_depth.set(0);
+        rows.len()
+    }
+
     /// The batching loop. Static: forms each batch when it is due and waits for the engine to
     /// finish it before forming the next, so rows that arrive meanwhile join the next batch.
     /// Continuous: whenever rows fit beside those still decoding, forms a batch of at most that
@@ -186,6 +195,10 @@ impl Batcher {
     pub async fn run(self: Arc<Self>, engine: EngineHandle) {
         let continuous = self.decode == Decode::Continuous;
         loop {
+            #[cfg(debug_assertions)]
+            if crate::fault::take(&crate::fault::PANIC_BATCHER) {
+                panic!("injected fault: the batching loop panicked");
+            }
             let room = if continuous {
                 self.max_batch_size
                     .saturating_sub(self.in_engine.load(Ordering::Acquire))

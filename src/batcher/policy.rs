@@ -41,6 +41,19 @@ pub struct PolicyConfig {
     pub batching: Batching,
 }
 
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 32,
+            max_wait: Duration::from_millis(5),
+            max_queue: 1024,
+            max_queue_per_task: 512,
+            max_batch_tokens: 32768,
+            batching: Batching::Mixed,
+        }
+    }
+}
+
 /// Which rows may share a forward pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Batching {
@@ -199,6 +212,19 @@ impl<T: Queued> Policy<T> {
     /// Refuses new rows from now on; queued rows are still served, without waiting.
     pub fn close(&mut self) {
         self.closed = true;
+    }
+
+    /// Closes the queue and hands back every waiting row (nobody will serve them).
+    pub fn abandon(&mut self) -> Vec<T> {
+        self.closed = true;
+        self.len = 0;
+        self.ring.clear();
+        std::mem::take(&mut self.tenants)
+            .into_values()
+            .flat_map(|t| t.queues.into_values())
+            .flatten()
+            .map(|w| w.item)
+            .collect()
     }
 
     /// Queues all `items` or none of them.

@@ -182,6 +182,7 @@ impl Context {
             line.max_new_tokens,
             line.labels.as_deref().unwrap_or_default(),
         )
+        .map_err(|e| e.to_string())
     }
 
     fn run_rows(&mut self, rows: Vec<RowInput>) -> Vec<Result<RowOutput, String>> {

@@ -1,26 +1,16 @@
-//! `promptd serve`: the HTTP server. Wires the engine thread, the batcher, the prompt
-//! registry with its folder watcher, and the API; shuts down in two stages on SIGTERM/SIGINT.
-use std::future::IntoFuture;
+//! `promptd serve`: maps its flags onto a [`ServerConfig`], binds the listeners, prints their
+//! addresses and runs [`server::run`] until SIGTERM/SIGINT.
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::tune::{TuneLimits, TuneService};
+use crate::api::tune::TuneLimits;
 use crate::api::validate::RowLimits;
-use crate::api::{app, ApiLimits, AppState, Lifecycle};
-use crate::batcher::{Batcher, Batching, Decode, PolicyConfig};
-use crate::engine::worker::{self, EngineConfig};
+use crate::api::ApiLimits;
+use crate::batcher::{Batching, Decode, PolicyConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
-use crate::metrics::Metrics;
-use crate::model::{T5Config, T5Tokenizer};
-use crate::prompts::audit::AuditLog;
-use crate::prompts::registry::Registry;
-use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
-use crate::tenants::Tenants;
-use crate::tune::jobs::JobTable;
+use crate::server::{self, AuditLogPath, ConnectionLimits, ServerConfig};
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -143,6 +133,16 @@ pub struct ServeArgs {
     /// Distinct task values of the `task` metric label; other tasks count as `_other`.
     #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
     pub metrics_max_tasks: usize,
+    /// Time an HTTP connection has to deliver a request's complete headers, counted from when
+    /// it opened or answered its previous request: slow senders and idle keep-alive
+    /// connections are closed after it.
+    #[arg(long, env = "PROMPTD_HEADER_READ_TIMEOUT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Open HTTP connections; more are closed as soon as they are accepted.
+    #[arg(long, env = "PROMPTD_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 /// A listening address, or `off`.
@@ -163,6 +163,66 @@ impl std::str::FromStr for Listen {
     }
 }
 
+impl ServeArgs {
+    /// The server configuration these flags describe.
+    pub fn config(&self) -> ServerConfig {
+        let mut config = ServerConfig::new(&self.model, &self.prompts);
+        config.device = self.device;
+        config.dtype = self.dtype;
+        config.policy = PolicyConfig {
+            max_batch_size: self.max_batch_size as usize,
+            max_wait: Duration::from_millis(self.max_wait_ms),
+            max_queue: self.max_queue as usize,
+            max_queue_per_task: self
+                .max_queue_per_task
+                .map_or((self.max_queue as usize / 2).max(1), |n| n as usize),
+            max_batch_tokens: self.max_batch_tokens,
+            batching: self.batching,
+        };
+        config.decode = self.decode;
+        config.limits = ApiLimits {
+            row: RowLimits {
+                max_input_tokens: self.max_input_tokens,
+                default_max_new_tokens: self.max_new_tokens,
+                max_new_tokens_limit: self.max_new_tokens_limit,
+                max_labels: self.max_labels,
+            },
+            max_inputs: self.max_inputs as usize,
+            max_body_bytes: self.max_body_bytes,
+            max_prompt_bytes: self.max_prompt_bytes,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_uri_bytes: self.max_uri_bytes,
+            max_header_bytes: self.max_header_bytes,
+        };
+        config.prompt_limits = PromptLimits {
+            max_rows: self.max_prompt_length,
+            max_file_bytes: self.max_prompt_bytes,
+        };
+        config.tune = TuneLimits {
+            max_rows: self.tune_max_rows,
+            max_steps: self.tune_max_steps,
+            max_batch_size: self.tune_max_batch_size,
+            max_jobs_per_tenant: self.tune_max_jobs_per_tenant,
+            max_body_bytes: self.tune_max_body_bytes,
+        };
+        config.tune_share = self.tune_share;
+        config.tenants = self.tenants.clone();
+        config.audit_log = match self.audit_log.as_deref() {
+            None => AuditLogPath::InPrompts,
+            Some("off") => AuditLogPath::Off,
+            Some(path) => AuditLogPath::File(path.into()),
+        };
+        config.watch_interval = Duration::from_millis(self.watch_interval_ms);
+        config.shutdown_timeout = Duration::from_secs(self.shutdown_timeout_s);
+        config.metrics_max_tasks = self.metrics_max_tasks;
+        config.connections = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections as usize,
+        };
+        config
+    }
+}
+
 /// Runs the server until SIGTERM/SIGINT; Ok after a clean drain.
 pub fn run(args: ServeArgs) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -173,136 +233,14 @@ pub fn run(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(serve(args))
 }
 
-/// Everything a running server is made of, before it listens.
-pub struct Server {
-    /// Route state (registry, batcher, engine handle, metrics, limits).
-    pub state: AppState,
-    /// The engine thread.
-    pub engine_thread: std::thread::JoinHandle<()>,
-}
-
-/// Builds the server from its arguments: reads the model config and tokenizer, starts the
-/// engine thread (which loads the weights in the background) and opens the prompts folder.
-pub fn build(args: &ServeArgs) -> Result<Server, String> {
-    let config = T5Config::from_dir(&args.model).map_err(|e| e.to_string())?;
-    let eos = config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
-    let device = args.device.resolve()?;
-    let kind = args.dtype.resolve(device);
-    let metrics = Arc::new(Metrics::new(args.metrics_max_tasks));
-    let (engine, engine_thread) = worker::spawn(EngineConfig {
-        model_dir: args.model.clone(),
-        device,
-        kind,
-        max_batch_tokens: args.max_batch_tokens,
-        tune_share: args.tune_share,
-    })
-    .map_err(|e| format!("starting the engine thread: {e}"))?;
-    let tuning = Arc::new(TuneService {
-        jobs: JobTable::open(&args.prompts).map_err(|e| format!("tuning jobs: {e}"))?,
-        limits: TuneLimits {
-            max_rows: args.tune_max_rows,
-            max_steps: args.tune_max_steps,
-            max_batch_size: args.tune_max_batch_size.max(1),
-            max_jobs_per_tenant: args.tune_max_jobs_per_tenant,
-            max_body_bytes: args.tune_max_body_bytes,
-        },
-    });
-    let store = Store::open(&args.prompts)
-        .map_err(|e| format!("prompts folder {}: {e}", args.prompts.display()))?;
-    let limits = PromptLimits {
-        max_rows: args.max_prompt_length,
-        max_file_bytes: args.max_prompt_bytes,
-    };
-    let registry = Arc::new(Registry::new(
-        store,
-        engine.clone(),
-        config.d_model as usize,
-        limits,
-        metrics.clone(),
-    ));
-    let batcher = Batcher::new(
-        PolicyConfig {
-            max_batch_size: args.max_batch_size as usize,
-            max_wait: Duration::from_millis(args.max_wait_ms),
-            max_queue: args.max_queue as usize,
-            max_queue_per_task: args
-                .max_queue_per_task
-                .map_or((args.max_queue as usize / 2).max(1), |n| n as usize),
-            max_batch_tokens: args.max_batch_tokens,
-            batching: args.batching,
-        },
-        args.decode,
-        metrics.clone(),
-    );
-    let lifecycle = Arc::new(Lifecycle::default());
-    let tenants = match &args.tenants {
-        Some(path) => Tenants::load(path, args.max_prompt_length).map_err(|e| e.to_string())?,
-        None => {
-            let warning = "no --tenants file: the server is OPEN — anyone who can reach it may read, replace and delete every prompt";
-            tracing::warn!("{warning}");
-            eprintln!("promptd: WARNING: {warning}");
-            Tenants::open()
-        }
-    };
-    let audit = match args.audit_log.as_deref() {
-        Some("off") => None,
-        Some(path) => Some(PathBuf::from(path)),
-        None => Some(args.prompts.join(".audit.jsonl")),
-    }
-    .map(|path| {
-        AuditLog::open(&path)
-            .map(Arc::new)
-            .map_err(|e| format!("audit log {}: {e}", path.display()))
-    })
-    .transpose()?;
-    let state = AppState {
-        registry,
-        batcher,
-        engine,
-        tokenizer: Arc::new(tokenizer),
-        metrics,
-        limits: ApiLimits {
-            row: RowLimits {
-                max_input_tokens: args.max_input_tokens,
-                default_max_new_tokens: args.max_new_tokens,
-                max_new_tokens_limit: args.max_new_tokens_limit,
-                max_labels: args.max_labels,
-            },
-            // A request larger than the queue could never be admitted: refuse it as invalid.
-            max_inputs: args.max_inputs.min(args.max_queue) as usize,
-            max_body_bytes: args.max_body_bytes,
-            max_prompt_bytes: args.max_prompt_bytes,
-            request_timeout: Duration::from_millis(args.request_timeout_ms),
-            max_uri_bytes: args.max_uri_bytes,
-            max_header_bytes: args.max_header_bytes,
-        },
-        lifecycle,
-        tenants: Arc::new(tenants),
-        audit,
-        tuning,
-    };
-    Ok(Server {
-        state,
-        engine_thread,
-    })
-}
-
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let Server {
-        state,
-        engine_thread,
-    } = build(&args)?;
-    let batcher = state.batcher.clone();
-    let lifecycle = state.lifecycle.clone();
-    let tuning = state.tuning.clone();
-    let listener = tokio::net::TcpListener::bind(args.addr)
+    let http = tokio::net::TcpListener::bind(args.addr)
         .await
         .map_err(|e| format!("binding {}: {e}", args.addr))?;
-    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let local = http.local_addr().map_err(|e| e.to_string())?;
     // Tests and scripts read these lines to find ephemeral ports.
     println!("promptd listening on http://{local}");
-    let grpc_listener = match args.grpc_addr.0 {
+    let grpc = match args.grpc_addr.0 {
         Some(addr) => {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
@@ -315,158 +253,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => None,
     };
     tracing::info!(addr = %local, "listening; loading the model");
-
-    let batcher_task = tokio::spawn(batcher.clone().run(state.engine.clone()));
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
-    let startup = {
-        let (engine, registry) = (state.engine.clone(), state.registry.clone());
-        let lifecycle = lifecycle.clone();
-        let interval = Duration::from_millis(args.watch_interval_ms);
-        tokio::spawn(async move {
-            match load(&engine, &registry, &lifecycle).await {
-                Ok(()) => watch(&registry, interval).await,
-                Err(why) => {
-                    let _ = fatal_tx.send(why).await;
-                }
-            }
-        })
+    let shutdown = async {
+        let signal = shutdown_signal().await;
+        tracing::info!(signal, "signal received");
     };
-
-    let tenant_watch = tokio::spawn(watch_tenants(
-        state.tenants.clone(),
-        state.metrics.clone(),
-        Duration::from_millis(args.watch_interval_ms),
-    ));
-
-    // Stage one on a signal: stop accepting, refuse new work (503), fail readiness.
-    // Stage two: wait, bounded, for in-flight requests and the queue to drain.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let grpc = grpc_listener
-        .map(|listener| tokio::spawn(crate::api::grpc::serve(listener, state.clone(), stopped())));
-    let server = axum::serve(listener, app(state))
-        .with_graceful_shutdown(stopped())
-        .into_future();
-    let mut server = tokio::spawn(server);
-    let outcome = tokio::select! {
-        r = &mut server => Err(format!("server stopped: {r:?}")),
-        why = fatal_rx.recv() => Err(why.unwrap_or_else(|| "start-up failed".into())),
-        signal = shutdown_signal() => Ok(signal),
-    };
-    lifecycle.draining.store(true, Ordering::Release);
-    batcher.close();
-    let _ = stop_tx.send(true);
-    match &outcome {
-        Ok(signal) => tracing::info!(signal, "shutting down: draining in-flight requests"),
-        Err(why) => tracing::error!("shutting down: {why}"),
-    }
-    let grace = Duration::from_secs(args.shutdown_timeout_s);
-    let drained = tokio::time::timeout(grace, async {
-        let _ = (&mut server).await;
-        if let Some(grpc) = grpc {
-            let _ = grpc.await;
-        }
-        let _ = batcher_task.await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            secs = grace.as_secs(),
-            "drain timed out; exiting with work unfinished"
-        );
-    }
-    startup.abort();
-    let _ = startup.await;
-    tenant_watch.abort();
-    tuning
-        .jobs
-        .fail_active("the server shut down before the job ended");
-    // Every engine handle is gone now; the engine thread ends after its current job.
-    let joined = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::task::spawn_blocking(move || engine_thread.join()),
-    )
-    .await;
-    if joined.is_err() {
-        tracing::warn!("the engine thread is still busy; exiting without it");
-    }
-    outcome.map(|_| tracing::info!("stopped"))
-}
-
-/// Waits for the model, loads the prompts folder and marks the server ready.
-pub async fn load(
-    engine: &worker::EngineHandle,
-    registry: &Registry,
-    lifecycle: &Lifecycle,
-) -> Result<(), String> {
-    engine
-        .ready()
+    server::run(args.config(), http, grpc, shutdown)
         .await
-        .map_err(|why| format!("model failed to load: {why}"))?;
-    let report = registry
-        .sync()
-        .await
-        .map_err(|e| format!("loading prompts: {e}"))?;
-    tracing::info!(
-        prompts = registry.len(),
-        failed = report.failed,
-        "prompts loaded; ready"
-    );
-    lifecycle.ready.store(true, Ordering::Release);
-    Ok(())
-}
-
-/// Keeps the registry in step with the prompts folder, forever.
-pub async fn watch(registry: &Registry, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = registry.sync().await {
-            tracing::warn!("checking the prompts folder failed: {e}");
-        }
-    }
-}
-
-/// Reloads the tenants file when it changes (polled like the prompts folder) or on SIGHUP; a
-/// bad new version is logged and the previous tenants stay in force.
-pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interval: Duration) {
-    if !tenants.enabled() {
-        return;
-    }
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let hangup = async {
-            match hup.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = hangup => tracing::info!("SIGHUP: reloading the tenants file"),
-        }
-        match tenants.reload() {
-            Ok(false) => {}
-            Ok(true) => {
-                metrics.tenant_reloads.with_label_values(&["loaded"]).inc();
-                tracing::info!(tenants = ?tenants.current().names(), "tenants file loaded");
-            }
-            Err(e) => {
-                metrics.tenant_reloads.with_label_values(&["invalid"]).inc();
-                tracing::error!("tenants file not reloaded, the previous one stays in force: {e}");
-            }
-        }
-    }
+        .map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -484,5 +277,27 @@ async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = ctrl_c => "SIGINT",
         _ = term => "SIGTERM",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The flags' defaults are the library's: `promptd serve` with no options configures the
+    /// same server as `ServerConfig::new`.
+    #[test]
+    fn flag_defaults_are_the_config_defaults() {
+        let cli =
+            crate::cli::Cli::try_parse_from(["promptd", "serve", "--model", "m", "--prompts", "p"])
+                .unwrap();
+        let crate::cli::Command::Serve(args) = cli.command else {
+            unreachable!()
+        };
+        assert_eq!(
+            format!("{:?}", args.config()),
+            format!("{:?}", ServerConfig::new("m", "p"))
+        );
     }
 }

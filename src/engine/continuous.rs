@@ -235,6 +235,10 @@ impl Running {
     }
 
     fn step_inner(&mut self, model: &T5Model) -> Result<(), EngineError> {
+        #[cfg(debug_assertions)]
+        if crate::fault::take(&crate::fault::PANIC_STEPS) {
+            panic!("injected fault: a decode step panicked");
+        }
         let (Some(state), Some(tokens)) = (self.state.as_mut(), self.tokens.as_ref()) else {
             return Err(EngineError::Decode(
                 "live rows without decoder state".into(),
@@ -289,7 +293,12 @@ impl Running {
     pub fn fail_all(&mut self, e: &EngineError) {
         tracing::error!(rows = self.live.len(), "running batch failed: {e}");
         for live in self.live.drain(..) {
-            let _ = live.reply.send(Err(EngineError::Decode(e.to_string())));
+            // A panic stays a panic (metrics and logs tell bugs from model failures).
+            let e = match e {
+                EngineError::Panic(why) => EngineError::Panic(why.clone()),
+                other => EngineError::Decode(other.to_string()),
+            };
+            let _ = live.reply.send(Err(e));
         }
         self.state = None;
         self.tokens = None;

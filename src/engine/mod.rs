@@ -214,6 +214,10 @@ impl Engine {
 
     /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
     pub fn register_prompt(&mut self, prompt: &Prompt) -> Result<Arc<PromptSlot>, ModelError> {
+        #[cfg(debug_assertions)]
+        if crate::fault::take(&crate::fault::PANIC_REGISTERS) {
+            panic!("injected fault: registering a prompt panicked");
+        }
         self.bank.insert(&prompt.encoder)
     }
 
@@ -254,14 +258,7 @@ impl Engine {
     /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
     pub(crate) fn encode_rows(&mut self, rows: &[RowInput]) -> Result<Encoded, EngineError> {
         #[cfg(debug_assertions)]
-        if fault::PANIC_PASSES
-            .fetch_update(
-                std::sync::atomic::Ordering::AcqRel,
-                std::sync::atomic::Ordering::Acquire,
-                |n| n.checked_sub(1),
-            )
-            .is_ok()
-        {
+        if crate::fault::take(&crate::fault::PANIC_PASSES) {
             panic!("injected fault: forward pass panicked");
         }
         self.check_rows(rows)?;
@@ -390,13 +387,4 @@ mod tests {
             vec![0..1, 1..2, 2..3]
         );
     }
-}
-
-/// Fault injection for tests of the failure paths; compiled into debug builds only.
-#[cfg(debug_assertions)]
-pub mod fault {
-    use std::sync::atomic::AtomicUsize;
-
-    /// The next this-many forward passes panic inside the engine (retries included).
-    pub static PANIC_PASSES: AtomicUsize = AtomicUsize::new(0);
 }

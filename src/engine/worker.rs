@@ -10,8 +10,8 @@ use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
 use super::continuous::{Admitted, Joining, Running};
-use super::{BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
-use crate::model::{ModelError, ModelOptions, T5Model};
+use super::{guarded, BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
+use crate::model::{ModelOptions, T5Model};
 use crate::prompts::Prompt;
 use crate::tune::scheduler::{TuneScheduler, TuneWork};
 
@@ -61,7 +61,7 @@ enum Job {
     },
     Register {
         prompts: Vec<Arc<Prompt>>,
-        reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, ModelError>>>,
+        reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, EngineError>>>,
     },
     Join {
         rows: Vec<Joining>,
@@ -69,7 +69,7 @@ enum Job {
     },
     Reserve {
         rows: usize,
-        reply: oneshot::Sender<Result<(), ModelError>>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Tune(Box<TuneWork>),
 }
@@ -164,15 +164,19 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                 });
             }
             Some(Job::Register { prompts, reply }) => {
+                // Like every job, inside guarded(): a panic fails this job, not the thread.
                 let rows = prompts.iter().map(|p| p.encoder.rows).sum();
-                if let Err(e) = engine.reserve_prompt_rows(rows) {
+                if let Err(e) = guarded(|| Ok(engine.reserve_prompt_rows(rows)?)) {
                     tracing::warn!(rows, "could not reserve prompt bank rows: {e}");
                 }
-                let slots = prompts.iter().map(|p| engine.register_prompt(p)).collect();
+                let slots = prompts
+                    .iter()
+                    .map(|p| guarded(|| Ok(engine.register_prompt(p)?)))
+                    .collect();
                 let _ = reply.send(slots);
             }
             Some(Job::Reserve { rows, reply }) => {
-                let _ = reply.send(engine.reserve_prompt_rows(rows));
+                let _ = reply.send(guarded(|| Ok(engine.reserve_prompt_rows(rows)?)));
             }
             Some(Job::Join { rows, reply }) => {
                 let t = Instant::now();
@@ -199,6 +203,11 @@ impl EngineHandle {
             return EngineState::Stopped;
         }
         self.state.borrow().clone()
+    }
+
+    /// The engine's state changes (the sender closes when the thread exits).
+    pub fn subscribe(&self) -> watch::Receiver<EngineState> {
+        self.state.clone()
     }
 
     /// Waits until the model is loaded; the error says why it failed.
@@ -238,7 +247,7 @@ impl EngineHandle {
     }
 
     /// Makes room in the prompt bank for `rows` more rows at once (before loading many).
-    pub async fn reserve(&self, rows: usize) -> Result<Result<(), ModelError>, WorkerError> {
+    pub async fn reserve(&self, rows: usize) -> Result<Result<(), EngineError>, WorkerError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Reserve { rows, reply })
@@ -257,7 +266,7 @@ impl EngineHandle {
     pub async fn register(
         &self,
         prompts: Vec<Arc<Prompt>>,
-    ) -> Result<Vec<Result<Arc<PromptSlot>, ModelError>>, WorkerError> {
+    ) -> Result<Vec<Result<Arc<PromptSlot>, EngineError>>, WorkerError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Register { prompts, reply })

@@ -8,6 +8,8 @@ use super::ModelError;
 pub struct T5Tokenizer {
     inner: tokenizers::Tokenizer,
     eos_id: i64,
+    /// Bytes of the vocabulary's longest piece: no token stands for more text than this.
+    longest_piece: usize,
 }
 
 impl T5Tokenizer {
@@ -15,7 +17,22 @@ impl T5Tokenizer {
     pub fn from_file(path: &Path, eos_id: i64) -> Result<Self, ModelError> {
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", path.display())))?;
-        Ok(Self { inner, eos_id })
+        Ok(Self::new(inner, eos_id))
+    }
+
+    fn new(inner: tokenizers::Tokenizer, eos_id: i64) -> Self {
+        let longest_piece = inner
+            .get_vocab(true)
+            .keys()
+            .map(String::len)
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        Self {
+            inner,
+            eos_id,
+            longest_piece,
+        }
     }
 
     /// Loads the tokenizer of a model folder: `tokenizer.json` when present, else one built from
@@ -27,10 +44,10 @@ impl T5Tokenizer {
         }
         match source {
             Some(TokenizerSource::Json) => Self::from_file(&dir.join("tokenizer.json"), eos_id),
-            Some(TokenizerSource::SentencePiece) => Ok(Self {
-                inner: super::spiece::tokenizer_from_spiece(dir)?,
+            Some(TokenizerSource::SentencePiece) => Ok(Self::new(
+                super::spiece::tokenizer_from_spiece(dir)?,
                 eos_id,
-            }),
+            )),
             None => Err(ModelError::Tokenizer(format!(
                 "{}: neither tokenizer.json nor spiece.model found",
                 dir.display()
@@ -41,6 +58,14 @@ impl T5Tokenizer {
     /// The underlying `tokenizers` tokenizer (e.g. to save it as `tokenizer.json`).
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
+    }
+
+    /// Longest text, in bytes, that can encode to at most `tokens` tokens: every token stands
+    /// for at most the vocabulary's longest piece. Text over it is refused without tokenizing it
+    /// (only a normaliser that removes text, such as collapsing runs of spaces, could bring it
+    /// under).
+    pub fn max_text_bytes(&self, tokens: usize) -> usize {
+        tokens.saturating_mul(self.longest_piece)
     }
 
     /// Token ids of `text` followed by `</s>`.

@@ -1,5 +1,12 @@
 //! A folder of prompts: `<task>.safetensors`, `<task>.npy`, or a PEFT adapter folder `<task>/`.
-use std::collections::BTreeMap;
+//!
+//! The folder rule, the same for `promptd serve`, `promptd predict` and the bench: hidden
+//! entries are ignored; a task defined by several entries (say `task.npy` next to
+//! `task.safetensors`, which a replica's upload leaves for a moment) is read from the most
+//! recently modified one, and the others are ignored ([`newest`]).
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::{Prompt, PromptError, PromptLimits, TaskName};
@@ -20,6 +27,79 @@ pub enum PromptSource {
     TensorFile(PathBuf),
     /// `<task>/adapter_config.json` + `<task>/adapter_model.safetensors`
     PeftDir(PathBuf),
+}
+
+/// Identity of a prompt source on disk: length, mtime and inode of each of its files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint(Vec<(u64, i128, u64)>);
+
+impl Fingerprint {
+    pub(crate) fn of(paths: &[PathBuf]) -> io::Result<Self> {
+        let mut parts = Vec::with_capacity(paths.len());
+        for p in paths {
+            let m = std::fs::metadata(p)?;
+            let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+            parts.push((m.len(), mtime, m.ino()));
+        }
+        Ok(Self(parts))
+    }
+
+    /// Latest modification time among the files (ns since the epoch).
+    pub fn mtime(&self) -> i128 {
+        self.0.iter().map(|p| p.1).max().unwrap_or(0)
+    }
+}
+
+/// A prompt source found in the folder.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Where it lives.
+    pub source: PromptSource,
+    /// Its identity now.
+    pub fingerprint: Fingerprint,
+}
+
+impl PromptSource {
+    /// The file or folder.
+    pub fn path(&self) -> &Path {
+        match self {
+            PromptSource::TensorFile(p) | PromptSource::PeftDir(p) => p,
+        }
+    }
+}
+
+/// Every prompt source in `dir` by task name (several when a task is defined twice).
+pub fn scan(dir: &Path) -> io::Result<HashMap<String, Vec<Found>>> {
+    let mut out: HashMap<String, Vec<Found>> = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some((task, source)) = classify(&path) else {
+            continue;
+        };
+        let files = match &source {
+            PromptSource::TensorFile(p) => vec![p.clone()],
+            PromptSource::PeftDir(d) => vec![
+                d.join("adapter_config.json"),
+                d.join("adapter_model.safetensors"),
+            ],
+        };
+        // A file removed or half-present between listing and stat shows up next scan.
+        let fingerprint = Fingerprint::of(&files).unwrap_or_default();
+        out.entry(task).or_default().push(Found {
+            source,
+            fingerprint,
+        });
+    }
+    Ok(out)
+}
+
+/// The folder rule for a task with several sources: the most recently modified wins (ties:
+/// the last by path, so the choice is stable).
+pub fn newest(mut found: Vec<Found>) -> Option<Found> {
+    found.sort_by(|a, b| {
+        (a.fingerprint.mtime(), a.source.path()).cmp(&(b.fingerprint.mtime(), b.source.path()))
+    });
+    found.pop()
 }
 
 /// The task name and source an entry of a prompt folder stands for, if any.
@@ -46,8 +126,7 @@ pub fn classify(path: &Path) -> Option<(String, PromptSource)> {
 }
 
 fn read_capped(path: &Path, limits: &PromptLimits) -> Result<Vec<u8>, PromptError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))?;
+    let meta = std::fs::metadata(path).map_err(|e| PromptError::io(path, e))?;
     if meta.len() > limits.max_file_bytes as u64 {
         return Err(PromptError::Format(format!(
             "{} is {} bytes; the limit is {}",
@@ -56,7 +135,7 @@ fn read_capped(path: &Path, limits: &PromptLimits) -> Result<Vec<u8>, PromptErro
             limits.max_file_bytes
         )));
     }
-    std::fs::read(path).map_err(|e| PromptError::Io(format!("{}: {e}", path.display())))
+    std::fs::read(path).map_err(|e| PromptError::io(path, e))
 }
 
 /// Reads one prompt from its source.
@@ -78,10 +157,10 @@ pub fn load_source(
                 } else {
                     ""
                 };
-                return Err(PromptError::Io(format!(
-                    "{} is missing{hint}",
-                    weights_path.display()
-                )));
+                return Err(PromptError::io(
+                    &weights_path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, format!("missing{hint}")),
+                ));
             }
             let weights = read_capped(&weights_path, limits)?;
             Prompt::from_peft(&config, &weights, d_model, limits)
@@ -89,46 +168,30 @@ pub fn load_source(
     }
 }
 
-/// Loads every prompt in `dir`; bad entries are reported, not fatal.
+/// Loads every prompt in `dir` by the folder rule (module docs); bad entries are reported,
+/// not fatal.
 pub fn load_prompt_dir(
     dir: &Path,
     d_model: usize,
     limits: &PromptLimits,
 ) -> Result<PromptDir, PromptError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| PromptError::Io(format!("{}: {e}", dir.display())))?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
+    let scanned = scan(dir).map_err(|e| PromptError::io(dir, e))?;
     let mut out = PromptDir::default();
-    let mut seen: BTreeMap<TaskName, PathBuf> = BTreeMap::new();
-    for path in paths {
-        let Some((name, source)) = classify(&path) else {
+    for (name, found) in scanned {
+        let Some(found) = newest(found) else {
             continue;
         };
-        let task = match TaskName::parse(&name) {
-            Ok(task) => task,
-            Err(e) => {
-                out.errors.push((path, e));
-                continue;
-            }
-        };
-        if let Some(first) = seen.get(&task) {
-            let why = format!(
-                "task {task} is defined twice: {} and {}",
-                first.display(),
-                path.display()
-            );
-            out.prompts.remove(&task);
-            out.errors.push((path, PromptError::Invalid(why)));
-            continue;
-        }
-        seen.insert(task.clone(), path.clone());
-        match load_source(&source, d_model, limits) {
-            Ok(prompt) => {
-                out.prompts.insert(task, prompt);
-            }
+        let path = found.source.path().to_path_buf();
+        match TaskName::parse(&name) {
             Err(e) => out.errors.push((path, e)),
+            Ok(task) => match load_source(&found.source, d_model, limits) {
+                Ok(prompt) => {
+                    out.prompts.insert(task, prompt);
+                }
+                Err(e) => out.errors.push((path, e)),
+            },
         }
     }
+    out.errors.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
 }

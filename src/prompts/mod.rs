@@ -35,9 +35,25 @@ pub enum PromptError {
     /// A task name breaks the naming rule.
     #[error("{0}")]
     TaskName(String),
-    /// A file could not be read.
-    #[error("{0}")]
-    Io(String),
+    /// A file could not be read (the kind is kept: a full disk is not a missing file).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl PromptError {
+    /// A failure reading `path`.
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        PromptError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
 }
 
 /// Limits every prompt is checked against.

@@ -53,7 +53,23 @@ pub enum RegistryError {
     Store(#[from] std::io::Error),
     /// The engine could not take the prompt.
     #[error("the engine could not load the prompt: {0}")]
-    Engine(String),
+    Engine(#[source] crate::engine::EngineError),
+    /// The engine thread is not running.
+    #[error(transparent)]
+    Stopped(#[from] crate::engine::worker::WorkerError),
+    /// A blocking folder task panicked or was cancelled (a bug, not the client's doing).
+    #[error("the {what} task failed: {source}")]
+    Task {
+        /// What the task was doing.
+        what: &'static str,
+        /// How it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> RegistryError {
+    move |source| RegistryError::Task { what, source }
 }
 
 /// What one folder sync changed.
@@ -97,12 +113,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn source_path(source: &PromptSource) -> &std::path::Path {
-    match source {
-        PromptSource::TensorFile(p) | PromptSource::PeftDir(p) => p,
-    }
 }
 
 impl Registry {
@@ -188,15 +198,13 @@ impl Registry {
     }
 
     async fn register_one(&self, prompt: Arc<Prompt>) -> Result<Arc<PromptSlot>, RegistryError> {
-        let mut slots = self
-            .engine
-            .register(vec![prompt])
-            .await
-            .map_err(|e| RegistryError::Engine(e.to_string()))?;
+        let mut slots = self.engine.register(vec![prompt]).await?;
         slots
             .pop()
-            .ok_or_else(|| RegistryError::Engine("no slot returned".into()))?
-            .map_err(|e| RegistryError::Engine(e.to_string()))
+            .ok_or(RegistryError::Stopped(
+                crate::engine::worker::WorkerError::Stopped,
+            ))?
+            .map_err(RegistryError::Engine)
     }
 
     /// Stores and serves a validated prompt. Returns its info and whether the task is new.
@@ -220,7 +228,7 @@ impl Registry {
         let (t, p, sha) = (task.clone(), prompt.clone(), sha256.clone());
         let fingerprint = tokio::task::spawn_blocking(move || store.write(&t, &p, version, &sha))
             .await
-            .map_err(|e| RegistryError::Engine(format!("store task failed: {e}")))??;
+            .map_err(task_failed("store"))??;
         let info = PromptInfo {
             task: task.to_string(),
             prompt_length: prompt.encoder.rows,
@@ -250,7 +258,7 @@ impl Registry {
         let t = task.clone();
         let removed_files = tokio::task::spawn_blocking(move || store.remove(&t))
             .await
-            .map_err(|e| RegistryError::Engine(format!("store task failed: {e}")))??;
+            .map_err(task_failed("store"))??;
         let removed_entry = self.remove_entry(task).is_some();
         Ok(removed_files || removed_entry)
     }
@@ -263,7 +271,7 @@ impl Registry {
         let store = self.store.clone();
         let scanned = tokio::task::spawn_blocking(move || store.scan())
             .await
-            .map_err(|e| RegistryError::Engine(format!("scan task failed: {e}")))??;
+            .map_err(task_failed("folder scan"))??;
         let mut report = SyncReport::default();
         self.failed.lock().retain(|path, _| {
             path.file_name()
@@ -293,9 +301,9 @@ impl Registry {
         }
 
         let mut todo: Vec<(TaskName, Found)> = Vec::new();
-        for (name, mut found) in scanned {
+        for (name, found) in scanned {
             let Ok(task) = TaskName::parse(&name) else {
-                let path = source_path(&found[0].source).to_path_buf();
+                let path = found[0].source.path().to_path_buf();
                 if self
                     .failed
                     .lock()
@@ -307,9 +315,10 @@ impl Registry {
                 }
                 continue;
             };
-            // A task defined twice (say task.npy next to task.safetensors): the newest wins.
-            found.sort_by_key(|f| f.fingerprint.mtime());
-            let newest = found.pop().expect("scan groups are non-empty");
+            // A task defined twice (say task.npy next to task.safetensors): the folder rule.
+            let Some(newest) = crate::prompts::dir::newest(found) else {
+                continue;
+            };
             let current = self
                 .entries
                 .read()
@@ -318,7 +327,7 @@ impl Registry {
             if current.as_ref() == Some(&newest.fingerprint) {
                 continue;
             }
-            let path = source_path(&newest.source).to_path_buf();
+            let path = newest.source.path().to_path_buf();
             if self.failed.lock().get(&path) == Some(&newest.fingerprint) {
                 continue;
             }
@@ -364,14 +373,14 @@ impl Registry {
                 .collect()
         })
         .await
-        .map_err(|e| RegistryError::Engine(format!("load task failed: {e}")))?;
+        .map_err(task_failed("prompt load"))?;
 
         let mut ok: Vec<(TaskName, Found, Loaded)> = Vec::new();
         for ((task, found), result) in chunk.into_iter().zip(loaded) {
             match result {
                 Ok(l) => ok.push((task, found, l)),
                 Err(e) => {
-                    let path = source_path(&found.source).to_path_buf();
+                    let path = found.source.path().to_path_buf();
                     tracing::warn!(path = %path.display(), "prompt failed to load: {e}");
                     self.failed.lock().insert(path, found.fingerprint);
                     self.metrics
@@ -398,11 +407,7 @@ impl Registry {
                 (task, found, meta)
             })
             .collect();
-        let slots = self
-            .engine
-            .register(prompts)
-            .await
-            .map_err(|e| RegistryError::Engine(e.to_string()))?;
+        let slots = self.engine.register(prompts).await?;
         for ((task, found, loaded), slot) in ok.into_iter().zip(slots) {
             let slot = match slot {
                 Ok(s) => s,
@@ -419,7 +424,7 @@ impl Registry {
                 (None, Some(c)) if c.info.sha256 == loaded.sha256 => c.info.version,
                 (None, _) => self.next_version(&task),
             };
-            self.failed.lock().remove(source_path(&found.source));
+            self.failed.lock().remove(found.source.path());
             let info = PromptInfo {
                 task: task.to_string(),
                 prompt_length: loaded.rows,

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +13,7 @@ use safetensors::SafeTensors;
 use sha2::{Digest, Sha256};
 
 use super::dir::{classify, load_source, PromptSource};
+pub use super::dir::{Fingerprint, Found};
 use super::tensor::{is_safetensors, safetensors_tensor};
 use super::{Prompt, PromptError, PromptLimits, PromptRows, TaskName};
 
@@ -23,36 +23,6 @@ pub const VERSION_KEY: &str = "promptd.version";
 pub const SHA256_KEY: &str = "promptd.sha256";
 const DECODER_KEY: &str = "decoder_prompt_embeddings";
 const TEMP_MARK: &str = ".tmp-";
-
-/// Identity of a prompt source on disk: length, mtime and inode of each of its files.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fingerprint(Vec<(u64, i128, u64)>);
-
-impl Fingerprint {
-    fn of(paths: &[PathBuf]) -> io::Result<Self> {
-        let mut parts = Vec::with_capacity(paths.len());
-        for p in paths {
-            let m = fs::metadata(p)?;
-            let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
-            parts.push((m.len(), mtime, m.ino()));
-        }
-        Ok(Self(parts))
-    }
-
-    /// Latest modification time among the files (ns since the epoch).
-    pub fn mtime(&self) -> i128 {
-        self.0.iter().map(|p| p.1).max().unwrap_or(0)
-    }
-}
-
-/// A prompt source found in the folder.
-#[derive(Debug, Clone)]
-pub struct Found {
-    /// Where it lives.
-    pub source: PromptSource,
-    /// Its identity now.
-    pub fingerprint: Fingerprint,
-}
 
 /// A prompt read from the store with what its file says about itself.
 #[derive(Debug, Clone)]
@@ -110,27 +80,7 @@ impl Store {
 
     /// Every prompt source in the folder by task name (several when a task is defined twice).
     pub fn scan(&self) -> io::Result<HashMap<String, Vec<Found>>> {
-        let mut out: HashMap<String, Vec<Found>> = HashMap::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let path = entry?.path();
-            let Some((task, source)) = classify(&path) else {
-                continue;
-            };
-            let files = match &source {
-                PromptSource::TensorFile(p) => vec![p.clone()],
-                PromptSource::PeftDir(d) => vec![
-                    d.join("adapter_config.json"),
-                    d.join("adapter_model.safetensors"),
-                ],
-            };
-            // A file removed or half-present between listing and stat shows up next scan.
-            let fingerprint = Fingerprint::of(&files).unwrap_or_default();
-            out.entry(task).or_default().push(Found {
-                source,
-                fingerprint,
-            });
-        }
-        Ok(out)
+        super::dir::scan(&self.dir)
     }
 
     /// Reads and validates one source.
@@ -141,8 +91,7 @@ impl Store {
         limits: &PromptLimits,
     ) -> Result<Loaded, PromptError> {
         let mut prompt = load_source(source, d_model, limits)?;
-        let read =
-            |p: &Path| fs::read(p).map_err(|e| PromptError::Io(format!("{}: {e}", p.display())));
+        let read = |p: &Path| fs::read(p).map_err(|e| PromptError::io(p, e));
         let (version, sha256) = match source {
             PromptSource::TensorFile(path) => {
                 let bytes = read(path)?;
@@ -205,6 +154,10 @@ impl Store {
         version: u64,
         sha256: &str,
     ) -> io::Result<Fingerprint> {
+        #[cfg(debug_assertions)]
+        if crate::fault::take(&crate::fault::PANIC_STORE_WRITES) {
+            panic!("injected fault: writing a prompt panicked");
+        }
         let bytes = encode(prompt, version, sha256)?;
         let path = self.dir.join(format!("{task}.safetensors"));
         let temp = self.dir.join(format!(

@@ -2,10 +2,8 @@
 //! `tower::ServiceExt::oneshot` (no sockets).
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use clap::Parser;
 use promptd::api::{app, AppState};
-use promptd::cli::serve::{build, load};
-use promptd::cli::{Cli, Command};
+use promptd::server::{build, load, ServerConfig};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -22,33 +20,33 @@ pub struct Setup {
     pub dir: tempfile::TempDir,
 }
 
-/// `promptd serve` state (engine thread started, nothing loaded) over `prompts`.
-pub fn build_state(prompts: &std::path::Path, extra: &[&str]) -> AppState {
-    let model = model_dir();
-    let mut argv = vec![
-        "promptd",
-        "serve",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompts",
-        prompts.to_str().unwrap(),
-    ];
-    argv.extend_from_slice(extra);
-    let Command::Serve(args) = Cli::try_parse_from(argv).unwrap().command else {
-        unreachable!()
-    };
-    build(&args).unwrap().state
+/// The defaults of `promptd serve` on the fixture model and `prompts`, changed by `configure`.
+pub fn config(
+    prompts: &std::path::Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> ServerConfig {
+    let mut config = ServerConfig::new(model_dir(), prompts);
+    configure(&mut config);
+    config
+}
+
+/// A server's state (engine thread started, nothing loaded) over `prompts`.
+pub fn build_state(
+    prompts: &std::path::Path,
+    configure: impl FnOnce(&mut ServerConfig),
+) -> AppState {
+    build(&config(prompts, configure)).unwrap().state
 }
 
 /// A server state over a folder holding `keep.npy`; `run_batcher` starts the batching loop.
-pub async fn setup(extra: &[&str], run_batcher: bool) -> Setup {
+pub async fn setup(configure: impl FnOnce(&mut ServerConfig), run_batcher: bool) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         fixtures().join("prompts/t5-v1_1-tiny/task03.npy"),
         dir.path().join("keep.npy"),
     )
     .unwrap();
-    let state = build_state(dir.path(), extra);
+    let state = build_state(dir.path(), configure);
     if run_batcher {
         tokio::spawn(state.batcher.clone().run(state.engine.clone()));
     }
@@ -57,6 +55,9 @@ pub async fn setup(extra: &[&str], run_batcher: bool) -> Setup {
         .unwrap();
     Setup { state, dir }
 }
+
+/// Leaves the defaults as they are.
+pub fn defaults(_: &mut ServerConfig) {}
 
 /// A response with its body parsed as JSON (or kept as a string).
 pub struct Reply {
@@ -97,4 +98,86 @@ pub fn predict_req(task: &str, body: Value) -> Request<Body> {
 /// A GET request.
 pub fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
+}
+
+/// A real server, HTTP and gRPC on `127.0.0.1:0`, running in this process over a temporary
+/// prompts folder holding `keep.npy`; shut down when dropped.
+pub struct Served {
+    /// HTTP address.
+    pub http: std::net::SocketAddr,
+    /// gRPC address.
+    pub grpc: std::net::SocketAddr,
+    /// The running server's state.
+    pub state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), promptd::server::ServerError>>>,
+    /// The prompts folder.
+    pub dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Starts the server with the defaults changed by `configure`; returns once it is ready.
+    pub async fn start(configure: impl FnOnce(&mut ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixtures().join("prompts/t5-v1_1-tiny/task03.npy"),
+            dir.path().join("keep.npy"),
+        )
+        .unwrap();
+        let config = config(dir.path(), configure);
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
+        let built = build(&config).unwrap();
+        let state = built.state.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(promptd::server::serve(
+            config,
+            built.state,
+            built.engine_thread,
+            http,
+            Some(grpc),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut status = state.lifecycle.subscribe();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            status.wait_for(|s| *s == promptd::api::lifecycle::Status::Ready),
+        )
+        .await
+        .expect("the server became ready within a minute")
+        .unwrap();
+        Self {
+            http: http_addr,
+            grpc: grpc_addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT{path}`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Shuts down and waits for the drain.
+    pub async fn stop(mut self) -> Result<(), promptd::server::ServerError> {
+        drop(self.stop.take());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+    }
 }

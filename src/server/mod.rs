@@ -1,0 +1,451 @@
+//! The server as a library: a typed [`ServerConfig`], and [`run`] on listeners the caller
+//! bound, until a shutdown future resolves. `promptd serve` maps its flags onto the config;
+//! tests start the same server in-process on `127.0.0.1:0`.
+//!
+//! Wires the engine thread, the batcher (supervised), the prompt registry with its folder
+//! watcher, the tenants file watcher, the HTTP API (with connection limits, [`http`]) and the
+//! gRPC API; shuts down in two stages.
+pub mod http;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::tune::{TuneLimits, TuneService};
+use crate::api::{app, ApiLimits, AppState, Lifecycle};
+use crate::batcher::{Batcher, Decode, PolicyConfig};
+use crate::engine::worker::{self, EngineConfig};
+use crate::engine::{DeviceSpec, DtypeSpec};
+use crate::metrics::Metrics;
+use crate::model::{T5Config, T5Tokenizer};
+use crate::prompts::audit::AuditLog;
+use crate::prompts::registry::Registry;
+use crate::prompts::store::Store;
+use crate::prompts::PromptLimits;
+use crate::tenants::Tenants;
+use crate::tune::jobs::JobTable;
+
+pub use http::ConnectionLimits;
+
+/// Where prompt changes are recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AuditLogPath {
+    /// `<prompts>/.audit.jsonl`.
+    #[default]
+    InPrompts,
+    /// Not recorded.
+    Off,
+    /// This file.
+    File(PathBuf),
+}
+
+/// Everything a server is made of, typed. [`ServerConfig::new`] gives the defaults that
+/// `promptd serve` documents for its flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Hugging Face T5 folder.
+    pub model: PathBuf,
+    /// Prompts folder (loaded at start, uploads written there, watched).
+    pub prompts: PathBuf,
+    /// Where the model runs.
+    pub device: DeviceSpec,
+    /// The model's dtype.
+    pub dtype: DtypeSpec,
+    /// Batch limits and which rows may share a pass.
+    pub policy: PolicyConfig,
+    /// Continuous or static decoding.
+    pub decode: Decode,
+    /// Request limits.
+    pub limits: ApiLimits,
+    /// Prompt limits (rows, file bytes).
+    pub prompt_limits: PromptLimits,
+    /// Caps on tuning jobs.
+    pub tune: TuneLimits,
+    /// Most of the engine's busy time tuning may take while requests are served.
+    pub tune_share: f64,
+    /// Tenants file; `None` leaves the server open.
+    pub tenants: Option<PathBuf>,
+    /// Audit log of prompt changes.
+    pub audit_log: AuditLogPath,
+    /// How often the prompts folder and the tenants file are checked for changes.
+    pub watch_interval: Duration,
+    /// Longest a shutdown waits for in-flight and queued work.
+    pub shutdown_timeout: Duration,
+    /// Distinct values of the `task` metric label.
+    pub metrics_max_tasks: usize,
+    /// HTTP connection limits.
+    pub connections: ConnectionLimits,
+}
+
+impl ServerConfig {
+    /// The defaults, serving `model` with the prompts in `prompts`.
+    pub fn new(model: impl Into<PathBuf>, prompts: impl Into<PathBuf>) -> Self {
+        Self {
+            model: model.into(),
+            prompts: prompts.into(),
+            device: DeviceSpec::Auto,
+            dtype: DtypeSpec::Auto,
+            policy: PolicyConfig::default(),
+            decode: Decode::default(),
+            limits: ApiLimits::default(),
+            prompt_limits: PromptLimits::default(),
+            tune: TuneLimits::default(),
+            tune_share: 0.25,
+            tenants: None,
+            audit_log: AuditLogPath::default(),
+            watch_interval: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            metrics_max_tasks: 32,
+            connections: ConnectionLimits::default(),
+        }
+    }
+}
+
+/// Why a server could not start or stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The model folder's config or tokenizer.
+    #[error("{0}")]
+    Model(#[from] crate::model::ModelError),
+    /// The device or dtype.
+    #[error("{0}")]
+    Device(String),
+    /// Starting the engine thread.
+    #[error("starting the engine thread: {0}")]
+    EngineThread(#[source] std::io::Error),
+    /// The prompts folder (or its tuning records).
+    #[error("prompts folder {path}: {source}")]
+    Prompts {
+        /// The folder.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The tuning job records in the prompts folder.
+    #[error("tuning jobs in {path}: {source}")]
+    TuneJobs {
+        /// The prompts folder.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::tune::TuneError,
+    },
+    /// The tenants file.
+    #[error("{0}")]
+    Tenants(#[from] crate::tenants::TenantsError),
+    /// The audit log.
+    #[error("audit log {path}: {source}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The model or the prompts failed to load after the server started listening.
+    #[error("{0}")]
+    Startup(String),
+    /// A listener failed.
+    #[error("{0}")]
+    Listener(#[source] std::io::Error),
+}
+
+/// A built server, before it listens: the routes' state and the engine thread.
+pub struct Built {
+    /// Route state (registry, batcher, engine handle, metrics, limits).
+    pub state: AppState,
+    /// The engine thread.
+    pub engine_thread: std::thread::JoinHandle<()>,
+}
+
+/// Builds the server: reads the model config and tokenizer, starts the engine thread (which
+/// loads the weights in the background) and opens the prompts folder. Nothing is served yet.
+/// Runs inside a Tokio runtime (readiness starts following the engine here).
+pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
+    let model_config = T5Config::from_dir(&config.model)?;
+    let eos = model_config.eos_ids()[0];
+    let tokenizer = T5Tokenizer::from_dir(&config.model, eos)?;
+    let device = config.device.resolve().map_err(ServerError::Device)?;
+    let kind = config.dtype.resolve(device);
+    let metrics = Arc::new(Metrics::new(config.metrics_max_tasks));
+    let (engine, engine_thread) = worker::spawn(EngineConfig {
+        model_dir: config.model.clone(),
+        device,
+        kind,
+        max_batch_tokens: config.policy.max_batch_tokens,
+        tune_share: config.tune_share,
+    })
+    .map_err(ServerError::EngineThread)?;
+    let prompts_error = |source| ServerError::Prompts {
+        path: config.prompts.clone(),
+        source,
+    };
+    let tuning = Arc::new(TuneService {
+        jobs: JobTable::open(&config.prompts).map_err(|source| ServerError::TuneJobs {
+            path: config.prompts.clone(),
+            source,
+        })?,
+        limits: TuneLimits {
+            max_batch_size: config.tune.max_batch_size.max(1),
+            ..config.tune
+        },
+    });
+    let store = Store::open(&config.prompts).map_err(prompts_error)?;
+    let registry = Arc::new(Registry::new(
+        store,
+        engine.clone(),
+        model_config.d_model as usize,
+        config.prompt_limits,
+        metrics.clone(),
+    ));
+    let batcher = Batcher::new(config.policy, config.decode, metrics.clone());
+    let tenants = match &config.tenants {
+        Some(path) => Tenants::load(path, config.prompt_limits.max_rows)?,
+        None => {
+            let warning = "no --tenants file: the server is OPEN — anyone who can reach it may read, replace and delete every prompt";
+            tracing::warn!("{warning}");
+            eprintln!("promptd: WARNING: {warning}");
+            Tenants::open()
+        }
+    };
+    let audit = match &config.audit_log {
+        AuditLogPath::Off => None,
+        AuditLogPath::File(path) => Some(path.clone()),
+        AuditLogPath::InPrompts => Some(config.prompts.join(".audit.jsonl")),
+    }
+    .map(|path| {
+        AuditLog::open(&path)
+            .map(Arc::new)
+            .map_err(|source| ServerError::Audit { path, source })
+    })
+    .transpose()?;
+    let lifecycle = Arc::new(Lifecycle::new(Some(metrics.ready.clone())));
+    // Readiness follows the engine from the start (a model that fails to load fails it).
+    tokio::spawn({
+        let (lifecycle, engine) = (lifecycle.clone(), engine.clone());
+        async move { lifecycle.follow_engine(engine).await }
+    });
+    let mut limits = config.limits;
+    // A request larger than the queue could never be admitted: refuse it as invalid.
+    limits.max_inputs = limits.max_inputs.min(config.policy.max_queue);
+    let state = AppState {
+        registry,
+        batcher,
+        engine,
+        tokenizer: Arc::new(tokenizer),
+        metrics,
+        limits,
+        lifecycle,
+        tenants: Arc::new(tenants),
+        audit,
+        tuning,
+    };
+    Ok(Built {
+        state,
+        engine_thread,
+    })
+}
+
+/// Serves `config` on `http` (and `grpc`, when given) until `shutdown` resolves, then drains:
+/// stage one stops accepting, refuses new work (503) and fails readiness; stage two waits,
+/// bounded by `shutdown_timeout`, for in-flight requests and the queue. Ok after a clean drain.
+pub async fn run(
+    config: ServerConfig,
+    http: tokio::net::TcpListener,
+    grpc: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let Built {
+        state,
+        engine_thread,
+    } = build(&config)?;
+    serve(config, state, engine_thread, http, grpc, shutdown).await
+}
+
+/// [`run`] on a server already built (tests reach into its state first).
+pub async fn serve(
+    config: ServerConfig,
+    state: AppState,
+    engine_thread: std::thread::JoinHandle<()>,
+    http: tokio::net::TcpListener,
+    grpc: Option<tokio::net::TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let batcher = state.batcher.clone();
+    let lifecycle = state.lifecycle.clone();
+    let tuning = state.tuning.clone();
+    let batcher_task = tokio::spawn(supervise_batcher(state.clone()));
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let startup = {
+        let (engine, registry) = (state.engine.clone(), state.registry.clone());
+        let lifecycle = lifecycle.clone();
+        let interval = config.watch_interval;
+        tokio::spawn(async move {
+            match load(&engine, &registry, &lifecycle).await {
+                Ok(()) => watch(&registry, interval).await,
+                Err(why) => {
+                    let _ = fatal_tx.send(why).await;
+                }
+            }
+        })
+    };
+    let tenant_watch = tokio::spawn(watch_tenants(
+        state.tenants.clone(),
+        state.metrics.clone(),
+        config.watch_interval,
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let grpc = grpc
+        .map(|listener| tokio::spawn(crate::api::grpc::serve(listener, state.clone(), stopped())));
+    let mut server = tokio::spawn(http::serve(
+        http,
+        app(state.clone()),
+        config.connections,
+        state.metrics.clone(),
+        stopped(),
+    ));
+    let outcome = tokio::select! {
+        r = &mut server => Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
+        why = fatal_rx.recv() => Err(ServerError::Startup(why.unwrap_or_else(|| "start-up failed".into()))),
+        () = shutdown => Ok(()),
+    };
+    lifecycle.drain();
+    batcher.close();
+    let _ = stop_tx.send(true);
+    match &outcome {
+        Ok(()) => tracing::info!("shutting down: draining in-flight requests"),
+        Err(why) => tracing::error!("shutting down: {why}"),
+    }
+    let grace = config.shutdown_timeout;
+    let drained = tokio::time::timeout(grace, async {
+        let _ = (&mut server).await;
+        if let Some(grpc) = grpc {
+            let _ = grpc.await;
+        }
+        let _ = batcher_task.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            secs = grace.as_secs(),
+            "drain timed out; exiting with work unfinished"
+        );
+        server.abort();
+    }
+    startup.abort();
+    let _ = startup.await;
+    tenant_watch.abort();
+    tuning
+        .jobs
+        .fail_active("the server shut down before the job ended");
+    drop(state);
+    // Every engine handle is gone now; the engine thread ends after its current job.
+    let joined = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::task::spawn_blocking(move || engine_thread.join()),
+    )
+    .await;
+    if joined.is_err() {
+        tracing::warn!("the engine thread is still busy; exiting without it");
+    }
+    outcome.map(|()| tracing::info!("stopped"))
+}
+
+/// Waits for the model, loads the prompts folder and marks the server ready.
+pub async fn load(
+    engine: &worker::EngineHandle,
+    registry: &Registry,
+    lifecycle: &Lifecycle,
+) -> Result<(), String> {
+    engine
+        .ready()
+        .await
+        .map_err(|why| format!("model failed to load: {why}"))?;
+    lifecycle.loading("loading prompts");
+    let report = registry
+        .sync()
+        .await
+        .map_err(|e| format!("loading prompts: {e}"))?;
+    tracing::info!(
+        prompts = registry.len(),
+        failed = report.failed,
+        "prompts loaded; ready"
+    );
+    lifecycle.ready();
+    Ok(())
+}
+
+/// Runs the batching loop; if it ever dies (a panic) while the server is not shutting down,
+/// readiness fails and every waiting request is answered at once (503), instead of waiting
+/// for its timeout with nobody to serve it.
+pub async fn supervise_batcher(state: AppState) {
+    let batcher = state.batcher.clone();
+    let outcome = tokio::spawn(batcher.clone().run(state.engine.clone())).await;
+    let why = match outcome {
+        Ok(()) if state.lifecycle.current() == crate::api::lifecycle::Status::Draining => return,
+        Ok(()) => "the batching loop stopped".to_string(),
+        Err(e) => format!("the batching loop failed: {e}"),
+    };
+    tracing::error!("{why}; failing readiness and the waiting requests");
+    state.lifecycle.fail(why);
+    let dropped = batcher.abandon();
+    if dropped > 0 {
+        tracing::warn!(rows = dropped, "waiting rows answered 503");
+    }
+}
+
+/// Keeps the registry in step with the prompts folder, forever.
+pub async fn watch(registry: &Registry, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = registry.sync().await {
+            tracing::warn!("checking the prompts folder failed: {e}");
+        }
+    }
+}
+
+/// Reloads the tenants file when it changes (polled like the prompts folder) or on SIGHUP; a
+/// bad new version is logged and the previous tenants stay in force.
+pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interval: Duration) {
+    if !tenants.enabled() {
+        return;
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = hangup => tracing::info!("SIGHUP: reloading the tenants file"),
+        }
+        match tenants.reload() {
+            Ok(false) => {}
+            Ok(true) => {
+                metrics.tenant_reloads.with_label_values(&["loaded"]).inc();
+                tracing::info!(tenants = ?tenants.current().names(), "tenants file loaded");
+            }
+            Err(e) => {
+                metrics.tenant_reloads.with_label_values(&["invalid"]).inc();
+                tracing::error!("tenants file not reloaded, the previous one stays in force: {e}");
+            }
+        }
+    }
+}

@@ -7,7 +7,7 @@ DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
 GRPC_ADDR ?= 127.0.0.1:50051
 
-.PHONY: all libtorch build build-cuda test lint lint-docker lint-deploy run fixtures clean
+.PHONY: all libtorch build build-dev build-cuda test test-tmpfs lint lint-docker lint-deploy run fixtures clean
 
 all: build
 
@@ -19,12 +19,22 @@ $(LIBTORCH_STAMP):
 build: libtorch
 	$(CARGO) build --release
 
+# The benchmark tools: target/release/promptd-dev (make-model, make-prompts, bench).
+build-dev: libtorch
+	$(CARGO) build --release --features dev-tools --bin promptd-dev
+
 # GPU build: links libtorch_cuda; run it where CUDA and torch 2.11 libraries are present.
 build-cuda: libtorch
 	$(CARGO) build --release --features cuda
 
+# dev-tools: the benchmark tools binary (promptd-dev) and its tests.
 test: libtorch lint
-	$(CARGO) test --all-targets
+	$(CARGO) test --all-targets --features dev-tools
+
+# The fault tests on a real full and read-only tmpfs (needs root to mount; fails otherwise).
+# `make test` covers the same paths by injecting the errors through the store's writer.
+test-tmpfs: libtorch
+	$(CARGO) test --test faults -- --ignored --nocapture
 
 # Dockerfile and Kubernetes manifests; the tools come from PyPI into .tools/ on first use.
 lint: lint-docker lint-deploy

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use promptd::cli::make_model::{make_model, make_prompts, MakeModelArgs, MakePromptsArgs, Shape};
 use promptd::engine::{Engine, PromptSlot, RowInput};
+use promptd::model::random::{make_model, make_prompts, RandomModel, RandomPrompts, Shape};
 use promptd::model::{ModelOptions, T5Model};
 use promptd::prompts::{load_prompt_dir, PromptLimits};
 
@@ -43,7 +43,7 @@ fn assets() -> (PathBuf, PathBuf) {
     let dir = root.join("target/bench-models");
     let model = dir.join(name);
     if !model.join("model.safetensors").exists() {
-        make_model(MakeModelArgs {
+        make_model(RandomModel {
             out: model.clone(),
             shape,
             seed: 0,
@@ -53,7 +53,7 @@ fn assets() -> (PathBuf, PathBuf) {
     }
     let prompts = dir.join(format!("prompts-{d_model}-64"));
     if !prompts.exists() {
-        make_prompts(MakePromptsArgs {
+        make_prompts(RandomPrompts {
             out: prompts.clone(),
             count: 64,
             length: PROMPT_LEN,
@@ -81,7 +81,7 @@ fn load() -> (Engine, Vec<Arc<PromptSlot>>) {
     let slots = loaded
         .prompts
         .values()
-        .map(|p| engine.register_prompt(p).expect("register"))
+        .map(|p| engine.register_prompt(&p.encoder).expect("register"))
         .collect();
     (engine, slots)
 }

@@ -3,7 +3,7 @@
 # over 1, 8, 64 and 1000 tasks, measured side by side in one run on this machine
 # (BENCHMARKS.md, "Batching modes").
 #   scripts/bench-batching.sh [mini|small] [seconds per point] [concurrency]
-# Needs a release build (make build). Writes bench-models/ (git-ignored).
+# Needs release builds (make build build-dev). Writes bench-models/ (git-ignored).
 set -euo pipefail
 shape="${1:-mini}"; secs="${2:-10}"; concurrency="${3:-64}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,7 +18,7 @@ for mode in mixed mixed-static per-task batch1; do
   esac
   start_server "${flags[@]}"
   for tasks in 1 8 64 1000; do
-    result=$("$bin" bench --url "$url" --tasks "$tasks" --concurrency "$concurrency" \
+    result=$("$dev" bench --url "$url" --tasks "$tasks" --concurrency "$concurrency" \
       --duration-s "$secs" --warmup-s 2 --max-new-tokens 16 --json 2>/dev/null)
     echo "{\"mode\":\"$mode\",\"result\":$result}"
   done

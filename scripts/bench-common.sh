@@ -1,6 +1,7 @@
 # Shared by the scripts/bench-*.sh load benchmarks: the bench model and prompts, and one
-# server at a time on a fixed local port. Source it; needs a release build (make build).
+# server at a time on a fixed local port. Source it; needs release builds (make build build-dev).
 bin="$root/target/release/promptd"
+dev="$root/target/release/promptd-dev"
 models="$root/bench-models"
 port=18091
 url="http://127.0.0.1:$port"
@@ -15,8 +16,8 @@ prepare() {
   esac
   model="$models/$shape"
   prompts="$models/prompts-$d_model-$count"
-  [[ -f "$model/model.safetensors" ]] || "$bin" make-model --shape "$shape" --out "$model" >&2
-  [[ -d "$prompts" ]] || "$bin" make-prompts --count "$count" --length 20 --d-model "$d_model" --out "$prompts" >&2
+  [[ -f "$model/model.safetensors" ]] || "$dev" make-model --shape "$shape" --out "$model" >&2
+  [[ -d "$prompts" ]] || "$dev" make-prompts --count "$count" --length 20 --d-model "$d_model" --out "$prompts" >&2
 }
 
 # start_server [serve flags...]: serves $model and $prompts on $url, waits until ready.

@@ -5,13 +5,13 @@
 set -euo pipefail
 py="${1:-python3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/target/release/promptd"; models="$root/bench-models"
+bin="$root/target/release/promptd"; dev="$root/target/release/promptd-dev"; models="$root/bench-models"
 base="$models/t5-base-bin"; st="$models/t5-base-st"
 [[ -f "$base/pytorch_model.bin" ]] || "$py" "$root/scripts/make_t5_base_bin.py" "$base" >&2
 [[ -f "$st/model.safetensors" || -f "$st/model.safetensors.index.json" ]] \
   || "$bin" convert "$base" --out "$st" >&2
 prompts="$(mktemp -d)"
-"$bin" make-prompts --count 1 --length 5 --d-model 768 --out "$prompts" >/dev/null
+"$dev" make-prompts --count 1 --length 5 --d-model 768 --out "$prompts" >/dev/null
 input='{"task":"task00000","input":"hello world","max_new_tokens":4}'
 for dir in "$base" "$st"; do
   for dtype in f32 bf16; do

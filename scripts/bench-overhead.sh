@@ -8,11 +8,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 source "$root/scripts/bench-common.sh"
 prepare "$shape" 1000
 common=(--tasks "$tasks" --max-new-tokens 16 --duration-s "$secs" --warmup-s 3 --json)
-offline=$("$bin" bench --offline --model "$model" --prompts "$prompts" --batch-size 32 "${common[@]}" 2>/dev/null)
+offline=$("$dev" bench --offline --model "$model" --prompts "$prompts" --batch-size 32 "${common[@]}" 2>/dev/null)
 echo "{\"impl\":\"offline-engine\",\"result\":$offline}"
 for decode in static continuous; do
   start_server --decode "$decode" --max-batch-size 32
-  served=$("$bin" bench --url "$url" --concurrency 64 "${common[@]}" 2>/dev/null)
+  served=$("$dev" bench --url "$url" --concurrency 64 "${common[@]}" 2>/dev/null)
   echo "{\"impl\":\"server\",\"decode\":\"$decode\",\"result\":$served}"
   stop_server
 done

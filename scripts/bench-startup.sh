@@ -4,10 +4,10 @@
 set -euo pipefail
 count="${1:?count}"; d_model="${2:-512}"; shape="${3:-small}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
-bin="$root/target/release/promptd"; models="$root/bench-models"
+bin="$root/target/release/promptd"; dev="$root/target/release/promptd-dev"; models="$root/bench-models"
 model="$models/$shape"; prompts="$models/prompts-$d_model-$count"
-[[ -f "$model/model.safetensors" ]] || "$bin" make-model --shape "$shape" --out "$model" >&2
-[[ -d "$prompts" ]] || "$bin" make-prompts --count "$count" --d-model "$d_model" --out "$prompts" >&2
+[[ -f "$model/model.safetensors" ]] || "$dev" make-model --shape "$shape" --out "$model" >&2
+[[ -d "$prompts" ]] || "$dev" make-prompts --count "$count" --d-model "$d_model" --out "$prompts" >&2
 # The model alone, for the baseline resident memory.
 empty="$(mktemp -d)"
 measure() {

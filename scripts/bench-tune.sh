@@ -31,7 +31,7 @@ PY
 
 steps_bench() {
   data "$work/train.jsonl" 256 1
-  "$bin" make-model --shape small --out "$models/small" >/dev/null 2>&1 || true
+  "$dev" make-model --shape small --out "$models/small" >/dev/null 2>&1 || true
   for m in "$root/tests/fixtures/models/t5-v1_0-tiny" "$root/tests/fixtures/models/t5-v1_1-tiny" "$models/small"; do
     for batch in 8 32; do
       /usr/bin/time -f "%M" -o "$work/rss" "$bin" tune --model "$m" --train "$work/train.jsonl" \
@@ -74,7 +74,7 @@ serve_bench() {
       local steps0 secs0
       steps0=$(curl -sf "$url/metrics" | awk '/^promptd_tune_steps_total/ {print $2}')
       secs0=$(curl -sf "$url/metrics" | awk '/^promptd_tune_engine_seconds_total/ {print $2}')
-      result=$("$bin" bench --url "$url" --tasks 64 "${load[@]}" --max-new-tokens 16 \
+      result=$("$dev" bench --url "$url" --tasks 64 "${load[@]}" --max-new-tokens 16 \
                --duration-s "$secs" --warmup-s 3 --json 2>/dev/null)
       local steps1 secs1
       steps1=$(curl -sf "$url/metrics" | awk '/^promptd_tune_steps_total/ {print $2}')

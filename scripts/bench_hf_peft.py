@@ -9,7 +9,7 @@ task. Two ways to serve a stream of requests over T tasks are measured:
              per group (the best PEFT allows: same-task rows batched)
 The script also tries PEFT's mixed-adapter batch (`adapter_names=`) and prints what PEFT says.
 
-Usage (after `promptd make-model` / `make-prompts`, or scripts/bench-batching.sh, made them):
+Usage (after `promptd-dev make-model` / `make-prompts`, or scripts/bench-batching.sh, made them):
   python3 scripts/bench_hf_peft.py --model bench-models/small --prompts bench-models/prompts-512-1000 \
       --tasks 1 8 64 --seconds 20 --threads 2
 Needs: torch, transformers, peft, tokenizers, numpy (pip). Prints one JSON line per measurement.
@@ -32,7 +32,7 @@ from peft import PromptTuningConfig, TaskType, get_peft_model
 warnings.filterwarnings("ignore")
 hf_logging.set_verbosity_error()
 
-# The load generator's words (src/cli/bench.rs), so inputs have the same lengths in tokens.
+# The load generator's words (src/bin/promptd-dev/bench.rs), so inputs have the same lengths in tokens.
 WORDS = ("review the battery lasts all day screen cracked after a week great value would buy "
          "again").split()
 

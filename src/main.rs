@@ -10,9 +10,6 @@ fn main() -> std::process::ExitCode {
         Command::Eval(args) => promptd::cli::tune::run_eval(args),
         Command::Serve(args) => promptd::cli::serve::run(args),
         Command::HashKey(args) => promptd::cli::keys::run(args),
-        Command::MakeModel(args) => promptd::cli::make_model::make_model(args),
-        Command::MakePrompts(args) => promptd::cli::make_model::make_prompts(args),
-        Command::Bench(args) => promptd::cli::bench::run(args),
         Command::Inspect(args) => promptd::cli::inspect::run(args),
         Command::Convert(args) => promptd::cli::convert::run(args),
     };

@@ -48,21 +48,21 @@ pub struct Metrics {
     /// Prompts currently served.
     pub prompts_loaded: IntGauge,
     /// Prompt uploads and deletes by result.
-    pub prompt_uploads: IntCounterVec,
+    prompt_uploads: IntCounterVec,
     /// Prompt changes picked up from the folder by result.
-    pub prompt_reloads: IntCounterVec,
+    prompt_reloads: IntCounterVec,
     /// Tokens generated.
     pub generated_tokens: IntCounter,
     /// Engine batches that failed, by error type.
-    pub batch_errors: IntCounterVec,
+    batch_errors: IntCounterVec,
     /// Prompt changes (the audit log's entries) by tenant and action.
-    pub prompt_changes: IntCounterVec,
+    prompt_changes: IntCounterVec,
     /// Requests refused by tenant quotas and permissions, by tenant and reason.
-    pub tenant_rejections: IntCounterVec,
+    tenant_rejections: IntCounterVec,
     /// Audit entries that could not be written.
     pub audit_errors: IntCounter,
     /// Reloads of the tenants file by result.
-    pub tenant_reloads: IntCounterVec,
+    tenant_reloads: IntCounterVec,
     /// Tuning jobs by state (set at each scrape).
     pub tune_jobs: IntGaugeVec,
     /// Tuning optimizer steps taken.
@@ -80,249 +80,335 @@ pub struct Metrics {
 /// Most distinct `tenant` label values; later tenants count as `_other`.
 pub const MAX_TENANT_LABELS: usize = 64;
 
+/// Defines a closed set of label values: an enum with its label string and every value, so a
+/// typo in a label is a compile error and every series exists from the first scrape.
+macro_rules! label_set {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label),+
+                }
+            }
+        }
+    };
+}
+
+label_set!(
+    /// Results of prompt uploads and deletes through the API.
+    UploadResult {
+        /// A new task.
+        Created => "created",
+        /// A new version of a task.
+        Replaced => "replaced",
+        /// Refused as the client's mistake (4xx).
+        Invalid => "invalid",
+        /// Failed on the server's side (5xx).
+        Error => "error",
+        /// A task deleted.
+        Deleted => "deleted",
+    }
+);
+
+label_set!(
+    /// Results of picking up a change in the prompts folder.
+    ReloadResult {
+        /// A source loaded.
+        Loaded => "loaded",
+        /// A task whose files are gone.
+        Removed => "removed",
+        /// A source that failed to load.
+        Invalid => "invalid",
+    }
+);
+
+label_set!(
+    /// Why engine work failed.
+    BatchError {
+        /// A malformed row (caught before tensors).
+        InvalidRow => "invalid_row",
+        /// The model failed.
+        Model => "model",
+        /// A panic (a bug).
+        Panic => "panic",
+        /// A decode step failed.
+        Decode => "decode",
+    }
+);
+
+label_set!(
+    /// Results of reloading the tenants file.
+    TenantsReload {
+        /// The new version is in force.
+        Loaded => "loaded",
+        /// The new version is invalid; the previous one stays.
+        Invalid => "invalid",
+    }
+);
+
+label_set!(
+    /// Why a tenant's request was refused.
+    Rejection {
+        /// No valid API key.
+        Unauthenticated => "unauthenticated",
+        /// Another tenant's task, or an admin route.
+        Forbidden => "forbidden",
+        /// A quota waiting will not lift.
+        QuotaExceeded => "quota_exceeded",
+        /// The request rate or in-flight cap.
+        RateLimited => "rate_limited",
+    }
+);
+
+label_set!(
+    /// Prompt changes recorded in the audit log.
+    ChangeAction {
+        /// A new task.
+        Create => "create",
+        /// A new version.
+        Replace => "replace",
+        /// A task deleted.
+        Delete => "delete",
+    }
+);
+
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, factor, count).expect("static bucket layout")
+}
+
+/// Creates metrics and registers them in one step. Names and label sets are static, so a
+/// failure is a bug caught by every test that builds [`Metrics`].
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, c: prometheus::Result<C>) -> C {
+        let c = c.expect("valid metric");
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    fn float_counter(&self, name: &str, help: &str) -> Counter {
+        self.add(Counter::new(name, help))
+    }
+
+    fn counters(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    /// A counter over one closed label; every value starts at zero.
+    fn closed_counters(
+        &self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[&str],
+    ) -> IntCounterVec {
+        let c = self.counters(name, help, &[label]);
+        for v in values {
+            c.with_label_values(&[v]);
+        }
+        c
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn float_gauges(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.add(GaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        ))
+    }
+
+    fn histograms(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        self.add(HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        ))
+    }
+}
+
+fn strs<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
+    all.iter().map(|&v| f(v)).collect()
 }
 
 impl Metrics {
     /// A fresh registry with every metric registered.
     pub fn new(max_task_labels: usize) -> Self {
         let registry = Registry::new();
+        let r = Registrar(&registry);
         let seconds = buckets(0.001, 2.0, 16); // 1 ms .. 33 s
-        let requests = IntCounterVec::new(
-            Opts::new(
+        let rows = buckets(1.0, 2.0, 13); // 1 .. 4096
+        Self {
+            requests: r.counters(
                 "promptd_requests_total",
                 "Predict requests by task and HTTP status",
+                &["task", "status"],
             ),
-            &["task", "status"],
-        )
-        .expect("valid metric");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new(
+            request_duration: r.histograms(
                 "promptd_request_duration_seconds",
                 "Predict request latency, from arrival to reply",
-            )
-            .buckets(seconds.clone()),
-            &["task"],
-        )
-        .expect("valid metric");
-        let queue_wait = Histogram::with_opts(
-            HistogramOpts::new(
+                &seconds,
+                &["task"],
+            ),
+            queue_wait: r.histogram(
                 "promptd_queue_wait_seconds",
                 "Time a row waited in the queue before its forward pass",
-            )
-            .buckets(seconds.clone()),
-        )
-        .expect("valid metric");
-        let batch_size = Histogram::with_opts(
-            HistogramOpts::new("promptd_batch_size", "Rows per forward pass")
-                .buckets(buckets(1.0, 2.0, 13)),
-        )
-        .expect("valid metric");
-        let batch_tasks = Histogram::with_opts(
-            HistogramOpts::new(
+                &seconds,
+            ),
+            batch_size: r.histogram("promptd_batch_size", "Rows per forward pass", &rows),
+            batch_tasks: r.histogram(
                 "promptd_batch_tasks",
                 "Distinct tasks (prompts) per forward pass",
-            )
-            .buckets(buckets(1.0, 2.0, 13)),
-        )
-        .expect("valid metric");
-        let decode_rows = Histogram::with_opts(
-            HistogramOpts::new(
+                &rows,
+            ),
+            decode_rows: r.histogram(
                 "promptd_decode_rows",
                 "Rows decoding together, observed each time rows join the running batch",
-            )
-            .buckets(buckets(1.0, 2.0, 13)),
-        )
-        .expect("valid metric");
-        let decode_tasks = Histogram::with_opts(
-            HistogramOpts::new(
+                &rows,
+            ),
+            decode_tasks: r.histogram(
                 "promptd_decode_tasks",
                 "Distinct tasks among the rows decoding together, observed as promptd_decode_rows",
-            )
-            .buckets(buckets(1.0, 2.0, 13)),
-        )
-        .expect("valid metric");
-        let batch_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                &rows,
+            ),
+            batch_duration: r.histogram(
                 "promptd_batch_duration_seconds",
                 "Engine time per static batch including decoding, or per admission into the running batch",
-            )
-            .buckets(seconds),
-        )
-        .expect("valid metric");
-        let queue_depth =
-            IntGauge::new("promptd_queue_depth", "Rows waiting in the queue").expect("valid");
-        let queue_capacity = IntGauge::new(
-            "promptd_queue_capacity",
-            "Rows the queue holds before requests get 429",
-        )
-        .expect("valid");
-        let ready = IntGauge::new(
-            "promptd_ready",
-            "1 while the server is ready to serve, else 0",
-        )
-        .expect("valid");
-        let prompts_loaded =
-            IntGauge::new("promptd_prompts_loaded", "Prompts currently served").expect("valid");
-        let prompt_uploads = IntCounterVec::new(
-            Opts::new(
+                &seconds,
+            ),
+            queue_depth: r.gauge("promptd_queue_depth", "Rows waiting in the queue"),
+            queue_capacity: r.gauge(
+                "promptd_queue_capacity",
+                "Rows the queue holds before requests get 429",
+            ),
+            ready: r.gauge("promptd_ready", "1 while the server is ready to serve, else 0"),
+            prompts_loaded: r.gauge("promptd_prompts_loaded", "Prompts currently served"),
+            prompt_uploads: r.closed_counters(
                 "promptd_prompt_uploads_total",
                 "Prompt uploads and deletes through the API by result",
+                "result",
+                &strs(UploadResult::ALL, UploadResult::as_str),
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let prompt_reloads = IntCounterVec::new(
-            Opts::new(
+            prompt_reloads: r.closed_counters(
                 "promptd_prompt_reloads_total",
                 "Prompt changes picked up from the prompts folder by result",
+                "result",
+                &strs(ReloadResult::ALL, ReloadResult::as_str),
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let generated_tokens =
-            IntCounter::new("promptd_generated_tokens_total", "Tokens generated").expect("valid");
-        let batch_errors = IntCounterVec::new(
-            Opts::new(
+            generated_tokens: r.counter("promptd_generated_tokens_total", "Tokens generated"),
+            batch_errors: r.closed_counters(
                 "promptd_batch_errors_total",
                 "Forward passes that failed, by error type",
+                "error_type",
+                &strs(BatchError::ALL, BatchError::as_str),
             ),
-            &["error_type"],
-        )
-        .expect("valid metric");
-        let prompt_changes = IntCounterVec::new(
-            Opts::new(
+            prompt_changes: r.counters(
                 "promptd_prompt_changes_total",
                 "Prompt changes written to the audit log, by tenant and action",
+                &["tenant", "action"],
             ),
-            &["tenant", "action"],
-        )
-        .expect("valid metric");
-        let tenant_rejections = IntCounterVec::new(
-            Opts::new(
+            tenant_rejections: r.counters(
                 "promptd_tenant_rejections_total",
                 "Requests refused by tenant permissions and quotas, by tenant and reason",
+                &["tenant", "reason"],
             ),
-            &["tenant", "reason"],
-        )
-        .expect("valid metric");
-        let audit_errors = IntCounter::new(
-            "promptd_audit_errors_total",
-            "Prompt changes whose audit entry could not be written",
-        )
-        .expect("valid");
-        let tenant_reloads = IntCounterVec::new(
-            Opts::new(
+            audit_errors: r.counter(
+                "promptd_audit_errors_total",
+                "Prompt changes whose audit entry could not be written",
+            ),
+            tenant_reloads: r.closed_counters(
                 "promptd_tenant_reloads_total",
                 "Reloads of the tenants file by result",
+                "result",
+                &strs(TenantsReload::ALL, TenantsReload::as_str),
             ),
-            &["result"],
-        )
-        .expect("valid metric");
-        let tune_jobs = IntGaugeVec::new(
-            Opts::new("promptd_tune_jobs", "Tuning jobs by state"),
-            &["state"],
-        )
-        .expect("valid metric");
-        let tune_steps = Counter::new("promptd_tune_steps_total", "Tuning optimizer steps taken")
-            .expect("valid metric");
-        let tune_engine_seconds = Counter::new(
-            "promptd_tune_engine_seconds_total",
-            "Engine seconds spent on tuning jobs (steps and dev evaluations)",
-        )
-        .expect("valid metric");
-        let tune_loss = GaugeVec::new(
-            Opts::new(
+            tune_jobs: r.gauges("promptd_tune_jobs", "Tuning jobs by state", &["state"]),
+            tune_steps: r.float_counter("promptd_tune_steps_total", "Tuning optimizer steps taken"),
+            tune_engine_seconds: r.float_counter(
+                "promptd_tune_engine_seconds_total",
+                "Engine seconds spent on tuning jobs (steps and dev evaluations)",
+            ),
+            tune_loss: r.float_gauges(
                 "promptd_tune_loss",
                 "Latest training loss of each queued or running tuning job",
+                &["job"],
             ),
-            &["job"],
-        )
-        .expect("valid metric");
-        let http_connections =
-            IntGauge::new("promptd_http_connections", "Open HTTP connections").expect("valid");
-        let http_connections_refused = IntCounter::new(
-            "promptd_http_connections_refused_total",
-            "HTTP connections closed on accept because --max-connections were open",
-        )
-        .expect("valid");
-        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(http_connections.clone()),
-            Box::new(http_connections_refused.clone()),
-            Box::new(tune_jobs.clone()),
-            Box::new(tune_steps.clone()),
-            Box::new(tune_engine_seconds.clone()),
-            Box::new(tune_loss.clone()),
-            Box::new(requests.clone()),
-            Box::new(request_duration.clone()),
-            Box::new(queue_wait.clone()),
-            Box::new(batch_size.clone()),
-            Box::new(batch_tasks.clone()),
-            Box::new(decode_rows.clone()),
-            Box::new(decode_tasks.clone()),
-            Box::new(batch_duration.clone()),
-            Box::new(queue_depth.clone()),
-            Box::new(queue_capacity.clone()),
-            Box::new(ready.clone()),
-            Box::new(prompts_loaded.clone()),
-            Box::new(prompt_uploads.clone()),
-            Box::new(prompt_reloads.clone()),
-            Box::new(generated_tokens.clone()),
-            Box::new(batch_errors.clone()),
-            Box::new(prompt_changes.clone()),
-            Box::new(tenant_rejections.clone()),
-            Box::new(audit_errors.clone()),
-            Box::new(tenant_reloads.clone()),
-        ];
-        for c in collectors {
-            registry.register(c).expect("metric names are unique");
-        }
-        // Closed label sets start at zero, so dashboards and `rate()` alerts see every series
-        // from the first scrape instead of only after the first event.
-        for result in ["created", "replaced", "deleted", "invalid", "error"] {
-            prompt_uploads.with_label_values(&[result]);
-        }
-        for result in ["loaded", "removed", "invalid"] {
-            prompt_reloads.with_label_values(&[result]);
-        }
-        for kind in ["invalid_row", "model", "panic", "decode"] {
-            batch_errors.with_label_values(&[kind]);
-        }
-        for result in ["loaded", "invalid"] {
-            tenant_reloads.with_label_values(&[result]);
-        }
-        Self {
-            registry,
+            http_connections: r.gauge("promptd_http_connections", "Open HTTP connections"),
+            http_connections_refused: r.counter(
+                "promptd_http_connections_refused_total",
+                "HTTP connections closed on accept because --max-connections were open",
+            ),
             task_labels: TaskLabels::new(max_task_labels),
             tenant_labels: TaskLabels::new(MAX_TENANT_LABELS),
-            prompt_changes,
-            tenant_rejections,
-            audit_errors,
-            tenant_reloads,
-            tune_jobs,
-            tune_steps,
-            tune_engine_seconds,
-            tune_loss,
-            http_connections,
-            http_connections_refused,
-            requests,
-            request_duration,
-            queue_wait,
-            batch_size,
-            batch_tasks,
-            decode_rows,
-            decode_tasks,
-            batch_duration,
-            queue_depth,
-            queue_capacity,
-            ready,
-            prompts_loaded,
-            prompt_uploads,
-            prompt_reloads,
-            generated_tokens,
-            batch_errors,
+            registry,
         }
+    }
+
+    /// Counts a prompt upload or delete through the API.
+    pub fn prompt_upload(&self, result: UploadResult) {
+        self.prompt_uploads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Counts a change picked up from the prompts folder.
+    pub fn prompt_reload(&self, result: ReloadResult) {
+        self.prompt_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Counts failed engine work.
+    pub fn batch_error(&self, kind: BatchError) {
+        self.batch_errors.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Counts a reload of the tenants file.
+    pub fn tenants_reload(&self, result: TenantsReload) {
+        self.tenant_reloads
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Counts a refused request of `tenant` (`None`: the caller is unknown).
+    pub fn tenant_rejection(&self, tenant: Option<&str>, reason: Rejection) {
+        let label = tenant.map_or_else(|| UNKNOWN_TASK.to_string(), |t| self.tenant_label(t));
+        self.tenant_rejections
+            .with_label_values(&[&label, reason.as_str()])
+            .inc();
+    }
+
+    /// Counts a prompt change recorded for `tenant`.
+    pub fn prompt_change(&self, tenant: &str, action: ChangeAction) {
+        let label = self.tenant_label(tenant);
+        self.prompt_changes
+            .with_label_values(&[&label, action.as_str()])
+            .inc();
     }
 
     /// The `task` label value for a registered task (bounded, see the module docs).

@@ -1,11 +1,12 @@
-//! The benchmark tools: `make-model` writes a loadable, deterministic, non-degenerate random
-//! checkpoint, and `make-prompts` prompts that it serves.
+//! The benchmark tools (`promptd-dev`, built with the dev-tools feature): `make-model` writes a
+//! loadable, deterministic, non-degenerate random checkpoint, `make-prompts` prompts that it
+//! serves, and the load generator's offline modes run on them.
 mod common;
 
 use std::process::Command;
 
-fn promptd(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_promptd"))
+fn promptd_dev(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_promptd-dev"))
         .args(args)
         .env_remove("LD_LIBRARY_PATH")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -28,7 +29,7 @@ fn make_model_and_prompts_are_deterministic_and_serve() {
         dir.path().join("p"),
     );
     for out in [&a, &b] {
-        promptd(&[
+        promptd_dev(&[
             "make-model",
             "--shape",
             "mini",
@@ -48,7 +49,7 @@ fn make_model_and_prompts_are_deterministic_and_serve() {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["vocab_size"], 32128);
-    promptd(&[
+    promptd_dev(&[
         "make-prompts",
         "--count",
         "3",
@@ -130,7 +131,7 @@ fn make_model_and_prompts_are_deterministic_and_serve() {
             "--json",
         ];
         args.extend_from_slice(extra);
-        let out = promptd(&args);
+        let out = promptd_dev(&args);
         let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(summary["rows_per_s"].as_f64().unwrap() > 0.0, "{summary}");
         assert!(

@@ -47,20 +47,61 @@ impl Drop for Tmpfs {
     }
 }
 
-#[tokio::test]
-async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(dir.path(), "256k") else {
-        // Mounting needs root (CAP_SYS_ADMIN); CI runs as root, like the dev machines.
-        eprintln!("SKIPPED: cannot mount a tmpfs here, so no real full or read-only disk");
-        return;
-    };
+/// How a test makes the prompts folder full, then not full, then read-only.
+trait DiskFaults {
+    fn fill(&self);
+    fn unfill(&self);
+    fn read_only(&self);
+}
+
+/// Through the store's writer (tests always run these): writes fail with ENOSPC / EROFS after
+/// half the temporary file is written.
+struct Injected;
+
+impl DiskFaults for Injected {
+    fn fill(&self) {
+        promptd::fault::STORE_WRITE_ERRNO.store(28, Ordering::Release); // ENOSPC
+    }
+    fn unfill(&self) {
+        promptd::fault::STORE_WRITE_ERRNO.store(0, Ordering::Release);
+    }
+    fn read_only(&self) {
+        promptd::fault::STORE_WRITE_ERRNO.store(30, Ordering::Release); // EROFS
+    }
+}
+
+impl Drop for Injected {
+    fn drop(&mut self) {
+        self.unfill();
+    }
+}
+
+/// A real small tmpfs, filled and remounted read-only.
+struct RealTmpfs(Tmpfs);
+
+impl DiskFaults for RealTmpfs {
+    fn fill(&self) {
+        let mut filler = std::fs::File::create(self.0 .0.join(".filler")).unwrap();
+        let block = vec![7u8; 4096];
+        while std::io::Write::write_all(&mut filler, &block).is_ok() {}
+    }
+    fn unfill(&self) {
+        std::fs::remove_file(self.0 .0.join(".filler")).unwrap();
+    }
+    fn read_only(&self) {
+        assert!(self.0.remount_read_only(), "remounting the tmpfs read-only");
+    }
+}
+
+/// A full, then read-only, prompts folder: uploads fail with 507, then 503 naming the cause,
+/// nothing is half-written, and the old prompt keeps serving.
+async fn full_and_read_only_fail_uploads_cleanly(dir: &Path, faults: &dyn DiskFaults) {
     std::fs::copy(
         fixtures().join("prompts/t5-v1_1-tiny/task03.npy"),
-        dir.path().join("keep.npy"),
+        dir.join("keep.npy"),
     )
     .unwrap();
-    let state = build_state(dir.path(), defaults);
+    let state = build_state(dir, defaults);
     tokio::spawn(state.batcher.clone().run(state.engine.clone()));
     load(&state.engine, &state.registry, &state.lifecycle)
         .await
@@ -70,11 +111,8 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
     assert_eq!(answer.status, StatusCode::OK);
 
     // Fill the disk, then upload: 507, nothing half-written, the old prompt still served.
-    let mut filler = std::fs::File::create(dir.path().join(".filler")).unwrap();
-    let block = vec![7u8; 4096];
-    while std::io::Write::write_all(&mut filler, &block).is_ok() {}
-    drop(filler);
-    let before = snapshot(dir.path());
+    faults.fill();
+    let before = snapshot(dir);
     for task in ["keep", "fresh"] {
         let r = call(&state, put(task, npy_filled(100, 0.5))).await;
         assert_eq!(
@@ -85,11 +123,7 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
         );
         assert_eq!(r.body["error_type"], "storage");
     }
-    assert_eq!(
-        snapshot(dir.path()),
-        before,
-        "no temporary file left behind"
-    );
+    assert_eq!(snapshot(dir), before, "no temporary file left behind");
     let r = call(&state, ask()).await;
     assert_eq!(
         (r.status, &r.body["outputs"]),
@@ -97,8 +131,9 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
     );
 
     // Read-only: 503 with the reason, serving goes on.
-    std::fs::remove_file(dir.path().join(".filler")).unwrap();
-    assert!(fs.remount_read_only());
+    faults.unfill();
+    faults.read_only();
+    let before = snapshot(dir);
     let r = call(&state, put("keep", npy_filled(2, 0.5))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
     assert!(
@@ -110,9 +145,33 @@ async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes
         "{}",
         r.body
     );
+    assert_eq!(
+        snapshot(dir),
+        before,
+        "nothing written on a read-only folder"
+    );
     let r = call(&state, common::inproc::get("/v1/prompts/keep")).await;
     assert_eq!(r.body["version"], 1);
     assert_eq!(call(&state, ask()).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn full_and_read_only_prompt_folders_fail_uploads_cleanly_and_serving_goes_on() {
+    println!("ran: disk full and read-only injected through the store's writer (ENOSPC, EROFS)");
+    let dir = tempfile::tempdir().unwrap();
+    full_and_read_only_fail_uploads_cleanly(dir.path(), &Injected).await;
+}
+
+/// The same on a real full and read-only filesystem. Mounting needs root (CAP_SYS_ADMIN), so
+/// it is opt-in: `make test-tmpfs`, where it fails if it cannot mount.
+#[tokio::test]
+#[ignore = "needs root to mount a tmpfs; run by `make test-tmpfs`"]
+async fn a_real_full_and_read_only_tmpfs_fails_uploads_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Tmpfs::mount(dir.path(), "256k")
+        .expect("mounting a 256k tmpfs (needs root): this opt-in test must not skip");
+    println!("ran: a real 256k tmpfs, filled, then remounted read-only");
+    full_and_read_only_fail_uploads_cleanly(dir.path(), &RealTmpfs(fs)).await;
 }
 
 /// What one uploader saw acknowledged: version → sha256, and every payload it sent.

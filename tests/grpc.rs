@@ -1,10 +1,11 @@
-//! The gRPC API with a real tonic client against a real server: the same answers as HTTP,
+//! The gRPC API with a real tonic client against a real server (in-process): the same answers as HTTP,
 //! prompt management mirrored, errors mapped to gRPC codes, and one batcher for both.
 mod common;
 
 use std::path::PathBuf;
 
-use common::{copy_dir, metric, metrics, TestServer};
+use common::inproc::Served;
+use common::{copy_dir, metric, metrics};
 use promptd::api::grpc::proto::promptd_client::PromptdClient;
 use promptd::api::grpc::proto::{
     DeletePromptRequest, GetPromptRequest, ListPromptsRequest, PredictRequest, PutPromptRequest,
@@ -17,19 +18,19 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn start(extra: &[&str]) -> (TestServer, tempfile::TempDir) {
+/// A server in-process over a copy of the demo prompts.
+async fn start(configure: impl FnOnce(&mut promptd::server::ServerConfig)) -> Served {
     let prompts = tempfile::tempdir().unwrap();
     copy_dir(&repo().join("prompts"), prompts.path());
-    let model = repo().join("tests/fixtures/models/t5-v1_1-tiny");
-    (TestServer::start(&model, prompts.path(), extra), prompts)
+    Served::start_in(prompts, configure).await
 }
 
-async fn client(server: &TestServer) -> PromptdClient<Channel> {
+async fn client(server: &Served) -> PromptdClient<Channel> {
     assert!(!server.grpc.is_empty(), "no gRPC address printed");
     PromptdClient::connect(server.grpc.clone()).await.unwrap()
 }
 
-async fn http_predict(server: &TestServer, task: &str, body: Value) -> Value {
+async fn http_predict(server: &Served, task: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
         .post(server.url(&format!("/v1/tasks/{task}/predict")))
         .json(&body)
@@ -51,7 +52,8 @@ fn error_type(status: &tonic::Status) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_answers_and_manages_prompts_like_http() {
-    let (server, prompts) = start(&[]);
+    let server = start(|_| {}).await;
+    let prompts = &server.dir;
     let mut grpc = client(&server).await;
 
     let list = grpc
@@ -256,7 +258,11 @@ impl WithTask for PutPromptRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_and_http_requests_share_forward_passes() {
     // A long max wait: every row of 16 gRPC and 16 HTTP requests arrives before the batch closes.
-    let (server, _prompts) = start(&["--max-batch-size", "32", "--max-wait-ms", "3000"]);
+    let server = start(|c| {
+        c.policy.max_batch_size = 32;
+        c.policy.max_wait = std::time::Duration::from_millis(3000);
+    })
+    .await;
     let grpc = client(&server).await;
     let http = reqwest::Client::new();
     let mut calls = Vec::new();
@@ -317,7 +323,7 @@ async fn grpc_health_follows_readiness_and_reflection_lists_the_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
     use tonic_reflection::pb::v1::ServerReflectionRequest;
 
-    let (server, _prompts) = start(&[]);
+    let server = start(|_| {}).await;
     let channel = Channel::from_shared(server.grpc.clone())
         .unwrap()
         .connect()
@@ -378,7 +384,7 @@ async fn grpc_tuning_jobs_mirror_http() {
     use promptd::api::grpc::proto::{
         Example, ListTuneJobsRequest, StartTuneRequest, TuneJobRequest,
     };
-    let (server, _prompts) = start(&[]);
+    let server = start(|_| {}).await;
     let mut grpc = client(&server).await;
     let rows: Vec<Example> = ["positive", "negative", "positive"]
         .iter()

@@ -10,12 +10,44 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::inproc::{build_state, call, defaults, setup, Reply};
 use common::npy_filled;
-use promptd::api::openapi::ApiDoc;
+use promptd::api::openapi::{document, ApiDoc};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
+/// The document an open server serves.
 fn spec() -> Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap()
+    serde_json::to_value(document(false)).unwrap()
+}
+
+#[test]
+fn keys_are_declared_exactly_where_the_server_asks_for_them() {
+    // Open server: nothing requires a key.
+    let open = spec();
+    assert!(open.get("security").is_none(), "{}", open["security"]);
+    assert!(open["components"]
+        .get("securitySchemes")
+        .is_none_or(|s| s.as_object().unwrap().is_empty()));
+    // With a tenants file: every route but the probes and this document.
+    let secured = serde_json::to_value(document(true)).unwrap();
+    assert_eq!(secured["security"], json!([{"bearer": []}]));
+    for (path, item) in secured["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let open_route = promptd::api::auth::is_public(path);
+            assert_eq!(
+                op.get("security") == Some(&json!([])),
+                open_route,
+                "{method} {path}"
+            );
+        }
+    }
+    // The full document lists every route either way.
+    assert_eq!(
+        serde_json::to_value(ApiDoc::openapi()).unwrap()["paths"]
+            .as_object()
+            .unwrap()
+            .len(),
+        open["paths"].as_object().unwrap().len()
+    );
 }
 
 /// Paths given to `.route(...)` in src/api/mod.rs.
@@ -471,7 +503,7 @@ type KeyedCase = (
 
 #[tokio::test]
 async fn tenant_errors_are_documented_too() {
-    let spec = spec();
+    let spec = serde_json::to_value(document(true)).unwrap();
     let conf = tempfile::tempdir().unwrap();
     let path = conf.path().join("tenants.toml");
     std::fs::write(

@@ -6,7 +6,8 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{fixtures, metric, metrics, TestServer};
+use common::inproc::Served;
+use common::{fixtures, metric, metrics, TestServer, Urls};
 use serde_json::{json, Value};
 
 const MODEL: &str = "t5-v1_1-tiny";
@@ -25,7 +26,7 @@ fn rows() -> Vec<Value> {
 
 async fn start_job(
     client: &reqwest::Client,
-    server: &TestServer,
+    server: &impl Urls,
     task: &str,
     body: Value,
 ) -> String {
@@ -41,12 +42,12 @@ async fn start_job(
     v["job"].as_str().unwrap().to_string()
 }
 
-async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
+async fn get_json(client: &reqwest::Client, server: &impl Urls, path: &str) -> Value {
     let r = client.get(server.url(path)).send().await.unwrap();
     r.json().await.unwrap()
 }
 
-async fn job(client: &reqwest::Client, server: &TestServer, id: &str) -> Value {
+async fn job(client: &reqwest::Client, server: &impl Urls, id: &str) -> Value {
     client
         .get(server.url(&format!("/v1/tune-jobs/{id}")))
         .send()
@@ -59,7 +60,7 @@ async fn job(client: &reqwest::Client, server: &TestServer, id: &str) -> Value {
 
 async fn wait_until(
     client: &reqwest::Client,
-    server: &TestServer,
+    server: &impl Urls,
     id: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
@@ -82,7 +83,7 @@ fn ended(v: &Value) -> bool {
     !matches!(v["state"].as_str(), Some("queued" | "running"))
 }
 
-async fn predict(client: &reqwest::Client, server: &TestServer, task: &str, input: &str) -> Value {
+async fn predict(client: &reqwest::Client, server: &impl Urls, task: &str, input: &str) -> Value {
     let r = client
         .post(server.url(&format!("/v1/tasks/{task}/predict")))
         .json(&json!({"inputs": input, "max_new_tokens": 6, "labels": ["positive", "negative"]}))
@@ -101,7 +102,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
         dir.path().join("other.npy"),
     )
     .unwrap();
-    let server = TestServer::start(&model_dir(), dir.path(), &[]);
+    let server = Served::start_in(dir, |_| {}).await;
     let client = reqwest::Client::new();
     let body = json!({"train": rows(), "dev": rows(), "prompt_length": 4, "steps": 6,
                       "eval_every": 3, "metric": "rank-accuracy", "init": "sampled-vocab"});
@@ -193,7 +194,7 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_job_requests_get_4xx_json_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&model_dir(), dir.path(), &["--tune-max-steps", "50"]);
+    let server = Served::start_in(dir, |c| c.tune.max_steps = 50).await;
     let client = reqwest::Client::new();
     let ok = json!({"train": rows(), "steps": 2, "prompt_length": 4});
     let with = |k: &str, v: Value| {

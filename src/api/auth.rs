@@ -5,6 +5,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
+use crate::metrics::Rejection;
 use crate::tenants::{Caller, TenantSet};
 
 /// Paths answered without a key: liveness and readiness probes, and the API description.
@@ -31,9 +32,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         Err(e) => {
             state
                 .metrics
-                .tenant_rejections
-                .with_label_values(&["_unknown", "unauthenticated"])
-                .inc();
+                .tenant_rejection(None, Rejection::Unauthenticated);
             return ApiError::from(e).into_response();
         }
     };
@@ -46,18 +45,13 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 
 /// 403, counted by tenant.
 pub fn forbidden(state: &AppState, caller: &Caller, why: &str) -> ApiError {
-    reject(state, caller, "forbidden");
+    reject(state, caller, Rejection::Forbidden);
     ApiError::Forbidden(format!("tenant {:?}: {why}", caller.name()))
 }
 
 /// Counts a refusal of `caller` in `promptd_tenant_rejections_total`.
-pub fn reject(state: &AppState, caller: &Caller, reason: &str) {
-    let label = state.metrics.tenant_label(caller.name());
-    state
-        .metrics
-        .tenant_rejections
-        .with_label_values(&[&label, reason])
-        .inc();
+pub fn reject(state: &AppState, caller: &Caller, reason: Rejection) {
+    state.metrics.tenant_rejection(Some(caller.name()), reason);
 }
 
 /// 403 unless `caller` may predict with / see `task`.

@@ -149,9 +149,7 @@ pub fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Statu
     state.tenants.authenticate(header).map_err(|e| {
         state
             .metrics
-            .tenant_rejections
-            .with_label_values(&["_unknown", "unauthenticated"])
-            .inc();
+            .tenant_rejection(None, crate::metrics::Rejection::Unauthenticated);
         status(e.into())
     })
 }

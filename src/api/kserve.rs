@@ -24,7 +24,7 @@ use utoipa::openapi::RefOr;
 
 use super::auth::check_read;
 use super::error::{ErrorBody, RawBody};
-use super::openapi::{TaskParam, TaskVersionParams};
+use super::params::{TaskParam, TaskVersionParams};
 use super::predict::{self, PredictRequest, PredictResponse};
 use super::{readiness, ApiError, AppState};
 use crate::prompts::registry::{Entry, PromptInfo};

@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod kserve;
 pub mod lifecycle;
 pub mod openapi;
+pub mod params;
 pub mod predict;
 pub mod prompts;
 pub mod tune;

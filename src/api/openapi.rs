@@ -6,35 +6,15 @@ use utoipa::OpenApi;
 
 use super::{kserve, predict, prompts, tune};
 
-/// The `{task}` path parameter.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct TaskParam {
-    /// Task name: a letter or digit, then letters, digits, `.`, `_` or `-`; at most 128 bytes.
-    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    task: String,
-}
-
-/// The `{task}` and `{version}` path parameters.
-#[derive(utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-#[allow(dead_code)]
-pub struct TaskVersionParams {
-    /// Task name: a letter or digit, then letters, digits, `.`, `_` or `-`; at most 128 bytes.
-    #[param(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
-    task: String,
-    /// Prompt version (only the served one exists).
-    version: String,
-}
-
 /// The whole HTTP API.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "promptd",
         description = "One frozen T5 serving many tasks through soft prompts. Errors are JSON: \
-                       {\"error\": \"...\", \"error_type\": \"...\"}.",
+                       {\"error\": \"...\", \"error_type\": \"...\"}. API keys are needed \
+                       only when the server has a tenants file (--tenants); this document, as \
+                       served, declares them exactly then.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -96,9 +76,43 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// The document as a server serves it: with a tenants file (`secured`), every route but the
+/// probes and this document requires a bearer key (`/metrics` an admin's); an open server
+/// requires none, and says so.
+pub fn document(secured: bool) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let public = super::auth::is_public(path);
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // `security: []` overrides the document's requirement: no key.
+            if public || !secured {
+                op.security = Some(Vec::new());
+            }
+        }
+    }
+    if !secured {
+        doc.security = None;
+        if let Some(components) = doc.components.as_mut() {
+            components.security_schemes.clear();
+        }
+    }
+    doc
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 description of this API", body = Object)))]
-pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn serve(
+    axum::extract::State(state): axum::extract::State<super::AppState>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document(state.tenants.enabled()))
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::{check_read, reject};
 use super::error::{ErrorBody, JsonBody};
-use super::openapi::TaskParam;
+use super::params::TaskParam;
 use super::validate::{best_label, build_row, RowRefusal};
 use super::{ApiError, AppState};
 use crate::batcher::{Refused, RowError, RowReply, Share, Ticket};
@@ -209,7 +209,7 @@ async fn predict_inner(
         Caller::Open => (None, Share::default()),
         Caller::Tenant(t) => {
             let guard = t.limiter.admit().map_err(|refusal| {
-                reject(state, caller, "rate_limited");
+                reject(state, caller, crate::metrics::Rejection::RateLimited);
                 ApiError::from(refusal)
             })?;
             let share = Share {

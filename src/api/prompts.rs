@@ -12,8 +12,9 @@ use axum::Extension;
 
 use super::auth::{check_read, forbidden, reject};
 use super::error::ErrorBody;
-use super::openapi::TaskParam;
+use super::params::TaskParam;
 use super::{ApiError, AppState};
+use crate::metrics::{ChangeAction, Rejection, UploadResult};
 use crate::prompts::audit::{now_ms, AuditEntry};
 use crate::prompts::registry::PromptInfo;
 use crate::prompts::store::sha256_hex;
@@ -203,7 +204,7 @@ pub fn authorize_write(state: &AppState, caller: &Caller, task: &TaskName) -> Re
                 .filter(|p| set.owner(&p.task).is_some_and(|o| Arc::ptr_eq(o, t)))
                 .count();
             if owned >= t.max_prompts {
-                reject(state, caller, "quota_exceeded");
+                reject(state, caller, Rejection::QuotaExceeded);
                 return Err(ApiError::QuotaExceeded(format!(
                     "tenant {:?} owns {owned} prompts; its quota is {} (max_prompts)",
                     t.name, t.max_prompts
@@ -219,15 +220,10 @@ async fn audit(
     state: &AppState,
     caller: &Caller,
     info: &PromptInfo,
-    action: &'static str,
+    action: ChangeAction,
     bytes: usize,
 ) {
-    let label = state.metrics.tenant_label(caller.name());
-    state
-        .metrics
-        .prompt_changes
-        .with_label_values(&[&label, action])
-        .inc();
+    state.metrics.prompt_change(caller.name(), action);
     let Some(log) = state.audit.clone() else {
         return;
     };
@@ -235,7 +231,7 @@ async fn audit(
         time_ms: now_ms(),
         tenant: caller.name().to_string(),
         task: info.task.clone(),
-        action,
+        action: action.as_str(),
         version: info.version,
         sha256: info.sha256.clone(),
         bytes,
@@ -270,21 +266,20 @@ pub async fn store(
         Ok(state.registry.put(task, prompt, sha256).await?)
     }
     .await;
-    let label = match &result {
-        Ok((_, true)) => "created",
-        Ok((_, false)) => "replaced",
-        Err(e) if e.status().is_client_error() => "invalid",
-        Err(_) => "error",
-    };
-    state
-        .metrics
-        .prompt_uploads
-        .with_label_values(&[label])
-        .inc();
+    state.metrics.prompt_upload(match &result {
+        Ok((_, true)) => UploadResult::Created,
+        Ok((_, false)) => UploadResult::Replaced,
+        Err(e) if e.status().is_client_error() => UploadResult::Invalid,
+        Err(_) => UploadResult::Error,
+    });
     match &result {
         Ok((info, created)) => {
             tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, tenant = caller.name(), "prompt stored");
-            let action = if *created { "create" } else { "replace" };
+            let action = if *created {
+                ChangeAction::Create
+            } else {
+                ChangeAction::Replace
+            };
             audit(state, caller, info, action, bytes).await;
         }
         Err(e) => tracing::info!(error = %e, tenant = caller.name(), "prompt upload refused"),
@@ -376,14 +371,10 @@ pub async fn remove(state: &AppState, caller: &Caller, task: TaskName) -> Result
     authorize_write(state, caller, &task)?;
     let before = state.registry.get(task.as_str()).map(|e| e.info.clone());
     if state.registry.delete(&task).await? {
-        state
-            .metrics
-            .prompt_uploads
-            .with_label_values(&["deleted"])
-            .inc();
+        state.metrics.prompt_upload(UploadResult::Deleted);
         tracing::info!(%task, tenant = caller.name(), "prompt deleted");
         if let Some(info) = before {
-            audit(state, caller, &info, "delete", 0).await;
+            audit(state, caller, &info, ChangeAction::Delete, 0).await;
         }
         Ok(())
     } else {

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::auth::forbidden;
 use super::error::{ErrorBody, JsonBody};
-use super::openapi::TaskParam;
+use super::params::TaskParam;
 use super::prompts::{authorize_write, store, Upload};
 use super::{ApiError, AppState};
 use crate::prompts::TaskName;

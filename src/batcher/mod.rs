@@ -13,10 +13,10 @@ use tokio::time::Instant;
 
 pub use policy::{Batching, PolicyConfig, Refused};
 
-use crate::engine::continuous::Joining;
 use crate::engine::worker::EngineHandle;
+use crate::engine::Joining;
 use crate::engine::{EngineError, RowInput, RowOutput};
-use crate::metrics::Metrics;
+use crate::metrics::{BatchError, Metrics};
 use policy::{Policy, Queued};
 
 /// What a queued row gets back.
@@ -98,13 +98,25 @@ impl Drop for Ticket {
 }
 
 /// How the decoder batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Decode {
     /// Rows join the running decode batch at a step boundary and leave when they finish.
     #[default]
     Continuous,
     /// A batch decodes to its end before the next one starts (for comparisons).
     Static,
+}
+
+impl std::str::FromStr for Decode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "continuous" => Ok(Decode::Continuous),
+            "static" => Ok(Decode::Static),
+            other => Err(format!("{other:?}: expected continuous or static")),
+        }
+    }
 }
 
 /// The queue shared by request handlers and the batching loop.
@@ -286,13 +298,12 @@ impl Batcher {
     }
 
     fn row_error(&self, e: EngineError) -> RowError {
-        let kind = match e {
-            EngineError::InvalidRow { .. } => "invalid_row",
-            EngineError::Model(_) => "model",
-            EngineError::Panic(_) => "panic",
-            EngineError::Decode(_) => "decode",
-        };
-        self.metrics.batch_errors.with_label_values(&[kind]).inc();
+        self.metrics.batch_error(match e {
+            EngineError::InvalidRow { .. } => BatchError::InvalidRow,
+            EngineError::Model(_) => BatchError::Model,
+            EngineError::Panic(_) => BatchError::Panic,
+            EngineError::Decode(_) => BatchError::Decode,
+        });
         RowError::Engine(e.to_string())
     }
 

@@ -55,7 +55,7 @@ impl Default for PolicyConfig {
 }
 
 /// Which rows may share a forward pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Batching {
     /// Rows of any tasks share a pass (the product).
     #[default]
@@ -63,6 +63,18 @@ pub enum Batching {
     /// Only rows of one task share a pass, as a server without mixed-task batching would do
     /// (for comparisons).
     PerTask,
+}
+
+impl std::str::FromStr for Batching {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "mixed" => Ok(Batching::Mixed),
+            "per-task" => Ok(Batching::PerTask),
+            other => Err(format!("{other:?}: expected mixed or per-task")),
+        }
+    }
 }
 
 /// Why rows were not queued.

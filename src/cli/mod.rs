@@ -1,9 +1,7 @@
 //! Command-line entry points.
-pub mod bench;
 pub mod convert;
 pub mod inspect;
 pub mod keys;
-pub mod make_model;
 pub mod predict;
 pub mod serve;
 pub mod tune;
@@ -35,12 +33,6 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the SHA-256 of an API key (read on stdin) for a tenants file, or make a new key.
     HashKey(keys::HashKeyArgs),
-    /// Write a deterministic random T5 checkpoint for benchmarks (t5-small shapes or smaller).
-    MakeModel(make_model::MakeModelArgs),
-    /// Write random prompt files (`taskNNNNN.npy`) for benchmarks.
-    MakePrompts(make_model::MakePromptsArgs),
-    /// Load generator against a live server: throughput, latency percentiles, batching.
-    Bench(bench::BenchArgs),
     /// Show what promptd sees in a model folder (variant, sizes, files, memory) and whether it can serve it.
     Inspect(inspect::InspectArgs),
     /// Rewrite a model folder promptd can serve as sharded safetensors + tokenizer.json.

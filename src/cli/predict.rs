@@ -116,7 +116,9 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
             }
         }
         for (task, prompt) in &loaded.prompts {
-            let slot = engine.register_prompt(prompt).map_err(|e| e.to_string())?;
+            let slot = engine
+                .register_prompt(&prompt.encoder)
+                .map_err(|e| e.to_string())?;
             slots.insert(task.to_string(), slot);
         }
         tracing::info!(prompts = slots.len(), "prompts loaded");

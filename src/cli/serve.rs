@@ -52,12 +52,12 @@ pub struct ServeArgs {
     pub dtype: DtypeSpec,
     /// mixed: rows of any tasks share a forward pass; per-task: only rows of one task do
     /// (a baseline for benchmarks, as servers without mixed-task batching behave).
-    #[arg(long, env = "PROMPTD_BATCHING", value_enum, default_value = "mixed")]
+    #[arg(long, env = "PROMPTD_BATCHING", default_value = "mixed")]
     pub batching: Batching,
     /// continuous: new rows join the running decode batch at the next step and finished rows
     /// leave at once; static: a batch decodes to its end before the next starts (for
     /// comparisons). per-task batching always decodes statically.
-    #[arg(long, env = "PROMPTD_DECODE", value_enum, default_value = "continuous")]
+    #[arg(long, env = "PROMPTD_DECODE", default_value = "continuous")]
     pub decode: Decode,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
     #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS", default_value_t = 32768,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tch::{Device, Kind, Tensor};
 
+use super::PromptRows;
 use crate::model::ModelError;
-use crate::prompts::PromptRows;
 
 /// A contiguous range of bank rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

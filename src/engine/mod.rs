@@ -14,10 +14,11 @@ use std::sync::Arc;
 use tch::Tensor;
 
 pub use bank::{PromptBank, PromptSlot};
+/// The batcher's contract with the engine thread (continuous batching).
+pub use continuous::{Admitted, Joining, RowResult};
 pub use device::{DeviceSpec, DtypeSpec};
 
 use crate::model::{ModelError, T5Model};
-use crate::prompts::Prompt;
 use score::LabelPair;
 
 /// Errors while running a batch.
@@ -46,6 +47,17 @@ impl From<tch::TchError> for EngineError {
     fn from(e: tch::TchError) -> Self {
         EngineError::Model(ModelError::Torch(e))
     }
+}
+
+/// A matrix of prompt rows, f32, row-major: what the engine serves for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRows {
+    /// Number of rows (virtual tokens).
+    pub rows: usize,
+    /// Row width (d_model).
+    pub cols: usize,
+    /// rows × cols values.
+    pub values: Vec<f32>,
 }
 
 /// One request row: its prompt (or none), tokenized input, and what to compute.
@@ -213,12 +225,12 @@ impl Engine {
     }
 
     /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
-    pub fn register_prompt(&mut self, prompt: &Prompt) -> Result<Arc<PromptSlot>, ModelError> {
+    pub fn register_prompt(&mut self, rows: &PromptRows) -> Result<Arc<PromptSlot>, ModelError> {
         #[cfg(debug_assertions)]
         if crate::fault::take(&crate::fault::PANIC_REGISTERS) {
             panic!("injected fault: registering a prompt panicked");
         }
-        self.bank.insert(&prompt.encoder)
+        self.bank.insert(rows)
     }
 
     /// Runs a mixed-task batch: one encoder pass over `[prompt rows ; input]` for every row,

@@ -10,9 +10,10 @@ use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
 use super::continuous::{Admitted, Joining, Running};
-use super::{guarded, BatchStats, Engine, EngineError, PromptSlot, RowInput, RowOutput};
+use super::{
+    guarded, BatchStats, Engine, EngineError, PromptRows, PromptSlot, RowInput, RowOutput,
+};
 use crate::model::{ModelOptions, T5Model};
-use crate::prompts::Prompt;
 use crate::tune::scheduler::{TuneScheduler, TuneWork};
 
 /// What the engine thread needs to start.
@@ -60,7 +61,7 @@ enum Job {
         reply: oneshot::Sender<BatchDone>,
     },
     Register {
-        prompts: Vec<Arc<Prompt>>,
+        prompts: Vec<PromptRows>,
         reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, EngineError>>>,
     },
     Join {
@@ -165,7 +166,7 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             }
             Some(Job::Register { prompts, reply }) => {
                 // Like every job, inside guarded(): a panic fails this job, not the thread.
-                let rows = prompts.iter().map(|p| p.encoder.rows).sum();
+                let rows = prompts.iter().map(|p| p.rows).sum();
                 if let Err(e) = guarded(|| Ok(engine.reserve_prompt_rows(rows)?)) {
                     tracing::warn!(rows, "could not reserve prompt bank rows: {e}");
                 }
@@ -262,10 +263,10 @@ impl EngineHandle {
             .map_err(|_| WorkerError::Stopped)
     }
 
-    /// Writes prompts into the bank; one result per prompt, in order.
+    /// Writes prompts' encoder rows into the bank; one result per prompt, in order.
     pub async fn register(
         &self,
-        prompts: Vec<Arc<Prompt>>,
+        prompts: Vec<PromptRows>,
     ) -> Result<Vec<Result<Arc<PromptSlot>, EngineError>>, WorkerError> {
         let (reply, rx) = oneshot::channel();
         self.jobs

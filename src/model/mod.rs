@@ -3,6 +3,7 @@
 pub mod config;
 pub mod layers;
 pub mod pickle;
+pub mod random;
 pub mod spiece;
 pub mod stack;
 pub mod t5;

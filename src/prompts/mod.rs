@@ -17,6 +17,8 @@ pub mod tensor;
 
 use std::fmt;
 
+/// The rows the engine serves (defined there: prompts depend on the engine, never the reverse).
+pub use crate::engine::PromptRows;
 pub use dir::{load_prompt_dir, PromptDir};
 pub use tensor::RawTensor;
 
@@ -111,17 +113,6 @@ impl fmt::Display for TaskName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A matrix of prompt rows, f32, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PromptRows {
-    /// Number of rows (virtual tokens).
-    pub rows: usize,
-    /// Row width (d_model).
-    pub cols: usize,
-    /// rows × cols values.
-    pub values: Vec<f32>,
 }
 
 /// A validated soft prompt for one task.

@@ -12,8 +12,8 @@ use super::dir::PromptSource;
 use super::store::{Fingerprint, Found, Loaded, Store};
 use super::{Prompt, PromptLimits, TaskName};
 use crate::engine::worker::EngineHandle;
-use crate::engine::PromptSlot;
-use crate::metrics::Metrics;
+use crate::engine::{PromptRows, PromptSlot};
+use crate::metrics::{Metrics, ReloadResult};
 
 /// What clients see about a prompt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -197,8 +197,8 @@ impl Registry {
         old
     }
 
-    async fn register_one(&self, prompt: Arc<Prompt>) -> Result<Arc<PromptSlot>, RegistryError> {
-        let mut slots = self.engine.register(vec![prompt]).await?;
+    async fn register_one(&self, rows: PromptRows) -> Result<Arc<PromptSlot>, RegistryError> {
+        let mut slots = self.engine.register(vec![rows]).await?;
         slots
             .pop()
             .ok_or(RegistryError::Stopped(
@@ -223,7 +223,7 @@ impl Registry {
             .unwrap_or(None);
         let version = self.next_version(&task).max(on_disk.unwrap_or(0) + 1);
         let prompt = Arc::new(prompt);
-        let slot = self.register_one(prompt.clone()).await?;
+        let slot = self.register_one(prompt.encoder.clone()).await?;
         let store = self.store.clone();
         let (t, p, sha) = (task.clone(), prompt.clone(), sha256.clone());
         let fingerprint = tokio::task::spawn_blocking(move || store.write(&t, &p, version, &sha))
@@ -293,10 +293,7 @@ impl Registry {
         for task in gone {
             self.remove_entry(&task);
             tracing::info!(%task, "prompt removed from the folder");
-            self.metrics
-                .prompt_reloads
-                .with_label_values(&["removed"])
-                .inc();
+            self.metrics.prompt_reload(ReloadResult::Removed);
             report.removed += 1;
         }
 
@@ -383,17 +380,14 @@ impl Registry {
                     let path = found.source.path().to_path_buf();
                     tracing::warn!(path = %path.display(), "prompt failed to load: {e}");
                     self.failed.lock().insert(path, found.fingerprint);
-                    self.metrics
-                        .prompt_reloads
-                        .with_label_values(&["invalid"])
-                        .inc();
+                    self.metrics.prompt_reload(ReloadResult::Invalid);
                     report.failed += 1;
                 }
             }
         }
         let mut rows = 0;
         // The prompts move to the engine; only their sizes stay here.
-        let mut prompts: Vec<Arc<Prompt>> = Vec::with_capacity(ok.len());
+        let mut prompts: Vec<PromptRows> = Vec::with_capacity(ok.len());
         let ok: Vec<(TaskName, Found, Meta)> = ok
             .into_iter()
             .map(|(task, found, l)| {
@@ -403,7 +397,7 @@ impl Registry {
                     rows: l.prompt.encoder.rows,
                     decoder_rows: l.prompt.decoder.as_ref().map(|d| d.rows),
                 };
-                prompts.push(Arc::new(l.prompt));
+                prompts.push(l.prompt.encoder);
                 (task, found, meta)
             })
             .collect();
@@ -435,10 +429,7 @@ impl Registry {
                 loaded_at: now_secs(),
             };
             tracing::info!(%task, version, "prompt loaded from the folder");
-            self.metrics
-                .prompt_reloads
-                .with_label_values(&["loaded"])
-                .inc();
+            self.metrics.prompt_reload(ReloadResult::Loaded);
             report.loaded += 1;
             rows += loaded.rows;
             self.insert(

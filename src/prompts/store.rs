@@ -169,6 +169,14 @@ impl Store {
         ));
         let written = (|| {
             let mut f = File::create(&temp)?;
+            #[cfg(debug_assertions)]
+            match crate::fault::STORE_WRITE_ERRNO.load(std::sync::atomic::Ordering::Acquire) {
+                0 => {}
+                errno => {
+                    f.write_all(&bytes[..bytes.len() / 2])?;
+                    return Err(io::Error::from_raw_os_error(errno));
+                }
+            }
             f.write_all(&bytes)?;
             f.sync_all()?;
             fs::rename(&temp, &path)

@@ -16,7 +16,7 @@ use crate::api::{app, ApiLimits, AppState, Lifecycle};
 use crate::batcher::{Batcher, Decode, PolicyConfig};
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TenantsReload};
 use crate::model::{T5Config, T5Tokenizer};
 use crate::prompts::audit::AuditLog;
 use crate::prompts::registry::Registry;
@@ -439,11 +439,11 @@ pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interva
         match tenants.reload() {
             Ok(false) => {}
             Ok(true) => {
-                metrics.tenant_reloads.with_label_values(&["loaded"]).inc();
+                metrics.tenants_reload(TenantsReload::Loaded);
                 tracing::info!(tenants = ?tenants.current().names(), "tenants file loaded");
             }
             Err(e) => {
-                metrics.tenant_reloads.with_label_values(&["invalid"]).inc();
+                metrics.tenants_reload(TenantsReload::Invalid);
                 tracing::error!("tenants file not reloaded, the previous one stays in force: {e}");
             }
         }

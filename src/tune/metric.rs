@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use super::data::{tokenize_capped, Example};
 use super::TuneError;
-use crate::engine::{Engine, PromptSlot, RowInput};
+use crate::engine::{Engine, PromptRows, PromptSlot, RowInput};
 use crate::model::T5Tokenizer;
-use crate::prompts::{Prompt, PromptRows};
 
 /// How a dev prediction is scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -178,12 +177,7 @@ pub fn evaluate(
     max_batch_tokens: u64,
 ) -> Result<EvalOutcome, TuneError> {
     let slot = prompt
-        .map(|rows| {
-            engine.register_prompt(&Prompt {
-                encoder: rows.clone(),
-                decoder: None,
-            })
-        })
+        .map(|rows| engine.register_prompt(rows))
         .transpose()?;
     evaluate_slot(engine, tokenizer, slot, set, max_batch_tokens)
 }

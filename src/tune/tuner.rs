@@ -519,10 +519,7 @@ impl Tuner {
             Some(p) => p,
             None => {
                 let rows = self.current_rows()?;
-                let slot = engine.register_prompt(&crate::prompts::Prompt {
-                    encoder: rows.clone(),
-                    decoder: None,
-                })?;
+                let slot = engine.register_prompt(&rows)?;
                 self.pending
                     .insert((ChunkedEval::new(Some(slot)), rows.values))
             }

@@ -106,7 +106,9 @@ pub struct Served {
     /// HTTP address.
     pub http: std::net::SocketAddr,
     /// gRPC address.
-    pub grpc: std::net::SocketAddr,
+    pub grpc_addr: std::net::SocketAddr,
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub grpc: String,
     /// The running server's state.
     pub state: AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -116,7 +118,8 @@ pub struct Served {
 }
 
 impl Served {
-    /// Starts the server with the defaults changed by `configure`; returns once it is ready.
+    /// Starts the server with the defaults changed by `configure`, over a folder holding
+    /// `keep.npy`; returns once it is ready.
     pub async fn start(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::copy(
@@ -124,6 +127,14 @@ impl Served {
             dir.path().join("keep.npy"),
         )
         .unwrap();
+        Self::start_in(dir, configure).await
+    }
+
+    /// Starts the server over the prompts folder `dir`.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
         let config = config(dir.path(), configure);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,7 +162,8 @@ impl Served {
         .unwrap();
         Self {
             http: http_addr,
-            grpc: grpc_addr,
+            grpc_addr,
+            grpc: format!("http://{grpc_addr}"),
             state,
             stop: Some(stop),
             task: Some(task),
@@ -166,13 +178,19 @@ impl Served {
 
     /// `http://127.0.0.1:PORT` of the gRPC API.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        self.grpc.clone()
     }
 
     /// Shuts down and waits for the drain.
     pub async fn stop(mut self) -> Result<(), promptd::server::ServerError> {
         drop(self.stop.take());
         self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl super::Urls for Served {
+    fn url(&self, path: &str) -> String {
+        Served::url(self, path)
     }
 }
 

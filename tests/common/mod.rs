@@ -89,7 +89,10 @@ pub fn load_from(dir: &Path, model: &str) -> Loaded {
         let prompts = load_prompt_dir(&prompt_dir, d_model, &PromptLimits::default()).unwrap();
         assert!(prompts.errors.is_empty(), "{:?}", prompts.errors);
         for (task, p) in &prompts.prompts {
-            slots.insert(task.to_string(), engine.register_prompt(p).unwrap());
+            slots.insert(
+                task.to_string(),
+                engine.register_prompt(&p.encoder).unwrap(),
+            );
         }
     }
     Loaded {
@@ -385,8 +388,27 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// A running server: a child process ([`TestServer`]) or in-process ([`inproc::Served`]).
+pub trait Urls {
+    /// `http://127.0.0.1:PORT{path}`
+    fn url(&self, path: &str) -> String;
+    /// Its logs, for failure messages.
+    fn logs(&self) -> String {
+        "(an in-process server: its logs are the test's output)".into()
+    }
+}
+
+impl Urls for TestServer {
+    fn url(&self, path: &str) -> String {
+        TestServer::url(self, path)
+    }
+    fn logs(&self) -> String {
+        TestServer::logs(self)
+    }
+}
+
 /// The server's /metrics text.
-pub async fn metrics(client: &reqwest::Client, server: &TestServer) -> String {
+pub async fn metrics(client: &reqwest::Client, server: &impl Urls) -> String {
     client
         .get(server.url("/metrics"))
         .send()

@@ -1,4 +1,4 @@
-//! `promptd bench`: a load generator against a live server. Open loop (Poisson arrivals at a
+//! `promptd-dev bench`: a load generator against a live server. Open loop (Poisson arrivals at a
 //! rate) or closed loop (N clients), tasks drawn uniformly or by Zipf over T tasks, inputs of
 //! varied length, optional labels. Reports throughput, latency percentiles, errors by status,
 //! and from /metrics the mean rows and tasks per forward pass during the run.
@@ -18,7 +18,7 @@ pub enum Dist {
     Zipf,
 }
 
-/// Arguments of `promptd bench`.
+/// Arguments of `promptd-dev bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Server base URL.
@@ -429,10 +429,11 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
 /// The same requests as the load, run by this process's own engine in full batches: what the
 /// hardware gives without a server. Runs for --warmup-s, then measures --duration-s.
 fn offline(args: &BenchArgs) -> Result<(), String> {
-    use crate::engine::continuous::{Joining, RowResult, Running};
-    use crate::engine::{Engine, RowInput};
-    use crate::model::{ModelOptions, T5Model, T5Tokenizer};
-    use crate::prompts::{load_prompt_dir, PromptLimits};
+    use promptd::engine::continuous::Running;
+    use promptd::engine::{Engine, RowInput};
+    use promptd::engine::{Joining, RowResult};
+    use promptd::model::{ModelOptions, T5Model, T5Tokenizer};
+    use promptd::prompts::{load_prompt_dir, PromptLimits};
 
     let (Some(model_dir), Some(prompts_dir)) = (&args.model, &args.prompts) else {
         return Err("--offline needs --model and --prompts".into());
@@ -457,7 +458,9 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     for (task, prompt) in &loaded.prompts {
         slots.insert(
             task.to_string(),
-            engine.register_prompt(prompt).map_err(|e| e.to_string())?,
+            engine
+                .register_prompt(&prompt.encoder)
+                .map_err(|e| e.to_string())?,
         );
     }
     let mut rng = Rng::new(args.seed);

@@ -1,5 +1,5 @@
-//! `promptd make-model` and `promptd make-prompts`: deterministic random T5 checkpoints and
-//! prompt folders for benchmarks. Cost does not depend on the weights' values, but they are
+//! Deterministic random T5 checkpoints and prompt folders for benchmarks (`promptd-dev
+//! make-model` / `make-prompts`, and benches/engine.rs). Cost does not depend on the weights' values, but they are
 //! never zeros (zeros would make every row and every step alike).
 use std::path::{Path, PathBuf};
 
@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
 /// Checkpoint shapes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// t5-small's shapes: d_model 512, 6+6 layers, 8 heads, d_ff 1024 gated-gelu, vocab 32128.
     Small,
@@ -15,43 +15,43 @@ pub enum Shape {
     Mini,
 }
 
-/// Arguments of `promptd make-model`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MakeModelArgs {
+impl std::str::FromStr for Shape {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "small" => Ok(Shape::Small),
+            "mini" => Ok(Shape::Mini),
+            other => Err(format!("{other:?}: expected small or mini")),
+        }
+    }
+}
+
+/// A random checkpoint to write.
+#[derive(Debug, Clone)]
+pub struct RandomModel {
     /// Output folder (created; files in it are replaced).
-    #[arg(long)]
     pub out: PathBuf,
     /// Shapes.
-    #[arg(long, value_enum, default_value = "small")]
     pub shape: Shape,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// A T5 tokenizer.json to start from; its vocabulary is padded to the model's size.
-    #[arg(
-        long,
-        default_value = "tests/fixtures/models/t5-v1_1-tiny/tokenizer.json"
-    )]
     pub tokenizer: PathBuf,
 }
 
-/// Arguments of `promptd make-prompts`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MakePromptsArgs {
+/// A folder of random prompts to write.
+#[derive(Debug, Clone)]
+pub struct RandomPrompts {
     /// Output folder (created).
-    #[arg(long)]
     pub out: PathBuf,
     /// Number of prompts (tasks `task00000`, `task00001`, …).
-    #[arg(long, default_value_t = 1000)]
     pub count: usize,
     /// Rows per prompt.
-    #[arg(long, default_value_t = 20)]
     pub length: usize,
     /// Row width (the model's d_model).
-    #[arg(long)]
     pub d_model: usize,
     /// Random seed.
-    #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
 
@@ -89,7 +89,7 @@ fn dims(shape: Shape) -> Dims {
 }
 
 /// Writes config.json, model.safetensors and tokenizer.json for `args.shape`.
-pub fn make_model(args: MakeModelArgs) -> Result<(), String> {
+pub fn make_model(args: RandomModel) -> Result<(), String> {
     let d = dims(args.shape);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let config = json!({
@@ -224,7 +224,7 @@ pub fn make_model(args: MakeModelArgs) -> Result<(), String> {
 }
 
 /// Writes `count` random prompts as `taskNNNNN.npy` (f32, `[length, d_model]`).
-pub fn make_prompts(args: MakePromptsArgs) -> Result<(), String> {
+pub fn make_prompts(args: RandomPrompts) -> Result<(), String> {
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let mut state = args
         .seed

@@ -1,0 +1,98 @@
+//! `promptd-dev`: the benchmark tools, kept out of the product binary (the load generator's
+//! HTTP client, reqwest, is linked only here). Built with `--features dev-tools`.
+mod bench;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use promptd::model::random::{self, RandomModel, RandomPrompts, Shape};
+
+/// promptd's benchmark tools: a deterministic random checkpoint, random prompts, and a load
+/// generator against a live server.
+#[derive(Debug, Parser)]
+#[command(name = "promptd-dev", version, about)]
+struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a deterministic random T5 checkpoint for benchmarks (t5-small shapes or smaller).
+    MakeModel(MakeModelArgs),
+    /// Write random prompt files (`taskNNNNN.npy`) for benchmarks.
+    MakePrompts(MakePromptsArgs),
+    /// Load generator against a live server: throughput, latency percentiles, batching.
+    Bench(bench::BenchArgs),
+}
+
+/// Arguments of `promptd-dev make-model`.
+#[derive(Debug, Clone, clap::Args)]
+struct MakeModelArgs {
+    /// Output folder (created; files in it are replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Shapes: small (t5-small's) or mini.
+    #[arg(long, default_value = "small")]
+    shape: Shape,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: i64,
+    /// A T5 tokenizer.json to start from; its vocabulary is padded to the model's size.
+    #[arg(
+        long,
+        default_value = "tests/fixtures/models/t5-v1_1-tiny/tokenizer.json"
+    )]
+    tokenizer: PathBuf,
+}
+
+/// Arguments of `promptd-dev make-prompts`.
+#[derive(Debug, Clone, clap::Args)]
+struct MakePromptsArgs {
+    /// Output folder (created).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of prompts (tasks `task00000`, `task00001`, …).
+    #[arg(long, default_value_t = 1000)]
+    count: usize,
+    /// Rows per prompt.
+    #[arg(long, default_value_t = 20)]
+    length: usize,
+    /// Row width (the model's d_model).
+    #[arg(long)]
+    d_model: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    promptd::cli::init_tracing(false);
+    let result = match cli.command {
+        Command::MakeModel(a) => random::make_model(RandomModel {
+            out: a.out,
+            shape: a.shape,
+            seed: a.seed,
+            tokenizer: a.tokenizer,
+        }),
+        Command::MakePrompts(a) => random::make_prompts(RandomPrompts {
+            out: a.out,
+            count: a.count,
+            length: a.length,
+            d_model: a.d_model,
+            seed: a.seed,
+        }),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("promptd-dev: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -7,7 +7,7 @@ DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
 GRPC_ADDR ?= 127.0.0.1:50051
 
-.PHONY: all libtorch build build-dev build-cuda test test-tmpfs lint lint-docker lint-deploy run fixtures clean
+.PHONY: all libtorch build build-dev build-cuda test test-tmpfs api-fuzz lint lint-docker lint-deploy run fixtures clean
 
 all: build
 
@@ -27,9 +27,16 @@ build-dev: libtorch
 build-cuda: libtorch
 	$(CARGO) build --release --features cuda
 
-# dev-tools: the benchmark tools binary (promptd-dev) and its tests.
+# dev-tools: the benchmark tools binary (promptd-dev) and its tests. Then the HTTP API is
+# fuzzed against its OpenAPI document (the debug binary the tests built).
 test: libtorch lint
 	$(CARGO) test --all-targets --features dev-tools
+	./scripts/api-fuzz.sh target/debug/promptd 30
+
+# schemathesis against /openapi.json, open and with a tenants file (scripts/api-fuzz.sh).
+api-fuzz: libtorch
+	$(CARGO) build --bin promptd
+	./scripts/api-fuzz.sh target/debug/promptd 60
 
 # The fault tests on a real full and read-only tmpfs (needs root to mount; fails otherwise).
 # `make test` covers the same paths by injecting the errors through the store's writer.

@@ -407,8 +407,7 @@ fn collect_strings(v: &Value, f: &mut dyn FnMut(&str, &str)) {
 async fn every_metric_deploy_uses_is_exported() {
     let prompts = tempfile::tempdir().unwrap();
     common::copy_dir(&repo().join("prompts"), prompts.path());
-    let model = repo().join("tests/fixtures/models/t5-v1_1-tiny");
-    let server = common::TestServer::start(&model, prompts.path(), &[]);
+    let server = common::inproc::Served::start_in(prompts, |_| {}).await;
     // One request, so the per-task series exist.
     let client = reqwest::Client::new();
     let resp = client

@@ -53,7 +53,7 @@ fn error_type(status: &tonic::Status) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_answers_and_manages_prompts_like_http() {
     let server = start(|_| {}).await;
-    let prompts = &server.dir;
+    let prompts = &server.prompts;
     let mut grpc = client(&server).await;
 
     let list = grpc
@@ -107,7 +107,7 @@ async fn grpc_answers_and_manages_prompts_like_http() {
     assert!(plain.outputs[0].scores.is_empty() && plain.outputs[0].label.is_none());
 
     // PutPrompt: created, then replaced; HTTP sees the same version and sha256.
-    let npy = std::fs::read(prompts.path().join("demo-b.npy")).unwrap();
+    let npy = std::fs::read(prompts.join("demo-b.npy")).unwrap();
     let put = |file: Vec<u8>, config: Option<Vec<u8>>| PutPromptRequest {
         task: "via-grpc".into(),
         file,
@@ -120,7 +120,7 @@ async fn grpc_answers_and_manages_prompts_like_http() {
         .into_inner();
     assert!(first.created);
     assert_eq!(first.prompt.as_ref().unwrap().version, 1);
-    let peft_dir = prompts.path().join("demo-a");
+    let peft_dir = prompts.join("demo-a");
     let weights = std::fs::read(peft_dir.join("adapter_model.safetensors")).unwrap();
     let config = std::fs::read(peft_dir.join("adapter_config.json")).unwrap();
     let second = grpc
@@ -147,7 +147,7 @@ async fn grpc_answers_and_manages_prompts_like_http() {
         .unwrap()
         .into_inner();
     assert_eq!(got, info);
-    assert!(prompts.path().join("via-grpc.safetensors").is_file());
+    assert!(prompts.join("via-grpc.safetensors").is_file());
     // Serving the PEFT upload gives demo-a's answers (same encoder rows).
     let a = grpc.predict(hello("via-grpc")).await.unwrap().into_inner();
     assert_eq!(a.outputs[0].token_ids, plain.outputs[0].token_ids);
@@ -213,7 +213,7 @@ async fn grpc_answers_and_manages_prompts_like_http() {
         assert_eq!(e.code(), code, "{task}: {e:?}");
         assert_eq!(error_type(&e), kind, "{task}: {e:?}");
     }
-    assert!(!prompts.path().join("ok-name.safetensors").exists());
+    assert!(!prompts.join("ok-name.safetensors").exists());
 
     // Delete, then the task is gone for both protocols.
     grpc.delete_prompt(DeletePromptRequest {

@@ -108,9 +108,15 @@ async fn documented_paths_and_methods_are_exactly_the_routed_ones() {
         }
     }
 
-    // The served document is this one.
+    // The served document is this one, with the server's limits in the request schemas.
     let r = call(&s.state, common::inproc::get("/openapi.json")).await;
-    assert_eq!(r.body, spec);
+    assert_eq!(r.body, promptd::api::openapi::served(&s.state));
+    assert_eq!(r.body["paths"], spec["paths"]);
+    assert_eq!(
+        r.body["components"]["schemas"]["PredictRequest"]["properties"]["max_new_tokens"]
+            ["maximum"],
+        1024
+    );
     assert_eq!(spec["openapi"], "3.1.0");
 }
 

@@ -1,5 +1,6 @@
-//! `promptd serve` as a real process on an ephemeral port: concurrency against `promptd
-//! predict`, hot swaps under load, two replicas sharing a folder, restart, graceful shutdown.
+//! The real server on ephemeral ports: concurrency against `promptd predict`, hot swaps under
+//! load, two replicas sharing a folder and client disconnects in-process; restart, SIGTERM and
+//! a failing start as `promptd serve` processes.
 mod common;
 
 use std::collections::HashMap;
@@ -7,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, fixtures, metric, metrics, run_predict, TestServer};
+use common::inproc::Served;
+use common::{copy_dir, fixtures, metric, metrics, run_predict, TestServer, Urls};
+use promptd::server::ServerConfig;
 use serde_json::{json, Value};
 
 const MODEL: &str = "t5-v1_1-tiny";
@@ -67,7 +70,7 @@ fn assert_same_output(got: &Value, want: &Value, what: &str) {
     }
 }
 
-async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
+async fn get_json(client: &reqwest::Client, server: &impl Urls, path: &str) -> Value {
     let r = client.get(server.url(path)).send().await.unwrap();
     r.json().await.unwrap()
 }
@@ -76,11 +79,11 @@ async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> 
 async fn concurrent_requests_over_16_tasks_equal_offline_predict() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture_prompts(), dir.path());
-    let server = TestServer::start(
-        &model_dir(),
-        dir.path(),
-        &["--max-batch-size", "32", "--max-wait-ms", "200"],
-    );
+    let server = Served::start_in(dir, |c| {
+        c.policy.max_batch_size = 32;
+        c.policy.max_wait = Duration::from_millis(200);
+    })
+    .await;
     let lines: Vec<(String, String, usize, Vec<String>)> = (0..64)
         .map(|i| {
             let labels = if i % 4 == 0 {
@@ -167,7 +170,8 @@ fn versions() -> Vec<(&'static str, Vec<u8>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hot_swap_under_load_never_fails_or_mixes_versions() {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&model_dir(), dir.path(), &["--max-wait-ms", "2"]);
+    let server =
+        Served::start_over(dir.path(), |c| c.policy.max_wait = Duration::from_millis(2)).await;
     let client = reqwest::Client::new();
     let inputs = [
         "alpha beta",
@@ -288,7 +292,7 @@ fn multipart_peft(dir: &Path) -> reqwest::multipart::Form {
         )
 }
 
-async fn predict(client: &reqwest::Client, server: &TestServer, task: &str) -> (u16, Value) {
+async fn predict(client: &reqwest::Client, server: &impl Urls, task: &str) -> (u16, Value) {
     let r = client
         .post(server.url(&format!("/v1/tasks/{task}/predict")))
         .json(&json!({"inputs": ["shared volume", "second input"], "max_new_tokens": 5}))
@@ -301,7 +305,7 @@ async fn predict(client: &reqwest::Client, server: &TestServer, task: &str) -> (
 /// Polls until `cond` holds on the answer for `task` (up to 10 s).
 async fn eventually(
     client: &reqwest::Client,
-    server: &TestServer,
+    server: &impl Urls,
     task: &str,
     cond: impl Fn(u16, &Value) -> bool,
 ) -> Value {
@@ -318,9 +322,11 @@ async fn eventually(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_servers_sharing_a_folder_see_each_others_changes() {
+    // Two servers in this process, one folder: each sees the other's writes only through it.
     let dir = tempfile::tempdir().unwrap();
-    let a = TestServer::start(&model_dir(), dir.path(), &[]);
-    let b = TestServer::start(&model_dir(), dir.path(), &[]);
+    let watch = |c: &mut ServerConfig| c.watch_interval = Duration::from_millis(200);
+    let a = Served::start_over(dir.path(), watch).await;
+    let b = Served::start_over(dir.path(), watch).await;
     let client = reqwest::Client::new();
 
     let r = client
@@ -483,7 +489,13 @@ async fn sigterm_finishes_queued_work_then_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_that_disconnects_stops_costing_work() {
-    let (_dir, server) = one_row_per_pass();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_prompts(), dir.path());
+    let server = Served::start_in(dir, |c| {
+        c.policy.max_batch_size = 1;
+        c.limits.row.max_new_tokens_limit = 256;
+    })
+    .await;
     let client = reqwest::Client::new();
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(200))

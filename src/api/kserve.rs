@@ -57,6 +57,13 @@ pub struct InferRequest {
     pub outputs: Option<Vec<RequestedOutput>>,
 }
 
+/// A request in the binary tensor data extension: the JSON request (its length in the
+/// `Inference-Header-Content-Length` header), then the inputs' raw bytes (OpenAPI only).
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct BinaryInferRequest(());
+
 /// One input tensor.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct InferInput {
@@ -427,7 +434,7 @@ pub async fn version_ready(
     params(TaskParam),
     request_body(content(
         (InferRequest = "application/json"),
-        (Vec<u8> = "application/octet-stream")
+        (BinaryInferRequest = "application/octet-stream")
     )),
     responses(
         (status = 200, description = "One output element per text; with binary outputs asked for, the JSON response (its length in Inference-Header-Content-Length) then the outputs' raw bytes", body = InferResponse),
@@ -474,7 +481,7 @@ pub async fn infer(
     params(TaskVersionParams),
     request_body(content(
         (InferRequest = "application/json"),
-        (Vec<u8> = "application/octet-stream")
+        (BinaryInferRequest = "application/octet-stream")
     )),
     responses(
         (status = 200, description = "One output element per text", body = InferResponse),

@@ -108,11 +108,103 @@ pub fn document(secured: bool) -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// This document.
+/// The document as `state`'s server serves it: [`document`] with this server's limits written
+/// into the request schemas where a schema can say them (counts, sizes, ranges), so a client
+/// or a fuzzer reading it knows what the server accepts.
+pub fn served(state: &super::AppState) -> serde_json::Value {
+    let mut doc =
+        serde_json::to_value(document(state.tenants.enabled())).expect("the document serialises");
+    let limits = state.limits;
+    let tune = state.tuning.limits;
+    let schemas = &mut doc["components"]["schemas"];
+    let mut set = |schema: &str, field: &str, key: &str, value: serde_json::Value| {
+        if let Some(p) = schemas[schema]["properties"][field].as_object_mut() {
+            p.insert(key.into(), value);
+        }
+    };
+    set(
+        "PredictRequest",
+        "max_new_tokens",
+        "maximum",
+        limits.row.max_new_tokens_limit.into(),
+    );
+    set(
+        "PredictRequest",
+        "labels",
+        "maxItems",
+        limits.row.max_labels.into(),
+    );
+    set("TuneRequest", "train", "minItems", 1.into());
+    set("TuneRequest", "train", "maxItems", tune.max_rows.into());
+    set("TuneRequest", "dev", "maxItems", tune.max_rows.into());
+    set("TuneRequest", "steps", "minimum", 1.into());
+    set("TuneRequest", "steps", "maximum", tune.max_steps.into());
+    set("TuneRequest", "epochs", "minimum", 1.into());
+    set("TuneRequest", "batch_size", "minimum", 1.into());
+    set(
+        "TuneRequest",
+        "batch_size",
+        "maximum",
+        tune.max_batch_size.into(),
+    );
+    set("TuneRequest", "eval_every", "minimum", 1.into());
+    set("TuneRequest", "prompt_length", "minimum", 1.into());
+    set(
+        "TuneRequest",
+        "prompt_length",
+        "maximum",
+        state.registry.limits().max_rows.into(),
+    );
+    set("TuneRequest", "patience", "minimum", 1.into());
+    set("TuneRequest", "lr", "exclusiveMinimum", 0.into());
+    set(
+        "TuneRequest",
+        "clip_grad_norm",
+        "exclusiveMinimum",
+        0.into(),
+    );
+    set("TuneRequest", "weight_decay", "minimum", 0.into());
+    set("TuneRequest", "dropout", "minimum", 0.into());
+    set("TuneRequest", "dropout", "exclusiveMaximum", 1.into());
+    set(
+        "TuneRequest",
+        "metric",
+        "enum",
+        serde_json::json!(["accuracy", "exact-match", "rank-accuracy", null]),
+    );
+    set(
+        "TuneRequest",
+        "optimizer",
+        "enum",
+        serde_json::json!(["adafactor", "adam", "sgd", null]),
+    );
+    set(
+        "TuneRequest",
+        "init",
+        "pattern",
+        "^(class-labels|sampled-vocab|random-uniform|text:.+)$".into(),
+    );
+    // `steps` or `epochs`, not both.
+    if let Some(t) = schemas["TuneRequest"].as_object_mut() {
+        t.insert(
+            "not".into(),
+            serde_json::json!({"required": ["steps", "epochs"], "properties": {
+                "steps": {"type": "integer"}, "epochs": {"type": "integer"}}}),
+        );
+    }
+    if let Some(inputs) =
+        schemas["PredictRequest"]["properties"]["inputs"]["oneOf"][1].as_object_mut()
+    {
+        inputs.insert("maxItems".into(), limits.max_inputs.into());
+    }
+    doc
+}
+
+/// This document, as this server serves it ([`served`]).
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 description of this API", body = Object)))]
 pub async fn serve(
     axum::extract::State(state): axum::extract::State<super::AppState>,
-) -> Json<utoipa::openapi::OpenApi> {
-    Json(document(state.tenants.enabled()))
+) -> Json<serde_json::Value> {
+    Json(served(&state))
 }

@@ -47,7 +47,8 @@ pub fn as_count(n: &serde_json::Number) -> Option<usize> {
     }
 }
 
-fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+/// An optional count: a JSON integer, or a float without a fraction (see [`as_count`]).
+pub(crate) fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
     use serde::de::Error;
     match Option::<serde_json::Number>::deserialize(d)? {
         None => Ok(None),

@@ -71,10 +71,13 @@ pub struct TuneRequest {
     #[serde(default)]
     pub dev: Vec<Example>,
     /// Prompt rows (default 100).
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub prompt_length: Option<usize>,
     /// Optimizer steps (default 1000 unless `epochs`).
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub steps: Option<usize>,
     /// Passes over the training rows instead of `steps`.
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub epochs: Option<usize>,
     /// class-labels | sampled-vocab | random-uniform | text:WORDS (default class-labels).
     pub init: Option<String>,
@@ -87,14 +90,17 @@ pub struct TuneRequest {
     /// Gradient clipping by global norm.
     pub clip_grad_norm: Option<f64>,
     /// Rows per step (default 32).
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub batch_size: Option<usize>,
     /// Class labels (default: the distinct targets).
     pub labels: Option<Vec<String>>,
     /// accuracy | exact-match | rank-accuracy (default accuracy).
     pub metric: Option<String>,
     /// Evaluate on dev every this many steps (default 100).
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub eval_every: Option<usize>,
     /// Stop after this many evaluations without improvement.
+    #[serde(default, deserialize_with = "super::predict::count")]
     pub patience: Option<usize>,
     /// Training dropout (default: the model's).
     pub dropout: Option<f64>,
@@ -243,6 +249,7 @@ fn settings(
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "May not write this task", body = ErrorBody),
         (status = 413, description = "Over --tune-max-body-bytes", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "Out-of-range settings or too many rows or steps", body = ErrorBody),
         (status = 429, description = "The tenant already runs its most jobs", body = ErrorBody),
         (status = 503, description = "Loading or shutting down", body = ErrorBody)))]

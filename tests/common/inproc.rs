@@ -114,7 +114,9 @@ pub struct Served {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), promptd::server::ServerError>>>,
     /// The prompts folder.
-    pub dir: tempfile::TempDir,
+    pub prompts: std::path::PathBuf,
+    /// The prompts folder's temporary directory, when the server owns it.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Served {
@@ -130,12 +132,23 @@ impl Served {
         Self::start_in(dir, configure).await
     }
 
-    /// Starts the server over the prompts folder `dir`.
+    /// Starts the server over the prompts folder `dir`, which it keeps.
     pub async fn start_in(
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> Self {
-        let config = config(dir.path(), configure);
+        let mut served = Self::start_over(dir.path(), configure).await;
+        served._dir = Some(dir);
+        served
+    }
+
+    /// Starts the server over the prompts folder at `path`, which the caller keeps (two servers
+    /// may share one).
+    pub async fn start_over(
+        path: &std::path::Path,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> Self {
+        let config = config(path, configure);
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (http_addr, grpc_addr) = (http.local_addr().unwrap(), grpc.local_addr().unwrap());
@@ -167,7 +180,8 @@ impl Served {
             state,
             stop: Some(stop),
             task: Some(task),
-            dir,
+            prompts: path.to_path_buf(),
+            _dir: None,
         }
     }
 

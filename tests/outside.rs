@@ -167,6 +167,17 @@ async fn huge_inputs_are_refused_before_tokenizing_and_memory_stays_flat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_and_idle_keep_alive_connections_are_closed() {
     let s = Served::start(|c| c.connections.header_read_timeout = Duration::from_millis(300)).await;
+    // A connection that never sends a byte.
+    let mut silent = TcpStream::connect(s.http).await.unwrap();
+    let started = Instant::now();
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a connection that never sends anything stays open"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
     // Slowloris: a request line, then nothing.
     let mut slow = TcpStream::connect(s.http).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")

@@ -73,15 +73,22 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
         let open = metrics.http_connections.clone();
         open.inc();
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let first_bytes = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended: {e}");
+            // hyper's header timer starts once the protocol is known, i.e. after the first
+            // bytes: a connection that never sends any is closed here instead.
+            let mut probe = [0u8; 1];
+            if let Ok(Ok(n)) = tokio::time::timeout(first_bytes, stream.peek(&mut probe)).await {
+                if n > 0 {
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                }
             }
             open.dec();
             drop(permit);

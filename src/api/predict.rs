@@ -248,6 +248,7 @@ async fn predict_inner(
     let mut outputs = Vec::with_capacity(answers.len());
     for answer in answers {
         let out = answer.map_err(|e| match e {
+            // Every engine failure is the server's (rows are validated before they queue).
             RowError::Engine(why) => ApiError::Internal(format!("inference failed: {why}")),
             RowError::Stopped => ApiError::Unavailable("the engine is not running".into()),
         })?;

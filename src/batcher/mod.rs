@@ -23,11 +23,11 @@ use policy::{Policy, Queued};
 pub type RowReply = Result<RowOutput, RowError>;
 
 /// Why a row produced no output.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum RowError {
     /// The engine failed on this row.
-    #[error("{0}")]
-    Engine(String),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The engine thread is gone.
     #[error("the engine is not running")]
     Stopped,
@@ -304,7 +304,7 @@ impl Batcher {
             EngineError::Panic(_) => BatchError::Panic,
             EngineError::Decode(_) => BatchError::Decode,
         });
-        RowError::Engine(e.to_string())
+        RowError::Engine(e)
     }
 
     async fn run_batch(&self, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {

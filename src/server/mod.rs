@@ -144,11 +144,28 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The model or the prompts failed to load after the server started listening.
-    #[error("{0}")]
-    Startup(String),
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    /// The HTTP server's task ended on its own (a panic or a join failure).
+    #[error("the HTTP server stopped: {0}")]
+    Http(#[source] tokio::task::JoinError),
+    /// The HTTP server's task ended without being asked to.
+    #[error("the HTTP server stopped unasked")]
+    HttpEnded,
     /// A listener failed.
     #[error("{0}")]
     Listener(#[source] std::io::Error),
+}
+
+/// Why loading failed after the server started listening.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The engine thread could not load the model (its reason).
+    #[error("model failed to load: {0}")]
+    Model(String),
+    /// The prompts folder could not be read.
+    #[error("loading prompts: {0}")]
+    Prompts(#[from] crate::prompts::registry::RegistryError),
 }
 
 /// A built server, before it listens: the routes' state and the engine thread.
@@ -276,7 +293,7 @@ pub async fn serve(
     let lifecycle = state.lifecycle.clone();
     let tuning = state.tuning.clone();
     let batcher_task = tokio::spawn(supervise_batcher(state.clone()));
-    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<String>(1);
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartupError>(1);
     let startup = {
         let (engine, registry) = (state.engine.clone(), state.registry.clone());
         let lifecycle = lifecycle.clone();
@@ -313,8 +330,11 @@ pub async fn serve(
         stopped(),
     ));
     let outcome = tokio::select! {
-        r = &mut server => Err(ServerError::Startup(format!("the HTTP server stopped: {r:?}"))),
-        why = fatal_rx.recv() => Err(ServerError::Startup(why.unwrap_or_else(|| "start-up failed".into()))),
+        r = &mut server => Err(match r {
+            Ok(()) => ServerError::HttpEnded,
+            Err(e) => ServerError::Http(e),
+        }),
+        Some(why) = fatal_rx.recv() => Err(ServerError::Startup(why)),
         () = shutdown => Ok(()),
     };
     lifecycle.drain();
@@ -364,16 +384,10 @@ pub async fn load(
     engine: &worker::EngineHandle,
     registry: &Registry,
     lifecycle: &Lifecycle,
-) -> Result<(), String> {
-    engine
-        .ready()
-        .await
-        .map_err(|why| format!("model failed to load: {why}"))?;
+) -> Result<(), StartupError> {
+    engine.ready().await.map_err(StartupError::Model)?;
     lifecycle.loading("loading prompts");
-    let report = registry
-        .sync()
-        .await
-        .map_err(|e| format!("loading prompts: {e}"))?;
+    let report = registry.sync().await?;
     tracing::info!(
         prompts = registry.len(),
         failed = report.failed,

@@ -213,15 +213,40 @@ impl T5Attention {
     ) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.split_heads(&linear(x, &self.q)?)?;
-        let scores = q.f_matmul(&keys.f_transpose(2, 3)?)?.f_add(bias)?;
-        // Softmax accumulates in f32 so bf16/f16 weights stay stable.
-        let weights = dropout(
-            scores
-                .f_softmax(-1, Kind::Float)?
-                .f_to_kind(values.kind())?,
-            drop,
-        )?;
-        let out = weights.f_matmul(values)?.f_transpose(1, 2)?.f_reshape([
+        let grads = q.requires_grad() || keys.requires_grad() || values.requires_grad();
+        let attended = if drop == 0.0 && !grads {
+            // Serving: fused attention (libtorch picks the kernel for the device). T5 adds the
+            // position bias and the padding mask as one float mask, and does not scale scores.
+            let mask = if bias.kind() == q.kind() {
+                bias.shallow_clone()
+            } else {
+                bias.f_to_kind(q.kind())?
+            };
+            Tensor::f_scaled_dot_product_attention(
+                &q,
+                keys,
+                values,
+                Some(&mask),
+                0.0,
+                false,
+                1.0,
+                false,
+            )?
+        } else {
+            // Tuning (gradients through the frozen model): scores, softmax and dropout by hand,
+            // as transformers' eager attention computes them, so gradients match PyTorch's and a
+            // step in parts equals the whole step.
+            let scores = q.f_matmul(&keys.f_transpose(2, 3)?)?.f_add(bias)?;
+            // Softmax accumulates in f32 so bf16/f16 weights stay stable.
+            let weights = dropout(
+                scores
+                    .f_softmax(-1, Kind::Float)?
+                    .f_to_kind(values.kind())?,
+                drop,
+            )?;
+            weights.f_matmul(values)?
+        };
+        let out = attended.f_transpose(1, 2)?.f_reshape([
             b,
             t,
             self.n_heads * self.d_kv,

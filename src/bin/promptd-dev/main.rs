@@ -1,6 +1,7 @@
 //! `promptd-dev`: the benchmark tools, kept out of the product binary (the load generator's
 //! HTTP client, reqwest, is linked only here). Built with `--features dev-tools`.
 mod bench;
+mod pass;
 
 use std::path::PathBuf;
 
@@ -27,6 +28,8 @@ enum Command {
     MakePrompts(MakePromptsArgs),
     /// Load generator against a live server: throughput, latency percentiles, batching.
     Bench(bench::BenchArgs),
+    /// One fixed mixed-task batch through the engine, timed (vs transformers: bench-vs-hf.sh).
+    EnginePass(pass::PassArgs),
 }
 
 /// Arguments of `promptd-dev make-model`.
@@ -87,6 +90,7 @@ fn main() -> std::process::ExitCode {
             seed: a.seed,
         }),
         Command::Bench(args) => bench::run(args),
+        Command::EnginePass(args) => pass::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -214,7 +214,7 @@ impl T5Attention {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.split_heads(&linear(x, &self.q)?)?;
         let grads = q.requires_grad() || keys.requires_grad() || values.requires_grad();
-        let attended = if drop == 0.0 && !grads {
+        let attended = if drop == 0.0 && !grads && !TRAINING.with(|t| t.get()) {
             // Serving: fused attention (libtorch picks the kernel for the device). T5 adds the
             // position bias and the padding mask as one float mask, and does not scale scores.
             let mask = if bias.kind() == q.kind() {
@@ -246,13 +246,25 @@ impl T5Attention {
             )?;
             weights.f_matmul(values)?
         };
-        let out = attended.f_transpose(1, 2)?.f_reshape([
-            b,
-            t,
-            self.n_heads * self.d_kv,
-        ])?;
+        let out = attended
+            .f_transpose(1, 2)?
+            .f_reshape([b, t, self.n_heads * self.d_kv])?;
         linear(&out, &self.o)
     }
+}
+
+thread_local! {
+    /// Set while a training forward runs on this thread ([`training`]).
+    static TRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` as training: every attention takes transformers' eager ops, so a tuning step is
+/// the same computation as PyTorch's whatever needs gradients (serving uses the fused kernel).
+pub fn training<T>(f: impl FnOnce() -> T) -> T {
+    let before = TRAINING.with(|t| t.replace(true));
+    let out = f();
+    TRAINING.with(|t| t.set(before));
+    out
 }
 
 /// Relative position → bucket, exactly as transformers' `_relative_position_bucket`, as tensor ops.

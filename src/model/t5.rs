@@ -273,10 +273,12 @@ impl T5Model {
         let shifted = Tensor::f_cat(&[start, labels.f_narrow(1, 0, len - 1)?], 1)?;
         let decoder_ids = shifted.f_masked_fill(&shifted.f_eq(-100)?, self.config.pad_id())?;
         let mask_bias = self.mask_bias(mask)?;
-        let encoder_out = self.encoder.encode(embeds, &mask_bias, drop)?;
-        let caches = self.decoder.cross_caches(&encoder_out)?;
-        let x = self.embed(&decoder_ids)?;
-        let h = self.decoder.decode_full(&x, &caches, &mask_bias, drop)?;
+        let h = super::layers::training(|| -> Result<Tensor, ModelError> {
+            let encoder_out = self.encoder.encode(embeds, &mask_bias, drop)?;
+            let caches = self.decoder.cross_caches(&encoder_out)?;
+            let x = self.embed(&decoder_ids)?;
+            self.decoder.decode_full(&x, &caches, &mask_bias, drop)
+        })?;
         // Cross-entropy in f32 whatever the weights' dtype (bf16 logits lose the loss's digits).
         let logits = self.logits(&h)?.f_to_kind(Kind::Float)?;
         let vocab = logits.size()[2];

@@ -54,8 +54,8 @@ pub fn run(args: PassArgs) -> Result<(), String> {
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
     let loaded = load_prompt_dir(&args.prompts, d_model, &PromptLimits::default())
         .map_err(|e| e.to_string())?;
-    let text = std::fs::read_to_string(&args.rows)
-        .map_err(|e| format!("{}: {e}", args.rows.display()))?;
+    let text =
+        std::fs::read_to_string(&args.rows).map_err(|e| format!("{}: {e}", args.rows.display()))?;
     let mut slots = std::collections::HashMap::new();
     let mut rows = Vec::new();
     for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {

@@ -163,6 +163,9 @@ pub fn served(state: &super::AppState) -> serde_json::Value {
         "exclusiveMinimum",
         0.into(),
     );
+    // A u64 is `format: int64` to utoipa, which fuzzers read as "at most i64::MAX".
+    set("TuneRequest", "seed", "format", "uint64".into());
+    set("TuneRequest", "seed", "maximum", u64::MAX.into());
     set("TuneRequest", "weight_decay", "minimum", 0.into());
     set("TuneRequest", "dropout", "minimum", 0.into());
     set("TuneRequest", "dropout", "exclusiveMaximum", 1.into());

@@ -41,7 +41,7 @@ run() {
   [[ "$mode" == tenants ]] && auth=(-H "Authorization: Bearer fuzz-admin-key")
   echo "schemathesis $SCHEMATHESIS_VERSION, $mode server, ${seconds}s:"
   if ! (cd "$work" && "$venv/bin/schemathesis" --config-file "$root/scripts/schemathesis.toml" \
-      run "$url/openapi.json" "${auth[@]}" --max-time "$seconds" --seed 1 --workers 2 \
+      run "$url/openapi.json" "${auth[@]}" --max-time "$seconds" --seed "${FUZZ_SEED:-1}" --workers 2 \
       --phases examples,coverage,fuzzing --no-color >"$work/report.txt" 2>&1); then
     cat "$work/report.txt"
     echo "schemathesis found failures ($mode server)" >&2

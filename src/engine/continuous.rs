@@ -82,6 +82,17 @@ pub struct Running {
     live: Vec<Live>,
     eos: Vec<i64>,
     start_id: i64,
+    /// Decode work done since the last [`Running::take_work`].
+    work: DecodeWork,
+}
+
+/// Decode work a running batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeWork {
+    /// Decoder steps.
+    pub steps: usize,
+    /// Sum over steps of the rows in the batch (finished rows leave it).
+    pub row_steps: usize,
 }
 
 impl Running {
@@ -93,7 +104,13 @@ impl Running {
             live: Vec::new(),
             eos: model.config.eos_ids(),
             start_id: model.config.decoder_start_id(),
+            work: DecodeWork::default(),
         }
+    }
+
+    /// The decode work done since the last call.
+    pub fn take_work(&mut self) -> DecodeWork {
+        std::mem::take(&mut self.work)
     }
 
     /// Rows decoding.
@@ -247,6 +264,8 @@ impl Running {
         let logits = model.decode_step(tokens, state)?;
         let next = logits.f_argmax(-1, false)?;
         let next_host: Vec<i64> = Vec::try_from(&next)?;
+        self.work.steps += 1;
+        self.work.row_steps += self.live.len();
         let mut keep = Vec::with_capacity(self.live.len());
         for (pos, (live, &token)) in self.live.iter_mut().zip(&next_host).enumerate() {
             live.out.push(token);

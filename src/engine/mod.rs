@@ -1,10 +1,11 @@
 //! The engine: the only code that runs the model. It owns the model and the prompt bank,
 //! turns a batch of rows (each with its own prompt) into one encoder pass, then greedy
-//! decoding and label scoring.
+//! decoding and label scoring. There is one decoder, [`continuous::Running`]: a batch run to
+//! its end ([`Engine::run_rows`], static batching) is a running batch that admits rows only
+//! once.
 pub mod bank;
 pub mod continuous;
 pub mod device;
-pub mod greedy;
 pub mod score;
 pub mod worker;
 
@@ -12,10 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tch::Tensor;
+use tokio::sync::oneshot;
 
 pub use bank::{PromptBank, PromptSlot};
 /// The batcher's contract with the engine thread (continuous batching).
-pub use continuous::{Admitted, Joining, RowResult};
+pub use continuous::{Admitted, DecodeWork, Joining, RowResult};
 pub use device::{DeviceSpec, DtypeSpec};
 
 use crate::model::{ModelError, T5Model};
@@ -233,38 +235,53 @@ impl Engine {
         self.bank.insert(rows)
     }
 
-    /// Runs a mixed-task batch: one encoder pass over `[prompt rows ; input]` for every row,
-    /// then greedy decoding and label scoring. A panic inside fails this batch only.
+    /// Runs a mixed-task batch to its end: one encoder pass over `[prompt rows ; input]` for
+    /// every row, then greedy decoding and label scoring. The first row that failed fails the
+    /// call; [`Engine::run_rows`] answers each row on its own.
     pub fn run_batch(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
-        guarded(|| self.run_batch_inner(rows))
+        let (outputs, passes) = self.run_to_end(rows);
+        if let Some(last) = passes.last() {
+            self.last_stats = last.clone();
+        }
+        outputs.into_iter().collect()
     }
 
-    fn run_batch_inner(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
+    /// Admits `rows` to a fresh running batch at once (encoder passes that fail are retried
+    /// row by row) and decodes until the last row finishes. Returns each row's result and the
+    /// passes' costs; the decode work is counted on the last pass.
+    fn run_to_end(&mut self, rows: &[RowInput]) -> (Vec<RowResult>, Vec<BatchStats>) {
+        let mut running = continuous::Running::new(&self.model);
+        let (joining, replies): (Vec<Joining>, Vec<_>) = rows
+            .iter()
+            .map(|row| {
+                let (reply, rx) = oneshot::channel();
+                (
+                    Joining {
+                        row: row.clone(),
+                        reply,
+                    },
+                    rx,
+                )
+            })
+            .unzip();
+        let mut passes = running.admit(self, joining, u64::MAX).passes;
+        while !running.is_empty() {
+            running.step(&self.model);
         }
-        let encoded = self.encode_rows(rows)?;
-        let (encoder_out, mask, width) = (&encoded.out, &encoded.mask, encoded.width);
-        let max_new: Vec<usize> = rows.iter().map(|r| r.max_new_tokens).collect();
-        let cancelled = |i: usize| rows[i].is_cancelled();
-        let generated = greedy::generate(&self.model, encoder_out, mask, &max_new, &cancelled)?;
-        let label_pairs = count_label_pairs(rows);
-        let scores = self.score_rows(rows, &encoded)?;
-        self.last_stats = BatchStats {
-            rows: rows.len(),
-            tasks: count_tasks(rows.iter()),
-            padded_encoder_tokens: rows.len() * width,
-            decode_steps: generated.steps,
-            decode_row_steps: generated.row_steps,
-            generated_tokens: generated.outputs.iter().map(Vec::len).sum(),
-            label_pairs,
-        };
-        Ok(generated
-            .outputs
+        let work = running.take_work();
+        let outputs: Vec<RowResult> = replies
             .into_iter()
-            .zip(scores)
-            .map(|(token_ids, scores)| RowOutput { token_ids, scores })
-            .collect())
+            .map(|mut rx| {
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(EngineError::Decode("the row was not answered".into())))
+            })
+            .collect();
+        if let Some(last) = passes.last_mut() {
+            last.decode_steps = work.steps;
+            last.decode_row_steps = work.row_steps;
+            last.generated_tokens = outputs.iter().flatten().map(|o| o.token_ids.len()).sum();
+        }
+        (outputs, passes)
     }
 
     /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
@@ -326,9 +343,8 @@ impl Engine {
             .collect())
     }
 
-    /// Runs rows in forward passes that respect the token budget. When a pass fails, its rows
-    /// are retried one by one so only the rows at fault get an error. Returns each row's
-    /// result in order and the cost of every successful pass.
+    /// Runs rows in groups that respect the token budget, each to its end before the next
+    /// (static batching). Returns each row's result in order and the cost of every pass.
     pub fn run_rows(
         &mut self,
         rows: &[RowInput],
@@ -338,23 +354,12 @@ impl Engine {
         let mut results = Vec::with_capacity(rows.len());
         let mut passes = Vec::new();
         for group in split_by_token_budget(&lengths, max_batch_tokens) {
-            match self.run_batch(&rows[group.clone()]) {
-                Ok(outputs) => {
-                    passes.push(self.last_stats.clone());
-                    results.extend(outputs.into_iter().map(Ok));
-                }
-                Err(e) if group.len() == 1 => results.push(Err(e)),
-                Err(e) => {
-                    tracing::warn!(rows = group.len(), "batch failed, retrying rows alone: {e}");
-                    for row in &rows[group] {
-                        let one = self.run_batch(std::slice::from_ref(row));
-                        if one.is_ok() {
-                            passes.push(self.last_stats.clone());
-                        }
-                        results.push(one.map(|mut o| o.remove(0)));
-                    }
-                }
+            let (outputs, stats) = self.run_to_end(&rows[group]);
+            if let Some(last) = stats.last() {
+                self.last_stats = last.clone();
             }
+            results.extend(outputs);
+            passes.extend(stats);
         }
         (results, passes)
     }

@@ -16,10 +16,11 @@ pub struct PassArgs {
     /// Model folder.
     #[arg(long)]
     model: PathBuf,
-    /// Prompts folder (the rows' tasks).
+    /// Prompts folder (the rows' tasks); without it every row runs the plain model.
     #[arg(long)]
-    prompts: PathBuf,
-    /// JSON lines {"task": ..., "input": ...}: the batch, in order.
+    prompts: Option<PathBuf>,
+    /// JSON lines {"task": ..., "input": ...}: the batch, in order (a row without "task"
+    /// runs the plain model).
     #[arg(long)]
     rows: PathBuf,
     /// Tokens to generate per row (greedy, stopping at </s>).
@@ -52,8 +53,12 @@ pub fn run(args: PassArgs) -> Result<(), String> {
     let tokenizer = T5Tokenizer::from_dir(&args.model, eos).map_err(|e| e.to_string())?;
     let d_model = model.config.d_model as usize;
     let mut engine = Engine::new(model).map_err(|e| e.to_string())?;
-    let loaded = load_prompt_dir(&args.prompts, d_model, &PromptLimits::default())
-        .map_err(|e| e.to_string())?;
+    let loaded = match &args.prompts {
+        Some(dir) => Some(
+            load_prompt_dir(dir, d_model, &PromptLimits::default()).map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
     let text =
         std::fs::read_to_string(&args.rows).map_err(|e| format!("{}: {e}", args.rows.display()))?;
     let mut slots = std::collections::HashMap::new();
@@ -61,24 +66,24 @@ pub fn run(args: PassArgs) -> Result<(), String> {
     for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
         let v: Value = serde_json::from_str(line)
             .map_err(|e| format!("{}:{}: {e}", args.rows.display(), i + 1))?;
-        let task = v["task"].as_str().unwrap_or_default().to_string();
-        let slot = match slots.get(&task) {
-            Some(s) => Clone::clone(s),
-            None => {
-                let name = promptd::prompts::TaskName::parse(&task).map_err(|e| e.to_string())?;
+        let slot = match v["task"].as_str() {
+            None => None,
+            Some(task) if slots.contains_key(task) => slots.get(task).cloned(),
+            Some(task) => {
+                let name = promptd::prompts::TaskName::parse(task).map_err(|e| e.to_string())?;
                 let prompt = loaded
-                    .prompts
-                    .get(&name)
-                    .ok_or_else(|| format!("no prompt for task {task}"))?;
+                    .as_ref()
+                    .and_then(|l| l.prompts.get(&name))
+                    .ok_or_else(|| format!("no prompt for task {task} (--prompts)"))?;
                 let slot = engine
                     .register_prompt(&prompt.encoder)
                     .map_err(|e| e.to_string())?;
-                slots.insert(task.clone(), slot.clone());
-                slot
+                slots.insert(task.to_string(), slot.clone());
+                Some(slot)
             }
         };
         rows.push(RowInput {
-            prompt: Some(slot),
+            prompt: slot,
             input_ids: tokenizer
                 .encode(v["input"].as_str().unwrap_or_default())
                 .map_err(|e| e.to_string())?,

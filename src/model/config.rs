@@ -128,6 +128,14 @@ impl T5Config {
         Ok(cfg)
     }
 
+    /// Parses and checks a config given as JSON.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ModelError> {
+        let cfg: T5Config =
+            serde_json::from_value(value).map_err(|e| ModelError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     /// Reads `config.json` from a model directory, then lets `generation_config.json` (when
     /// present) override the special token ids, as transformers' `generate()` does.
     pub fn from_dir(dir: &Path) -> Result<Self, ModelError> {

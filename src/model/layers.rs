@@ -2,7 +2,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, T5Config};
-use super::weights::Weights;
+use super::weights::WeightSource;
 use super::ModelError;
 
 /// `T5LayerNorm`: RMS norm without mean or bias, accumulated in f32.
@@ -13,7 +13,7 @@ pub struct T5LayerNorm {
 
 impl T5LayerNorm {
     /// Loads `<prefix>.weight`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
+    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
         Ok(Self {
             weight: w.get(&format!("{prefix}.weight"), &[cfg.d_model])?,
             eps: cfg.layer_norm_epsilon,
@@ -82,7 +82,7 @@ pub struct T5LayerFF {
 
 impl T5LayerFF {
     /// Loads `<prefix>.DenseReluDense.*` and `<prefix>.layer_norm`.
-    pub fn load(w: &Weights, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
+    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let p = format!("{prefix}.DenseReluDense");
         let dense = if cfg.is_gated() {
@@ -149,7 +149,7 @@ pub struct T5Attention {
 impl T5Attention {
     /// Loads `<prefix>.{q,k,v,o}` and, if asked, `<prefix>.relative_attention_bias`.
     pub fn load(
-        w: &Weights,
+        w: &dyn WeightSource,
         prefix: &str,
         cfg: &T5Config,
         has_bias: bool,

@@ -1,18 +1,42 @@
 //! Deterministic random T5 checkpoints and prompt folders for benchmarks (`promptd-dev
-//! make-model` / `make-prompts`, and benches/engine.rs). Cost does not depend on the weights' values, but they are
+//! make-model` / `make-prompts`, and benches/engine.rs), and random weights made straight on
+//! the device for the public T5 shapes (`T5Model::synthetic`, `promptd-dev engine-pass
+//! --synthetic`). Cost does not depend on the weights' values, but they are
 //! never zeros (zeros would make every row and every step alike).
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use super::weights::WeightSource;
+use super::{ModelError, ModelOptions, T5Config};
+
 /// Checkpoint shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
-    /// t5-small's shapes: d_model 512, 6+6 layers, 8 heads, d_ff 1024 gated-gelu, vocab 32128.
+    /// The benchmarks' t5-small stand-in: d_model 512, 6+6 layers, 8 heads, d_ff 1024
+    /// gated-gelu, vocab 32128.
     Small,
     /// For quick runs: d_model 128, 2+2 layers, 4 heads, d_ff 256, vocab 32128.
     Mini,
+    /// The public T5 v1.1 / Flan-T5 configs (gated-gelu, untied head, vocab 32128), by size:
+    /// small, base, large, xl (3B) and xxl (11B).
+    Public(PublicSize),
+}
+
+/// Sizes of the public T5 v1.1 / Flan-T5 checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicSize {
+    /// google/flan-t5-small: d_model 512, d_ff 1024, 6 heads, 8+8 layers.
+    Small,
+    /// google/flan-t5-base: d_model 768, d_ff 2048, 12 heads, 12+12 layers.
+    Base,
+    /// google/flan-t5-large: d_model 1024, d_ff 2816, 16 heads, 24+24 layers.
+    Large,
+    /// google/flan-t5-xl: d_model 2048, d_ff 5120, 32 heads, 24+24 layers.
+    Xl,
+    /// google/flan-t5-xxl: d_model 4096, d_ff 10240, 64 heads, 24+24 layers.
+    Xxl,
 }
 
 impl std::str::FromStr for Shape {
@@ -22,8 +46,93 @@ impl std::str::FromStr for Shape {
         match s {
             "small" => Ok(Shape::Small),
             "mini" => Ok(Shape::Mini),
-            other => Err(format!("{other:?}: expected small or mini")),
+            "t5-small" => Ok(Shape::Public(PublicSize::Small)),
+            "t5-base" => Ok(Shape::Public(PublicSize::Base)),
+            "t5-large" => Ok(Shape::Public(PublicSize::Large)),
+            "t5-xl" => Ok(Shape::Public(PublicSize::Xl)),
+            "t5-xxl" => Ok(Shape::Public(PublicSize::Xxl)),
+            other => Err(format!(
+                "{other:?}: expected small, mini, t5-small, t5-base, t5-large, t5-xl or t5-xxl"
+            )),
         }
+    }
+}
+
+impl Shape {
+    /// The shape's `config.json`.
+    pub fn config_json(self) -> Value {
+        let d = dims(self);
+        json!({
+            "architectures": ["T5ForConditionalGeneration"],
+            "model_type": "t5",
+            "vocab_size": d.vocab,
+            "d_model": d.d_model,
+            "d_kv": d.d_kv,
+            "d_ff": d.d_ff,
+            "num_layers": d.layers,
+            "num_decoder_layers": d.layers,
+            "num_heads": d.heads,
+            "relative_attention_num_buckets": d.buckets,
+            "relative_attention_max_distance": 128,
+            "dropout_rate": 0.0,
+            "layer_norm_epsilon": 1e-6,
+            "feed_forward_proj": "gated-gelu",
+            "is_encoder_decoder": true,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "decoder_start_token_id": 0,
+            "tie_word_embeddings": false,
+        })
+    }
+
+    /// The shape's config.
+    pub fn config(self) -> T5Config {
+        T5Config::from_value(self.config_json()).expect("the built-in shapes are valid configs")
+    }
+}
+
+/// Random weights for any config, made on the model's device in its dtype when asked for:
+/// `T5Model::synthetic`. Scales as in [`make_model`] (unit embeddings, fan-in scaled
+/// projections, unit layer norms), so activations stay finite at every depth.
+pub struct Synthetic {
+    opts: ModelOptions,
+}
+
+impl Synthetic {
+    /// Seeds libtorch's generators (CPU and CUDA) with `seed`.
+    pub fn new(opts: ModelOptions, seed: i64) -> Self {
+        tch::manual_seed(seed);
+        Self { opts }
+    }
+}
+
+impl WeightSource for Synthetic {
+    fn contains(&self, name: &str) -> bool {
+        // An untied head, like every v1.1 checkpoint.
+        matches!(name, "shared.weight" | "lm_head.weight")
+    }
+
+    fn is_alias(&self, _a: &str, _b: &str) -> bool {
+        false
+    }
+
+    fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        let _guard = tch::no_grad_guard();
+        let options = (self.opts.kind, self.opts.device);
+        if name.ends_with("layer_norm.weight") {
+            return Ok(Tensor::f_ones(shape, options)?);
+        }
+        let std = if name.ends_with("relative_attention_bias.weight") {
+            0.5
+        } else if name == "shared.weight" {
+            1.0
+        } else {
+            // A projection [out, in]: fan-in scaling.
+            (*shape.last().unwrap_or(&1) as f64).powf(-0.5)
+        };
+        let mut t = Tensor::f_randn(shape, options)?;
+        let _ = t.f_mul_scalar_(std)?;
+        Ok(t)
     }
 }
 
@@ -85,6 +194,24 @@ fn dims(shape: Shape) -> Dims {
             vocab: 32128,
             buckets: 32,
         },
+        Shape::Public(size) => {
+            let (d_model, d_ff, heads, layers) = match size {
+                PublicSize::Small => (512, 1024, 6, 8),
+                PublicSize::Base => (768, 2048, 12, 12),
+                PublicSize::Large => (1024, 2816, 16, 24),
+                PublicSize::Xl => (2048, 5120, 32, 24),
+                PublicSize::Xxl => (4096, 10240, 64, 24),
+            };
+            Dims {
+                d_model,
+                d_kv: 64,
+                d_ff,
+                layers,
+                heads,
+                vocab: 32128,
+                buckets: 32,
+            }
+        }
     }
 }
 
@@ -92,27 +219,7 @@ fn dims(shape: Shape) -> Dims {
 pub fn make_model(args: RandomModel) -> Result<(), String> {
     let d = dims(args.shape);
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
-    let config = json!({
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
-        "vocab_size": d.vocab,
-        "d_model": d.d_model,
-        "d_kv": d.d_kv,
-        "d_ff": d.d_ff,
-        "num_layers": d.layers,
-        "num_decoder_layers": d.layers,
-        "num_heads": d.heads,
-        "relative_attention_num_buckets": d.buckets,
-        "relative_attention_max_distance": 128,
-        "dropout_rate": 0.0,
-        "layer_norm_epsilon": 1e-6,
-        "feed_forward_proj": "gated-gelu",
-        "is_encoder_decoder": true,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-        "tie_word_embeddings": false,
-    });
+    let config = args.shape.config_json();
     write_json(&args.out.join("config.json"), &config)?;
 
     tch::manual_seed(args.seed);
@@ -271,4 +378,64 @@ fn npy_header(rows: usize, cols: usize) -> Vec<u8> {
 fn write_json(path: &Path, v: &Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(v).map_err(|e| e.to_string())?;
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::model::T5Model;
+
+    /// Counts what a model asks for; hands out zero-stride stand-ins (no memory).
+    struct Counting(Cell<i64>);
+
+    impl WeightSource for Counting {
+        fn contains(&self, name: &str) -> bool {
+            matches!(name, "shared.weight" | "lm_head.weight")
+        }
+        fn is_alias(&self, _: &str, _: &str) -> bool {
+            false
+        }
+        fn get(&self, _: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+            self.0.set(self.0.get() + shape.iter().product::<i64>());
+            let one = Tensor::f_zeros([] as [i64; 0], (Kind::Float, Device::Cpu))?;
+            Ok(one.f_expand(shape, true)?)
+        }
+    }
+
+    #[test]
+    fn public_shapes_have_the_published_parameter_counts() {
+        // The Flan-T5 model cards' / transformers' num_parameters() for each size.
+        for (shape, params) in [
+            ("t5-small", 76_961_152),
+            ("t5-base", 247_577_856),
+            ("t5-large", 783_150_080),
+            ("t5-xl", 2_849_757_184),
+            ("t5-xxl", 11_135_332_352),
+        ] {
+            let shape: Shape = shape.parse().unwrap();
+            let counting = Counting(Cell::new(0));
+            let opts = ModelOptions {
+                device: Device::Cpu,
+                kind: Kind::Float,
+            };
+            T5Model::from_weights(shape.config(), &counting, opts).unwrap();
+            assert_eq!(counting.0.get(), params, "{shape:?}");
+        }
+    }
+
+    #[test]
+    fn synthetic_weights_are_seeded_and_on_the_asked_dtype() {
+        let opts = ModelOptions {
+            device: Device::Cpu,
+            kind: Kind::BFloat16,
+        };
+        let a = T5Model::synthetic(Shape::Mini.config(), opts, 3).unwrap();
+        let b = T5Model::synthetic(Shape::Mini.config(), opts, 3).unwrap();
+        let c = T5Model::synthetic(Shape::Mini.config(), opts, 4).unwrap();
+        assert_eq!(a.shared().kind(), Kind::BFloat16);
+        assert!(a.shared().equal(b.shared()));
+        assert!(!a.shared().equal(c.shared()));
+    }
 }

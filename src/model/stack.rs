@@ -3,7 +3,7 @@ use tch::{Kind, Tensor};
 
 use super::config::T5Config;
 use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
-use super::weights::Weights;
+use super::weights::WeightSource;
 use super::ModelError;
 
 /// Keys and values of one decoder block: self-attention grows per step, cross-attention is fixed.
@@ -97,7 +97,7 @@ fn clamp_half(x: Tensor) -> Result<Tensor, ModelError> {
 
 impl T5Block {
     fn load(
-        w: &Weights,
+        w: &dyn WeightSource,
         prefix: &str,
         cfg: &T5Config,
         is_decoder: bool,
@@ -198,7 +198,11 @@ pub struct T5Stack {
 
 impl T5Stack {
     /// Loads `encoder.*` or `decoder.*`.
-    pub fn load(w: &Weights, cfg: &T5Config, is_decoder: bool) -> Result<Self, ModelError> {
+    pub fn load(
+        w: &dyn WeightSource,
+        cfg: &T5Config,
+        is_decoder: bool,
+    ) -> Result<Self, ModelError> {
         let (name, layers) = if is_decoder {
             ("decoder", cfg.decoder_layers())
         } else {

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::T5Config;
 use super::stack::{min_value, LayerCache, T5Stack};
-use super::weights::Weights;
+use super::weights::{WeightSource, Weights};
 use super::ModelError;
 
 /// Where and in which dtype the model lives.
@@ -179,7 +179,18 @@ impl T5Model {
         Ok(Self::from_weights(config, &w, opts)?.config)
     }
 
-    fn from_weights(config: T5Config, w: &Weights, opts: ModelOptions) -> Result<Self, ModelError> {
+    /// A model of `config`'s shapes with random weights made directly on `opts`' device in its
+    /// dtype (no files, no host copy): for measuring shapes whose checkpoints are not at hand.
+    pub fn synthetic(config: T5Config, opts: ModelOptions, seed: i64) -> Result<Self, ModelError> {
+        let source = super::random::Synthetic::new(opts, seed);
+        Self::from_weights(config, &source, opts)
+    }
+
+    pub(crate) fn from_weights(
+        config: T5Config,
+        w: &dyn WeightSource,
+        opts: ModelOptions,
+    ) -> Result<Self, ModelError> {
         let emb_shape = [config.vocab_size, config.d_model];
         let shared_name = [
             "shared.weight",

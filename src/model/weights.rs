@@ -87,6 +87,31 @@ impl TensorInfo {
     }
 }
 
+/// Where a model's tensors come from: a checkpoint ([`Weights`]) or random values made on the
+/// device ([`crate::model::random::Synthetic`]).
+pub trait WeightSource {
+    /// Whether the source holds `name`.
+    fn contains(&self, name: &str) -> bool;
+    /// Whether `a` and `b` are the same stored tensor (tied weights kept under two names).
+    fn is_alias(&self, a: &str, b: &str) -> bool;
+    /// `name`, checked against `shape`, in the model's dtype on its device.
+    fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError>;
+}
+
+impl WeightSource for Weights {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+
+    fn is_alias(&self, a: &str, b: &str) -> bool {
+        Weights::is_alias(self, a, b)
+    }
+
+    fn get(&self, name: &str, shape: &[i64]) -> Result<Tensor, ModelError> {
+        Weights::get(self, name, shape)
+    }
+}
+
 /// Name → (shard, tensor info) over one or more memory-mapped checkpoint files.
 pub struct Weights {
     layout: Layout,

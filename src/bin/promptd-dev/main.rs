@@ -28,8 +28,11 @@ enum Command {
     MakePrompts(MakePromptsArgs),
     /// Load generator against a live server: throughput, latency percentiles, batching.
     Bench(bench::BenchArgs),
-    /// One fixed mixed-task batch through the engine, timed (vs transformers: bench-vs-hf.sh).
+    /// One fixed mixed-task batch through the engine, timed (vs transformers: bench-vs-hf.sh);
+    /// a checkpoint or random weights of a public shape made on the device.
     EnginePass(pass::PassArgs),
+    /// One large matmul in this libtorch, timed: the device's peak for comparison.
+    Gemm(pass::GemmArgs),
 }
 
 /// Arguments of `promptd-dev make-model`.
@@ -91,6 +94,7 @@ fn main() -> std::process::ExitCode {
         }),
         Command::Bench(args) => bench::run(args),
         Command::EnginePass(args) => pass::run(args),
+        Command::Gemm(args) => pass::gemm(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -179,6 +179,24 @@ fn engine_pass_runs_synthetic_shapes_and_made_up_batches() {
     assert!(tokens.iter().all(|t| !t.is_empty() && t.len() <= 3));
     // Seeded: the same command gives the same tokens; an encoder-only pass generates none.
     assert_eq!(run(&["--new-tokens", "3"])["tokens"], a["tokens"]);
+    // --profile: the admission and a decode step, by op family, adding up to their wall time.
+    let profiled = run(&["--new-tokens", "3", "--profile"]);
+    assert_eq!(profiled["tokens"], a["tokens"]);
+    for phase in ["encoder_pass", "decode_step"] {
+        let p = profiled["profile"][phase].as_object().unwrap();
+        let total = p["total_ms"].as_f64().unwrap();
+        let parts: f64 = p
+            .iter()
+            .filter(|(k, _)| *k != "total_ms")
+            .map(|(_, v)| v.as_f64().unwrap())
+            .sum();
+        assert!(p["matmuls"].as_f64().unwrap() > 0.0, "{phase}: {p:?}");
+        assert!(
+            (parts - total).abs() < 1e-6 * total.max(1.0),
+            "{phase}: {p:?}"
+        );
+    }
+    assert_eq!(profiled["profile"]["decode_steps_per_run"], 3);
     let encoder_only = run(&["--new-tokens", "0", "--no-tokens"]);
     assert_eq!(encoder_only["generated_tokens"], 0);
     assert!(encoder_only.get("tokens").is_none());

@@ -11,6 +11,7 @@ use super::{
     count_label_pairs, count_tasks, guarded, split_by_token_budget, BatchStats, Engine,
     EngineError, RowInput, RowOutput,
 };
+use crate::model::profile::{span, Family};
 use crate::model::{DecoderState, T5Model};
 
 /// A row's answer.
@@ -263,7 +264,10 @@ impl Running {
         };
         let logits = model.decode_step(tokens, state)?;
         let next = logits.f_argmax(-1, false)?;
-        let next_host: Vec<i64> = Vec::try_from(&next)?;
+        let next_host: Vec<i64> = {
+            let _span = span(Family::HostCopy);
+            Vec::try_from(&next)?
+        };
         self.work.steps += 1;
         self.work.row_steps += self.live.len();
         let mut keep = Vec::with_capacity(self.live.len());

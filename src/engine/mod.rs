@@ -20,6 +20,7 @@ pub use bank::{PromptBank, PromptSlot};
 pub use continuous::{Admitted, DecodeWork, Joining, RowResult};
 pub use device::{DeviceSpec, DtypeSpec};
 
+use crate::model::profile::{span, Family};
 use crate::model::{ModelError, T5Model};
 use score::LabelPair;
 
@@ -304,13 +305,18 @@ impl Engine {
             }
         }
         let shape = [rows.len() as i64, width as i64];
+        let copying = span(Family::HostCopy);
         let ids = Tensor::f_from_slice(&ids)?
             .f_view(shape)?
             .f_to_device(opts.device)?;
         let mask = Tensor::f_from_slice(&mask)?
             .f_view(shape)?
             .f_to_device(opts.device)?;
-        let embeds = self.bank.embed(self.model.shared(), &ids)?;
+        drop(copying);
+        let embeds = {
+            let _span = span(Family::Gather);
+            self.bank.embed(self.model.shared(), &ids)?
+        };
         let out = self.model.encode(&embeds, &mask)?;
         Ok(Encoded { out, mask, width })
     }

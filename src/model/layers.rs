@@ -2,6 +2,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, T5Config};
+use super::profile::{span, Family};
 use super::weights::WeightSource;
 use super::ModelError;
 
@@ -27,6 +28,7 @@ impl T5LayerNorm {
 
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = span(Family::LayerNorm);
         let x32 = x.f_to_kind(Kind::Float)?;
         let variance = x32
             .f_pow_tensor_scalar(2)?
@@ -49,10 +51,12 @@ pub fn dropout(x: Tensor, p: f64) -> Result<Tensor, ModelError> {
 }
 
 fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> {
+    let _span = span(Family::Matmul);
     Ok(x.f_linear::<Tensor>(weight, None)?)
 }
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor, ModelError> {
+    let _span = span(Family::Activation);
     Ok(match act {
         Activation::Relu => x.f_relu()?,
         Activation::Gelu => x.f_gelu("none")?,
@@ -125,7 +129,12 @@ impl T5LayerFF {
             }
             DenseReluDense::Gated { wi_0, wi_1, wo } => {
                 let gate = activate(self.act, &linear(&h, wi_0)?)?;
-                let inner = dropout(gate.f_mul(&linear(&h, wi_1)?)?, drop)?;
+                let up = linear(&h, wi_1)?;
+                let gated = {
+                    let _span = span(Family::Activation);
+                    gate.f_mul(&up)?
+                };
+                let inner = dropout(gated, drop)?;
                 linear(&inner, wo)?
             }
         };
@@ -214,6 +223,7 @@ impl T5Attention {
         let (b, t) = (x.size()[0], x.size()[1]);
         let q = self.split_heads(&linear(x, &self.q)?)?;
         let grads = q.requires_grad() || keys.requires_grad() || values.requires_grad();
+        let attention = span(Family::Attention);
         let attended = if drop == 0.0 && !grads && !TRAINING.with(|t| t.get()) {
             // Serving: fused attention (libtorch picks the kernel for the device). T5 adds the
             // position bias and the padding mask as one float mask, and does not scale scores.
@@ -246,6 +256,7 @@ impl T5Attention {
             )?;
             weights.f_matmul(values)?
         };
+        std::mem::drop(attention);
         let out = attended
             .f_transpose(1, 2)?
             .f_reshape([b, t, self.n_heads * self.d_kv])?;
@@ -313,6 +324,7 @@ pub fn position_bias(
     tq: i64,
     tk: i64,
 ) -> Result<Tensor, ModelError> {
+    let _span = span(Family::PositionBias);
     let device = table.device();
     let ctx = Tensor::f_arange_start(query_start, query_start + tq, (Kind::Int64, device))?
         .f_unsqueeze(1)?;

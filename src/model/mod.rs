@@ -3,6 +3,7 @@
 pub mod config;
 pub mod layers;
 pub mod pickle;
+pub mod profile;
 pub mod random;
 pub mod spiece;
 pub mod stack;

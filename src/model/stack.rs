@@ -3,6 +3,7 @@ use tch::{Kind, Tensor};
 
 use super::config::T5Config;
 use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
+use super::profile::{span, Family};
 use super::weights::WeightSource;
 use super::ModelError;
 
@@ -171,6 +172,7 @@ impl T5Block {
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k_new, v_new) = self.self_attn.key_values(&h)?;
+        let growing = span(Family::KvCache);
         let (k, v) = match cache.self_kv.take() {
             None => (k_new, v_new),
             Some((k, v)) => (
@@ -178,6 +180,7 @@ impl T5Block {
                 Tensor::f_cat(&[v, v_new], 2)?,
             ),
         };
+        drop(growing);
         let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias, 0.0)?)?)?;
         cache.self_kv = Some((k, v));
         let (attn, norm) = self.cross_part()?;
@@ -253,7 +256,11 @@ impl T5Stack {
     /// the training dropout (0 when serving).
     pub fn encode(&self, x: &Tensor, mask_bias: &Tensor, drop: f64) -> Result<Tensor, ModelError> {
         let s = x.size()[1];
-        let bias = self.position_bias(0, s, s, x)?.f_add(mask_bias)?;
+        let position = self.position_bias(0, s, s, x)?;
+        let bias = {
+            let _span = span(Family::PositionBias);
+            position.f_add(mask_bias)?
+        };
         let mut h = dropout(x.shallow_clone(), drop)?;
         for block in &self.blocks {
             h = block.forward(&h, &bias, None, drop)?;

@@ -4,6 +4,7 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::config::T5Config;
+use super::profile::{span, Family};
 use super::stack::{min_value, LayerCache, T5Stack};
 use super::weights::{WeightSource, Weights};
 use super::ModelError;
@@ -48,6 +49,7 @@ pub struct DecoderState {
 impl DecoderState {
     /// Keeps only the batch rows in `keep` (indices into the current batch).
     pub fn select(&self, keep: &Tensor) -> Result<Self, ModelError> {
+        let _span = span(Family::KvCache);
         Ok(Self {
             caches: self
                 .caches
@@ -84,6 +86,7 @@ impl DecoderState {
                 "only a state that has not decoded can join a running batch".into(),
             ));
         }
+        let _span = span(Family::KvCache);
         let (b_old, b_new) = (self.rows(), fresh.rows());
         let cols = self.step;
         let s = self.encoder_len().max(fresh.encoder_len());
@@ -126,6 +129,7 @@ impl DecoderState {
     /// Drops the first `cols` self-attention columns (padding no remaining row uses) and keeps
     /// `encoder_len` encoder positions (the longest remaining row's).
     pub fn trim(&mut self, cols: i64, encoder_len: i64) -> Result<(), ModelError> {
+        let _span = span(Family::KvCache);
         let cols = cols.clamp(0, self.step);
         let keep_enc = encoder_len.clamp(1, self.encoder_len());
         for cache in &mut self.caches {
@@ -250,11 +254,13 @@ impl T5Model {
 
     /// Embeds token ids [B, S] → [B, S, d].
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = span(Family::Gather);
         Ok(Tensor::f_embedding(&self.shared, ids, -1, false, false)?)
     }
 
     /// Additive attention bias [B, 1, 1, S] from a 0/1 mask [B, S].
     pub fn mask_bias(&self, mask: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = span(Family::PositionBias);
         let masked = mask.f_eq(0)?.f_unsqueeze(1)?.f_unsqueeze(1)?;
         let zeros = Tensor::f_zeros(masked.size(), (self.opts.kind, self.opts.device))?;
         Ok(zeros.f_masked_fill(&masked, min_value(self.opts.kind))?)
@@ -346,6 +352,7 @@ impl T5Model {
         } else {
             self.decoder.position_bias(step, 1, step + 1, &x)?
         };
+        let bias_span = span(Family::PositionBias);
         let bias = match state.self_pad.take() {
             None => bias,
             Some(pad) => {
@@ -357,6 +364,7 @@ impl T5Model {
                 bias
             }
         };
+        drop(bias_span);
         let h = self
             .decoder
             .decode_step(&x, &bias, &mut state.caches, &state.cross_bias)?;
@@ -384,6 +392,7 @@ impl T5Model {
             Some(scale) => hidden.f_mul_scalar(scale)?,
             None => hidden.shallow_clone(),
         };
+        let _span = span(Family::Matmul);
         Ok(h.f_linear::<Tensor>(&self.lm_head, None)?)
     }
 }

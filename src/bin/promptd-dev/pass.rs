@@ -91,6 +91,10 @@ pub struct PassArgs {
     /// Leave the generated tokens out of the output (large batches).
     #[arg(long)]
     no_tokens: bool,
+    /// After the timed runs, profile --repeats more: milliseconds per op family for the
+    /// encoder pass (with the decoder's cross-attention keys) and per decode step (CPU only).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Runs the batch and prints one JSON line: {"median_ms", "min_ms", "rows", "width",
@@ -159,8 +163,75 @@ pub fn run(args: PassArgs) -> Result<(), String> {
     if !args.no_tokens {
         out["tokens"] = json!(tokens);
     }
+    if args.profile {
+        if device != Device::Cpu {
+            return Err("--profile times ops on the host: CPU only".into());
+        }
+        out["profile"] = profile(&mut engine, &rows, args.repeats.max(1))?;
+    }
     println!("{out}");
     Ok(())
+}
+
+/// Milliseconds per op family: the admission (encoder pass, label scores, decoder set-up) and
+/// one decode step, averaged over `repeats` runs; "other" is the rest of the wall time
+/// (residual adds, reshapes, bookkeeping).
+fn profile(engine: &mut Engine, rows: &[RowInput], repeats: usize) -> Result<Value, String> {
+    use promptd::engine::continuous::Running;
+    use promptd::engine::Joining;
+    use promptd::model::profile;
+
+    let mut phases = [(0.0, vec![0.0; 8]), (0.0, vec![0.0; 8])];
+    let mut steps = 0usize;
+    let mut add = |phase: usize, wall: f64, families: Vec<(profile::Family, f64)>| {
+        phases[phase].0 += wall;
+        for (i, (_, secs)) in families.into_iter().enumerate() {
+            phases[phase].1[i] += secs;
+        }
+    };
+    let mut names = Vec::new();
+    for _ in 0..repeats {
+        profile::enable(true);
+        let mut running = Running::new(engine.model());
+        // Nobody reads the answers: a reply whose receiver is gone is dropped.
+        let joining = rows
+            .iter()
+            .map(|row| Joining {
+                row: row.clone(),
+                reply: tokio::sync::oneshot::channel().0,
+            })
+            .collect();
+        let t = Instant::now();
+        running.admit(engine, joining, u64::MAX);
+        add(0, t.elapsed().as_secs_f64(), profile::take());
+        let t = Instant::now();
+        while !running.is_empty() {
+            running.step(engine.model());
+            steps += 1;
+        }
+        let families = profile::take();
+        names = families.iter().map(|(f, _)| f.name()).collect();
+        add(1, t.elapsed().as_secs_f64(), families);
+        profile::enable(false);
+    }
+    let report = |(wall, families): &(f64, Vec<f64>), per: usize| {
+        let per = per.max(1) as f64;
+        let mut m = serde_json::Map::new();
+        m.insert("total_ms".into(), json!(wall / per * 1e3));
+        for (name, secs) in names.iter().zip(families) {
+            m.insert(name.to_string(), json!(secs / per * 1e3));
+        }
+        m.insert(
+            "other".into(),
+            json!((wall - families.iter().sum::<f64>()) / per * 1e3),
+        );
+        Value::Object(m)
+    };
+    Ok(json!({
+        "encoder_pass": report(&phases[0], repeats),
+        "decode_step": report(&phases[1], steps),
+        "decode_steps_per_run": steps / repeats,
+    }))
 }
 
 fn rows_from_file(

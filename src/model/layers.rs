@@ -210,6 +210,40 @@ impl T5Attention {
         ))
     }
 
+    /// Self-attention over packed rows: `x` [N, d] holds the real positions of a [B, S] batch,
+    /// at `rows.positions` of its flattened [B·S] layout. Projections run on the N real
+    /// positions only; scores run on the padded layout (padding is zeros there, and masked by
+    /// `bias` [B, H, S, S] as before). Returns [N, d]. Serving only (fused attention).
+    pub fn attend_packed(
+        &self,
+        x: &Tensor,
+        rows: &Packed,
+        bias: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let inner = self.n_heads * self.d_kv;
+        let unpack = |t: Tensor| -> Result<Tensor, ModelError> {
+            let _span = span(Family::Gather);
+            let padded = Tensor::f_zeros([rows.batch * rows.width, inner], (t.kind(), t.device()))?
+                .f_index_copy(0, &rows.positions, &t)?;
+            self.split_heads(&padded.f_view([rows.batch, rows.width, inner])?)
+        };
+        let q = unpack(linear(x, &self.q)?)?;
+        let k = unpack(linear(x, &self.k)?)?;
+        let v = unpack(linear(x, &self.v)?)?;
+        let attended = {
+            let _span = span(Family::Attention);
+            fused(&q, &k, &v, bias)?
+        };
+        let out = {
+            let _span = span(Family::Gather);
+            attended
+                .f_transpose(1, 2)?
+                .f_reshape([rows.batch * rows.width, inner])?
+                .f_index_select(0, &rows.positions)?
+        };
+        linear(&out, &self.o)
+    }
+
     /// Attention of `x` over (keys, values) with an additive `bias` broadcastable to [B, H, T, S];
     /// `drop` is the training dropout on the attention weights (0 when serving).
     pub fn attend(
@@ -225,23 +259,7 @@ impl T5Attention {
         let grads = q.requires_grad() || keys.requires_grad() || values.requires_grad();
         let attention = span(Family::Attention);
         let attended = if drop == 0.0 && !grads && !TRAINING.with(|t| t.get()) {
-            // Serving: fused attention (libtorch picks the kernel for the device). T5 adds the
-            // position bias and the padding mask as one float mask, and does not scale scores.
-            let mask = if bias.kind() == q.kind() {
-                bias.shallow_clone()
-            } else {
-                bias.f_to_kind(q.kind())?
-            };
-            Tensor::f_scaled_dot_product_attention(
-                &q,
-                keys,
-                values,
-                Some(&mask),
-                0.0,
-                false,
-                1.0,
-                false,
-            )?
+            fused(&q, keys, values, bias)?
         } else {
             // Tuning (gradients through the frozen model): scores, softmax and dropout by hand,
             // as transformers' eager attention computes them, so gradients match PyTorch's and a
@@ -262,6 +280,36 @@ impl T5Attention {
             .f_reshape([b, t, self.n_heads * self.d_kv])?;
         linear(&out, &self.o)
     }
+}
+
+/// Where the real positions of a right-padded [B, S] batch sit in its flattened layout.
+pub struct Packed {
+    /// Indices into [B·S] of the real positions, in order [N] (int64, on the batch's device).
+    pub positions: Tensor,
+    /// B.
+    pub batch: i64,
+    /// S.
+    pub width: i64,
+}
+
+/// Serving attention: fused (libtorch picks the kernel for the device). T5 adds the position
+/// bias and the padding mask as one float mask, and does not scale scores.
+fn fused(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor, ModelError> {
+    let mask = if bias.kind() == q.kind() {
+        bias.shallow_clone()
+    } else {
+        bias.f_to_kind(q.kind())?
+    };
+    Ok(Tensor::f_scaled_dot_product_attention(
+        q,
+        keys,
+        values,
+        Some(&mask),
+        0.0,
+        false,
+        1.0,
+        false,
+    )?)
 }
 
 thread_local! {

@@ -23,7 +23,7 @@ pub struct T5Model {
     /// The checkpoint's configuration.
     pub config: T5Config,
     shared: Tensor,
-    encoder: T5Stack,
+    pub(crate) encoder: T5Stack,
     decoder: T5Stack,
     lm_head: Tensor,
     lm_scale: Option<f64>,
@@ -266,9 +266,11 @@ impl T5Model {
         Ok(zeros.f_masked_fill(&masked, min_value(self.opts.kind))?)
     }
 
-    /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S].
+    /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S]; padding positions cost
+    /// no projection or feed-forward work (`T5Stack::encode_packed`) and come out as zeros.
     pub fn encode(&self, embeds: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
-        self.encoder.encode(embeds, &self.mask_bias(mask)?, 0.0)
+        self.encoder
+            .encode_packed(embeds, mask, &self.mask_bias(mask)?)
     }
 
     /// Hugging Face's seq2seq training loss: the mean cross-entropy over every target token of

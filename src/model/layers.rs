@@ -202,6 +202,27 @@ impl T5Attention {
             .f_transpose(1, 2)?)
     }
 
+    /// Packed projections [N, H·d_kv] → the padded layout [B, H, S, d_kv], zeros at padding.
+    fn unpack(&self, t: Tensor, rows: &Packed) -> Result<Tensor, ModelError> {
+        let _span = span(Family::Gather);
+        let inner = self.n_heads * self.d_kv;
+        let padded = Tensor::f_zeros([rows.batch * rows.width, inner], (t.kind(), t.device()))?
+            .f_index_copy(0, &rows.positions, &t)?;
+        self.split_heads(&padded.f_view([rows.batch, rows.width, inner])?)
+    }
+
+    /// Keys and values of packed rows `x` [N, d], in the padded layout (zeros at padding).
+    pub fn key_values_packed(
+        &self,
+        x: &Tensor,
+        rows: &Packed,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        Ok((
+            self.unpack(linear(x, &self.k)?, rows)?,
+            self.unpack(linear(x, &self.v)?, rows)?,
+        ))
+    }
+
     /// Projects keys and values of `x` (for a cache or for cross-attention).
     pub fn key_values(&self, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
         Ok((
@@ -221,15 +242,8 @@ impl T5Attention {
         bias: &Tensor,
     ) -> Result<Tensor, ModelError> {
         let inner = self.n_heads * self.d_kv;
-        let unpack = |t: Tensor| -> Result<Tensor, ModelError> {
-            let _span = span(Family::Gather);
-            let padded = Tensor::f_zeros([rows.batch * rows.width, inner], (t.kind(), t.device()))?
-                .f_index_copy(0, &rows.positions, &t)?;
-            self.split_heads(&padded.f_view([rows.batch, rows.width, inner])?)
-        };
-        let q = unpack(linear(x, &self.q)?)?;
-        let k = unpack(linear(x, &self.k)?)?;
-        let v = unpack(linear(x, &self.v)?)?;
+        let q = self.unpack(linear(x, &self.q)?, rows)?;
+        let (k, v) = self.key_values_packed(x, rows)?;
         let attended = {
             let _span = span(Family::Attention);
             fused(&q, &k, &v, bias)?
@@ -282,7 +296,7 @@ impl T5Attention {
     }
 }
 
-/// Where the real positions of a right-padded [B, S] batch sit in its flattened layout.
+/// Where the real positions of a padded [B, S] batch sit in its flattened layout.
 pub struct Packed {
     /// Indices into [B·S] of the real positions, in order [N] (int64, on the batch's device).
     pub positions: Tensor,
@@ -310,6 +324,33 @@ fn fused(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Te
         1.0,
         false,
     )?)
+}
+
+impl Packed {
+    /// The real positions of `mask` [B, S] (0/1), or None when padding is under 5% of the
+    /// batch (packing's copies would cost more than the padding).
+    pub fn of(mask: &Tensor) -> Result<Option<Self>, ModelError> {
+        let _span = span(Family::Gather);
+        let (batch, width) = mask.size2()?;
+        let positions = mask.f_reshape([-1])?.f_nonzero()?.f_squeeze_dim(1)?;
+        if positions.size()[0] * 20 >= batch * width * 19 {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            positions,
+            batch,
+            width,
+        }))
+    }
+
+    /// Rows `x` [B, S, ...] → its real positions [N, ...].
+    pub fn pack(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let _span = span(Family::Gather);
+        let mut shape = x.size();
+        shape.splice(0..2, [self.batch * self.width]);
+        Ok(x.f_reshape(shape.as_slice())?
+            .f_index_select(0, &self.positions)?)
+    }
 }
 
 thread_local! {

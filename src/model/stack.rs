@@ -296,29 +296,16 @@ impl T5Stack {
         mask_bias: &Tensor,
     ) -> Result<Tensor, ModelError> {
         let (batch, width, d) = x.size3()?;
-        let positions = {
-            let _span = span(Family::Gather);
-            mask.f_reshape([-1])?.f_nonzero()?.f_squeeze_dim(1)?
-        };
-        let real = positions.size()[0];
-        if real * 20 >= batch * width * 19 || x.requires_grad() {
-            return self.encode(x, mask_bias, 0.0);
-        }
-        let rows = Packed {
-            positions,
-            batch,
-            width,
+        let rows = match Packed::of(mask)? {
+            Some(rows) if !x.requires_grad() => rows,
+            _ => return self.encode(x, mask_bias, 0.0),
         };
         let position = self.position_bias(0, width, width, x)?;
         let bias = {
             let _span = span(Family::PositionBias);
             position.f_add(mask_bias)?
         };
-        let mut h = {
-            let _span = span(Family::Gather);
-            x.f_reshape([batch * width, d])?
-                .f_index_select(0, &rows.positions)?
-        };
+        let mut h = rows.pack(x)?;
         for block in &self.blocks {
             h = block.forward_packed(&h, &rows, &bias)?;
         }
@@ -337,6 +324,29 @@ impl T5Stack {
                 Ok(LayerCache {
                     self_kv: None,
                     cross_kv: b.cross_part()?.0.key_values(encoder_out)?,
+                })
+            })
+            .collect()
+    }
+
+    /// [`T5Stack::cross_caches`] over the real positions of `mask` [B, S] only (zeros at
+    /// padding, which the cross-attention masks), when padding is worth skipping.
+    pub fn cross_caches_packed(
+        &self,
+        encoder_out: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Vec<LayerCache>, ModelError> {
+        let rows = match Packed::of(mask)? {
+            Some(rows) if !encoder_out.requires_grad() => rows,
+            _ => return self.cross_caches(encoder_out),
+        };
+        let h = rows.pack(encoder_out)?;
+        self.blocks
+            .iter()
+            .map(|b| {
+                Ok(LayerCache {
+                    self_kv: None,
+                    cross_kv: b.cross_part()?.0.key_values_packed(&h, &rows)?,
                 })
             })
             .collect()

@@ -320,7 +320,7 @@ impl T5Model {
     ) -> Result<DecoderState, ModelError> {
         let steps = max_steps.max(1);
         Ok(DecoderState {
-            caches: self.decoder.cross_caches(encoder_out)?,
+            caches: self.decoder.cross_caches_packed(encoder_out, mask)?,
             cross_bias: self.mask_bias(mask)?,
             self_bias: self
                 .decoder

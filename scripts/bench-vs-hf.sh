@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The engine against an anchor on the same batch (BENCHMARKS.md, "Engine vs transformers" and
-# "vs CTranslate2"): 64 rows, short (8-word) and long (~400-token) inputs, 1 and 16 new tokens,
+# "vs CTranslate2"): 64 rows, short (8-word), long (~400-token) and varied (4 to 32 words)
+# inputs, 1 and 16 new tokens,
 # f32 on CPU, both at the same thread count, run side by side.
 #   transformers (default): the rows over 16 tasks (20-row prompts prepended as inputs_embeds,
 #     attn sdpa), scripts/bench_engine_vs_hf.py;
@@ -28,7 +29,7 @@ work="$(mktemp -d)"; trap 'rm -rf "$work"' EXIT
 "$py" "$root/scripts/bench_rows.py" --tokenizer "$model/tokenizer.json" --tasks "$tasks" --out "$work"
 echo "| inputs | new tokens | promptd ms | $anchor ms | $anchor / promptd | same tokens |"
 echo "|---|---:|---:|---:|---:|---|"
-for inputs in short long; do
+for inputs in ${INPUTS:-short long varied}; do
   for new in 1 16; do
     args=(--model "$model" "${with_prompts[@]}" --rows "$work/$inputs.jsonl" --new-tokens "$new" --repeats "$repeats" --threads "$threads")
     ours="$("$dev" engine-pass "${args[@]}" 2>"$work/err")" || { cat "$work/err" >&2; exit 1; }

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The side-by-side benches' batches (scripts/bench-vs-hf.sh): OUT/short.jsonl and OUT/long.jsonl,
-64 rows each of seeded random words, short = 8 words, long = as many words as make about
---long-tokens tokens with the model's tokenizer (so "long" means the same on any tokenizer).
+"""The side-by-side benches' batches (scripts/bench-vs-hf.sh): OUT/short.jsonl, OUT/long.jsonl and
+OUT/varied.jsonl, 64 rows each of seeded random words, short = 8 words, long = as many words as
+make about --long-tokens tokens with the model's tokenizer (so "long" means the same on any
+tokenizer), varied = 4 to 32 words each, like `promptd-dev bench`'s requests.
 With --tasks N > 0, row i gets "task": taskNNNNN (i mod N); with 0, rows have no task.
   python3 scripts/bench_rows.py --tokenizer MODEL/tokenizer.json --tasks 16 --out DIR
 """
@@ -31,7 +32,8 @@ def main():
         while len(tok.encode(" ".join(words), add_special_tokens=False).ids) < args.long_tokens - 1:
             words.append(rng.choice(WORDS))
         long.append(" ".join(words))
-    for name, texts in [("short", short), ("long", long)]:
+    varied = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 32))) for _ in range(args.rows)]
+    for name, texts in [("short", short), ("long", long), ("varied", varied)]:
         with open(f"{args.out}/{name}.jsonl", "w") as f:
             for i, text in enumerate(texts):
                 row = {"input": text}

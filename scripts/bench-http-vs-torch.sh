@@ -14,7 +14,8 @@
 #   scripts/bench-http-vs-torch.sh [mini|small] [seconds] [threads]
 # Needs release builds (make build build-dev) and a python with torch, transformers, peft,
 # tokenizers (PYTHON=...; default .venv/bin/python, else python3). DECODE=static|continuous
-# (default continuous) sets the server's --decode. Writes bench-models/ (git-ignored).
+# (default continuous) sets the server's --decode; ROUNDS=N alternates the sides N times and
+# reports medians. Writes bench-models/ (git-ignored).
 set -euo pipefail
 shape="${1:-mini}"; secs="${2:-20}"; threads="${3:-2}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -53,41 +54,52 @@ side() {
 }
 
 load=(--tasks "$tasks" --max-new-tokens 16 --duration-s "$secs" --warmup-s "$warmup" --json)
-start_ephemeral
-server=$(side server-load "$dev" bench --url "$url" --concurrency "$window" "${load[@]}")
-stop_server; server_pid=""
-echo "{\"impl\":\"server\",\"decode\":\"$decode\",\"result\":$server}"
-
 offline_flags=(--offline --model "$model" --prompts "$prompts" --batch-size "$window")
 [[ "$decode" == continuous ]] && offline_flags+=(--offline-continuous)
-offline=$(side offline "$dev" bench "${offline_flags[@]}" "${load[@]}")
-echo "{\"impl\":\"offline-engine\",\"result\":$offline}"
-
 py_args=(--model "$model" --prompts "$prompts" --tasks "$tasks" --seconds "$secs" --warmup "$warmup"
   --threads "$threads" --max-new-tokens 16)
-torch=$(side torch "$py" "$root/scripts/bench_torch_mixed.py" "${py_args[@]}" --per-task $((window / tasks)) | grep rows_per_s | tail -1)
-echo "$torch"
-peft=$(side peft "$py" "$root/scripts/bench_hf_peft.py" "${py_args[@]}" --modes per-task --window "$window" | grep rows_per_s | tail -1)
-echo "$peft"
+# ROUNDS (default 1) runs the four sides in turn that many times; the table has each side's
+# median and the ratios of every round, so the machine's drift shows instead of hiding.
+for round in $(seq 1 "${ROUNDS:-1}"); do
+  start_ephemeral
+  server=$(side server-load "$dev" bench --url "$url" --concurrency "$window" "${load[@]}")
+  stop_server; server_pid=""
+  echo "{\"impl\":\"server\",\"round\":$round,\"decode\":\"$decode\",\"result\":$server}" | tee -a "$work/server.jsonl"
+  offline=$(side offline "$dev" bench "${offline_flags[@]}" "${load[@]}")
+  echo "{\"impl\":\"offline-engine\",\"round\":$round,\"result\":$offline}" | tee -a "$work/offline.jsonl"
+  side torch "$py" "$root/scripts/bench_torch_mixed.py" "${py_args[@]}" --per-task $((window / tasks)) \
+    | grep rows_per_s | tail -1 | tee -a "$work/torch.jsonl"
+  side peft "$py" "$root/scripts/bench_hf_peft.py" "${py_args[@]}" --modes per-task --window "$window" \
+    | grep rows_per_s | tail -1 | tee -a "$work/peft.jsonl"
+done
 
-"$py" - "$shape" "$secs" "$threads" "$decode" "$server" "$offline" "$torch" "$peft" <<'PY'
-import json, sys
-shape, secs, threads, decode = sys.argv[1:5]
-s, o, t, p = (json.loads(a) for a in sys.argv[5:9])
-print(f"\n{shape}, {secs} s measured per side, {threads} threads, 16 tasks, 64 requests at a time, "
-      f"≤ 16 new tokens, f32 CPU\n")
-print("| side | rows/s | generated tokens/s | notes |")
-print("|---|---:|---:|---|")
-print(f"| promptd server (HTTP, {decode}) | {s['rows_per_s']:.1f} | {s['generated_tokens_per_s']:.0f} | "
-      f"p50 {s['latency_ms']['p50']:.0f} ms, p99 {s['latency_ms']['p99']:.0f} ms; "
-      f"{s['mean_rows_per_pass']:.1f} rows per pass; statuses {json.dumps(s['statuses'])} |")
-print(f"| offline engine ({o['mode']}, batches of {o['batch_size']}) | {o['rows_per_s']:.1f} | "
-      f"{o['generated_tokens_per_s']:.0f} | no HTTP, same generator |")
-print(f"| hand-built torch mixed batch | {t['rows_per_s']:.1f} | {t['generated_tokens_per_s']:.0f} | "
+"$py" - "$shape" "$secs" "$threads" "$decode" "$work" <<'PY'
+import json, statistics, sys
+shape, secs, threads, decode, work = sys.argv[1:6]
+def runs(name):
+    rows = [json.loads(l) for l in open(f"{work}/{name}.jsonl") if l.strip()]
+    return [r.get("result", r) for r in rows]
+S, O, T, P = (runs(n) for n in ("server", "offline", "torch", "peft"))
+def med(rs, key="rows_per_s"):
+    return statistics.median(r[key] for r in rs)
+def each(rs):
+    return ", ".join(f"{r['rows_per_s']:.1f}" for r in rs)
+s, o, t = S[-1], O[-1], T[-1]
+print(f"\n{shape}, {secs} s measured per side, {len(S)} round(s), {threads} threads, 16 tasks, "
+      f"64 requests at a time, ≤ 16 new tokens, f32 CPU (medians; rows/s of every round)\n")
+print("| side | rows/s | generated tokens/s | rows/s per round | notes |")
+print("|---|---:|---:|---|---|")
+print(f"| promptd server (HTTP, {decode}) | {med(S):.1f} | {med(S, 'generated_tokens_per_s'):.0f} | {each(S)} | "
+      f"last round: p50 {s['latency_ms']['p50']:.0f} ms, p99 {s['latency_ms']['p99']:.0f} ms, "
+      f"{s['mean_rows_per_pass']:.1f} rows per pass, statuses {json.dumps(s['statuses'])} |")
+print(f"| offline engine ({o['mode']}, batches of {o['batch_size']}) | {med(O):.1f} | "
+      f"{med(O, 'generated_tokens_per_s'):.0f} | {each(O)} | no HTTP, same generator |")
+print(f"| hand-built torch mixed batch | {med(T):.1f} | {med(T, 'generated_tokens_per_s'):.0f} | {each(T)} | "
       f"one generate() per window of {t['window']}, {t['mean_tasks_per_window']} tasks each |")
-print(f"| transformers + PEFT per task | {p['rows_per_s']:.1f} | {p['generated_tokens_per_s']:.0f} | "
+print(f"| transformers + PEFT per task | {med(P):.1f} | {med(P, 'generated_tokens_per_s'):.0f} | {each(P)} | "
       f"one generate() per task in each window of 64 |")
-r = s["rows_per_s"]
-print(f"\nserver / torch {r / t['rows_per_s']:.2f}, server / PEFT {r / p['rows_per_s']:.2f}, "
-      f"server / offline {r / o['rows_per_s']:.2f}")
+def ratio(a, b):
+    per = ", ".join(f"{x['rows_per_s'] / y['rows_per_s']:.2f}" for x, y in zip(a, b))
+    return f"{med(a) / med(b):.2f} (per round {per})"
+print(f"\nserver / torch {ratio(S, T)}; server / PEFT {ratio(S, P)}; server / offline {ratio(S, O)}")
 PY

@@ -220,6 +220,10 @@ fn rows_joining_a_running_batch_match_transformers() {
             }
         }
         assert!(joined_while_running > 5, "rows must join a running batch");
+        // Newcomers took finished rows' slots in place, and empty slots were compacted away.
+        let work = running.take_work();
+        assert!(work.reused_slots > 0, "{work:?}");
+        assert!(work.compactions > 0, "{work:?}");
         assert_eq!(waiting.len(), all.len());
         for (i, mut rx) in waiting {
             let out = rx.try_recv().expect("answered").expect("no error");

@@ -78,9 +78,13 @@ struct Fresh {
 /// The batch being decoded.
 pub struct Running {
     state: Option<DecoderState>,
-    /// Last token of each live row [B].
+    /// Last token of each batch row [B].
     tokens: Option<Tensor>,
-    live: Vec<Live>,
+    /// The batch's rows in order: a finished row leaves its slot empty (still computed, its
+    /// tokens ignored) until a newcomer takes it or the batch is compacted.
+    slots: Vec<Option<Live>>,
+    /// Rows decoding (occupied slots).
+    live: usize,
     eos: Vec<i64>,
     start_id: i64,
     /// Decode work done since the last [`Running::take_work`].
@@ -92,9 +96,18 @@ pub struct Running {
 pub struct DecodeWork {
     /// Decoder steps.
     pub steps: usize,
-    /// Sum over steps of the rows in the batch (finished rows leave it).
+    /// Sum over steps of the rows computed: live rows and finished rows' slots not yet
+    /// compacted away.
     pub row_steps: usize,
+    /// Newcomers written into a finished row's slot (no copy of the batch).
+    pub reused_slots: usize,
+    /// Batch copies that dropped finished rows' slots.
+    pub compactions: usize,
 }
+
+/// A batch whose finished rows' slots are more than this fraction of it is compacted before
+/// the next step (a copy of the live rows' caches), instead of computing the empty slots on.
+const COMPACT_WHEN_EMPTY: f64 = 0.25;
 
 impl Running {
     /// An empty batch for `model`.
@@ -102,7 +115,8 @@ impl Running {
         Self {
             state: None,
             tokens: None,
-            live: Vec::new(),
+            slots: Vec::new(),
+            live: 0,
             eos: model.config.eos_ids(),
             start_id: model.config.decoder_start_id(),
             work: DecodeWork::default(),
@@ -116,17 +130,21 @@ impl Running {
 
     /// Rows decoding.
     pub fn len(&self) -> usize {
-        self.live.len()
+        self.live
     }
 
     /// Whether no row is decoding.
     pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
+        self.live == 0
     }
 
     /// Distinct prompts among the live rows.
     pub fn tasks(&self) -> usize {
-        count_tasks(self.live.iter().map(|l| &l.row))
+        count_tasks(self.lives().map(|l| &l.row))
+    }
+
+    fn lives(&self) -> impl Iterator<Item = &Live> {
+        self.slots.iter().flatten()
     }
 
     /// Encodes `joining` (in groups within the token budget), scores their labels, answers the
@@ -179,7 +197,8 @@ impl Running {
         admitted
     }
 
-    /// Answers the group's rows that do not generate and merges the others in.
+    /// Answers the group's rows that do not generate and merges the others in: into finished
+    /// rows' slots first, after the batch's rows for the rest.
     fn join(&mut self, model: &T5Model, fresh: Fresh, group: Vec<Joining>) {
         let mut newcomers = Vec::new();
         for ((joining, scores), decoding) in group.into_iter().zip(fresh.scores).zip(fresh.decoding)
@@ -202,49 +221,84 @@ impl Running {
         let Some(state) = fresh.state else {
             return;
         };
+        let free: Vec<i64> = (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.is_none())
+            .map(|(i, _)| i as i64)
+            .take(newcomers.len())
+            .collect();
+        let remaining = self
+            .lives()
+            .chain(&newcomers)
+            .map(|l| (l.row.max_new_tokens - l.out.len()) as i64)
+            .max()
+            .unwrap_or(1);
+        let (start_id, n) = (self.start_id, newcomers.len() as i64);
         let merged = guarded(|| {
-            let start = Tensor::f_full(
-                [newcomers.len() as i64],
-                self.start_id,
-                (Kind::Int64, model.options().device),
-            )?;
+            let device = model.options().device;
+            let starts = |n: i64| Tensor::f_full([n], start_id, (Kind::Int64, device));
             let (mut state, tokens) = match (self.state.take(), self.tokens.take()) {
-                (Some(old), Some(tokens)) => {
-                    (old.merge(state)?, Tensor::f_cat(&[tokens, start], 0)?)
+                (Some(mut old), Some(mut tokens)) => {
+                    let placed = free.len() as i64;
+                    let rest = if placed == 0 {
+                        Some(state)
+                    } else if placed == n {
+                        old.place(state, &free)?;
+                        None
+                    } else {
+                        let pick = |from: i64, to: i64| -> Result<Tensor, EngineError> {
+                            let idx: Vec<i64> = (from..to).collect();
+                            Ok(Tensor::f_from_slice(&idx)?.f_to_device(device)?)
+                        };
+                        old.place(state.select(&pick(0, placed)?)?, &free)?;
+                        Some(state.select(&pick(placed, n)?)?)
+                    };
+                    if placed > 0 {
+                        let idx = Tensor::f_from_slice(&free)?.f_to_device(device)?;
+                        let _ = tokens.f_index_fill_(0, &idx, start_id)?;
+                    }
+                    match rest {
+                        Some(rest) => {
+                            let added = rest.rows();
+                            (
+                                old.append(rest)?,
+                                Tensor::f_cat(&[tokens, starts(added)?], 0)?,
+                            )
+                        }
+                        None => (old, tokens),
+                    }
                 }
-                _ => (state, start),
+                _ => (state, starts(n)?),
             };
-            let remaining = self
-                .live
-                .iter()
-                .chain(&newcomers)
-                .map(|l| (l.row.max_new_tokens - l.out.len()) as i64)
-                .max()
-                .unwrap_or(1);
-            let steps = state.step + remaining;
-            model.plan_decoder(&mut state, steps)?;
+            model.plan_decoder(&mut state, remaining)?;
             Ok((state, tokens))
         });
+        self.live += newcomers.len();
         match merged {
             Ok((state, tokens)) => {
-                for l in &mut newcomers {
-                    l.offset = state.step;
+                let step = state.step;
+                let mut newcomers = newcomers.into_iter().map(|mut l| {
+                    l.offset = step;
+                    Some(l)
+                });
+                for &slot in &free {
+                    self.slots[slot as usize] = newcomers.next().flatten();
                 }
-                self.live.extend(newcomers);
+                self.slots.extend(newcomers);
+                self.work.reused_slots += free.len();
                 self.state = Some(state);
                 self.tokens = Some(tokens);
             }
             Err(e) => {
-                self.live.extend(newcomers);
+                self.slots.extend(newcomers.into_iter().map(Some));
                 self.fail_all(&e);
             }
         }
     }
 
-    /// One decode step for every live row; rows that finish are answered and leave. A failed
-    /// step fails every live row (the batch's caches can no longer be trusted).
+    /// One decode step for every live row; rows that finish are answered and leave their
+    /// slot. A failed step fails every live row (the batch's caches can no longer be trusted).
     pub fn step(&mut self, model: &T5Model) {
-        if self.live.is_empty() {
+        if self.live == 0 {
             return;
         }
         if let Err(e) = guarded(|| self.step_inner(model)) {
@@ -257,6 +311,7 @@ impl Running {
         if crate::fault::take(&crate::fault::PANIC_STEPS) {
             panic!("injected fault: a decode step panicked");
         }
+        self.compact_if_worth()?;
         let (Some(state), Some(tokens)) = (self.state.as_mut(), self.tokens.as_ref()) else {
             return Err(EngineError::Decode(
                 "live rows without decoder state".into(),
@@ -269,53 +324,59 @@ impl Running {
             Vec::try_from(&next)?
         };
         self.work.steps += 1;
-        self.work.row_steps += self.live.len();
-        let mut keep = Vec::with_capacity(self.live.len());
-        for (pos, (live, &token)) in self.live.iter_mut().zip(&next_host).enumerate() {
+        self.work.row_steps += self.slots.len();
+        self.tokens = Some(next);
+        for (slot, &token) in self.slots.iter_mut().zip(&next_host) {
+            let Some(live) = slot else { continue };
             live.out.push(token);
-            if !live.finished(&self.eos) {
-                keep.push(pos as i64);
+            if live.finished(&self.eos) {
+                slot.take().expect("occupied").answer();
+                self.live -= 1;
             }
         }
-        if keep.len() == self.live.len() {
-            self.tokens = Some(next);
-            return Ok(());
-        }
-        let mut kept = Vec::with_capacity(keep.len());
-        let mut next_keep = keep.iter().peekable();
-        for (pos, live) in std::mem::take(&mut self.live).into_iter().enumerate() {
-            if next_keep.peek().is_some_and(|&&k| k == pos as i64) {
-                next_keep.next();
-                kept.push(live);
-            } else {
-                live.answer();
-            }
-        }
-        self.live = kept;
-        if self.live.is_empty() {
+        if self.live == 0 {
             self.state = None;
             self.tokens = None;
+            self.slots.clear();
             return Ok(());
         }
-        let keep = Tensor::f_from_slice(&keep)?.f_to_device(next.device())?;
-        let mut state = state.select(&keep)?;
-        // Columns before every remaining row's first step, and encoder positions past the
-        // longest remaining row, are padding for all: drop them.
-        let unused = self.live.iter().map(|l| l.offset).min().unwrap_or(0);
-        let enc_len = self.live.iter().map(|l| l.enc_len).max().unwrap_or(1);
-        state.trim(unused, enc_len)?;
-        for live in &mut self.live {
-            live.offset -= unused;
+        // Columns before every remaining row's first step are padding for all: skip them.
+        let first = self.lives().map(|l| l.offset).min().unwrap_or(0);
+        if let Some(state) = self.state.as_mut() {
+            state.trim_to(first);
         }
+        Ok(())
+    }
+
+    /// Drops the finished rows' slots (a copy of the live rows' caches) when they are more
+    /// than [`COMPACT_WHEN_EMPTY`] of the batch, and encoder positions past the longest live row.
+    fn compact_if_worth(&mut self) -> Result<(), EngineError> {
+        let empty = self.slots.len() - self.live;
+        if empty == 0 || (empty as f64) <= COMPACT_WHEN_EMPTY * self.slots.len() as f64 {
+            return Ok(());
+        }
+        let (Some(state), Some(tokens)) = (self.state.as_ref(), self.tokens.as_ref()) else {
+            return Ok(());
+        };
+        let keep: Vec<i64> = (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.is_some())
+            .map(|(i, _)| i as i64)
+            .collect();
+        let keep = Tensor::f_from_slice(&keep)?.f_to_device(tokens.device())?;
+        let mut state = state.select(&keep)?;
+        let enc_len = self.lives().map(|l| l.enc_len).max().unwrap_or(1);
+        state.narrow_encoder(enc_len)?;
+        self.tokens = Some(tokens.f_index_select(0, &keep)?);
         self.state = Some(state);
-        self.tokens = Some(next.f_index_select(0, &keep)?);
+        self.slots.retain(Option::is_some);
+        self.work.compactions += 1;
         Ok(())
     }
 
     /// Answers every live row with `e` and empties the batch.
     pub fn fail_all(&mut self, e: &EngineError) {
-        tracing::error!(rows = self.live.len(), "running batch failed: {e}");
-        for live in self.live.drain(..) {
+        tracing::error!(rows = self.live, "running batch failed: {e}");
+        for live in self.slots.drain(..).flatten() {
             // A panic stays a panic (metrics and logs tell bugs from model failures).
             let e = match e {
                 EngineError::Panic(why) => EngineError::Panic(why.clone()),
@@ -323,6 +384,7 @@ impl Running {
             };
             let _ = live.reply.send(Err(e));
         }
+        self.live = 0;
         self.state = None;
         self.tokens = None;
     }

@@ -7,12 +7,37 @@ use super::profile::{span, Family};
 use super::weights::WeightSource;
 use super::ModelError;
 
-/// Keys and values of one decoder block: self-attention grows per step, cross-attention is fixed.
+/// Keys and values of one decoder block. The self-attention buffers are allocated at the
+/// columns the batch is planned to need and written in place, one column per step; rows may
+/// be written over (a finished row's slot given to a newcomer) without copying the others.
 pub struct LayerCache {
-    /// Self-attention keys [B, H, t, d_kv] (None before the first step).
+    /// Self-attention keys and values [B, H, capacity, d_kv] (None before the first step).
     pub self_kv: Option<(Tensor, Tensor)>,
     /// Cross-attention keys and values over the encoder output [B, H, S, d_kv].
     pub cross_kv: (Tensor, Tensor),
+}
+
+/// Where a decode step reads and writes a [`LayerCache`]'s self-attention buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct Columns {
+    /// First buffer column the step attends to.
+    pub first: i64,
+    /// Buffer column the step writes (and attends to last).
+    pub write: i64,
+    /// Buffer columns to allocate when the cache has none yet.
+    pub capacity: i64,
+}
+
+/// `t` with dimension 2 padded with zeros to `len`.
+fn pad_dim2(t: &Tensor, len: i64) -> Result<Tensor, ModelError> {
+    let mut shape = t.size();
+    let have = shape[2];
+    if have >= len {
+        return Ok(t.shallow_clone());
+    }
+    shape[2] = len - have;
+    let zeros = Tensor::f_zeros(shape.as_slice(), (t.kind(), t.device()))?;
+    Ok(Tensor::f_cat(&[t.shallow_clone(), zeros], 2)?)
 }
 
 impl LayerCache {
@@ -27,30 +52,20 @@ impl LayerCache {
         })
     }
 
-    /// Appends `fresh`'s rows (no self-attention keys yet) after this cache's: they get `cols`
-    /// zero self-attention columns (masked by the caller) and cross keys padded to `enc_len`.
-    pub fn merge(self, fresh: LayerCache, enc_len: i64, cols: i64) -> Result<Self, ModelError> {
-        let pad = |t: &Tensor| -> Result<Tensor, ModelError> {
-            let mut shape = t.size();
-            let have = shape[2];
-            if have >= enc_len {
-                return Ok(t.shallow_clone());
-            }
-            shape[2] = enc_len - have;
-            let zeros = Tensor::f_zeros(shape.as_slice(), (t.kind(), t.device()))?;
-            Ok(Tensor::f_cat(&[t.shallow_clone(), zeros], 2)?)
-        };
+    /// Appends `fresh`'s rows (no self-attention keys yet) after this cache's: they get zero
+    /// self-attention columns (masked by the caller) and cross keys padded to `enc_len`.
+    pub fn append(self, fresh: LayerCache, enc_len: i64) -> Result<Self, ModelError> {
         let (ck, cv) = &self.cross_kv;
         let (fk, fv) = &fresh.cross_kv;
         let cross_kv = (
-            Tensor::f_cat(&[pad(ck)?, pad(fk)?], 0)?,
-            Tensor::f_cat(&[pad(cv)?, pad(fv)?], 0)?,
+            Tensor::f_cat(&[pad_dim2(ck, enc_len)?, pad_dim2(fk, enc_len)?], 0)?,
+            Tensor::f_cat(&[pad_dim2(cv, enc_len)?, pad_dim2(fv, enc_len)?], 0)?,
         );
         let self_kv = match self.self_kv {
             None => None,
             Some((k, v)) => {
-                let mut shape = fk.size();
-                shape[2] = cols;
+                let mut shape = k.size();
+                shape[0] = fk.size()[0];
                 let zeros = Tensor::f_zeros(shape.as_slice(), (k.kind(), k.device()))?;
                 Some((
                     Tensor::f_cat(&[k, zeros.shallow_clone()], 0)?,
@@ -61,17 +76,50 @@ impl LayerCache {
         Ok(Self { self_kv, cross_kv })
     }
 
-    /// Drops the first `cols` self-attention columns and keeps `enc_len` encoder positions.
-    pub fn trim(&mut self, cols: i64, enc_len: i64) -> Result<(), ModelError> {
-        if let Some((k, v)) = &self.self_kv {
-            let keep = k.size()[2] - cols;
-            if cols > 0 {
-                self.self_kv = Some((k.f_narrow(2, cols, keep)?, v.f_narrow(2, cols, keep)?));
-            }
+    /// Writes `fresh`'s rows (no self-attention keys yet) over the rows `slots` in place: their
+    /// cross keys (padded to this cache's encoder length, which must cover theirs) and zeroed
+    /// self-attention columns. The other rows are not touched.
+    pub fn place(&mut self, fresh: &LayerCache, slots: &Tensor) -> Result<(), ModelError> {
+        let width = self.cross_kv.0.size()[2];
+        let (ck, cv) = &mut self.cross_kv;
+        let _ = ck.f_index_copy_(0, slots, &pad_dim2(&fresh.cross_kv.0, width)?)?;
+        let _ = cv.f_index_copy_(0, slots, &pad_dim2(&fresh.cross_kv.1, width)?)?;
+        if let Some((k, v)) = &mut self.self_kv {
+            let _ = k.f_index_fill_(0, slots, 0.0)?;
+            let _ = v.f_index_fill_(0, slots, 0.0)?;
         }
+        Ok(())
+    }
+
+    /// Pads the cross keys and values to `enc_len` encoder positions (a longer newcomer).
+    pub fn widen(&mut self, enc_len: i64) -> Result<(), ModelError> {
+        let (k, v) = &self.cross_kv;
+        self.cross_kv = (pad_dim2(k, enc_len)?, pad_dim2(v, enc_len)?);
+        Ok(())
+    }
+
+    /// Keeps the first `enc_len` encoder positions (a view).
+    pub fn narrow_encoder(&mut self, enc_len: i64) -> Result<(), ModelError> {
         let (k, v) = &self.cross_kv;
         if k.size()[2] > enc_len {
             self.cross_kv = (k.f_narrow(2, 0, enc_len)?, v.f_narrow(2, 0, enc_len)?);
+        }
+        Ok(())
+    }
+
+    /// New self-attention buffers of `capacity` columns holding columns `from..from + len`
+    /// of the old ones at 0..len.
+    pub fn recolumn(&mut self, from: i64, len: i64, capacity: i64) -> Result<(), ModelError> {
+        if let Some((k, v)) = &self.self_kv {
+            let moved = |t: &Tensor| -> Result<Tensor, ModelError> {
+                let mut shape = t.size();
+                shape[2] = capacity;
+                let out = Tensor::f_zeros(shape.as_slice(), (t.kind(), t.device()))?;
+                out.f_narrow(2, 0, len)?
+                    .f_copy_(&t.f_narrow(2, from, len)?)?;
+                Ok(out)
+            };
+            self.self_kv = Some((moved(k)?, moved(v)?));
         }
         Ok(())
     }
@@ -175,27 +223,36 @@ impl T5Block {
         clamp_half(self.ff.forward(&x, 0.0)?)
     }
 
-    /// Decoder block for the newest position only, appending its keys/values to `cache`.
+    /// Decoder block for the newest position only, writing its keys/values into `cache` at
+    /// `cols.write` and attending to `cols.first..=cols.write`.
     fn step(
         &self,
         x: &Tensor,
         self_bias: &Tensor,
         cross_bias: &Tensor,
         cache: &mut LayerCache,
+        cols: Columns,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k_new, v_new) = self.self_attn.key_values(&h)?;
-        let growing = span(Family::KvCache);
-        let (k, v) = match cache.self_kv.take() {
-            None => (k_new, v_new),
-            Some((k, v)) => (
-                Tensor::f_cat(&[k, k_new], 2)?,
-                Tensor::f_cat(&[v, v_new], 2)?,
-            ),
+        let (k, v) = {
+            let _span = span(Family::KvCache);
+            if cache.self_kv.is_none() {
+                let mut shape = k_new.size();
+                shape[2] = cols.capacity.max(cols.write + 1);
+                let zeros = || Tensor::f_zeros(shape.as_slice(), (k_new.kind(), k_new.device()));
+                cache.self_kv = Some((zeros()?, zeros()?));
+            }
+            let (kb, vb) = cache.self_kv.as_ref().expect("allocated above");
+            kb.f_narrow(2, cols.write, 1)?.f_copy_(&k_new)?;
+            vb.f_narrow(2, cols.write, 1)?.f_copy_(&v_new)?;
+            let attended = cols.write + 1 - cols.first;
+            (
+                kb.f_narrow(2, cols.first, attended)?,
+                vb.f_narrow(2, cols.first, attended)?,
+            )
         };
-        drop(growing);
         let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias, 0.0)?)?)?;
-        cache.self_kv = Some((k, v));
         let (attn, norm) = self.cross_part()?;
         let h = norm.forward(&x)?;
         let (ck, cv) = &cache.cross_kv;
@@ -375,17 +432,19 @@ impl T5Stack {
         dropout(self.final_layer_norm.forward(&h)?, drop)
     }
 
-    /// Decoder for one new position of every row; `x` [B, 1, d], `self_bias` [1, H, 1, step + 1].
+    /// Decoder for one new position of every row; `x` [B, 1, d], `self_bias` [B or 1, H, 1,
+    /// attended columns].
     pub fn decode_step(
         &self,
         x: &Tensor,
         self_bias: &Tensor,
         caches: &mut [LayerCache],
         cross_bias: &Tensor,
+        cols: Columns,
     ) -> Result<Tensor, ModelError> {
         let mut h = x.shallow_clone();
         for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            h = block.step(&h, self_bias, cross_bias, cache)?;
+            h = block.step(&h, self_bias, cross_bias, cache, cols)?;
         }
         self.final_layer_norm.forward(&h)
     }

@@ -5,7 +5,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::T5Config;
 use super::profile::{span, Family};
-use super::stack::{min_value, LayerCache, T5Stack};
+use super::stack::{min_value, Columns, LayerCache, T5Stack};
 use super::weights::{WeightSource, Weights};
 use super::ModelError;
 
@@ -31,23 +31,38 @@ pub struct T5Model {
 }
 
 /// Decoder state for a batch being generated; lives outside the model.
+///
+/// Self-attention columns are counted from the batch's first step ("absolute" columns: a row
+/// that joins at step 7 writes its first keys at column 7). The caches hold the columns from
+/// `base` in buffers of `capacity` columns written in place; a step attends to the columns from
+/// `first` (those before are padding for every row still decoding). Rows never move: a
+/// finished row's slot can be given to a newcomer ([`DecoderState::place`]) and only
+/// [`DecoderState::select`] copies the batch.
 pub struct DecoderState {
     caches: Vec<LayerCache>,
+    /// Additive mask over the encoder positions [B, 1, 1, S].
     cross_bias: Tensor,
-    /// Decoder position bias of the last planned step, [1, H, 1, steps]. The bias depends only
-    /// on key − query, so step t's bias is its last t + 1 columns; computed once per batch.
+    /// Decoder position bias for up to `planned` attended columns, [1, H, 1, planned]. The
+    /// bias depends only on key − query, so a step attending to n columns uses the last n;
+    /// computed once per batch.
     self_bias: Tensor,
-    /// Rows that joined a running batch (continuous batching) have cache columns from before
-    /// their first step: this additive bias [B, 1, 1, step] masks them (None: no such rows).
-    /// Key j of query `step` is at relative position j − step for every row, so the position
-    /// bias stays shared; only the mask differs per row.
+    /// Rows that joined a running batch have buffer columns from before their first step:
+    /// this additive mask [B, 1, 1, capacity] hides them (None: no such row). Key j of a
+    /// step's query is at relative position j − step for every row, so the position bias
+    /// stays shared; only the mask differs per row.
     self_pad: Option<Tensor>,
-    /// Self-attention cache columns (the next token's position for rows that started at 0).
+    /// Self-attention buffer columns (allocated at the first step).
+    capacity: i64,
+    /// Absolute column of buffer column 0.
+    base: i64,
+    /// First absolute column a step attends to.
+    first: i64,
+    /// Steps since the batch started: the absolute column the next step writes.
     pub step: i64,
 }
 
 impl DecoderState {
-    /// Keeps only the batch rows in `keep` (indices into the current batch).
+    /// Keeps only the batch rows in `keep` (indices into the current batch); copies them.
     pub fn select(&self, keep: &Tensor) -> Result<Self, ModelError> {
         let _span = span(Family::KvCache);
         Ok(Self {
@@ -63,7 +78,7 @@ impl DecoderState {
                 .as_ref()
                 .map(|p| p.f_index_select(0, keep))
                 .transpose()?,
-            step: self.step,
+            ..*self
         })
     }
 
@@ -77,37 +92,68 @@ impl DecoderState {
         self.cross_bias.size()[3]
     }
 
-    /// Appends the rows of `fresh` (a state that has not decoded yet) after this state's rows.
-    /// The newcomers get this state's cache columns as masked padding, and the shorter encoder
-    /// output is padded and masked too, so each row attends to exactly what it would alone.
-    pub fn merge(self, fresh: DecoderState) -> Result<Self, ModelError> {
-        if fresh.step != 0 {
+    fn allocated(&self) -> bool {
+        self.caches.iter().any(|c| c.self_kv.is_some())
+    }
+
+    /// The self-attention mask of `n` rows joining now: buffer columns before this step masked.
+    fn newcomer_pad(&self, n: i64) -> Result<Tensor, ModelError> {
+        let like = &self.cross_bias;
+        let (kind, device) = (like.kind(), like.device());
+        let before = Tensor::f_arange(self.capacity, (Kind::Int64, device))?
+            .f_lt(self.step - self.base)?
+            .f_view([1, 1, 1, self.capacity])?;
+        Ok(Tensor::f_zeros([1, 1, 1, self.capacity], (kind, device))?
+            .f_masked_fill(&before, min_value(kind))?
+            .f_expand([n, 1, 1, self.capacity], false)?
+            .f_contiguous()?)
+    }
+
+    /// Whether newcomers need a mask: buffer columns written before this step.
+    fn joining_late(&self) -> bool {
+        self.step > self.base || self.self_pad.is_some()
+    }
+
+    fn check_fresh(fresh: &DecoderState) -> Result<(), ModelError> {
+        if fresh.step != 0 || fresh.allocated() {
             return Err(ModelError::Config(
                 "only a state that has not decoded can join a running batch".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// Appends the rows of `fresh` (a state that has not decoded yet) after this state's rows.
+    /// The newcomers get this state's cache columns as masked padding, and the shorter encoder
+    /// output is padded and masked too, so each row attends to exactly what it would alone.
+    pub fn append(self, fresh: DecoderState) -> Result<Self, ModelError> {
+        Self::check_fresh(&fresh)?;
         let _span = span(Family::KvCache);
-        let (b_old, b_new) = (self.rows(), fresh.rows());
-        let cols = self.step;
+        let b_old = self.rows();
         let s = self.encoder_len().max(fresh.encoder_len());
-        let like = &self.cross_bias;
-        let (kind, device) = (like.kind(), like.device());
-        let masked = super::stack::min_value(kind);
-        let self_pad = Tensor::f_cat(
-            &[
-                match self.self_pad {
-                    Some(p) => p,
-                    None => Tensor::f_zeros([b_old, 1, 1, cols], (kind, device))?,
-                },
-                Tensor::f_full([b_new, 1, 1, cols], masked, (kind, device))?,
-            ],
-            0,
-        )?;
+        let masked = min_value(self.cross_bias.kind());
+        let capacity = if self.allocated() {
+            self.capacity
+        } else {
+            self.capacity.max(fresh.capacity)
+        };
+        let self_pad = if self.joining_late() {
+            let old = match &self.self_pad {
+                Some(p) => p.shallow_clone(),
+                None => Tensor::f_zeros(
+                    [b_old, 1, 1, self.capacity],
+                    (self.cross_bias.kind(), self.cross_bias.device()),
+                )?,
+            };
+            Some(Tensor::f_cat(&[old, self.newcomer_pad(fresh.rows())?], 0)?)
+        } else {
+            None
+        };
         let caches = self
             .caches
             .into_iter()
             .zip(fresh.caches)
-            .map(|(old, new)| old.merge(new, s, cols))
+            .map(|(old, new)| old.append(new, s))
             .collect::<Result<_, _>>()?;
         let cross_bias = Tensor::f_cat(
             &[
@@ -121,25 +167,105 @@ impl DecoderState {
             caches,
             cross_bias,
             self_bias: longer(self.self_bias, fresh.self_bias),
-            self_pad: Some(self_pad),
-            step: cols,
+            self_pad,
+            capacity,
+            ..self
         })
     }
 
-    /// Drops the first `cols` self-attention columns (padding no remaining row uses) and keeps
-    /// `encoder_len` encoder positions (the longest remaining row's).
-    pub fn trim(&mut self, cols: i64, encoder_len: i64) -> Result<(), ModelError> {
+    /// Writes the rows of `fresh` (a state that has not decoded yet) over this state's rows
+    /// `slots` (finished rows' slots), in place, as [`DecoderState::append`] would set them up;
+    /// the other rows are not copied.
+    pub fn place(&mut self, fresh: DecoderState, slots: &[i64]) -> Result<(), ModelError> {
+        Self::check_fresh(&fresh)?;
+        if fresh.rows() != slots.len() as i64 {
+            return Err(ModelError::Config(format!(
+                "{} rows for {} slots",
+                fresh.rows(),
+                slots.len()
+            )));
+        }
         let _span = span(Family::KvCache);
-        let cols = cols.clamp(0, self.step);
-        let keep_enc = encoder_len.clamp(1, self.encoder_len());
+        let masked = min_value(self.cross_bias.kind());
+        let idx = Tensor::f_from_slice(slots)?.f_to_device(self.cross_bias.device())?;
+        let s = fresh.encoder_len();
+        if s > self.encoder_len() {
+            for cache in &mut self.caches {
+                cache.widen(s)?;
+            }
+            self.cross_bias = pad_last(&self.cross_bias, s, masked)?;
+        }
+        for (cache, new) in self.caches.iter_mut().zip(&fresh.caches) {
+            cache.place(new, &idx)?;
+        }
+        let width = self.encoder_len();
+        let _ =
+            self.cross_bias
+                .f_index_copy_(0, &idx, &pad_last(&fresh.cross_bias, width, masked)?)?;
+        if !self.allocated() {
+            self.capacity = self.capacity.max(fresh.capacity);
+        }
+        if self.joining_late() {
+            let pad = self.newcomer_pad(slots.len() as i64)?;
+            let all = match self.self_pad.take() {
+                Some(p) => p,
+                None => Tensor::f_zeros(
+                    [self.rows(), 1, 1, self.capacity],
+                    (pad.kind(), pad.device()),
+                )?,
+            };
+            let mut all = all;
+            let _ = all.f_index_copy_(0, &idx, &pad)?;
+            self.self_pad = Some(all);
+        }
+        if fresh.self_bias.size()[3] > self.self_bias.size()[3] {
+            self.self_bias = fresh.self_bias;
+        }
+        Ok(())
+    }
+
+    /// Stops attending to the columns before absolute column `first` (padding for every row
+    /// still decoding). Copies nothing.
+    pub fn trim_to(&mut self, first: i64) {
+        self.first = first.clamp(self.first, self.step);
+    }
+
+    /// Keeps the first `encoder_len` encoder positions (the longest remaining row's); a view.
+    pub fn narrow_encoder(&mut self, encoder_len: i64) -> Result<(), ModelError> {
+        let keep = encoder_len.clamp(1, self.encoder_len());
         for cache in &mut self.caches {
-            cache.trim(cols, keep_enc)?;
+            cache.narrow_encoder(keep)?;
+        }
+        self.cross_bias = self.cross_bias.f_narrow(3, 0, keep)?;
+        Ok(())
+    }
+
+    /// Makes room for `more` steps: when the buffers cannot hold them, new ones hold the
+    /// attended columns at their start, with room for `more` (at least doubling).
+    fn reserve(&mut self, more: i64) -> Result<(), ModelError> {
+        let needed = self.step - self.base + more;
+        if !self.allocated() {
+            self.capacity = self.capacity.max(needed);
+            return Ok(());
+        }
+        if needed <= self.capacity {
+            return Ok(());
+        }
+        let _span = span(Family::KvCache);
+        let live = self.step - self.first;
+        let from = self.first - self.base;
+        let capacity = (live + more).max(2 * live);
+        for cache in &mut self.caches {
+            cache.recolumn(from, live, capacity)?;
         }
         if let Some(pad) = &self.self_pad {
-            self.self_pad = Some(pad.f_narrow(3, cols, self.step - cols)?);
+            let out = Tensor::f_zeros([self.rows(), 1, 1, capacity], (pad.kind(), pad.device()))?;
+            out.f_narrow(3, 0, live)?
+                .f_copy_(&pad.f_narrow(3, from, live)?)?;
+            self.self_pad = Some(out);
         }
-        self.cross_bias = self.cross_bias.f_narrow(3, 0, keep_enc)?;
-        self.step -= cols;
+        self.capacity = capacity;
+        self.base = self.first;
         Ok(())
     }
 }
@@ -326,16 +452,23 @@ impl T5Model {
                 .decoder
                 .position_bias(steps - 1, 1, steps, encoder_out)?,
             self_pad: None,
+            capacity: steps,
+            base: 0,
+            first: 0,
             step: 0,
         })
     }
 
-    /// Makes sure the precomputed decoder position bias covers `steps` cache columns.
-    pub fn plan_decoder(&self, state: &mut DecoderState, steps: i64) -> Result<(), ModelError> {
-        if state.self_bias.size()[3] < steps {
-            state.self_bias = self
-                .decoder
-                .position_bias(steps - 1, 1, steps, &state.cross_bias)?;
+    /// Makes sure the state can take `more` steps: buffer room for their columns, and the
+    /// precomputed position bias covering the columns the last of them attends to.
+    pub fn plan_decoder(&self, state: &mut DecoderState, more: i64) -> Result<(), ModelError> {
+        let more = more.max(1);
+        state.reserve(more)?;
+        let attended = state.step - state.first + more;
+        if state.self_bias.size()[3] < attended {
+            state.self_bias =
+                self.decoder
+                    .position_bias(attended - 1, 1, attended, &state.cross_bias)?;
         }
         Ok(())
     }
@@ -347,29 +480,29 @@ impl T5Model {
         state: &mut DecoderState,
     ) -> Result<Tensor, ModelError> {
         let x = self.embed(&tokens.f_unsqueeze(1)?)?;
-        let step = state.step;
+        state.reserve(1)?;
+        let attended = state.step + 1 - state.first;
         let planned = state.self_bias.size()[3];
-        let bias = if step < planned {
-            state.self_bias.f_narrow(3, planned - 1 - step, step + 1)?
+        let bias = if attended <= planned {
+            state.self_bias.f_narrow(3, planned - attended, attended)?
         } else {
-            self.decoder.position_bias(step, 1, step + 1, &x)?
+            self.decoder.position_bias(attended - 1, 1, attended, &x)?
         };
-        let bias_span = span(Family::PositionBias);
-        let bias = match state.self_pad.take() {
+        let cols = Columns {
+            first: state.first - state.base,
+            write: state.step - state.base,
+            capacity: state.capacity,
+        };
+        let bias = match &state.self_pad {
             None => bias,
             Some(pad) => {
-                let rows = pad.size()[0];
-                let own = Tensor::f_zeros([rows, 1, 1, 1], (pad.kind(), pad.device()))?;
-                let pad = Tensor::f_cat(&[pad, own], 3)?;
-                let bias = bias.f_add(&pad)?;
-                state.self_pad = Some(pad);
-                bias
+                let _span = span(Family::PositionBias);
+                bias.f_add(&pad.f_narrow(3, cols.first, attended)?)?
             }
         };
-        drop(bias_span);
         let h = self
             .decoder
-            .decode_step(&x, &bias, &mut state.caches, &state.cross_bias)?;
+            .decode_step(&x, &bias, &mut state.caches, &state.cross_bias, cols)?;
         state.step += 1;
         self.logits(&h.f_squeeze_dim(1)?)
     }

@@ -96,6 +96,9 @@ pub struct BenchArgs {
     /// static batches.
     #[arg(long, requires = "offline")]
     pub offline_continuous: bool,
+    /// Offline: milliseconds per op family over the measured window (CPU only), in the summary.
+    #[arg(long, requires = "offline")]
+    pub profile: bool,
 }
 
 /// xorshift64*: small, seeded, good enough for arrival times and task draws.
@@ -490,6 +493,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     let warm_until = start + Duration::from_secs_f64(args.warmup_s);
     let end = warm_until + Duration::from_secs_f64(args.duration_s);
     let (mut rows_done, mut tokens, mut passes, mut measured_from) = (0u64, 0u64, 0u64, None);
+    let mut profiling = false;
     if args.offline_continuous {
         // A saturated continuous batch: every freed place is refilled at the next step.
         let mut running = Running::new(engine.model());
@@ -498,6 +502,10 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
             let measured = Instant::now() >= warm_until;
             if measured {
                 measured_from.get_or_insert_with(Instant::now);
+                if args.profile && !profiling {
+                    promptd::model::profile::enable(true);
+                    profiling = true;
+                }
             }
             let room = args.batch_size - running.len();
             if room > 0 {
@@ -536,6 +544,10 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
         if measured {
             measured_from.get_or_insert_with(Instant::now);
         }
+        if measured && args.profile && !profiling {
+            promptd::model::profile::enable(true);
+            profiling = true;
+        }
         let (outputs, stats) = engine.run_rows(&rows, max_batch_tokens);
         if !measured {
             continue;
@@ -548,7 +560,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
         tokens += stats.iter().map(|s| s.generated_tokens as u64).sum::<u64>();
     }
     let secs = measured_from.map_or(f64::NAN, |t| (Instant::now() - t).as_secs_f64());
-    let summary = json!({
+    let mut summary = json!({
         "mode": if args.offline_continuous { "offline-continuous" } else { "offline" },
         "tasks": args.tasks,
         "batch_size": args.batch_size,
@@ -557,6 +569,17 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
         "generated_tokens_per_s": tokens as f64 / secs,
         "passes": passes,
     });
+    if profiling {
+        let families = promptd::model::profile::take();
+        promptd::model::profile::enable(false);
+        let mut ms = serde_json::Map::new();
+        for (family, s) in &families {
+            ms.insert(family.name().into(), json!(s * 1e3));
+        }
+        let spent: f64 = families.iter().map(|(_, s)| s).sum();
+        ms.insert("other".into(), json!((secs - spent) * 1e3));
+        summary["profile_ms"] = Value::Object(ms);
+    }
     if args.json {
         println!("{summary}");
     } else {

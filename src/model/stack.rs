@@ -367,10 +367,7 @@ impl T5Stack {
             h = block.forward_packed(&h, &rows, &bias)?;
         }
         let h = self.final_layer_norm.forward(&h)?;
-        let _span = span(Family::Gather);
-        Ok(Tensor::f_zeros([batch * width, d], (h.kind(), h.device()))?
-            .f_index_copy(0, &rows.positions, &h)?
-            .f_view([batch, width, d])?)
+        Ok(rows.unpack(&h)?.f_view([batch, width, d])?)
     }
 
     /// Cross-attention keys/values of every decoder block over the encoder output.

@@ -1,6 +1,6 @@
 //! Continuous batching for the decoder: rows join a running batch at a decode-step boundary
-//! (their encoder pass runs then, and their caches are merged into the batch's) and leave it
-//! the step they finish, answering at once. A row still sees exactly what it would alone: its
+//! (their encoder pass runs then, and their caches are written into finished rows' slots, or
+//! appended) and leave it the step they finish, answering at once. A row still sees exactly what it would alone: its
 //! self-attention columns from before it joined and the encoder padding of longer rows are
 //! masked, and T5's decoder position bias depends only on key − query, which is the same for
 //! every row when the caches are right-aligned.

@@ -2,12 +2,12 @@
 # libtorch 2.11.0 is provisioned from PyPI into .libtorch/ on first use (scripts/provision-libtorch.sh).
 CARGO ?= cargo
 LIBTORCH_STAMP := .libtorch/.complete-2.11.0
-DEMO_MODEL ?= tests/fixtures/models/t5-v1_1-tiny
+DEMO_MODEL ?= tests/fixtures/models/demo-reviews
 DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
 GRPC_ADDR ?= 127.0.0.1:50051
 
-.PHONY: all libtorch build build-dev build-cuda test test-tmpfs api-fuzz lint lint-docker lint-deploy run fixtures clean
+.PHONY: all libtorch build build-dev build-cuda test test-tmpfs api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
 all: build
 
@@ -57,6 +57,22 @@ lint-deploy:
 # Serves the demo model and the demo prompts in prompts/ (uploads are stored there too).
 run: build
 	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR) --grpc-addr $(GRPC_ADDR)
+
+# The demo: a tiny T5 trained from scratch on synthetic reviews, multi-task with text prefixes
+# (seeded; ~20 min on 2 cores; Python with torch, installed into .tools/ on first use), and its
+# data: tests/fixtures/models/demo-reviews, tests/fixtures/demo. Both are committed.
+demo-model:
+	./scripts/demo-model.sh
+
+# Re-tunes the demo prompts on the frozen demo model with `promptd tune` (seeded):
+# prompts/<task>.safetensors and prompts/reports/<task>.json.
+demo-prompts: build
+	./scripts/demo-prompts.sh
+
+# The demo's accuracy tables (README, BENCHMARKS.md): tuned prompt vs no prompt vs a text
+# instruction vs the pretraining prefix; prompt lengths and inits (~30 min).
+demo-study: build
+	python3 scripts/demo_study.py
 
 # Regenerates tests/fixtures with transformers + PEFT (needs: pip install torch transformers peft).
 fixtures:

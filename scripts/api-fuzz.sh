@@ -38,10 +38,11 @@ fail() {
   exit 1
 }
 
-# run <mode> [serve flags...]: serves a copy of prompts/ and fuzzes it for $seconds.
+# run <mode> [serve flags...]: serves the tiny fixture model with a copy of its three demo prompts
+# (tests/fixtures/prompts/tiny-demo) and fuzzes it for $seconds.
 run() {
   local mode="$1"; shift
-  rm -rf "$work/prompts"; cp -r "$root/prompts" "$work/prompts"
+  rm -rf "$work/prompts"; cp -r "$root/tests/fixtures/prompts/tiny-demo" "$work/prompts"
   "$bin" serve --model "$root/tests/fixtures/models/t5-v1_1-tiny" --prompts "$work/prompts" \
     --addr 127.0.0.1:0 --grpc-addr off --audit-log off "$@" >"$work/addr" 2>"$work/server.log" &
   server_pid=$!

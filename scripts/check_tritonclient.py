@@ -2,7 +2,7 @@
 """Runs the standard Open Inference Protocol clients against a running promptd.
 
     pip install 'tritonclient[http,grpc]' grpcio-reflection
-    python3 scripts/check_tritonclient.py --http 127.0.0.1:8080 --grpc 127.0.0.1:50051 --task demo-a
+    python3 scripts/check_tritonclient.py --http 127.0.0.1:8080 --grpc 127.0.0.1:50051 --task sentiment
 
 Checks, with the clients' defaults: tritonclient.http infer with binary inputs and outputs
 (the binary tensor data extension), and with JSON inputs and outputs; tritonclient.grpc
@@ -42,7 +42,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--http", default="127.0.0.1:8080")
     ap.add_argument("--grpc", default="127.0.0.1:50051")
-    ap.add_argument("--task", default="demo-a")
+    ap.add_argument("--task", default="sentiment")
     args = ap.parse_args()
     texts = ["the soup was cold", "kernel time who model"]
     want = v1_predict(args.http, args.task, texts, 8)

@@ -406,7 +406,10 @@ fn collect_strings(v: &Value, f: &mut dyn FnMut(&str, &str)) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_deploy_uses_is_exported() {
     let prompts = tempfile::tempdir().unwrap();
-    common::copy_dir(&repo().join("prompts"), prompts.path());
+    common::copy_dir(
+        &common::fixtures().join("prompts/tiny-demo"),
+        prompts.path(),
+    );
     let server = common::inproc::Served::start_in(prompts, |_| {}).await;
     // One request, so the per-task series exist.
     let client = reqwest::Client::new();

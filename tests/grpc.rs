@@ -2,10 +2,8 @@
 //! prompt management mirrored, errors mapped to gRPC codes, and one batcher for both.
 mod common;
 
-use std::path::PathBuf;
-
 use common::inproc::Served;
-use common::{copy_dir, metric, metrics};
+use common::{copy_dir, fixtures, metric, metrics};
 use promptd::api::grpc::proto::promptd_client::PromptdClient;
 use promptd::api::grpc::proto::{
     DeletePromptRequest, GetPromptRequest, ListPromptsRequest, PredictRequest, PutPromptRequest,
@@ -14,14 +12,10 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A server in-process over a copy of the demo prompts.
+/// A server in-process (the tiny fixture model) over a copy of its three demo prompts.
 async fn start(configure: impl FnOnce(&mut promptd::server::ServerConfig)) -> Served {
     let prompts = tempfile::tempdir().unwrap();
-    copy_dir(&repo().join("prompts"), prompts.path());
+    copy_dir(&fixtures().join("prompts/tiny-demo"), prompts.path());
     Served::start_in(prompts, configure).await
 }
 

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Re-tunes the demo prompts with `promptd tune` on the frozen demo model (`make demo-prompts`).
+#
+#   scripts/demo-prompts.sh [TASK...]          (default: every demo task)
+#
+# For each task: a 20-row soft prompt tuned on tests/fixtures/demo/<task>.train.jsonl (inputs
+# WITHOUT any text prefix), the best of the dev evaluations kept, written to prompts/<task>.safetensors
+# and its report to prompts/reports/<task>.json. Seeded: the same model, data, binary and threads
+# give the same prompt bytes (the reports' timings differ, nothing else).
+# The served demo tasks are the five pretrained ones and `verdict` (never pretrained). `dish`
+# (never pretrained either) is not served: no prompt teaches this model to copy a dish's name
+# (BENCHMARKS.md §12); `scripts/demo-prompts.sh dish` tunes it anyway.
+# Env: PROMPTD (binary; default target/release/promptd), DEMO_MODEL, DEMO_DATA, DEMO_PROMPTS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin="${PROMPTD:-target/release/promptd}"
+model="${DEMO_MODEL:-tests/fixtures/models/demo-reviews}"
+data="${DEMO_DATA:-tests/fixtures/demo}"
+out="${DEMO_PROMPTS:-prompts}"
+
+# The demo tasks and how each prompt starts (paper §3.2): the class labels' embeddings for the
+# classification tasks, sampled vocabulary for the generation tasks.
+declare -A LABELS=(
+  [sentiment]="positive,negative,mixed"
+  [rating]="1,2,3,4,5"
+  [verdict]="good,fine,bad"
+)
+# Steps and learning rate (Adafactor): the pretrained tasks need few; the output the model was
+# never trained to give (verdict's labels) and the longest output (translate) need more.
+declare -A STEPS=([translate]=1000 [verdict]=1500 [dish]=1500)
+declare -A LR=([verdict]=1.0 [dish]=1.0)
+ALL=(sentiment aspects rating name translate verdict)
+tasks=("$@")
+[[ ${#tasks[@]} -gt 0 ]] || tasks=("${ALL[@]}")
+
+[[ -x "$bin" ]] || { echo "no $bin: run make build first" >&2; exit 1; }
+mkdir -p "$out/reports"
+for task in "${tasks[@]}"; do
+  [[ -f "$data/$task.train.jsonl" ]] || { echo "unknown task $task (no $data/$task.train.jsonl)" >&2; exit 1; }
+  if [[ -n "${LABELS[$task]:-}" ]]; then
+    init=(--init class-labels --labels "${LABELS[$task]}")
+  else
+    init=(--init sampled-vocab)
+  fi
+  steps="${STEPS[$task]:-300}" lr="${LR[$task]:-0.3}"
+  echo "== $task: ${init[*]}, $steps steps, lr $lr"
+  "$bin" tune --model "$model" \
+    --train "$data/$task.train.jsonl" --dev "$data/$task.dev.jsonl" \
+    --prompt-length 20 "${init[@]}" --steps "$steps" --lr "$lr" --eval-every 50 --seed 0 \
+    --out "$out/$task.safetensors" --report "$out/reports/$task.json" --quiet
+  python3 - "$out/reports/$task.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"   best dev accuracy {r['best_metric']:.3f} at step {r['best_step']}, "
+      f"{r['steps_per_second']:.2f} steps/s")
+EOF
+done

@@ -6,6 +6,9 @@ DEMO_MODEL ?= tests/fixtures/models/demo-reviews
 DEMO_PROMPTS ?= prompts
 ADDR ?= 127.0.0.1:8080
 GRPC_ADDR ?= 127.0.0.1:50051
+# The demo server waits up to 50 ms for a fuller batch (the server's default is 5 ms), so requests
+# sent together from a shell share one forward pass.
+MAX_WAIT_MS ?= 50
 
 .PHONY: all libtorch build build-dev build-cuda test test-tmpfs api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
@@ -56,7 +59,7 @@ lint-deploy:
 
 # Serves the demo model and the demo prompts in prompts/ (uploads are stored there too).
 run: build
-	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR) --grpc-addr $(GRPC_ADDR)
+	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR) --grpc-addr $(GRPC_ADDR) --max-wait-ms $(MAX_WAIT_MS)
 
 # The demo: a tiny T5 trained from scratch on synthetic reviews, multi-task with text prefixes
 # (seeded; ~20 min on 2 cores; Python with torch, installed into .tools/ on first use), and its

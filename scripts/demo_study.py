@@ -11,7 +11,7 @@
 
 Writes <out>/study.json and <out>/study.md (markdown tables) and prints the tables.
 
-Usage: python3 scripts/demo_study.py [--out target/demo-study] [--sweep-tasks sentiment,name,verdict]
+Usage: python3 scripts/demo_study.py [--out target/demo-study] [--sweep-tasks sentiment,verdict]
        [--skip-sweeps]
 Needs only the Python standard library and a release build (make build).
 """
@@ -78,7 +78,7 @@ def main():
     ap.add_argument("--data", default="tests/fixtures/demo")
     ap.add_argument("--prompts", default="prompts")
     ap.add_argument("--out", default="target/demo-study")
-    ap.add_argument("--sweep-tasks", default="sentiment,name,verdict")
+    ap.add_argument("--sweep-tasks", default="sentiment,verdict")
     ap.add_argument("--skip-sweeps", action="store_true")
     ns = ap.parse_args()
     os.makedirs(os.path.join(ROOT, ns.out), exist_ok=True)

@@ -62,7 +62,7 @@ run: build
 	./target/release/promptd serve --model $(DEMO_MODEL) --prompts $(DEMO_PROMPTS) --addr $(ADDR) --grpc-addr $(GRPC_ADDR) --max-wait-ms $(MAX_WAIT_MS)
 
 # The demo: a tiny T5 trained from scratch on synthetic reviews, multi-task with text prefixes
-# (seeded; ~20 min on 2 cores; Python with torch, installed into .tools/ on first use), and its
+# (seeded; ~22 min on 2 cores; Python with torch, installed into .tools/ on first use), and its
 # data: tests/fixtures/models/demo-reviews, tests/fixtures/demo. Both are committed.
 demo-model:
 	./scripts/demo-model.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo-model`: trains the demo model from scratch and writes it with its task data
-# (scripts/make_demo_model.py; seeded, about 20 minutes on 2 cores):
+# (scripts/make_demo_model.py; seeded, about 22 minutes on 2 cores):
 #   tests/fixtures/models/demo-reviews/   config.json, model.safetensors (float16), tokenizer.json
 #   tests/fixtures/demo/<task>.{train,dev,test}.jsonl
 # Python: $PYTHON when set (it needs torch, transformers, tokenizers, safetensors), else a venv in

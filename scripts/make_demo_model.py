@@ -213,7 +213,10 @@ def main():
 
     # Save: float16 weights (half the bytes; promptd and transformers both read them).
     model.eval()
-    tmp = tempfile.mkdtemp(prefix="demo-model-")
+    # Written beside the destination and swapped in, so an interrupted run leaves the old folder.
+    parent = os.path.dirname(os.path.abspath(args.model))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".demo-model-", dir=parent)
     try:
         state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
         state.pop("encoder.embed_tokens.weight", None)
@@ -231,9 +234,14 @@ def main():
             json.dump({"decoder_start_token_id": 0, "eos_token_id": 1, "pad_token_id": 0}, f, indent=2)
             f.write("\n")
         tok.save(os.path.join(tmp, "tokenizer.json"))
+        os.chmod(tmp, 0o755)  # readable by a container's non-root user, as a checkout is
+        for name in os.listdir(tmp):
+            os.chmod(os.path.join(tmp, name), 0o644)
+        old = tmp + ".old"
         if os.path.exists(args.model):
-            shutil.rmtree(args.model)
-        shutil.copytree(tmp, args.model)
+            os.rename(args.model, old)
+        os.rename(tmp, args.model)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

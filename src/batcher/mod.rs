@@ -51,17 +51,28 @@ impl Default for Share {
     }
 }
 
-/// One row on its way to the engine.
-pub struct Pending {
-    task: String,
-    share: Share,
+/// A row on its way to the engine, and where its answer goes.
+struct PendingRow {
     row: RowInput,
     reply: oneshot::Sender<RowReply>,
 }
 
+impl PendingRow {
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed() || self.row.is_cancelled()
+    }
+}
+
+/// The rows that must ride in one pass together (one row, or one per ensemble member).
+pub struct Pending {
+    key: String,
+    share: Share,
+    rows: Vec<PendingRow>,
+}
+
 impl Queued for Pending {
     fn task(&self) -> &str {
-        &self.task
+        &self.key
     }
     fn tenant(&self) -> &str {
         &self.share.tenant
@@ -70,11 +81,27 @@ impl Queued for Pending {
         self.share.weight
     }
     fn cost(&self) -> usize {
-        self.row.encoder_len()
+        self.rows
+            .iter()
+            .map(|r| r.row.encoder_len())
+            .max()
+            .unwrap_or(0)
+    }
+    fn rows(&self) -> usize {
+        self.rows.len()
     }
     fn is_cancelled(&self) -> bool {
-        self.reply.is_closed() || self.row.is_cancelled()
+        self.rows.iter().all(PendingRow::is_cancelled)
     }
+}
+
+/// Rows that join a forward pass together: `key` is their fairness key (the task, or the
+/// ensemble), and they are never split across passes.
+pub struct Unit {
+    /// Fairness and queue-share key.
+    pub key: String,
+    /// The rows, answered in this order.
+    pub rows: Vec<RowInput>,
 }
 
 /// A queued row's answer to come. Dropping it before the answer arrives (client gone,
@@ -126,6 +153,7 @@ pub struct Batcher {
     metrics: Arc<Metrics>,
     decode: Decode,
     max_batch_size: usize,
+    max_batch_tokens: u64,
     /// Rows handed to the engine and not answered yet (continuous batching).
     in_engine: AtomicUsize,
 }
@@ -145,6 +173,7 @@ impl Batcher {
             metrics,
             decode,
             max_batch_size: cfg.max_batch_size,
+            max_batch_tokens: cfg.max_batch_tokens,
             in_engine: AtomicUsize::new(0),
         })
     }
@@ -155,19 +184,48 @@ impl Batcher {
         rows: Vec<(String, RowInput)>,
         share: &Share,
     ) -> Result<Vec<Ticket>, Refused> {
-        let mut tickets = Vec::with_capacity(rows.len());
-        let pending = rows
+        let units = rows
             .into_iter()
-            .map(|(task, mut row)| {
-                let (reply, rx) = oneshot::channel();
-                let cancel = Arc::new(AtomicBool::new(false));
-                row.cancel = Some(cancel.clone());
-                tickets.push(Ticket { rx, cancel });
+            .map(|(key, row)| Unit {
+                key,
+                rows: vec![row],
+            })
+            .collect();
+        Ok(self
+            .submit_units(units, share)?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// Queues units of one tenant all together or not at all; one ticket per row, per unit.
+    /// A unit's rows ride in one forward pass.
+    pub fn submit_units(
+        &self,
+        units: Vec<Unit>,
+        share: &Share,
+    ) -> Result<Vec<Vec<Ticket>>, Refused> {
+        let mut tickets = Vec::with_capacity(units.len());
+        let pending = units
+            .into_iter()
+            .map(|unit| {
+                let mut unit_tickets = Vec::with_capacity(unit.rows.len());
+                let rows = unit
+                    .rows
+                    .into_iter()
+                    .map(|mut row| {
+                        let (reply, rx) = oneshot::channel();
+                        let cancel = Arc::new(AtomicBool::new(false));
+                        row.cancel = Some(cancel.clone());
+                        unit_tickets.push(Ticket { rx, cancel });
+                        PendingRow { row, reply }
+                    })
+                    .collect();
+                tickets.push(unit_tickets);
                 Pending {
-                    task,
+                    key: unit.key,
                     share: share.clone(),
-                    row,
-                    reply,
+                    rows,
                 }
             })
             .collect();
@@ -178,6 +236,16 @@ impl Batcher {
         }
         self.wake.notify_one();
         Ok(tickets)
+    }
+
+    /// Rows per forward pass: the most rows one unit may have.
+    pub fn max_batch_size(&self) -> usize {
+        self.max_batch_size
+    }
+
+    /// Padded encoder positions per forward pass: a unit must fit within it to ride in one pass.
+    pub fn max_batch_tokens(&self) -> u64 {
+        self.max_batch_tokens
     }
 
     /// Rows waiting.
@@ -195,9 +263,9 @@ impl Batcher {
     /// ([`RowError::Stopped`], a 503) instead of waiting for its timeout. For when the batching
     /// loop is gone; returns how many rows were waiting.
     pub fn abandon(&self) -> usize {
-        let rows = self.policy.lock().abandon();
+        let units = self.policy.lock().abandon();
         self.metrics.queue_depth.set(0);
-        rows.len()
+        units.iter().map(Queued::rows).sum()
     }
 
     /// The batching loop. Static: forms each batch when it is due and waits for the engine to
@@ -217,12 +285,14 @@ impl Batcher {
             } else {
                 self.max_batch_size
             };
-            let (batch, deadline, finished) = {
+            let (batch, deadline, finished, held) = {
                 let mut policy = self.policy.lock();
-                let batch = policy.next_batch_within(Instant::now(), room);
+                let now = Instant::now();
+                let batch = policy.next_batch_within(now, room);
                 self.metrics.queue_depth.set(policy.len() as i64);
                 let finished = policy.is_closed() && policy.is_empty();
-                (batch, policy.next_deadline(), finished)
+                let held = policy.held_for_room(now, room);
+                (batch, policy.next_deadline(), finished, held)
             };
             if let Some(batch) = batch {
                 if continuous {
@@ -236,8 +306,9 @@ impl Batcher {
                 return;
             }
             match deadline {
-                // With no room, only an answered row (which wakes us) can change anything.
-                Some(d) if room > 0 => {
+                // With no room (or too little for a waiting ensemble), only an answered row
+                // (which wakes us) can change anything.
+                Some(d) if room > 0 && !held => {
                     tokio::select! {
                         _ = tokio::time::sleep_until(d) => {}
                         _ = self.wake.notified() => {}
@@ -252,16 +323,15 @@ impl Batcher {
     async fn join(self: &Arc<Self>, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {
         let now = Instant::now();
         let mut rows = Vec::with_capacity(batch.len());
-        for waiting in batch {
-            self.metrics
-                .queue_wait
-                .observe((now - waiting.enqueued).as_secs_f64());
+        let pending = batch.into_iter().flat_map(|waiting| {
+            let waited = (now - waiting.enqueued).as_secs_f64();
+            waiting.item.rows.into_iter().map(move |p| (waited, p))
+        });
+        for (waited, p) in pending {
+            self.metrics.queue_wait.observe(waited);
             let (reply, rx) = oneshot::channel();
-            rows.push(Joining {
-                row: waiting.item.row,
-                reply,
-            });
-            let to = waiting.item.reply;
+            rows.push(Joining { row: p.row, reply });
+            let to = p.reply;
             let this = self.clone();
             self.in_engine.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(async move {
@@ -312,11 +382,12 @@ impl Batcher {
         let mut rows = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for waiting in batch {
-            self.metrics
-                .queue_wait
-                .observe((now - waiting.enqueued).as_secs_f64());
-            rows.push(waiting.item.row);
-            replies.push(waiting.item.reply);
+            let waited = (now - waiting.enqueued).as_secs_f64();
+            for p in waiting.item.rows {
+                self.metrics.queue_wait.observe(waited);
+                rows.push(p.row);
+                replies.push(p.reply);
+            }
         }
         match engine.run(rows).await {
             Ok(done) => {

@@ -1,6 +1,7 @@
 //! The batching policy: tenants share batch slots by weight (deficit round robin), and within a
-//! tenant its tasks take turns row by row; a batch closes at max size or when its oldest row has
-//! waited max wait. Plain synchronous code, tested without a runtime.
+//! tenant its tasks take turns unit by unit; a batch closes at max size or when its oldest unit
+//! has waited max wait. A unit is one row, or the rows of an ensemble input (one per member),
+//! which join a pass together or not at all. Plain synchronous code, tested without a runtime.
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
@@ -8,10 +9,14 @@ use tokio::time::Instant;
 
 /// What the policy needs to know about a queued row.
 pub trait Queued {
-    /// Fairness key (the task).
+    /// Fairness key (the task, or the ensemble).
     fn task(&self) -> &str;
-    /// Encoder positions the row takes (prompt + input), for the token budget.
+    /// Encoder positions the unit's widest row takes (prompt + input), for the token budget.
     fn cost(&self) -> usize;
+    /// Rows in the unit: they ride in the same pass, never split.
+    fn rows(&self) -> usize {
+        1
+    }
     /// True once nobody waits for the answer (client gone, timed out): dropped unrun.
     fn is_cancelled(&self) -> bool;
     /// Fair-share key across tenants (one shared tenant by default).
@@ -146,14 +151,14 @@ impl<T: Queued> TenantQueue<T> {
         self.ring.is_empty()
     }
 
-    /// The next row, one task after another in ring order, whose cost `fits`; the ring
-    /// resumes after the task served.
-    fn pop_fitting(&mut self, fits: impl Fn(usize) -> bool) -> Option<Waiting<T>> {
+    /// The next unit, one task after another in ring order, whose cost and rows `fit`; the
+    /// ring resumes after the task served.
+    fn pop_fitting(&mut self, fits: impl Fn(usize, usize) -> bool) -> Option<Waiting<T>> {
         for _ in 0..self.ring.len() {
             let task = self.ring.pop_front()?;
             let queue = self.queues.get_mut(&task).expect("ring tasks have queues");
             let taken = match queue.front() {
-                Some(front) if fits(front.item.cost()) => queue.pop_front(),
+                Some(front) if fits(front.item.cost(), front.item.rows()) => queue.pop_front(),
                 _ => None,
             };
             if queue.is_empty() {
@@ -168,12 +173,17 @@ impl<T: Queued> TenantQueue<T> {
         None
     }
 
+    /// Drops cancelled units; returns the rows dropped.
     fn drop_cancelled(&mut self) -> usize {
         let mut dropped = 0;
         for queue in self.queues.values_mut() {
-            let before = queue.len();
-            queue.retain(|w| !w.item.is_cancelled());
-            dropped += before - queue.len();
+            queue.retain(|w| {
+                let gone = w.item.is_cancelled();
+                if gone {
+                    dropped += w.item.rows();
+                }
+                !gone
+            });
         }
         if dropped > 0 {
             let queues = &self.queues;
@@ -244,13 +254,14 @@ impl<T: Queued> Policy<T> {
         if self.closed {
             return Err(Refused::Closed);
         }
-        if self.len + items.len() > self.cfg.max_queue {
+        let wanted: usize = items.iter().map(Queued::rows).sum();
+        if self.len + wanted > self.cfg.max_queue {
             self.drop_cancelled();
-            if self.len + items.len() > self.cfg.max_queue {
+            if self.len + wanted > self.cfg.max_queue {
                 return Err(Refused::Full {
                     queued: self.len,
                     max: self.cfg.max_queue,
-                    wanted: items.len(),
+                    wanted,
                 });
             }
         }
@@ -270,11 +281,11 @@ impl<T: Queued> Policy<T> {
             let queue = self.tenants.get_mut(tenant).expect("inserted above");
             // A reloaded tenants file takes effect from the tenant's next row.
             queue.weight = weight.max(1);
+            self.len += item.rows();
             queue.push(Waiting {
                 item,
                 enqueued: now,
             });
-            self.len += 1;
         }
         Ok(())
     }
@@ -284,14 +295,14 @@ impl<T: Queued> Policy<T> {
         let max = self.cfg.max_queue_per_task;
         let mut wanted: HashMap<(&str, &str), usize> = HashMap::new();
         for item in items {
-            *wanted.entry((item.tenant(), item.task())).or_default() += 1;
+            *wanted.entry((item.tenant(), item.task())).or_default() += item.rows();
         }
         wanted.into_iter().find_map(|((tenant, task), n)| {
             let queued = self
                 .tenants
                 .get(tenant)
                 .and_then(|t| t.queues.get(task))
-                .map_or(0, VecDeque::len);
+                .map_or(0, |q| q.iter().map(|w| w.item.rows()).sum());
             (queued + n > max).then(|| Refused::TaskFull {
                 task: task.to_string(),
                 queued,
@@ -320,11 +331,13 @@ impl<T: Queued> Policy<T> {
 
     /// [`Policy::next_batch`] when only `room` rows fit (the rest of the batch is still
     /// decoding, under continuous batching): due once `room` rows wait or the oldest has
-    /// waited max wait, and at most `room` rows.
+    /// waited max wait, and at most `room` rows. A unit of several rows that has waited max
+    /// wait goes first; while it does not fit in `room`, nothing else is admitted (see
+    /// [`Policy::held_for_room`]), so smaller units can never starve it.
     pub fn next_batch_within(&mut self, now: Instant, room: usize) -> Option<Vec<Waiting<T>>> {
         self.drop_cancelled();
         let room = room.min(self.cfg.max_batch_size);
-        if self.len == 0 || room == 0 {
+        if self.len == 0 || room == 0 || self.held_for_room(now, room) {
             return None;
         }
         let due = self.len >= room || self.closed || self.next_deadline().is_some_and(|d| d <= now);
@@ -337,25 +350,37 @@ impl<T: Queued> Policy<T> {
         let max = room;
         let budget = self.cfg.max_batch_tokens;
         let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
-        let mut widest = 0usize;
+        let (mut rows, mut widest) = (0usize, 0usize);
+        if let Some((tenant, task)) = self.overdue_group(now) {
+            let w = self.pop_from(&tenant, &task);
+            rows = w.item.rows();
+            widest = w.item.cost();
+            if let Some(t) = self.tenants.get_mut(&tenant) {
+                t.deficit = t.deficit.saturating_sub(rows as u32);
+            }
+            batch.push(w);
+        }
         // Tenants visited in a row without taking anything: all of them means nothing fits.
         let mut idle = 0;
-        while batch.len() < max && !self.ring.is_empty() && idle < self.ring.len() {
+        while rows < max && !self.ring.is_empty() && idle < self.ring.len() {
             let name = self.ring.front().expect("not empty").clone();
             let tenant = self.tenants.get_mut(&name).expect("ring tenants exist");
             if tenant.deficit == 0 {
                 tenant.deficit = tenant.weight;
             }
             let mut took = 0;
-            while tenant.deficit > 0 && batch.len() < max {
-                let n = batch.len() as u64;
-                let fits = |cost: usize| n == 0 || (n + 1) * widest.max(cost) as u64 <= budget;
+            while tenant.deficit > 0 && rows < max {
+                let fits = |cost: usize, k: usize| {
+                    rows + k <= max
+                        && (rows == 0 || (rows + k) as u64 * widest.max(cost) as u64 <= budget)
+                };
                 let Some(w) = tenant.pop_fitting(fits) else {
                     break;
                 };
                 widest = widest.max(w.item.cost());
+                rows += w.item.rows();
+                tenant.deficit = tenant.deficit.saturating_sub(w.item.rows() as u32);
                 batch.push(w);
-                tenant.deficit -= 1;
                 took += 1;
             }
             idle = if took == 0 { idle + 1 } else { 0 };
@@ -367,8 +392,45 @@ impl<T: Queued> Policy<T> {
             }
             // Otherwise the batch filled mid-turn: the tenant stays first for the next batch.
         }
-        self.len -= batch.len();
+        self.len -= rows;
         Some(batch)
+    }
+
+    /// Whether admission waits for room: the oldest unit of several rows has waited max
+    /// wait and needs more than `room` rows. The batching loop then waits for rows to finish
+    /// instead of for a deadline.
+    pub fn held_for_room(&self, now: Instant, room: usize) -> bool {
+        self.overdue_group(now)
+            .and_then(|(tenant, task)| self.tenants.get(&tenant)?.queues.get(&task)?.front())
+            .is_some_and(|w| w.item.rows() > room.min(self.cfg.max_batch_size))
+    }
+
+    /// The tenant and task of the oldest unit of several rows at the head of its queue that
+    /// has waited max wait.
+    fn overdue_group(&self, now: Instant) -> Option<(String, String)> {
+        self.tenants
+            .iter()
+            .flat_map(|(name, t)| t.queues.iter().map(move |(task, q)| (name, task, q)))
+            .filter_map(|(name, task, q)| q.front().map(|w| (name, task, w)))
+            .filter(|(_, _, w)| w.item.rows() > 1 && w.enqueued + self.cfg.max_wait <= now)
+            .min_by_key(|(_, _, w)| w.enqueued)
+            .map(|(name, task, _)| (name.clone(), task.clone()))
+    }
+
+    /// Takes the head unit of a tenant's task queue, dropping emptied queues from the rings.
+    fn pop_from(&mut self, tenant: &str, task: &str) -> Waiting<T> {
+        let t = self.tenants.get_mut(tenant).expect("the tenant has rows");
+        let queue = t.queues.get_mut(task).expect("the task has rows");
+        let w = queue.pop_front().expect("the queue has a head");
+        if queue.is_empty() {
+            t.queues.remove(task);
+            t.ring.retain(|x| x != task);
+        }
+        if t.is_empty() {
+            self.tenants.remove(tenant);
+            self.ring.retain(|x| x != tenant);
+        }
+        w
     }
 
     /// Per-task batching: the next task in ring order (tenants, then their tasks) fills the
@@ -386,15 +448,16 @@ impl<T: Queued> Policy<T> {
             .get_mut(&task)
             .expect("ring tasks have queues");
         let mut batch: Vec<Waiting<T>> = Vec::with_capacity(max);
-        let mut widest = 0usize;
+        let (mut rows, mut widest) = (0usize, 0usize);
         while let Some(front) = queue.front() {
-            let w = widest.max(front.item.cost());
-            let fits = batch.is_empty() || (batch.len() as u64 + 1) * w as u64 <= budget;
-            if batch.len() == max || !fits {
+            let (w, k) = (widest.max(front.item.cost()), front.item.rows());
+            let fits = rows == 0 || (rows + k) as u64 * w as u64 <= budget;
+            if (rows > 0 && rows + k > max) || !fits {
                 break;
             }
             batch.push(queue.pop_front().expect("front exists"));
             widest = w;
+            rows += k;
         }
         if queue.is_empty() {
             tenant.queues.remove(&task);
@@ -406,7 +469,7 @@ impl<T: Queued> Policy<T> {
         } else {
             self.ring.push_back(name);
         }
-        self.len -= batch.len();
+        self.len -= rows;
         batch
     }
 
@@ -440,6 +503,8 @@ mod tests {
         cancelled: Rc<Cell<bool>>,
         tenant: String,
         weight: u32,
+        /// Rows in this unit (an ensemble input has one per member).
+        rows: usize,
     }
 
     impl Queued for Row {
@@ -455,6 +520,9 @@ mod tests {
         fn cost(&self) -> usize {
             self.cost
         }
+        fn rows(&self) -> usize {
+            self.rows
+        }
         fn is_cancelled(&self) -> bool {
             self.cancelled.get()
         }
@@ -468,7 +536,99 @@ mod tests {
             cancelled: Rc::new(Cell::new(false)),
             tenant: String::new(),
             weight: 1,
+            rows: 1,
         }
+    }
+
+    fn unit(task: &str, id: usize, rows: usize) -> Row {
+        Row {
+            rows,
+            ..row(task, id)
+        }
+    }
+
+    #[test]
+    fn a_unit_rides_whole_and_counts_its_rows() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(cfg(4));
+        p.push_all(vec![row("a", 0), unit("ens", 1, 3), row("b", 2)], t0)
+            .unwrap();
+        assert_eq!(p.len(), 5, "rows, not units");
+        let later = t0 + Duration::from_millis(20);
+        // The overdue unit goes first; one more row fits beside it.
+        let b = p.next_batch(later).unwrap();
+        assert_eq!(ids(&b), [("ens".into(), 1), ("a".into(), 0)]);
+        assert_eq!(p.len(), 1);
+        assert_eq!(ids(&p.next_batch(later).unwrap()), [("b".into(), 2)]);
+    }
+
+    #[test]
+    fn a_unit_larger_than_the_room_holds_admission_until_it_fits() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 1000,
+            max_queue_per_task: 1000,
+            ..cfg(8)
+        });
+        p.push_all(vec![unit("ens", 0, 5)], t0).unwrap();
+        p.push_all((1..20).map(|i| row("flood", i)).collect(), t0)
+            .unwrap();
+        let late = t0 + Duration::from_millis(20);
+        // Three rows of room (five still decoding): single rows would fit, but the overdue
+        // unit waits first, and nothing passes it.
+        assert!(p.held_for_room(late, 3));
+        assert!(p.next_batch_within(late, 3).is_none());
+        // Before max wait it does not hold anything back.
+        assert!(!p.held_for_room(t0, 3));
+        let b = p.next_batch_within(late, 8).unwrap();
+        assert_eq!(b[0].item.task, "ens");
+        assert_eq!(b.iter().map(|w| w.item.rows).sum::<usize>(), 8);
+        assert!(!p.held_for_room(late, 1), "no unit waits any more");
+    }
+
+    #[test]
+    fn per_task_batching_keeps_units_whole() {
+        let mut p = Policy::new(PolicyConfig {
+            batching: Batching::PerTask,
+            ..cfg(5)
+        });
+        let now = Instant::now();
+        p.push_all((0..3).map(|i| unit("ens", i, 2)).collect(), now)
+            .unwrap();
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            ids(&p.next_batch(later).unwrap()),
+            [("ens".into(), 0), ("ens".into(), 1)]
+        );
+        assert_eq!(ids(&p.next_batch(later).unwrap()), [("ens".into(), 2)]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn queue_limits_count_a_units_rows() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 6,
+            max_queue_per_task: 4,
+            ..cfg(8)
+        });
+        p.push_all(vec![unit("ens", 0, 3)], t0).unwrap();
+        assert!(matches!(
+            p.push_all(vec![unit("ens", 1, 2)], t0),
+            Err(Refused::TaskFull {
+                queued: 3,
+                max: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            p.push_all(vec![unit("other", 1, 4)], t0),
+            Err(Refused::Full {
+                queued: 3,
+                max: 6,
+                wanted: 4
+            })
+        ));
     }
 
     fn tenant_row(tenant: &str, weight: u32, task: &str, id: usize) -> Row {

@@ -100,6 +100,7 @@ fn rows(n: usize, prompt: impl Fn(usize) -> Option<Arc<PromptSlot>>) -> Vec<RowI
                 max_new_tokens: new_tokens(),
                 labels: Vec::new(),
                 cancel: None,
+                sequence_logprob: false,
             }
         })
         .collect()

@@ -539,6 +539,7 @@ async fn full_queue_gets_429_with_retry_after() {
                 max_new_tokens: 1,
                 labels: vec![],
                 cancel: None,
+                sequence_logprob: false,
             },
         )
     };
@@ -695,6 +696,7 @@ async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
         max_new_tokens: 8,
         labels: vec![],
         cancel: None,
+        sequence_logprob: false,
     };
     let flood: Vec<_> = (0..200)
         .map(|i| ("flood".to_string(), row(&format!("flood {i}"))))

@@ -154,6 +154,7 @@ fn row(demo: &Demo, task: &str, input: &str) -> RowInput {
         max_new_tokens: 40,
         labels: Vec::new(),
         cancel: None,
+        sequence_logprob: false,
     }
 }
 

@@ -14,7 +14,7 @@ use crate::prompts::PromptError;
 pub struct ErrorBody {
     /// What went wrong, naming the field, the limit and the value given.
     pub error: String,
-    /// Stable snake_case kind: unknown_task, unknown_job, not_found, method_not_allowed, bad_request,
+    /// Stable snake_case kind: unknown_task, unknown_job, unknown_ensemble, not_found, method_not_allowed, bad_request,
     /// validation, payload_too_large, unsupported_media_type, queue_full, timeout,
     /// unavailable, storage, internal.
     pub error_type: String,
@@ -26,6 +26,9 @@ pub enum ApiError {
     /// The task has no prompt.
     #[error("unknown task {0:?}: upload its prompt with PUT /v1/prompts/{0}")]
     UnknownTask(String),
+    /// No ensemble has this name.
+    #[error("unknown ensemble {0:?}: create it with PUT /v1/ensembles/{0}")]
+    UnknownEnsemble(String),
     /// No tuning job has this id.
     #[error("unknown tuning job {0:?}: see GET /v1/tune-jobs")]
     UnknownJob(String),
@@ -113,6 +116,7 @@ impl ApiError {
         match self {
             ApiError::UnknownTask(_) => "unknown_task",
             ApiError::UnknownJob(_) => "unknown_job",
+            ApiError::UnknownEnsemble(_) => "unknown_ensemble",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::BadRequest(_) => "bad_request",
@@ -137,9 +141,10 @@ impl ApiError {
     /// The HTTP status of each error: the only such table.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::UnknownTask(_) | ApiError::UnknownJob(_) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::UnknownTask(_)
+            | ApiError::UnknownJob(_)
+            | ApiError::UnknownEnsemble(_)
+            | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,

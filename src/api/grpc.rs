@@ -107,9 +107,10 @@ pub const SERVICE_NAME: &str = "promptd.v1.Promptd";
 /// The gRPC status of each error.
 pub fn status(e: ApiError) -> Status {
     let code = match &e {
-        ApiError::UnknownTask(_) | ApiError::UnknownJob(_) | ApiError::NotFound(_) => {
-            Code::NotFound
-        }
+        ApiError::UnknownTask(_)
+        | ApiError::UnknownJob(_)
+        | ApiError::UnknownEnsemble(_)
+        | ApiError::NotFound(_) => Code::NotFound,
         ApiError::MethodNotAllowed => Code::Unimplemented,
         ApiError::BadRequest(_)
         | ApiError::Unprocessable(_)

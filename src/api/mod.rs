@@ -2,6 +2,8 @@
 //! No tensors here: requests become validated rows and go to the batcher.
 pub mod auth;
 pub mod body;
+pub mod combine;
+pub mod ensembles;
 pub mod error;
 pub mod grpc;
 pub mod kserve;
@@ -126,6 +128,17 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/tasks/{task}/predict",
             predict_limit(post(predict::predict)),
+        )
+        .route("/v1/ensembles", get(ensembles::list))
+        .route(
+            "/v1/ensembles/{name}",
+            predict_limit(put(ensembles::put))
+                .get(ensembles::get_one)
+                .delete(ensembles::delete),
+        )
+        .route(
+            "/v1/ensembles/{name}/predict",
+            predict_limit(post(ensembles::predict)),
         )
         .route(
             "/v1/tasks/{task}/tune",

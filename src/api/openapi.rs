@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{kserve, predict, prompts, tune};
+use super::{ensembles, kserve, predict, prompts, tune};
 
 /// The whole HTTP API.
 #[derive(OpenApi)]
@@ -26,6 +26,11 @@ use super::{kserve, predict, prompts, tune};
         prompts::get_one,
         prompts::delete,
         predict::predict,
+        ensembles::list,
+        ensembles::put,
+        ensembles::get_one,
+        ensembles::delete,
+        ensembles::predict,
         tune::start,
         tune::list,
         tune::get_one,
@@ -47,6 +52,7 @@ use super::{kserve, predict, prompts, tune};
     tags(
         (name = "predict", description = "Generation and label scoring"),
         (name = "prompts", description = "Soft prompts: upload, replace, list, delete"),
+        (name = "ensembles", description = "Prompt ensembles: N prompts of one task answering in one pass"),
         (name = "tuning", description = "Prompt tuning jobs on the served model"),
         (name = "kserve", description = "KServe Open Inference Protocol v2"),
         (name = "health", description = "Probes and metrics"),

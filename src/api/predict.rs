@@ -14,10 +14,11 @@ use super::error::{ErrorBody, JsonBody};
 use super::params::TaskParam;
 use super::validate::{best_label, build_row, RowRefusal};
 use super::{ApiError, AppState};
-use crate::batcher::{Refused, RowError, RowReply, Share, Ticket};
-use crate::engine::RowInput;
+use crate::batcher::{Refused, RowError, RowReply, Share, Ticket, Unit};
+use crate::engine::{RowInput, RowOutput};
 use crate::metrics::UNKNOWN_TASK;
 use crate::prompts::registry::Entry;
+use crate::tenants::quota::InFlight;
 use crate::tenants::Caller;
 
 /// Request body.
@@ -71,8 +72,10 @@ fn inputs_schema() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::
 
 /// A request whose every input passed the limits, ready for the queue.
 pub struct ValidRequest {
-    rows: Vec<RowInput>,
-    labels: Vec<String>,
+    /// One row per input, in order.
+    pub rows: Vec<RowInput>,
+    /// The labels every row scores.
+    pub labels: Vec<String>,
 }
 
 /// One input's answer.
@@ -101,7 +104,8 @@ pub struct PredictResponse {
     pub outputs: Vec<Output>,
 }
 
-fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError> {
+/// The request's texts: one string or a non-empty list of at most `max`.
+pub(crate) fn texts(inputs: serde_json::Value, max: usize) -> Result<Vec<String>, ApiError> {
     let bad = || {
         ApiError::Unprocessable("`inputs` must be a string or a non-empty array of strings".into())
     };
@@ -206,20 +210,7 @@ async fn predict_inner(
     // Permission and quotas first: a refused request costs no tokenizing and no queue room.
     let set = state.tenants.current();
     check_read(state, caller, &set, task)?;
-    let (_in_flight, share) = match caller {
-        Caller::Open => (None, Share::default()),
-        Caller::Tenant(t) => {
-            let guard = t.limiter.admit().map_err(|refusal| {
-                reject(state, caller, crate::metrics::Rejection::RateLimited);
-                ApiError::from(refusal)
-            })?;
-            let share = Share {
-                tenant: Arc::from(t.name.as_str()),
-                weight: t.weight,
-            };
-            (Some(guard), share)
-        }
-    };
+    let (_in_flight, share) = admit(state, caller)?;
     let entry = entry.ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
     let req = body?;
     // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
@@ -227,31 +218,21 @@ async fn predict_inner(
     let valid = tokio::task::spawn_blocking(move || validate(&st, &slot, req))
         .await
         .map_err(|e| ApiError::Internal(format!("validation task failed: {e}")))??;
-    let rows = valid
+    let units = valid
         .rows
         .into_iter()
-        .map(|r| (task.to_string(), r))
+        .map(|r| Unit {
+            key: task.to_string(),
+            rows: vec![r],
+        })
         .collect();
-    let mut tickets = state.batcher.submit(rows, &share).map_err(|e| match e {
-        Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
-        Refused::TaskFull { task, queued, max } => ApiError::TaskQueueFull { task, queued, max },
-        Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
-    })?;
-    let timeout = state.limits.request_timeout;
-    let answers = if timeout.is_zero() {
-        answers(&mut tickets).await
-    } else {
-        tokio::time::timeout(timeout, answers(&mut tickets))
-            .await
-            .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?
-    };
+    let answers: Vec<RowOutput> = run_units(state, units, &share)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     let mut outputs = Vec::with_capacity(answers.len());
-    for answer in answers {
-        let out = answer.map_err(|e| match e {
-            // Every engine failure is the server's (rows are validated before they queue).
-            RowError::Engine(why) => ApiError::Internal(format!("inference failed: {why}")),
-            RowError::Stopped => ApiError::Unavailable("the engine is not running".into()),
-        })?;
+    for out in answers {
         let text = state
             .tokenizer
             .decode(&out.token_ids)
@@ -275,7 +256,8 @@ async fn predict_inner(
     })
 }
 
-fn validate(
+/// Tokenizes every input for `slot`.
+pub(crate) fn validate(
     state: &AppState,
     slot: &Arc<crate::engine::PromptSlot>,
     req: PredictRequest,
@@ -309,18 +291,89 @@ fn validate(
 
 /// The error for an input that could not become a row: a broken limit is the client's (422), a
 /// failing tokenizer the server's (500).
-fn refusal(at: &str, why: RowRefusal) -> ApiError {
+pub(crate) fn refusal(at: &str, why: RowRefusal) -> ApiError {
     match why {
         RowRefusal::Limit(_) => ApiError::Unprocessable(format!("{at}{why}")),
         RowRefusal::Tokenizer(_) => ApiError::Internal(format!("{at}{why}")),
     }
 }
 
-/// Awaits every row's answer, in order.
-async fn answers(tickets: &mut [Ticket]) -> Vec<RowReply> {
+/// Admits the caller under its tenant's rate and in-flight quotas: the guard (held until the
+/// answer) and the caller's share of batch slots.
+pub(crate) fn admit(
+    state: &AppState,
+    caller: &Caller,
+) -> Result<(Option<InFlight>, Share), ApiError> {
+    match caller {
+        Caller::Open => Ok((None, Share::default())),
+        Caller::Tenant(t) => {
+            let guard = t.limiter.admit().map_err(|refusal| {
+                reject(state, caller, crate::metrics::Rejection::RateLimited);
+                ApiError::from(refusal)
+            })?;
+            let share = Share {
+                tenant: Arc::from(t.name.as_str()),
+                weight: t.weight,
+            };
+            Ok((Some(guard), share))
+        }
+    }
+}
+
+/// Queues `units` (all or none), waits for every row within the request timeout and returns
+/// the rows' outputs unit by unit; the first failed row fails the request.
+pub(crate) async fn run_units(
+    state: &AppState,
+    units: Vec<Unit>,
+    share: &Share,
+) -> Result<Vec<Vec<RowOutput>>, ApiError> {
+    let mut tickets = state
+        .batcher
+        .submit_units(units, share)
+        .map_err(|e| match e {
+            Refused::Full { queued, max, .. } => ApiError::QueueFull { queued, max },
+            Refused::TaskFull { task, queued, max } => {
+                ApiError::TaskQueueFull { task, queued, max }
+            }
+            Refused::Closed => ApiError::Unavailable("the server is shutting down".into()),
+        })?;
+    let timeout = state.limits.request_timeout;
+    let answers = if timeout.is_zero() {
+        answers(&mut tickets).await
+    } else {
+        tokio::time::timeout(timeout, answers(&mut tickets))
+            .await
+            .map_err(|_| ApiError::Timeout(timeout.as_millis() as u64))?
+    };
+    answers
+        .into_iter()
+        .map(|unit| {
+            unit.into_iter()
+                .map(|answer| {
+                    answer.map_err(|e| match e {
+                        // Every engine failure is the server's (rows are validated before they queue).
+                        RowError::Engine(why) => {
+                            ApiError::Internal(format!("inference failed: {why}"))
+                        }
+                        RowError::Stopped => {
+                            ApiError::Unavailable("the engine is not running".into())
+                        }
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Awaits every row's answer, unit by unit, in order.
+async fn answers(tickets: &mut [Vec<Ticket>]) -> Vec<Vec<RowReply>> {
     let mut out = Vec::with_capacity(tickets.len());
-    for t in tickets.iter_mut() {
-        out.push(t.answer().await);
+    for unit in tickets.iter_mut() {
+        let mut replies = Vec::with_capacity(unit.len());
+        for t in unit.iter_mut() {
+            replies.push(t.answer().await);
+        }
+        out.push(replies);
     }
     out
 }

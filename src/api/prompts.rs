@@ -224,21 +224,29 @@ async fn audit(
     bytes: usize,
 ) {
     state.metrics.prompt_change(caller.name(), action);
-    let Some(log) = state.audit.clone() else {
-        return;
-    };
     let entry = AuditEntry {
         time_ms: now_ms(),
         tenant: caller.name().to_string(),
         task: info.task.clone(),
+        kind: None,
         action: action.as_str(),
         version: info.version,
         sha256: info.sha256.clone(),
         bytes,
     };
+    record(state, entry).await;
+}
+
+/// Appends `entry` to the audit log, if the server keeps one (synced before the reply); a
+/// failure is logged and counted, not the client's.
+pub(crate) async fn record(state: &AppState, entry: AuditEntry) {
+    let Some(log) = state.audit.clone() else {
+        return;
+    };
+    let task = entry.task.clone();
     let written = tokio::task::spawn_blocking(move || log.record(&entry)).await;
     if !matches!(written, Ok(Ok(()))) {
-        tracing::error!(task = %info.task, ?written, "writing the audit log failed");
+        tracing::error!(%task, ?written, "writing the audit log failed");
         state.metrics.audit_errors.inc();
     }
 }

@@ -106,6 +106,7 @@ pub fn build_row(
         max_new_tokens,
         labels,
         cancel: None,
+        sequence_logprob: false,
     })
 }
 

@@ -43,6 +43,8 @@ struct Live {
     row: RowInput,
     reply: oneshot::Sender<RowResult>,
     out: Vec<i64>,
+    /// Summed log-probability of `out` (kept when the row asks for it).
+    logprob: f64,
     scores: Option<Vec<f64>>,
     /// Self-attention cache columns before this row's first step (masked for it).
     offset: i64,
@@ -58,9 +60,11 @@ impl Live {
     }
 
     fn answer(self) {
+        let logprob = self.row.sequence_logprob.then_some(self.logprob);
         let _ = self.reply.send(Ok(RowOutput {
             token_ids: self.out,
             scores: self.scores,
+            logprob,
         }));
     }
 }
@@ -208,6 +212,7 @@ impl Running {
                 row: joining.row,
                 reply: joining.reply,
                 out: Vec::new(),
+                logprob: 0.0,
                 scores,
                 offset: 0,
                 enc_len,
@@ -319,16 +324,36 @@ impl Running {
         };
         let logits = model.decode_step(tokens, state)?;
         let next = logits.f_argmax(-1, false)?;
-        let next_host: Vec<i64> = {
+        // The chosen tokens' log-probabilities, only when a live row sums them (in f32, as
+        // transformers' log_softmax over the logits).
+        let wants_logprob = self.lives().any(|l| l.row.sequence_logprob);
+        let logprobs = if wants_logprob {
+            let lp = logits
+                .f_to_kind(Kind::Float)?
+                .f_log_softmax(-1, Kind::Float)?
+                .f_gather(-1, &next.f_unsqueeze(-1)?, false)?
+                .f_squeeze_dim(-1)?;
+            Some(lp)
+        } else {
+            None
+        };
+        let (next_host, logprobs): (Vec<i64>, Vec<f32>) = {
             let _span = span(Family::HostCopy);
-            Vec::try_from(&next)?
+            let lp = match &logprobs {
+                Some(lp) => Vec::try_from(lp)?,
+                None => Vec::new(),
+            };
+            (Vec::try_from(&next)?, lp)
         };
         self.work.steps += 1;
         self.work.row_steps += self.slots.len();
         self.tokens = Some(next);
-        for (slot, &token) in self.slots.iter_mut().zip(&next_host) {
+        for (i, (slot, &token)) in self.slots.iter_mut().zip(&next_host).enumerate() {
             let Some(live) = slot else { continue };
             live.out.push(token);
+            if let Some(lp) = logprobs.get(i) {
+                live.logprob += f64::from(*lp);
+            }
             if live.finished(&self.eos) {
                 slot.take().expect("occupied").answer();
                 self.live -= 1;

@@ -77,6 +77,9 @@ pub struct RowInput {
     /// Set once nobody waits for this row: its decoding stops at the next step and its
     /// labels are not scored (its output is then meaningless).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Also sum the log-probabilities of the generated tokens ([`RowOutput::logprob`]; an
+    /// ensemble's vote breaks ties with it).
+    pub sequence_logprob: bool,
 }
 
 impl RowInput {
@@ -162,6 +165,8 @@ pub struct RowOutput {
     pub token_ids: Vec<i64>,
     /// Log-likelihood of each label, in the order given (None without labels).
     pub scores: Option<Vec<f64>>,
+    /// Summed log-probability of the generated tokens (when the row asked for it).
+    pub logprob: Option<f64>,
 }
 
 /// What the last batch cost.

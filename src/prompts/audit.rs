@@ -14,8 +14,11 @@ pub struct AuditEntry {
     pub time_ms: u128,
     /// The tenant that made the change (`-` on an open server).
     pub tenant: String,
-    /// The task.
+    /// The task (or the ensemble, when `kind` says so).
     pub task: String,
+    /// `ensemble` for an ensemble's change; absent for a prompt's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     /// `create`, `replace` or `delete`.
     pub action: &'static str,
     /// The version stored (for a delete: the version removed).

@@ -9,6 +9,7 @@
 //!   kept but not served.
 pub mod audit;
 pub mod dir;
+pub mod ensembles;
 pub mod npy;
 pub mod peft;
 pub mod registry;

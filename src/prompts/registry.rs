@@ -107,6 +107,8 @@ pub struct Registry {
     retired: Mutex<HashMap<TaskName, u64>>,
     /// Sources that failed to load, by path, at the fingerprint that failed.
     failed: Mutex<HashMap<std::path::PathBuf, Fingerprint>>,
+    /// Ensembles of these prompts, stored in the same folder.
+    ensembles: super::ensembles::Ensembles,
 }
 
 fn now_secs() -> u64 {
@@ -126,6 +128,7 @@ impl Registry {
     ) -> Self {
         Self {
             entries: RwLock::new(HashMap::new()),
+            ensembles: super::ensembles::Ensembles::new(store.clone()),
             store,
             engine,
             d_model,
@@ -135,6 +138,11 @@ impl Registry {
             retired: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The ensembles stored beside the prompts.
+    pub fn ensembles(&self) -> &super::ensembles::Ensembles {
+        &self.ensembles
     }
 
     /// Prompt limits uploads are checked against.
@@ -265,8 +273,14 @@ impl Registry {
 
     /// Brings the registry in line with the folder: new or changed sources are loaded,
     /// tasks whose files are gone are dropped. A source that fails to load leaves the
-    /// version already served (if any) in place.
+    /// version already served (if any) in place. Ensembles follow the folder too.
     pub async fn sync(&self) -> Result<SyncReport, RegistryError> {
+        let report = self.sync_prompts().await?;
+        self.ensembles.sync().await?;
+        Ok(report)
+    }
+
+    async fn sync_prompts(&self) -> Result<SyncReport, RegistryError> {
         let _writer = self.writer.lock().await;
         let store = self.store.clone();
         let scanned = tokio::task::spawn_blocking(move || store.scan())

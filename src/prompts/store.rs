@@ -159,9 +159,19 @@ impl Store {
             panic!("injected fault: writing a prompt panicked");
         }
         let bytes = encode(prompt, version, sha256)?;
-        let path = self.dir.join(format!("{task}.safetensors"));
+        let path = self.write_file(&format!("{task}.safetensors"), &bytes)?;
+        self.remove_other_sources(task, &path)?;
+        self.sync_dir()?;
+        Fingerprint::of(&[path])
+    }
+
+    /// Writes `bytes` as `name` in the folder through a hidden temporary file, fsync and
+    /// rename (a reader sees the old file or the new one, never part of one); returns the path.
+    /// The folder itself is synced by the caller once its other changes are done.
+    pub(crate) fn write_file(&self, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        let path = self.dir.join(name);
         let temp = self.dir.join(format!(
-            ".{task}.safetensors{TEMP_MARK}{}-{}",
+            ".{name}{TEMP_MARK}{}-{}",
             std::process::id(),
             SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
@@ -177,7 +187,7 @@ impl Store {
                     return Err(io::Error::from_raw_os_error(errno));
                 }
             }
-            f.write_all(&bytes)?;
+            f.write_all(bytes)?;
             f.sync_all()?;
             fs::rename(&temp, &path)
         })();
@@ -185,9 +195,7 @@ impl Store {
             let _ = fs::remove_file(&temp);
             return Err(e);
         }
-        self.remove_other_sources(task, &path)?;
-        self.sync_dir()?;
-        Fingerprint::of(&[path])
+        Ok(path)
     }
 
     /// Removes every source of `task`; false when there was none.
@@ -224,7 +232,8 @@ impl Store {
         Ok(removed)
     }
 
-    fn sync_dir(&self) -> io::Result<()> {
+    /// Syncs the folder, so renames and removals in it survive a crash.
+    pub(crate) fn sync_dir(&self) -> io::Result<()> {
         File::open(&self.dir)?.sync_all()
     }
 }

@@ -243,6 +243,7 @@ impl ChunkedEval {
                     Vec::new()
                 },
                 cancel: None,
+                sequence_logprob: false,
             })
             .collect();
         let (results, _) = engine.run_rows(&inputs, max_batch_tokens);

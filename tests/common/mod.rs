@@ -114,6 +114,7 @@ impl Loaded {
                 .map(|l| self.tokenizer.encode(l).unwrap())
                 .collect(),
             cancel: None,
+            sequence_logprob: false,
         }
     }
 

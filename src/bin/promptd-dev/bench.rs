@@ -487,6 +487,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
             max_new_tokens: body["max_new_tokens"].as_u64().unwrap_or(16) as usize,
             labels,
             cancel: None,
+            sequence_logprob: false,
         })
     };
     let start = Instant::now();

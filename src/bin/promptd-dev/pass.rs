@@ -279,6 +279,7 @@ fn rows_from_file(
             max_new_tokens: args.new_tokens,
             labels: Vec::new(),
             cancel: None,
+            sequence_logprob: false,
         });
     }
     Ok(rows)
@@ -310,6 +311,7 @@ fn random_rows(args: &PassArgs, n: usize, engine: &mut Engine) -> Result<Vec<Row
                 max_new_tokens: args.new_tokens,
                 labels: Vec::new(),
                 cancel: None,
+                sequence_logprob: false,
             }
         })
         .collect())

@@ -11,6 +11,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(args) => promptd::cli::serve::run(args),
         Command::HashKey(args) => promptd::cli::keys::run(args),
         Command::Inspect(args) => promptd::cli::inspect::run(args),
+        Command::Neighbors(args) => promptd::cli::neighbors::run(args),
         Command::Convert(args) => promptd::cli::convert::run(args),
     };
     match result {

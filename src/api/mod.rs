@@ -8,6 +8,7 @@ pub mod error;
 pub mod grpc;
 pub mod kserve;
 pub mod lifecycle;
+pub mod neighbors;
 pub mod openapi;
 pub mod params;
 pub mod predict;
@@ -125,6 +126,7 @@ pub fn app(state: AppState) -> Router {
             .get(prompts::get_one)
             .delete(prompts::delete),
         )
+        .route("/v1/prompts/{task}/neighbors", get(neighbors::get))
         .route(
             "/v1/tasks/{task}/predict",
             predict_limit(post(predict::predict)),

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{ensembles, kserve, predict, prompts, tune};
+use super::{ensembles, kserve, neighbors, predict, prompts, tune};
 
 /// The whole HTTP API.
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use super::{ensembles, kserve, predict, prompts, tune};
         prompts::put,
         prompts::get_one,
         prompts::delete,
+        neighbors::get,
         predict::predict,
         ensembles::list,
         ensembles::put,

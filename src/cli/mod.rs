@@ -2,6 +2,7 @@
 pub mod convert;
 pub mod inspect;
 pub mod keys;
+pub mod neighbors;
 pub mod predict;
 pub mod serve;
 pub mod tune;
@@ -33,6 +34,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the SHA-256 of an API key (read on stdin) for a tenants file, or make a new key.
     HashKey(keys::HashKeyArgs),
+    /// Read a prompt through its nearest vocabulary tokens (cosine), and which labels are among them.
+    Neighbors(neighbors::NeighborsArgs),
     /// Show what promptd sees in a model folder (variant, sizes, files, memory) and whether it can serve it.
     Inspect(inspect::InspectArgs),
     /// Rewrite a model folder promptd can serve as sharded safetensors + tokenizer.json.

@@ -200,6 +200,13 @@ impl PromptBank {
         Ok(())
     }
 
+    /// A slot's rows [len, d] (a view of the table).
+    pub fn rows_of(&self, slot: &PromptSlot) -> Result<Tensor, ModelError> {
+        Ok(self
+            .table
+            .f_narrow(0, slot.region.offset, slot.region.len)?)
+    }
+
     /// Embeds ids [B, L] where ids >= vocab_size are virtual prompt rows: two gathers joined
     /// by one `where`, so no vocabulary-sized table is ever concatenated per batch.
     pub fn embed(&self, shared: &Tensor, ids: &Tensor) -> Result<Tensor, ModelError> {

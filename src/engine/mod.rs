@@ -6,6 +6,7 @@
 pub mod bank;
 pub mod continuous;
 pub mod device;
+pub mod neighbors;
 pub mod score;
 pub mod worker;
 
@@ -225,6 +226,18 @@ impl Engine {
     /// Cost of the last successful batch.
     pub fn last_stats(&self) -> &BatchStats {
         &self.last_stats
+    }
+
+    /// For each of a served prompt's rows, the `k` nearest of the first `vocab` vocabulary
+    /// tokens by cosine similarity (paper §7).
+    pub fn prompt_neighbors(
+        &self,
+        slot: &PromptSlot,
+        k: usize,
+        vocab: i64,
+    ) -> Result<Vec<Vec<neighbors::Neighbor>>, EngineError> {
+        let rows = self.bank.rows_of(slot)?;
+        neighbors::nearest(self.model.shared(), &rows, k, vocab)
     }
 
     /// Makes room in the bank for `rows` more prompt rows at once.

@@ -73,7 +73,16 @@ enum Job {
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     Tune(Box<TuneWork>),
+    Neighbors {
+        slot: Arc<PromptSlot>,
+        k: usize,
+        vocab: i64,
+        reply: oneshot::Sender<NeighborsResult>,
+    },
 }
+
+/// Each prompt row's nearest vocabulary tokens, or why they could not be computed.
+pub type NeighborsResult = Result<Vec<Vec<super::neighbors::Neighbor>>, EngineError>;
 
 /// Errors talking to the engine thread.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -176,6 +185,14 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
                     .collect();
                 let _ = reply.send(slots);
             }
+            Some(Job::Neighbors {
+                slot,
+                k,
+                vocab,
+                reply,
+            }) => {
+                let _ = reply.send(guarded(|| engine.prompt_neighbors(&slot, k, vocab)));
+            }
             Some(Job::Reserve { rows, reply }) => {
                 let _ = reply.send(guarded(|| Ok(engine.reserve_prompt_rows(rows)?)));
             }
@@ -252,6 +269,26 @@ impl EngineHandle {
         let (reply, rx) = oneshot::channel();
         self.jobs
             .send(Job::Reserve { rows, reply })
+            .map_err(|_| WorkerError::Stopped)?;
+        rx.await.map_err(|_| WorkerError::Stopped)
+    }
+
+    /// Each row of a served prompt's `k` nearest vocabulary tokens among the first `vocab`
+    /// (one job between passes on the engine thread).
+    pub async fn neighbors(
+        &self,
+        slot: Arc<PromptSlot>,
+        k: usize,
+        vocab: i64,
+    ) -> Result<NeighborsResult, WorkerError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job::Neighbors {
+                slot,
+                k,
+                vocab,
+                reply,
+            })
             .map_err(|_| WorkerError::Stopped)?;
         rx.await.map_err(|_| WorkerError::Stopped)
     }

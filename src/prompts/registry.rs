@@ -140,6 +140,11 @@ impl Registry {
         }
     }
 
+    /// The prompts folder.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.dir()
+    }
+
     /// The ensembles stored beside the prompts.
     pub fn ensembles(&self) -> &super::ensembles::Ensembles {
         &self.ensembles

@@ -466,3 +466,96 @@ async fn a_replica_sees_ensembles_written_to_the_shared_folder() {
     assert!(gone);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensembles_answer_over_grpc_and_kserve_v2_as_over_http() {
+    use promptd::api::grpc::proto::promptd_client::PromptdClient;
+    let server = demo_server(|_| {}).await;
+    let client = reqwest::Client::new();
+    put(
+        &client,
+        &server,
+        "mood",
+        json!({"members": ["sentiment", "verdict", "sentiment2"], "combine": "vote"}),
+    )
+    .await;
+    let (_, http) = post(
+        &client,
+        server.url("/v1/ensembles/mood/predict"),
+        json!({"inputs": [SENTENCE], "labels": ["mixed", "fine"], "max_new_tokens": 0}),
+    )
+    .await;
+    let http = &http["outputs"][0];
+
+    let mut grpc = PromptdClient::connect(server.grpc_url()).await.unwrap();
+    let answer = grpc
+        .ensemble_predict(promptd::api::grpc::proto::EnsemblePredictRequest {
+            ensemble: "mood".into(),
+            inputs: vec![SENTENCE.into()],
+            max_new_tokens: Some(0),
+            labels: vec!["mixed".into(), "fine".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.version, 1);
+    assert_eq!(answer.combine, "vote");
+    let out = &answer.outputs[0];
+    assert_eq!(out.answer, http["answer"].as_str().unwrap());
+    assert_eq!(out.votes as u64, http["votes"].as_u64().unwrap());
+    assert_eq!(out.members.len(), 3);
+    assert_eq!(out.members[1].task, "verdict");
+    assert!((out.members[1].score - http["members"][1]["score"].as_f64().unwrap()).abs() < 1e-9);
+    let missing = grpc
+        .ensemble_predict(promptd::api::grpc::proto::EnsemblePredictRequest {
+            ensemble: "nope".into(),
+            inputs: vec!["x".into()],
+            max_new_tokens: None,
+            labels: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // KServe v2: an ensemble is a model (when no task has its name).
+    let resp = client
+        .get(server.url("/v2/models/mood/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (status, v2) = post(
+        &client,
+        server.url("/v2/models/mood/infer"),
+        json!({
+            "inputs": [
+                {"name": "text_input", "shape": [1], "datatype": "BYTES", "data": [SENTENCE]},
+                {"name": "labels", "shape": [2], "datatype": "BYTES", "data": ["mixed", "fine"]}
+            ],
+            "parameters": {"max_new_tokens": 0}
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["model_name"], "mood");
+    let output = |name: &str| {
+        v2["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap()["data"]
+            .clone()
+    };
+    assert_eq!(output("label")[0], http["answer"]);
+    let scores = output("scores");
+    for (got, want) in scores
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(http["scores"].as_array().unwrap())
+    {
+        assert!((got.as_f64().unwrap() - want.as_f64().unwrap()).abs() < 1e-9);
+    }
+    server.stop().await.unwrap();
+}

@@ -211,6 +211,56 @@ impl Promptd for GrpcApi {
         }))
     }
 
+    async fn ensemble_predict(
+        &self,
+        request: Request<proto::EnsemblePredictRequest>,
+    ) -> Result<Response<proto::EnsemblePredictResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let max = self.state.limits.max_body_bytes;
+        let body = if req.encoded_len() > max {
+            Err(ApiError::TooLarge(format!(
+                "request is {} bytes; the limit is {max} (--max-body-bytes)",
+                req.encoded_len()
+            )))
+        } else {
+            Ok(PredictRequest {
+                inputs: serde_json::Value::Array(req.inputs.into_iter().map(Into::into).collect()),
+                max_new_tokens: req.max_new_tokens.map(|n| n as usize),
+                labels: (!req.labels.is_empty()).then_some(req.labels),
+            })
+        };
+        let answer = super::ensembles::run(&self.state, &caller, &req.ensemble, body)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::EnsemblePredictResponse {
+            ensemble: answer.ensemble,
+            version: answer.version,
+            combine: answer.combine.as_str().to_string(),
+            outputs: answer
+                .outputs
+                .into_iter()
+                .map(|o| proto::EnsembleOutput {
+                    answer: o.answer,
+                    votes: o.votes as u32,
+                    scores: o.scores.unwrap_or_default(),
+                    members: o
+                        .members
+                        .into_iter()
+                        .map(|m| proto::EnsembleMemberOutput {
+                            task: m.task,
+                            prompt_version: m.prompt_version,
+                            answer: m.answer,
+                            score: m.score,
+                            text: m.text,
+                            scores: m.scores.unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }))
+    }
+
     async fn put_prompt(
         &self,
         request: Request<proto::PutPromptRequest>,

@@ -4,7 +4,8 @@
 //! Inference takes one BYTES input (the texts, shape `[N]` or `[N, 1]`), an optional BYTES
 //! input named `labels`, and the parameter `max_new_tokens`; it answers `text_output` (BYTES),
 //! and with labels `label` (BYTES) and `scores` (FP64, `[N, labels]`). It runs through the same
-//! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared.
+//! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared. A name
+//! that is not a task but an ensemble runs the ensemble ([`run_model`]).
 pub mod grpc;
 pub mod wire;
 
@@ -314,6 +315,64 @@ pub fn entry(
     }
 }
 
+/// Runs a model: a task, or, where no task has the name, an ensemble (its answers as the
+/// outputs: `text_output` and with labels `label` the combined answer, `scores` the members'
+/// mean label log-likelihoods). Every v2 door calls this.
+pub async fn run_model(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    req: Result<PredictRequest, ApiError>,
+) -> Result<PredictResponse, ApiError> {
+    let ensemble =
+        state.registry.get(name).is_none() && state.registry.ensembles().get(name).is_some();
+    if !ensemble {
+        return predict::run(state, caller, name, req).await;
+    }
+    let answer = super::ensembles::run(state, caller, name, req).await?;
+    Ok(PredictResponse {
+        task: answer.ensemble,
+        prompt_version: answer.version,
+        outputs: answer
+            .outputs
+            .into_iter()
+            .map(|o| predict::Output {
+                label: o.scores.is_some().then(|| o.answer.clone()),
+                text: o.answer,
+                token_ids: Vec::new(),
+                scores: o.scores,
+            })
+            .collect(),
+    })
+}
+
+/// A served model's readiness: a task's entry (of `version`, when named), or else an
+/// ensemble's (`version` its ensemble version); the name back.
+pub fn ready_model(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    version: Option<&str>,
+) -> Result<String, ApiError> {
+    match entry(state, caller, name, version) {
+        Err(ApiError::UnknownTask(_)) => {
+            let e = state
+                .registry
+                .ensembles()
+                .get(name)
+                .ok_or_else(|| ApiError::UnknownTask(name.chars().take(128).collect()))?;
+            match version {
+                Some(v) if v != e.version.to_string() => Err(ApiError::NotFound(format!(
+                    "version {v:?} of ensemble {name:?} (version {} is served)",
+                    e.version
+                ))),
+                _ => Ok(e.name.clone()),
+            }
+        }
+        other => other.map(|e| e.info.task.clone()),
+    }
+}
+
 /// `(task, version)` from either route shape.
 type ModelPath = Result<Path<Vec<String>>, PathRejection>;
 
@@ -401,11 +460,8 @@ pub async fn model_ready(
     path: ModelPath,
 ) -> Result<Json<ModelReady>, ApiError> {
     let (task, version) = path_parts(path)?;
-    let entry = entry(&state, &caller, &task, version.as_deref())?;
-    Ok(Json(ModelReady {
-        name: entry.info.task.clone(),
-        ready: true,
-    }))
+    let name = ready_model(&state, &caller, &task, version.as_deref())?;
+    Ok(Json(ModelReady { name, ready: true }))
 }
 
 /// Readiness of one version of a task.
@@ -455,7 +511,7 @@ pub async fn infer(
 ) -> Result<Response, ApiError> {
     let (task, version) = path_parts(path)?;
     if version.is_some() {
-        entry(&state, &caller, &task, version.as_deref())?;
+        ready_model(&state, &caller, &task, version.as_deref())?;
     }
     // A bad body still goes through predict::run, so it is counted like any other request.
     let decoded = body.and_then(|RawBody(body)| decode(&headers, &body));
@@ -466,7 +522,7 @@ pub async fn infer(
         },
         Err(e) => (Err(e), None),
     };
-    let answer = predict::run(&state, &caller, &task, predict_req).await?;
+    let answer = run_model(&state, &caller, &task, predict_req).await?;
     let Some(req) = meta else {
         return Err(ApiError::Internal(
             "an undecoded inference request ran".into(),

@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::{InferInput, InferRequest, RequestedOutput};
 use crate::api::grpc::{caller, status, FRAMING_BYTES};
-use crate::api::predict;
 use crate::api::{readiness, ApiError, AppState};
 
 /// Code generated from `proto/grpc_predict_v2.proto`.
@@ -146,7 +145,8 @@ impl GrpcInferenceService for KserveGrpc {
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let caller = caller(&self.state, &request)?;
         let req = request.into_inner();
-        super::entry(&self.state, &caller, &req.name, version(&req.version)).map_err(status)?;
+        super::ready_model(&self.state, &caller, &req.name, version(&req.version))
+            .map_err(status)?;
         Ok(Response::new(pb::ModelReadyResponse { ready: true }))
     }
 
@@ -198,7 +198,7 @@ impl GrpcInferenceService for KserveGrpc {
         let req = request.into_inner();
         let state = &self.state;
         if let Some(v) = version(&req.model_version) {
-            super::entry(state, &caller, &req.model_name, Some(v)).map_err(status)?;
+            super::ready_model(state, &caller, &req.model_name, Some(v)).map_err(status)?;
         }
         let max = state.limits.max_body_bytes;
         let parsed = if req.encoded_len() > max {
@@ -215,7 +215,7 @@ impl GrpcInferenceService for KserveGrpc {
                 Ok((p, r)) => (Ok(p), Some(r)),
                 Err(e) => (Err(e), None),
             };
-        let answer = predict::run(state, &caller, &req.model_name, predict_req)
+        let answer = super::run_model(state, &caller, &req.model_name, predict_req)
             .await
             .map_err(status)?;
         let Some(meta) = meta else {

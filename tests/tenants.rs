@@ -561,3 +561,103 @@ async fn only_a_tenant_that_may_write_a_task_may_tune_it_and_see_its_jobs() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
+
+fn ensemble_put(name: &str, key: &str, members: &[&str]) -> Request<Body> {
+    let mut r = req(
+        Method::PUT,
+        &format!("/v1/ensembles/{name}"),
+        Some(key),
+        Body::from(json!({"members": members, "combine": "vote"}).to_string()),
+    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn ensembles_follow_the_task_patterns_and_never_reach_another_tenants_prompt() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
+    for (task, key) in [
+        ("acme.a", "acme-key"),
+        ("acme.b", "acme-key"),
+        ("globex.a", "globex-key"),
+    ] {
+        let r = call(st, put(task, key, npy_filled(2, 0.1))).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{task}: {:?}", r.body);
+    }
+    // A name outside the tenant's patterns, and a member it may not read: 403, nothing stored.
+    let before = snapshot(s.dir.path());
+    let r = call(
+        st,
+        ensemble_put("globex.mine", "acme-key", &["acme.a", "acme.b"]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    let r = call(
+        st,
+        ensemble_put("acme.e", "acme-key", &["acme.a", "globex.a"]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{:?}", r.body);
+    assert!(r.body["error"].as_str().unwrap().contains("globex.a"));
+    assert_eq!(snapshot(s.dir.path()), before);
+    let r = call(
+        st,
+        ensemble_put("acme.e", "acme-key", &["acme.a", "acme.b"]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+
+    // Another tenant neither sees, reads, predicts with nor deletes it.
+    let listed = call(st, get("/v1/ensembles", Some("globex-key"))).await;
+    assert_eq!(listed.body["ensembles"], json!([]));
+    let listed = call(st, get("/v1/ensembles", Some("ops-key"))).await;
+    assert_eq!(listed.body["ensembles"][0]["name"], "acme.e");
+    assert_eq!(
+        call(st, get("/v1/ensembles/acme.e", Some("globex-key")))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let mut p = req(
+        Method::POST,
+        "/v1/ensembles/acme.e/predict",
+        Some("globex-key"),
+        Body::from(json!({"inputs": "hello", "max_new_tokens": 2}).to_string()),
+    );
+    p.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    assert_eq!(call(st, p).await.status, StatusCode::FORBIDDEN);
+    let r = call(
+        st,
+        req(
+            Method::DELETE,
+            "/v1/ensembles/acme.e",
+            Some("globex-key"),
+            Body::empty(),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // The owner predicts with it; the audit log names the tenant.
+    let mut p = req(
+        Method::POST,
+        "/v1/ensembles/acme.e/predict",
+        Some("acme-key"),
+        Body::from(json!({"inputs": "hello", "max_new_tokens": 2}).to_string()),
+    );
+    p.headers_mut()
+        .insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+    let r = call(st, p).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["outputs"][0]["members"].as_array().unwrap().len(), 2);
+    let audit = std::fs::read_to_string(s.dir.path().join(".audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(r#""tenant":"acme""#) && l.contains(r#""kind":"ensemble""#)),
+        "{audit}"
+    );
+}

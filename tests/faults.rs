@@ -110,9 +110,39 @@ async fn full_and_read_only_fail_uploads_cleanly(dir: &Path, faults: &dyn DiskFa
     let answer = call(&state, ask()).await;
     assert_eq!(answer.status, StatusCode::OK);
 
+    // A second prompt and an ensemble of both, before the disk fills.
+    assert_eq!(
+        call(&state, put("keep2", npy_filled(2, 0.5))).await.status,
+        StatusCode::CREATED
+    );
+    let ensemble = || {
+        axum::http::Request::put("/v1/ensembles/both")
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({"members": ["keep", "keep2"], "combine": "vote"}).to_string(),
+            ))
+            .unwrap()
+    };
+    assert_eq!(call(&state, ensemble()).await.status, StatusCode::CREATED);
+
     // Fill the disk, then upload: 507, nothing half-written, the old prompt still served.
     faults.fill();
     let before = snapshot(dir);
+    let r = call(&state, ensemble()).await;
+    assert_eq!(
+        r.status,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "ensemble: {}",
+        r.body
+    );
+    let served = call(
+        &state,
+        axum::http::Request::get("/v1/ensembles/both")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(served.body["version"], 1, "the stored version still serves");
     for task in ["keep", "fresh"] {
         let r = call(&state, put(task, npy_filled(100, 0.5))).await;
         assert_eq!(

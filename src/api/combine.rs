@@ -130,15 +130,15 @@ fn vote_texts(members: &[MemberAnswer]) -> Result<Combined, CombineError> {
     })
 }
 
-/// Index of the largest value (the first on ties).
+/// Index of the largest value, by the rule a task's own `label` uses
+/// ([`super::validate::best_label`]: the last on exact ties), so a member's answer here is the
+/// label its task predicts alone.
 fn argmax(values: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, v) in values.iter().enumerate() {
-        if *v > values[best] {
-            best = i;
-        }
-    }
-    best
+    values
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::auth::{check_read, forbidden, reject};
 use super::combine::{combine, MemberAnswer};
 use super::error::{ErrorBody, JsonBody};
 use super::predict::{admit, run_units, PredictRequest};
-use super::validate::{best_label, build_row};
+use super::validate::build_row;
 use super::{ApiError, AppState};
 use crate::batcher::Unit;
 use crate::metrics::{ChangeAction, Rejection, UNKNOWN_TASK};
@@ -467,20 +467,13 @@ async fn run_inner(
             .zip(rows)
             .zip(texts)
             .zip(combined.members)
-            .map(|(((entry, out), text), (answer, score))| {
-                debug_assert!(
-                    labels.is_empty()
-                        || out.scores.as_deref().and_then(|s| best_label(&labels, s))
-                            == Some(answer.as_str())
-                );
-                MemberOutput {
-                    task: entry.info.task.clone(),
-                    prompt_version: entry.info.version,
-                    answer,
-                    score,
-                    text,
-                    scores: out.scores,
-                }
+            .map(|(((entry, out), text), (answer, score))| MemberOutput {
+                task: entry.info.task.clone(),
+                prompt_version: entry.info.version,
+                answer,
+                score,
+                text,
+                scores: out.scores,
             })
             .collect();
         outputs.push(EnsembleOutput {

@@ -141,6 +141,14 @@ pub fn served(state: &super::AppState) -> serde_json::Value {
         "maxItems",
         limits.row.max_labels.into(),
     );
+    set("EnsembleRequest", "members", "minItems", 2.into());
+    set(
+        "EnsembleRequest",
+        "members",
+        "maxItems",
+        state.batcher.max_batch_size().into(),
+    );
+    set("EnsembleRequest", "members", "uniqueItems", true.into());
     set("TuneRequest", "train", "minItems", 1.into());
     set("TuneRequest", "train", "maxItems", tune.max_rows.into());
     set("TuneRequest", "dev", "maxItems", tune.max_rows.into());

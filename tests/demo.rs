@@ -244,3 +244,37 @@ async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
     );
     server.stop().await.unwrap();
 }
+
+/// README's "what a prompt means" (paper §7): the nearest vocabulary tokens of the committed
+/// prompts. The class-label rows of rating and sentiment still sit nearest their labels after
+/// tuning, and translate's prompt, started from other words, has moved rows next to "glorp".
+#[test]
+fn the_demo_prompts_nearest_words_are_what_readme_shows() {
+    let demo = demo();
+    let vocab = demo.tokenizer.inner().get_vocab_size(true) as i64;
+    let nearest = |task: &str, k: usize| -> Vec<Vec<String>> {
+        demo.engine
+            .prompt_neighbors(&demo.slots[task], k, vocab)
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .map(|n| demo.tokenizer.inner().id_to_token(n.id as u32).unwrap())
+                    .collect()
+            })
+            .collect()
+    };
+    let firsts = |task: &str, rows: usize| -> Vec<String> {
+        nearest(task, 1)[..rows]
+            .iter()
+            .map(|r| r[0].clone())
+            .collect()
+    };
+    assert_eq!(firsts("rating", 5), ["▁1", "▁2", "▁3", "▁4", "▁5"]);
+    assert_eq!(firsts("sentiment", 3), ["▁positive", "▁negative", "▁mixed"]);
+    let glorp = nearest("translate", 3)
+        .iter()
+        .filter(|row| row.iter().any(|t| t == "▁glorp"))
+        .count();
+    assert!(glorp >= 4, "{glorp} rows of translate near ▁glorp");
+}

@@ -115,6 +115,14 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
     let info: Value = get_json(&client, &server, "/v1/prompts/learned").await;
     assert_eq!(info["version"], 1);
     assert_eq!(info["prompt_length"], 4);
+    // Its nearest words name the job's labels (the distinct targets) as the ones to look for.
+    let near = get_json(&client, &server, "/v1/prompts/learned/neighbors?k=2").await;
+    assert_eq!(near["labels_from"], "tuning job", "{near}");
+    assert_eq!(
+        near["labels"].as_array().unwrap().len(),
+        v["labels"].as_array().unwrap().len()
+    );
+    assert_eq!(near["rows"].as_array().unwrap().len(), 4);
     // The tuned task and another one answer together, each as it would alone.
     let alone = predict(&client, &server, "learned", "its engine vector it server").await;
     let (a, b) = tokio::join!(

@@ -33,7 +33,8 @@ pub struct NeighborsQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub k: Option<String>,
     /// Labels to look for among the neighbours, comma-separated (default: the task's tuning
-    /// report `<prompts>/reports/<task>.json`).
+    /// report `<prompts>/reports/<task>.json`, else the labels of the server's tuning job that
+    /// installed the served version).
     pub labels: Option<String>,
 }
 
@@ -84,7 +85,8 @@ pub struct NeighborsReport {
     pub k: usize,
     /// Each prompt row's nearest tokens.
     pub rows: Vec<RowNeighbors>,
-    /// Where the labels came from: `query`, `report` or `none`.
+    /// Where the labels came from: `query`, `report` (`<prompts>/reports/<task>.json`),
+    /// `tuning job` (the server's job that installed this version) or `none`.
     pub labels_from: &'static str,
     /// Each label and where its tokens appear.
     pub labels: Vec<LabelHit>,
@@ -190,6 +192,17 @@ pub fn report_labels(path: &Path) -> Option<Vec<String>> {
     strings(&report["labels"]).filter(|l| l.len() <= MAX_REPORT_LABELS)
 }
 
+/// The labels of the server's tuning job that installed `version` of `task`, if any.
+fn job_labels(state: &AppState, task: &str, version: u64) -> Option<Vec<String>> {
+    state
+        .tuning
+        .jobs
+        .all()
+        .into_iter()
+        .find(|j| j.task == task && j.version == Some(version) && !j.labels.is_empty())
+        .map(|j| j.labels)
+}
+
 /// Splits a comma-separated label list (empty entries dropped).
 pub fn split_labels(list: &str) -> Vec<String> {
     list.split(',')
@@ -249,13 +262,16 @@ pub async fn get(
                 .dir()
                 .join("reports")
                 .join(format!("{task}.json"));
-            match tokio::task::spawn_blocking(move || report_labels(&path))
+            let from_report = tokio::task::spawn_blocking(move || report_labels(&path))
                 .await
                 .ok()
-                .flatten()
-            {
+                .flatten();
+            match from_report {
                 Some(l) => (l, "report"),
-                None => (Vec::new(), "none"),
+                None => match job_labels(&state, task.as_str(), entry.info.version) {
+                    Some(l) => (l, "tuning job"),
+                    None => (Vec::new(), "none"),
+                },
             }
         }
     };

@@ -289,6 +289,8 @@ pub async fn start_job(
         Duration::Steps(n) => n,
         Duration::Epochs(e) => e.saturating_mul(req.train.len().div_ceil(settings.batch_size)),
     };
+    // The task's label set, kept with the job for reading the prompt later (neighbors).
+    let labels = crate::tune::metric::label_set(&settings.labels, req.train.iter().chain(&req.dev));
     // Tokenizing thousands of rows is CPU work: off the runtime, and off the engine thread.
     let data = {
         let (tokenizer, settings) = (state.tokenizer.clone(), settings.clone());
@@ -318,6 +320,9 @@ pub async fn start_job(
             &settings.metric.to_string(),
         )
         .map_err(records_error)?;
+    if labels.len() <= super::neighbors::MAX_REPORT_LABELS {
+        job.status.lock().labels = labels;
+    }
     let current = state.registry.get(task.as_str()).map(|e| e.slot.clone());
     let (done, finished) = oneshot::channel();
     let status = job.snapshot();

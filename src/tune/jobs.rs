@@ -109,6 +109,10 @@ pub struct JobStatus {
     /// When the running replica last recorded the job (every few seconds while it runs).
     #[serde(default)]
     pub heartbeat_ms: u64,
+    /// The task's labels: the `labels` given, else the distinct targets when they are few
+    /// enough to be a label set (what `GET /v1/prompts/{task}/neighbors` looks for).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// A running job's record is rewritten at least this often; a record of another replica's
@@ -256,6 +260,7 @@ impl JobTable {
             finished_ms: None,
             replica: self.replica.clone(),
             heartbeat_ms: now_ms(),
+            labels: Vec::new(),
         };
         write_record(&self.dir, &status)?;
         let job = Arc::new(Job {

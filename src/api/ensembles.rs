@@ -11,14 +11,14 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{check_read, forbidden, reject};
+use super::auth::check_read;
 use super::combine::{combine, MemberAnswer};
 use super::error::{ErrorBody, JsonBody};
 use super::predict::{admit, run_units, PredictRequest};
 use super::validate::build_row;
 use super::{ApiError, AppState};
 use crate::batcher::Unit;
-use crate::metrics::{ChangeAction, Rejection, UNKNOWN_TASK};
+use crate::metrics::{ChangeAction, UNKNOWN_TASK};
 use crate::prompts::audit::{now_ms, AuditEntry};
 use crate::prompts::ensembles::{Combine, EnsembleInfo, EnsembleSpec};
 use crate::prompts::registry::Entry;
@@ -158,34 +158,10 @@ pub async fn put(
 /// `caller` may name an ensemble `name` (its tenant's task patterns) and, for a new one, owns
 /// fewer ensembles than its quota (max_prompts, counted apart from prompts).
 fn authorize_write(state: &AppState, caller: &Caller, name: &TaskName) -> Result<(), ApiError> {
-    let set = state.tenants.current();
-    if !caller.may_write(&set, name.as_str()) {
-        return Err(forbidden(
-            state,
-            caller,
-            &format!(
-                "may not change ensemble {name:?} (its name is not in the tenant's task patterns)"
-            ),
-        ));
-    }
-    if let Caller::Tenant(t) = caller {
-        let ensembles = state.registry.ensembles();
-        if !t.admin && ensembles.get(name.as_str()).is_none() {
-            let owned = ensembles
-                .list()
-                .iter()
-                .filter(|e| set.owner(&e.name).is_some_and(|o| Arc::ptr_eq(o, t)))
-                .count();
-            if owned >= t.max_prompts {
-                reject(state, caller, Rejection::QuotaExceeded);
-                return Err(ApiError::QuotaExceeded(format!(
-                    "tenant {:?} owns {owned} ensembles; its quota is {} (max_prompts)",
-                    t.name, t.max_prompts
-                )));
-            }
-        }
-    }
-    Ok(())
+    let ensembles = state.registry.ensembles();
+    let owned = || ensembles.list().into_iter().map(|e| e.name);
+    let new = ensembles.get(name.as_str()).is_none();
+    super::prompts::authorize(state, caller, name, new, owned, ("ensemble", "ensembles"))
 }
 
 /// The members are 2 to --max-batch-size distinct served tasks that `caller` may read.
@@ -357,25 +333,7 @@ pub async fn run(
         None => UNKNOWN_TASK.to_string(),
     };
     let result = run_inner(state, caller, name, ensemble, body).await;
-    let status = match &result {
-        Ok(_) => StatusCode::OK,
-        Err(e) => {
-            if e.status().is_server_error() {
-                tracing::warn!(ensemble = %name, error = %e, "ensemble predict failed");
-            }
-            e.status()
-        }
-    };
-    state
-        .metrics
-        .requests
-        .with_label_values(&[&label, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&[&label])
-        .observe(started.elapsed().as_secs_f64());
+    super::predict::record(state, &label, started, &result);
     result
 }
 

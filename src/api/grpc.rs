@@ -171,6 +171,29 @@ fn info(p: PromptInfo) -> proto::PromptInfo {
     }
 }
 
+impl GrpcApi {
+    /// A predict request's body from its fields, refused past --max-body-bytes.
+    fn predict_body(
+        &self,
+        encoded_len: usize,
+        inputs: Vec<String>,
+        max_new_tokens: Option<u32>,
+        labels: Vec<String>,
+    ) -> Result<PredictRequest, ApiError> {
+        let max = self.state.limits.max_body_bytes;
+        if encoded_len > max {
+            return Err(ApiError::TooLarge(format!(
+                "request is {encoded_len} bytes; the limit is {max} (--max-body-bytes)"
+            )));
+        }
+        Ok(PredictRequest {
+            inputs: serde_json::Value::Array(inputs.into_iter().map(Into::into).collect()),
+            max_new_tokens: max_new_tokens.map(|n| n as usize),
+            labels: (!labels.is_empty()).then_some(labels),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Promptd for GrpcApi {
     async fn predict(
@@ -179,19 +202,12 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::PredictResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let max = self.state.limits.max_body_bytes;
-        let body = if req.encoded_len() > max {
-            Err(ApiError::TooLarge(format!(
-                "request is {} bytes; the limit is {max} (--max-body-bytes)",
-                req.encoded_len()
-            )))
-        } else {
-            Ok(PredictRequest {
-                inputs: serde_json::Value::Array(req.inputs.into_iter().map(Into::into).collect()),
-                max_new_tokens: req.max_new_tokens.map(|n| n as usize),
-                labels: (!req.labels.is_empty()).then_some(req.labels),
-            })
-        };
+        let body = self.predict_body(
+            req.encoded_len(),
+            req.inputs,
+            req.max_new_tokens,
+            req.labels,
+        );
         let answer = predict::run(&self.state, &caller, &req.task, body)
             .await
             .map_err(status)?;
@@ -217,19 +233,12 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::EnsemblePredictResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let max = self.state.limits.max_body_bytes;
-        let body = if req.encoded_len() > max {
-            Err(ApiError::TooLarge(format!(
-                "request is {} bytes; the limit is {max} (--max-body-bytes)",
-                req.encoded_len()
-            )))
-        } else {
-            Ok(PredictRequest {
-                inputs: serde_json::Value::Array(req.inputs.into_iter().map(Into::into).collect()),
-                max_new_tokens: req.max_new_tokens.map(|n| n as usize),
-                labels: (!req.labels.is_empty()).then_some(req.labels),
-            })
-        };
+        let body = self.predict_body(
+            req.encoded_len(),
+            req.inputs,
+            req.max_new_tokens,
+            req.labels,
+        );
         let answer = super::ensembles::run(&self.state, &caller, &req.ensemble, body)
             .await
             .map_err(status)?;

@@ -177,11 +177,23 @@ pub async fn run(
         None => UNKNOWN_TASK.to_string(),
     };
     let result = predict_inner(state, caller, task, entry, body).await;
-    let status = match &result {
+    record(state, &label, started, &result);
+    result
+}
+
+/// Counts a finished request under the task label `label` (`promptd_requests_total` by the
+/// status HTTP answers, and its duration) and logs a server-side failure.
+pub(crate) fn record<T>(
+    state: &AppState,
+    label: &str,
+    started: Instant,
+    result: &Result<T, ApiError>,
+) {
+    let status = match result {
         Ok(_) => StatusCode::OK,
         Err(e) => {
             if e.status().is_server_error() {
-                tracing::warn!(%task, error = %e, "predict failed");
+                tracing::warn!(%label, error = %e, "predict failed");
             }
             e.status()
         }
@@ -189,14 +201,13 @@ pub async fn run(
     state
         .metrics
         .requests
-        .with_label_values(&[&label, status.as_str()])
+        .with_label_values(&[label, status.as_str()])
         .inc();
     state
         .metrics
         .request_duration
-        .with_label_values(&[&label])
+        .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
-    result
 }
 
 async fn predict_inner(

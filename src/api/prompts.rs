@@ -185,29 +185,43 @@ pub async fn put(
 /// Checks, before the body is read, that `caller` may write `task` and, for a new task, owns
 /// fewer prompts than its quota.
 pub fn authorize_write(state: &AppState, caller: &Caller, task: &TaskName) -> Result<(), ApiError> {
+    let owned = || state.registry.list().into_iter().map(|p| p.task);
+    let new = state.registry.get(task.as_str()).is_none();
+    authorize(state, caller, task, new, owned, ("task", "prompts"))
+}
+
+/// `caller` may change `name` (it matches the tenant's task patterns) and, when `new`, owns
+/// fewer of `names()` than its quota (max_prompts). `what` is the kind in messages, singular
+/// and plural: ("task", "prompts") or ("ensemble", "ensembles").
+pub(crate) fn authorize<I: Iterator<Item = String>>(
+    state: &AppState,
+    caller: &Caller,
+    name: &TaskName,
+    new: bool,
+    names: impl FnOnce() -> I,
+    what: (&str, &str),
+) -> Result<(), ApiError> {
     let set = state.tenants.current();
-    if !caller.may_write(&set, task.as_str()) {
+    if !caller.may_write(&set, name.as_str()) {
         return Err(forbidden(
             state,
             caller,
             &format!(
-                "may not change task {task:?} (its name is not in the tenant's task patterns)"
+                "may not change {} {name:?} (its name is not in the tenant's task patterns)",
+                what.0
             ),
         ));
     }
     if let Caller::Tenant(t) = caller {
-        if !t.admin && state.registry.get(task.as_str()).is_none() {
-            let owned = state
-                .registry
-                .list()
-                .iter()
-                .filter(|p| set.owner(&p.task).is_some_and(|o| Arc::ptr_eq(o, t)))
+        if !t.admin && new {
+            let owned = names()
+                .filter(|n| set.owner(n).is_some_and(|o| Arc::ptr_eq(o, t)))
                 .count();
             if owned >= t.max_prompts {
                 reject(state, caller, Rejection::QuotaExceeded);
                 return Err(ApiError::QuotaExceeded(format!(
-                    "tenant {:?} owns {owned} prompts; its quota is {} (max_prompts)",
-                    t.name, t.max_prompts
+                    "tenant {:?} owns {owned} {}; its quota is {} (max_prompts)",
+                    t.name, what.1, t.max_prompts
                 )));
             }
         }

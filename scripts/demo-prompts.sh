@@ -10,7 +10,8 @@
 # The served demo tasks are the five pretrained ones and `verdict` (never pretrained). `dish`
 # (never pretrained either) is not served: no prompt teaches this model to copy a dish's name
 # (BENCHMARKS.md §12); `scripts/demo-prompts.sh dish` tunes it anyway.
-# Env: PROMPTD (binary; default target/release/promptd), DEMO_MODEL, DEMO_DATA, DEMO_PROMPTS.
+# Env: PROMPTD (binary; default target/release/promptd), DEMO_MODEL, DEMO_DATA, DEMO_PROMPTS,
+# ENSEMBLE_SEEDS (default "1 2 3 4 5").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${PROMPTD:-target/release/promptd}"
@@ -33,12 +34,20 @@ declare -A LR=([verdict]=1.0 [dish]=1.0)
 # vocabulary and 88.0% from its labels' embeddings (make demo-study; BENCHMARKS.md §12).
 declare -A INIT=([verdict]=random-uniform)
 ALL=(sentiment aspects rating name translate verdict)
+# The demo ensemble (paper §6): verdict tuned five more times, seeds 1 to 5, served as
+# verdict-s1 .. verdict-s5 and combined by the ensemble verdict-x5
+# (prompts/verdict-x5.ensemble.json; `ensemble` as a TASK argument makes just these).
+ENSEMBLE_TASK=verdict
+read -ra ENSEMBLE_SEEDS <<< "${ENSEMBLE_SEEDS:-1 2 3 4 5}"
 tasks=("$@")
-[[ ${#tasks[@]} -gt 0 ]] || tasks=("${ALL[@]}")
+[[ ${#tasks[@]} -gt 0 ]] || tasks=("${ALL[@]}" ensemble)
 
 [[ -x "$bin" ]] || { echo "no $bin: run make build first" >&2; exit 1; }
 mkdir -p "$out/reports"
-for task in "${tasks[@]}"; do
+
+# tune NAME TASK SEED: $out/NAME.safetensors and its report, for TASK with its settings.
+tune() {
+  local name="$1" task="$2" seed="$3" init steps lr
   [[ -f "$data/$task.train.jsonl" ]] || { echo "unknown task $task (no $data/$task.train.jsonl)" >&2; exit 1; }
   if [[ -n "${INIT[$task]:-}" ]]; then
     init=(--init "${INIT[$task]}")
@@ -48,15 +57,31 @@ for task in "${tasks[@]}"; do
     init=(--init sampled-vocab)
   fi
   steps="${STEPS[$task]:-300}" lr="${LR[$task]:-0.3}"
-  echo "== $task: ${init[*]}, $steps steps, lr $lr"
+  echo "== $name: ${init[*]}, $steps steps, lr $lr, seed $seed"
   "$bin" tune --model "$model" \
     --train "$data/$task.train.jsonl" --dev "$data/$task.dev.jsonl" \
-    --prompt-length 20 "${init[@]}" --steps "$steps" --lr "$lr" --eval-every 50 --seed 0 \
-    --out "$out/$task.safetensors" --report "$out/reports/$task.json" --quiet
-  python3 - "$out/reports/$task.json" <<'EOF'
+    --prompt-length 20 "${init[@]}" --steps "$steps" --lr "$lr" --eval-every 50 --seed "$seed" \
+    --out "$out/$name.safetensors" --report "$out/reports/$name.json" --quiet
+  python3 - "$out/reports/$name.json" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"   best dev accuracy {r['best_metric']:.3f} at step {r['best_step']}, "
       f"{r['steps_per_second']:.2f} steps/s")
 EOF
+}
+
+for task in "${tasks[@]}"; do
+  if [[ "$task" != ensemble ]]; then
+    tune "$task" "$task" 0
+    continue
+  fi
+  members=()
+  for seed in "${ENSEMBLE_SEEDS[@]}"; do
+    tune "$ENSEMBLE_TASK-s$seed" "$ENSEMBLE_TASK" "$seed"
+    members+=("\"$ENSEMBLE_TASK-s$seed\"")
+  done
+  # As the server stores PUT /v1/ensembles/verdict-x5, version 1.
+  (IFS=,; printf '{\n  "members": [%s],\n  "combine": "vote",\n  "version": 1\n}\n' "${members[*]}") \
+    > "$out/$ENSEMBLE_TASK-x5.ensemble.json"
+  echo "== $ENSEMBLE_TASK-x5: the ensemble of ${members[*]}"
 done

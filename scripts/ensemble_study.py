@@ -99,7 +99,10 @@ def main():
                 time.sleep(0.1)
         for task in tasks:
             data = rows(ns, task)
-            labels = json.load(open(os.path.join(ROOT, "prompts/reports", f"{task}.json")))["settings"]["labels"]
+            # The task's label set: its report's --labels, else its distinct targets when they are
+            # few enough to be one (classification); none for free generation.
+            report = json.load(open(os.path.join(ROOT, "prompts/reports", f"{task}.json")))
+            labels = report["settings"]["labels"] or (report["labels"] if len(report["labels"]) <= 32 else [])
             members = [f"{task}-s{s}" for s in SEEDS]
             gen = {"max_new_tokens": 48}
             r = {"members": {}, "ensembles": {}}

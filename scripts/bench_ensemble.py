@@ -100,6 +100,9 @@ def main():
             passes = statistics.median(s[2] for s in samples)
             rows.append({"b": b, "n": n, "how": label, "seconds": secs, "rows_per_pass": per_pass, "passes": passes})
             print(f"B={b:<2} N={n:<3} {label:<32} {secs*1000:8.1f} ms  {per_pass:5.1f} rows/pass  {passes:4.0f} passes", flush=True)
+    # The ensembles were stored in the bench prompts folder: leave it as it was.
+    for n in sorted({n for _, n in cases}):
+        call("DELETE", f"{args.url}/v1/ensembles/bench-{n}")
     import os
     os.makedirs(args.out, exist_ok=True)
     with open(f"{args.out}/cost.json", "w") as f:

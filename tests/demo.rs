@@ -251,7 +251,7 @@ async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
 #[test]
 fn the_demo_prompts_nearest_words_are_what_readme_shows() {
     let demo = demo();
-    let vocab = demo.tokenizer.inner().get_vocab_size(true) as i64;
+    let vocab = demo.tokenizer.vocab_size() as i64;
     let nearest = |task: &str, k: usize| -> Vec<Vec<String>> {
         demo.engine
             .prompt_neighbors(&demo.slots[task], k, vocab)

@@ -282,7 +282,7 @@ pub async fn get(
             labels.0.len()
         )));
     }
-    let vocab = state.tokenizer.inner().get_vocab_size(true) as i64;
+    let vocab = state.tokenizer.vocab_size() as i64;
     let neighbors = state
         .engine
         .neighbors(entry.slot.clone(), k, vocab)

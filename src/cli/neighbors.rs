@@ -72,7 +72,7 @@ pub fn neighbors(args: &NeighborsArgs) -> Result<NeighborsReport, String> {
         .register_prompt(&prompt.encoder)
         .map_err(|e| e.to_string())?;
     let k = args.k as usize;
-    let vocab = tokenizer.inner().get_vocab_size(true) as i64;
+    let vocab = tokenizer.vocab_size() as i64;
     let found = engine
         .prompt_neighbors(&slot, k, vocab)
         .map_err(|e| e.to_string())?;

@@ -10,6 +10,9 @@ pub struct T5Tokenizer {
     eos_id: i64,
     /// Bytes of the vocabulary's longest piece: no token stands for more text than this.
     longest_piece: usize,
+    /// Tokens known, added ones included: the `tokenizers` crate rebuilds its whole vocabulary
+    /// map to count them (milliseconds for 32k pieces), so it is counted once here.
+    vocab_size: usize,
 }
 
 impl T5Tokenizer {
@@ -21,18 +24,20 @@ impl T5Tokenizer {
     }
 
     fn new(inner: tokenizers::Tokenizer, eos_id: i64) -> Self {
-        let longest_piece = inner
-            .get_vocab(true)
-            .keys()
-            .map(String::len)
-            .max()
-            .unwrap_or(1)
-            .max(1);
+        let vocab = inner.get_vocab(true);
+        let longest_piece = vocab.keys().map(String::len).max().unwrap_or(1).max(1);
+        let vocab_size = vocab.len();
         Self {
             inner,
             eos_id,
             longest_piece,
+            vocab_size,
         }
+    }
+
+    /// Tokens the tokenizer knows, added (special) ones included.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
     }
 
     /// Loads the tokenizer of a model folder: `tokenizer.json` when present, else one built from
@@ -84,7 +89,7 @@ impl T5Tokenizer {
 
     /// Text of `ids`, special tokens skipped; ids outside the vocabulary are skipped too.
     pub fn decode(&self, ids: &[i64]) -> Result<String, ModelError> {
-        let vocab = self.inner.get_vocab_size(true) as i64;
+        let vocab = self.vocab_size as i64;
         let ids: Vec<u32> = ids
             .iter()
             .filter(|&&i| (0..vocab).contains(&i))

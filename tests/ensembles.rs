@@ -559,3 +559,32 @@ async fn ensembles_answer_over_grpc_and_kserve_v2_as_over_http() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_could_never_queue_is_refused_not_told_to_retry() {
+    // One ensemble may have 4 rows waiting: 2 inputs × 3 members can never fit, so 422 (a 429
+    // would send the client into retries that cannot succeed); 1 input × 3 members can.
+    let server = demo_server(|c| c.policy.max_queue_per_task = 4).await;
+    let client = reqwest::Client::new();
+    put(
+        &client,
+        &server,
+        "three",
+        json!({"members": ["sentiment", "verdict", "rating"], "combine": "vote"}),
+    )
+    .await;
+    let url = server.url("/v1/ensembles/three/predict");
+    let (status, err) = post(&client, url.clone(), json!({"inputs": ["a", "b"]})).await;
+    assert_eq!(status, 422, "{err}");
+    assert!(err["error"].as_str().unwrap().contains("6 rows"), "{err}");
+    let (status, body) = post(&client, url, json!({"inputs": ["a"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post(
+        &client,
+        server.url("/v1/tasks/sentiment/predict"),
+        json!({"inputs": ["a", "b", "c", "d", "e"]}),
+    )
+    .await;
+    assert_eq!(status, 422);
+    server.stop().await.unwrap();
+}

@@ -457,6 +457,15 @@ fn units(
     req: PredictRequest,
 ) -> Result<Vec<Vec<crate::engine::RowInput>>, ApiError> {
     let texts = super::predict::texts(req.inputs, state.limits.max_inputs)?;
+    let rows = texts.len() * members.len();
+    let most = state.batcher.max_request_rows();
+    if rows > most {
+        return Err(ApiError::Unprocessable(format!(
+            "{} inputs × {} members = {rows} rows; one request may queue at most {most} (--max-queue-per-task): send fewer inputs per request",
+            texts.len(),
+            members.len()
+        )));
+    }
     let labels = req.labels.unwrap_or_default();
     let budget = state.batcher.max_batch_tokens();
     let widest_prompt = members.iter().map(|m| m.slot.len()).max().unwrap_or(0);

@@ -274,6 +274,13 @@ pub(crate) fn validate(
     req: PredictRequest,
 ) -> Result<ValidRequest, ApiError> {
     let texts = texts(req.inputs, state.limits.max_inputs)?;
+    let most = state.batcher.max_request_rows();
+    if texts.len() > most {
+        return Err(ApiError::Unprocessable(format!(
+            "{} inputs; one request may queue at most {most} rows (--max-queue-per-task)",
+            texts.len()
+        )));
+    }
     let labels = req.labels.unwrap_or_default();
     let rows = texts
         .iter()

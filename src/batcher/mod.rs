@@ -154,6 +154,8 @@ pub struct Batcher {
     decode: Decode,
     max_batch_size: usize,
     max_batch_tokens: u64,
+    /// Rows one request may queue at all: the queue's and one key's share of it.
+    max_request_rows: usize,
     /// Rows handed to the engine and not answered yet (continuous batching).
     in_engine: AtomicUsize,
 }
@@ -174,6 +176,7 @@ impl Batcher {
             decode,
             max_batch_size: cfg.max_batch_size,
             max_batch_tokens: cfg.max_batch_tokens,
+            max_request_rows: cfg.max_queue.min(cfg.max_queue_per_task),
             in_engine: AtomicUsize::new(0),
         })
     }
@@ -246,6 +249,12 @@ impl Batcher {
     /// Padded encoder positions per forward pass: a unit must fit within it to ride in one pass.
     pub fn max_batch_tokens(&self) -> u64 {
         self.max_batch_tokens
+    }
+
+    /// The most rows one request can ever queue (--max-queue, and --max-queue-per-task for
+    /// its task or ensemble): more would be refused however long the client waited.
+    pub fn max_request_rows(&self) -> usize {
+        self.max_request_rows
     }
 
     /// Rows waiting.

@@ -265,11 +265,11 @@ impl Ensembles {
             .collect();
         known.extend(self.failed.lock().clone());
         type Scanned = (
-            Vec<String>,
+            std::collections::HashSet<String>,
             Vec<(String, PathBuf, Fingerprint, Result<Stored, String>)>,
         );
         let (found, changed): Scanned = tokio::task::spawn_blocking(move || -> io::Result<_> {
-            let (mut found, mut changed) = (Vec::new(), Vec::new());
+            let (mut found, mut changed) = (std::collections::HashSet::new(), Vec::new());
             for entry in fs::read_dir(&dir)? {
                 let path = entry?.path();
                 let Some(file) = path.file_name().and_then(|n| n.to_str()) else {
@@ -282,7 +282,7 @@ impl Ensembles {
                     continue;
                 }
                 let stem = stem.to_string();
-                found.push(stem.clone());
+                found.insert(stem.clone());
                 let fingerprint = Fingerprint::of(std::slice::from_ref(&path)).unwrap_or_default();
                 if known.get(&path) == Some(&fingerprint) {
                     continue;
@@ -300,7 +300,7 @@ impl Ensembles {
             .entries
             .read()
             .keys()
-            .filter(|n| !found.iter().any(|f| f == n.as_str()))
+            .filter(|n| !found.contains(n.as_str()))
             .cloned()
             .collect();
         for name in gone {

@@ -98,11 +98,6 @@ pub struct EnsembleResponse {
     pub outputs: Vec<EnsembleOutput>,
 }
 
-fn ensemble_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiError> {
-    let Path(name) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    TaskName::parse(&name).map_err(ApiError::from)
-}
-
 /// Creates or replaces an ensemble of served prompts. Stored atomically beside the prompts,
 /// versioned and audited like them.
 #[utoipa::path(put, path = "/v1/ensembles/{name}", tag = "ensembles",
@@ -126,7 +121,7 @@ pub async fn put(
     body: Result<JsonBody<EnsembleRequest>, ApiError>,
 ) -> Response {
     let result = async {
-        let name = ensemble_name(path)?;
+        let name = super::prompts::task_name(path)?;
         state.check_serving()?;
         authorize_write(&state, &caller, &name)?;
         let JsonBody(req) = body?;
@@ -246,7 +241,7 @@ pub async fn get_one(
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<EnsembleInfo>, ApiError> {
-    let name = ensemble_name(path)?;
+    let name = super::prompts::task_name(path)?;
     state.check_serving()?;
     check_read(&state, &caller, &state.tenants.current(), name.as_str())?;
     state
@@ -272,7 +267,7 @@ pub async fn delete(
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let name = ensemble_name(path)?;
+    let name = super::prompts::task_name(path)?;
     state.check_serving()?;
     authorize_write(&state, &caller, &name)?;
     let ensembles = state.registry.ensembles();

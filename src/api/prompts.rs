@@ -24,7 +24,8 @@ use crate::tenants::Caller;
 const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 const ADAPTER_CONFIG: &str = "adapter_config.json";
 
-fn task_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiError> {
+/// The `{task}` (or `{name}`) path segment, checked against the naming rule (400 otherwise).
+pub(crate) fn task_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiError> {
     let Path(task) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     TaskName::parse(&task).map_err(ApiError::from)
 }

@@ -1,13 +1,14 @@
 //! What a prompt "means" (paper §7): for each prompt row, the vocabulary tokens whose input
-//! embeddings are nearest by cosine similarity. One matmul of the normalised rows against the
-//! embedding table per chunk of vocabulary, on the model's device, in f32.
+//! embeddings are nearest by cosine similarity: the normalised rows times the embedding table,
+//! divided by each token's norm, a chunk of vocabulary per matmul, on the model's device, in f32.
 use tch::{Kind, Tensor};
 
 use super::EngineError;
 
-/// Vocabulary rows compared per matmul: the whole T5 vocabulary (32,128) in one, while a
-/// larger one does not need a second f32 copy of its table.
-const CHUNK: i64 = 32_768;
+/// Vocabulary rows compared per matmul. A bf16 / f16 table is read in f32 a chunk at a time
+/// (T5-XXL: 8,192 × 4,096 × 4 bytes = 134 MB at once, not its whole 32k vocabulary's 526 MB);
+/// an f32 table is used in place, never copied.
+const CHUNK: i64 = 8_192;
 
 /// A vocabulary token near a prompt row.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,20 +32,21 @@ pub fn nearest(
     if k <= 0 || rows.size()[0] == 0 {
         return Ok(vec![Vec::new(); rows.size()[0].max(0) as usize]);
     }
-    let unit = |t: &Tensor| -> Result<Tensor, EngineError> {
-        let t = t.f_to_kind(Kind::Float)?;
-        let norm = t
-            .f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
-            .f_clamp_min(1e-12)?;
-        Ok(t.f_div(&norm)?)
+    let norms = |t: &Tensor| -> Result<Tensor, EngineError> {
+        Ok(t.f_norm_scalaropt_dim(2, [1i64].as_slice(), true)?
+            .f_clamp_min(1e-12)?)
     };
-    let rows = unit(rows)?;
+    let rows = rows.f_to_kind(Kind::Float)?;
+    let rows = rows.f_div(&norms(&rows)?)?;
     let (mut values, mut indices) = (Vec::new(), Vec::new());
     let mut start = 0;
     while start < vocab {
         let n = CHUNK.min(vocab - start);
-        let chunk = unit(&table.f_narrow(0, start, n)?)?;
-        let sims = rows.f_matmul(&chunk.f_transpose(0, 1)?)?;
+        let chunk = table.f_narrow(0, start, n)?.f_to_kind(Kind::Float)?;
+        // [P, n] dot products over [1, n] token norms: no normalised copy of the chunk.
+        let sims = rows
+            .f_matmul(&chunk.f_transpose(0, 1)?)?
+            .f_div(&norms(&chunk)?.f_transpose(0, 1)?)?;
         let (v, i) = sims.f_topk(k.min(n), -1, true, true)?;
         values.push(v);
         indices.push(i.f_add_scalar(start)?);

@@ -4,6 +4,7 @@ use promptd::cli::{init_tracing, Cli, Command};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
+    promptd::model::set_cpu_matmul(cli.cpu_matmul);
     let result = match cli.command {
         Command::Predict(args) => promptd::cli::predict::run(args),
         Command::Tune(args) => promptd::cli::tune::run_tune(args),

@@ -16,6 +16,11 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "PROMPTD_LOG_JSON")]
     pub log_json: bool,
+    /// Kernel for f32 matmuls on the CPU: onednn (libtorch's oneDNN; measured about 2x MKL on
+    /// AMD EPYC) or blas (libtorch's BLAS, as torch.nn.functional.linear). Training always
+    /// uses torch's own linear.
+    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = crate::model::CpuMatmul::Onednn)]
+    pub cpu_matmul: crate::model::CpuMatmul,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

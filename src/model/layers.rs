@@ -50,9 +50,10 @@ pub fn dropout(x: Tensor, p: f64) -> Result<Tensor, ModelError> {
     }
 }
 
-fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> {
+/// `x @ weight.T` through the serving kernel ([`super::matmul`]); training keeps `linear`.
+pub(super) fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> {
     let _span = span(Family::Matmul);
-    Ok(x.f_linear::<Tensor>(weight, None)?)
+    super::matmul::linear(x, weight, TRAINING.with(|t| t.get()))
 }
 
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor, ModelError> {

@@ -2,6 +2,7 @@
 //! tokenizer.json or spiece.model).
 pub mod config;
 pub mod layers;
+pub mod matmul;
 pub mod pickle;
 pub mod profile;
 pub mod random;
@@ -15,6 +16,7 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use config::T5Config;
+pub use matmul::{set_cpu_matmul, CpuMatmul};
 pub use t5::{DecoderState, ModelOptions, T5Model};
 pub use tokenizer::{T5Tokenizer, TokenizerSource};
 

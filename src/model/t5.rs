@@ -527,7 +527,6 @@ impl T5Model {
             Some(scale) => hidden.f_mul_scalar(scale)?,
             None => hidden.shallow_clone(),
         };
-        let _span = span(Family::Matmul);
-        Ok(h.f_linear::<Tensor>(&self.lm_head, None)?)
+        super::layers::linear(&h, &self.lm_head)
     }
 }

@@ -13,6 +13,9 @@ use promptd::model::random::{self, RandomModel, RandomPrompts, Shape};
 #[derive(Debug, Parser)]
 #[command(name = "promptd-dev", version, about)]
 struct Cli {
+    /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn or blas.
+    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::Onednn)]
+    cpu_matmul: promptd::model::CpuMatmul,
     /// What to run.
     #[command(subcommand)]
     command: Command,
@@ -78,6 +81,7 @@ struct MakePromptsArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     promptd::cli::init_tracing(false);
+    promptd::model::set_cpu_matmul(cli.cpu_matmul);
     let result = match cli.command {
         Command::MakeModel(a) => random::make_model(RandomModel {
             out: a.out,

@@ -375,7 +375,8 @@ pub fn gemm(args: GemmArgs) -> Result<(), String> {
     let mut best = f64::INFINITY;
     for i in 0..args.repeats.max(1) + 2 {
         let t = Instant::now();
-        let _c = a.matmul(&b);
+        // a @ b.T through the serving kernel (`--cpu-matmul` on the CPU), as a pass multiplies.
+        let _c = promptd::model::matmul::linear(&a, &b, false).map_err(|e| e.to_string())?;
         sync(device);
         if i >= 2 {
             best = best.min(t.elapsed().as_secs_f64());
@@ -390,6 +391,7 @@ pub fn gemm(args: GemmArgs) -> Result<(), String> {
             "tflops": flops / best / 1e12,
             "device": format!("{device:?}"),
             "dtype": format!("{kind:?}"),
+            "cpu_matmul": format!("{:?}", promptd::model::matmul::cpu_matmul()),
         })
     );
     Ok(())

@@ -1,6 +1,7 @@
 //! Frozen T5 from a Hugging Face directory (config.json; safetensors or pytorch_model.bin;
 //! tokenizer.json or spiece.model).
 pub mod config;
+pub mod host;
 pub mod layers;
 pub mod matmul;
 pub mod pickle;

@@ -321,6 +321,9 @@ impl T5Model {
         w: &dyn WeightSource,
         opts: ModelOptions,
     ) -> Result<Self, ModelError> {
+        if opts.device == Device::Cpu {
+            super::host::keep_freed_blocks();
+        }
         let emb_shape = [config.vocab_size, config.d_model];
         let shared_name = [
             "shared.weight",

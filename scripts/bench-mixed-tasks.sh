@@ -4,7 +4,8 @@
 # clients, <= 16 new tokens; the task counts are interleaved over --rounds so drift on a shared
 # machine hits them alike. Prints one JSON line per point, then a table with the medians.
 #   scripts/bench-mixed-tasks.sh [mini|small] [seconds per point] [rounds]
-# Needs release builds (make build build-dev). Writes bench-models/ (git-ignored).
+# TASKS="1 10000" runs a subset. Needs release builds (make build build-dev). Writes bench-models/
+# (git-ignored).
 set -euo pipefail
 shape="${1:-mini}"; secs="${2:-10}"; rounds="${3:-3}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,7 +15,7 @@ start_server --batching mixed --decode continuous --max-batch-size 64
 trap 'stop_server' EXIT
 results=()
 for round in $(seq 1 "$rounds"); do
-  for tasks in 1 64 1000 10000; do
+  for tasks in ${TASKS:-1 64 1000 10000}; do
     r=$("$dev" bench --url "$url" --tasks "$tasks" --concurrency 64 --duration-s "$secs" \
       --warmup-s 2 --max-new-tokens 16 --json 2>/dev/null)
     line="{\"round\":$round,\"tasks\":$tasks,\"result\":$r}"

@@ -4,7 +4,7 @@
 //! on free, and returns the top of its heap to the system past its trim threshold. A CPU pass
 //! allocates and frees activations of tens to hundreds of MiB per layer (64 rows of 425 tokens:
 //! a 111 MiB feed-forward block), so every one page-faulted its whole size again: that pass ran
-//! 1.25-1.7x slower (BENCHMARKS.md §11, "The allocator"). Loading a model on the CPU raises both
+//! 1.25-1.7x slower (BENCHMARKS.md §11, "This stop"). Loading a model on the CPU raises both
 //! thresholds to 1 GiB once, so freed activations are reused from the heap. Up to that much freed
 //! memory may stay with the process, next to a model that is usually larger.
 

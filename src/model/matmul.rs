@@ -2,9 +2,9 @@
 //!
 //! libtorch's `linear` sends f32 on the CPU to its BLAS (MKL in the PyPI builds). MKL picks its
 //! kernels by CPU vendor: on AMD EPYC it ran at about half the rate of libtorch's own oneDNN on
-//! the same shapes (BENCHMARKS.md §11, "oneDNN"). A serving pass therefore multiplies through
-//! oneDNN (`mkldnn_linear`: the activations wrapped as a oneDNN tensor, the output read back
-//! dense), and everything else keeps `linear`:
+//! the same shapes (BENCHMARKS.md §11, "This stop: oneDNN"). A serving pass therefore
+//! multiplies through oneDNN (`mkldnn_linear`: the activations wrapped as a oneDNN tensor, the
+//! output read back dense), and everything else keeps `linear`:
 //! - GPUs and other dtypes (bf16 on the CPU already goes to oneDNN inside `linear`);
 //! - anything that needs gradients, and every training forward, so a tuning step stays the
 //!   same computation as PyTorch's;

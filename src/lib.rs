@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod batcher;
+pub mod catalog;
 pub mod cli;
 pub mod engine;
 #[cfg(debug_assertions)]
@@ -12,5 +13,6 @@ pub mod metrics;
 pub mod model;
 pub mod prompts;
 pub mod server;
+pub mod service;
 pub mod tenants;
 pub mod tune;

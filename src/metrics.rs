@@ -75,6 +75,10 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// HTTP connections closed at once because --max-connections were open.
     pub http_connections_refused: IntCounter,
+    /// Open gRPC connections.
+    pub grpc_connections: IntGauge,
+    /// gRPC connections closed at once because --max-connections were open.
+    pub grpc_connections_refused: IntCounter,
 }
 
 /// Most distinct `tenant` label values; later tenants count as `_other`.
@@ -362,6 +366,11 @@ impl Metrics {
             http_connections_refused: r.counter(
                 "promptd_http_connections_refused_total",
                 "HTTP connections closed on accept because --max-connections were open",
+            ),
+            grpc_connections: r.gauge("promptd_grpc_connections", "Open gRPC connections"),
+            grpc_connections_refused: r.counter(
+                "promptd_grpc_connections_refused_total",
+                "gRPC connections closed on accept because --max-connections were open",
             ),
             task_labels: TaskLabels::new(max_task_labels),
             tenant_labels: TaskLabels::new(MAX_TENANT_LABELS),

@@ -7,7 +7,8 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use common::inproc::{build_state, call, defaults, get, predict_req, setup};
 use common::{f32_bytes, fixtures, npy_bytes, snapshot, st_bytes};
-use promptd::api::{app, AppState};
+use promptd::api::app;
+use promptd::service::Service;
 use safetensors::Dtype;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -48,7 +49,7 @@ fn multipart(parts: &[(&str, Vec<u8>)]) -> Request<Body> {
         .unwrap()
 }
 
-async fn keep_answer(state: &AppState) -> Value {
+async fn keep_answer(state: &Service) -> Value {
     let r = call(
         state,
         predict_req(
@@ -639,7 +640,7 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
         true,
     )
     .await;
-    let wait_sum = |state: &AppState| -> f64 {
+    let wait_sum = |state: &Service| -> f64 {
         let m = state.metrics.render();
         m.lines()
             .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::inproc::{call, get, predict_req, setup};
-use promptd::api::lifecycle::Status;
 use promptd::fault;
+use promptd::service::lifecycle::Status;
 use serde_json::json;
 
-fn metric(state: &promptd::api::AppState, prefix: &str) -> f64 {
+fn metric(state: &promptd::service::Service, prefix: &str) -> f64 {
     common::metric(&state.metrics.render(), prefix)
 }
 

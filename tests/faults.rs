@@ -103,9 +103,14 @@ async fn full_and_read_only_fail_uploads_cleanly(dir: &Path, faults: &dyn DiskFa
     .unwrap();
     let state = build_state(dir, defaults);
     tokio::spawn(state.batcher.clone().run(state.engine.clone()));
-    load(&state.engine, &state.registry, &state.lifecycle)
-        .await
-        .unwrap();
+    load(
+        &state.engine,
+        &state.registry,
+        &state.ensembles,
+        &state.lifecycle,
+    )
+    .await
+    .unwrap();
     let ask = || predict_req("keep", json!({"inputs": "x", "max_new_tokens": 2}));
     let answer = call(&state, ask()).await;
     assert_eq!(answer.status, StatusCode::OK);

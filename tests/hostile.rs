@@ -30,7 +30,7 @@ fn predict_bytes(body: Vec<u8>) -> Request<Body> {
 
 /// A served state whose prompts folder is `root/prompts`; `root` must hold nothing else.
 struct Rooted {
-    state: promptd::api::AppState,
+    state: promptd::service::Service,
     root: tempfile::TempDir,
 }
 
@@ -46,9 +46,14 @@ impl Rooted {
         .unwrap();
         let state = build_state(&prompts, defaults);
         tokio::spawn(state.batcher.clone().run(state.engine.clone()));
-        load(&state.engine, &state.registry, &state.lifecycle)
-            .await
-            .unwrap();
+        load(
+            &state.engine,
+            &state.registry,
+            &state.ensembles,
+            &state.lifecycle,
+        )
+        .await
+        .unwrap();
         Self { state, root }
     }
 

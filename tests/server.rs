@@ -432,7 +432,8 @@ fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        // A drain of 64 one-row passes can outlast the default 30 s on a loaded machine.
+        // A drain of 64 one-row passes can outlast the default 30 s drain and the default 60 s
+        // request timeout on a loaded machine.
         &[
             "--max-batch-size",
             "1",
@@ -440,6 +441,8 @@ fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
             "256",
             "--shutdown-timeout-s",
             "600",
+            "--request-timeout-ms",
+            "600000",
         ],
     );
     (dir, server)

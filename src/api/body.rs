@@ -40,7 +40,7 @@ pub struct Refused(pub String);
 /// The 413 for a request whose body the limit refused, if it was.
 pub fn check<B>(req: &axum::http::Request<B>) -> Result<(), ApiError> {
     match req.extensions().get::<Refused>() {
-        Some(Refused(why)) => Err(ApiError::TooLarge(why.clone())),
+        Some(Refused(why)) => Err(crate::service::Error::TooLarge(why.clone()).into()),
         None => Ok(()),
     }
 }

@@ -1,16 +1,19 @@
-//! The gRPC front door (`proto/promptd.proto`): the HTTP API's operations on a second port,
-//! with the same state, batcher, limits and metrics. The only table from [`ApiError`] to a
-//! gRPC code is here; the `error-type` trailer carries the same `error_type` as HTTP bodies.
+//! The gRPC front door (`proto/promptd.proto`): the service's capabilities on a second port,
+//! with the same state, batcher, limits and metrics. The only table from the service's
+//! [`Error`] to a gRPC code is here; the `error-type` trailer carries the same `error_type` as
+//! HTTP bodies.
+use std::time::Instant;
+
 use prost::Message;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Response, Status};
 
-use super::predict::{self, PredictRequest};
-use super::prompts::{self, Upload};
-use super::tune::{self as tuning, TuneRequest};
-use super::{ApiError, AppState};
-use crate::prompts::registry::PromptInfo;
+use crate::catalog::prompts::PromptInfo;
 use crate::prompts::TaskName;
+use crate::service::predict::PredictInput;
+use crate::service::prompts::Upload;
+use crate::service::tuning::TuneRequest;
+use crate::service::{Error, Service};
 use crate::tenants::Caller;
 use crate::tune::jobs::JobStatus;
 use crate::tune::Example;
@@ -31,102 +34,40 @@ pub const FRAMING_BYTES: usize = 64 << 10;
 
 /// The gRPC service over the shared state.
 pub struct GrpcApi {
-    state: AppState,
+    svc: Service,
 }
 
 /// The gRPC service, accepting messages as large as the largest HTTP body allowed.
-pub fn service(state: AppState) -> PromptdServer<GrpcApi> {
-    let limits = state.limits;
+pub fn service(svc: Service) -> PromptdServer<GrpcApi> {
+    let limits = svc.limits;
     let largest = limits
         .max_prompt_bytes
         .max(limits.max_body_bytes)
-        .max(state.tuning.limits.max_body_bytes);
-    PromptdServer::new(GrpcApi { state })
+        .max(svc.tuning.limits.max_body_bytes);
+    PromptdServer::new(GrpcApi { svc })
         .max_decoding_message_size(largest.saturating_add(FRAMING_BYTES))
-}
-
-/// Serves the promptd service, KServe's v2 inference service (`inference.GRPCInferenceService`),
-/// standard health checking (`grpc.health.v1`, following `/readyz`) and server reflection (v1
-/// and v1alpha) on `listener` until `stop` resolves, then drains.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    let (reporter, health) = tonic_health::server::health_reporter();
-    // grpcurl and most tools ask v1; Python's grpcio-reflection still asks v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let disabled = |e: &tonic_reflection::server::Error| {
-        tracing::warn!("gRPC reflection disabled: {e}");
-    };
-    let reflection_v1 = reflection().build_v1().inspect_err(disabled).ok();
-    let reflection_v1alpha = reflection().build_v1alpha().inspect_err(disabled).ok();
-    let tracker = tokio::spawn(track_health(reporter, state.clone()));
-    let result = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_optional_service(reflection_v1)
-        .add_optional_service(reflection_v1alpha)
-        .add_service(super::kserve::grpc::service(state.clone()))
-        .add_service(service(state))
-        .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop)
-        .await;
-    tracker.abort();
-    if let Err(e) = result {
-        tracing::error!("gRPC server stopped: {e}");
-    }
-}
-
-/// Keeps the gRPC health status of the server ("") and of the services in step with the
-/// readiness watch.
-async fn track_health(reporter: tonic_health::server::HealthReporter, state: AppState) {
-    use tonic_health::ServingStatus;
-    let mut status = state.lifecycle.subscribe();
-    loop {
-        let ready = *status.borrow_and_update() == super::lifecycle::Status::Ready;
-        let serving = if ready {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        for name in ["", SERVICE_NAME, super::kserve::grpc::SERVICE_NAME] {
-            reporter.set_service_status(name, serving).await;
-        }
-        if status.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// Full name of the promptd gRPC service.
 pub const SERVICE_NAME: &str = "promptd.v1.Promptd";
 
-/// The gRPC status of each error.
-pub fn status(e: ApiError) -> Status {
+/// The gRPC status of each error: the only such table.
+pub fn status(e: Error) -> Status {
     let code = match &e {
-        ApiError::UnknownTask(_)
-        | ApiError::UnknownJob(_)
-        | ApiError::UnknownEnsemble(_)
-        | ApiError::NotFound(_) => Code::NotFound,
-        ApiError::MethodNotAllowed => Code::Unimplemented,
-        ApiError::BadRequest(_)
-        | ApiError::Unprocessable(_)
-        | ApiError::TooLarge(_)
-        | ApiError::HeadTooLarge(_)
-        | ApiError::UriTooLong(_)
-        | ApiError::UnsupportedMediaType(_) => Code::InvalidArgument,
-        ApiError::Unauthorized(_) => Code::Unauthenticated,
-        ApiError::Forbidden(_) | ApiError::QuotaExceeded(_) => Code::PermissionDenied,
-        ApiError::RateLimited { .. }
-        | ApiError::QueueFull { .. }
-        | ApiError::TaskQueueFull { .. } => Code::ResourceExhausted,
-        ApiError::Timeout(_) => Code::DeadlineExceeded,
-        ApiError::Conflict(_) => Code::FailedPrecondition,
-        ApiError::Unavailable(_) => Code::Unavailable,
-        ApiError::Storage(_) | ApiError::Internal(_) => Code::Internal,
+        Error::UnknownTask(_)
+        | Error::UnknownJob(_)
+        | Error::UnknownEnsemble(_)
+        | Error::UnknownVersion(_) => Code::NotFound,
+        Error::Malformed(_) | Error::Invalid(_) | Error::TooLarge(_) => Code::InvalidArgument,
+        Error::Unauthorized(_) => Code::Unauthenticated,
+        Error::Forbidden(_) | Error::QuotaExceeded(_) => Code::PermissionDenied,
+        Error::RateLimited { .. } | Error::QueueFull { .. } | Error::TaskQueueFull { .. } => {
+            Code::ResourceExhausted
+        }
+        Error::Timeout(_) => Code::DeadlineExceeded,
+        Error::Conflict(_) => Code::FailedPrecondition,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Storage(_) | Error::Internal(_) => Code::Internal,
     };
     let mut status = Status::new(code, e.to_string());
     status
@@ -135,28 +76,44 @@ pub fn status(e: ApiError) -> Status {
     status
 }
 
+/// Counts a finished predict under `label` in the request metrics, whose status label is the
+/// HTTP status the same outcome has on the HTTP door (one set of label values for both).
+pub(crate) fn record<T>(svc: &Service, label: &str, started: Instant, result: &Result<T, Error>) {
+    let error = result.as_ref().err();
+    let status = match error {
+        None => "200".to_string(),
+        Some(e) => super::error::http_status(e).as_str().to_string(),
+    };
+    svc.record_request(label, started, &status, error);
+}
+
 impl GrpcApi {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        caller(&self.state, request)
+        caller(&self.svc, request)
     }
 }
 
 /// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.
-pub fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Caller, Status> {
+pub fn caller<T>(svc: &Service, request: &Request<T>) -> Result<Caller, Status> {
     let header = request
         .metadata()
         .get("authorization")
         .and_then(|v| v.to_str().ok());
-    state.tenants.authenticate(header).map_err(|e| {
-        state
-            .metrics
-            .tenant_rejection(None, crate::metrics::Rejection::Unauthenticated);
-        status(e.into())
-    })
+    svc.authenticate(header).map_err(status)
 }
 
 fn task(name: &str) -> Result<TaskName, Status> {
     TaskName::parse(name).map_err(|e| status(e.into()))
+}
+
+/// A request's encoded size, refused past `max` bytes (`flag` names the limit).
+pub(crate) fn check_size(encoded_len: usize, max: usize, flag: &str) -> Result<(), Error> {
+    if encoded_len > max {
+        return Err(Error::TooLarge(format!(
+            "request is {encoded_len} bytes; the limit is {max} ({flag})"
+        )));
+    }
+    Ok(())
 }
 
 fn info(p: PromptInfo) -> proto::PromptInfo {
@@ -172,22 +129,21 @@ fn info(p: PromptInfo) -> proto::PromptInfo {
 }
 
 impl GrpcApi {
-    /// A predict request's body from its fields, refused past --max-body-bytes.
-    fn predict_body(
+    /// A predict request's input from its fields, refused past --max-body-bytes.
+    fn predict_input(
         &self,
         encoded_len: usize,
         inputs: Vec<String>,
         max_new_tokens: Option<u32>,
         labels: Vec<String>,
-    ) -> Result<PredictRequest, ApiError> {
-        let max = self.state.limits.max_body_bytes;
-        if encoded_len > max {
-            return Err(ApiError::TooLarge(format!(
-                "request is {encoded_len} bytes; the limit is {max} (--max-body-bytes)"
-            )));
-        }
-        Ok(PredictRequest {
-            inputs: serde_json::Value::Array(inputs.into_iter().map(Into::into).collect()),
+    ) -> Result<PredictInput, Error> {
+        check_size(
+            encoded_len,
+            self.svc.limits.max_body_bytes,
+            "--max-body-bytes",
+        )?;
+        Ok(PredictInput {
+            inputs,
             max_new_tokens: max_new_tokens.map(|n| n as usize),
             labels: (!labels.is_empty()).then_some(labels),
         })
@@ -202,15 +158,17 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::PredictResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let body = self.predict_body(
+        let input = self.predict_input(
             req.encoded_len(),
             req.inputs,
             req.max_new_tokens,
             req.labels,
         );
-        let answer = predict::run(&self.state, &caller, &req.task, body)
-            .await
-            .map_err(status)?;
+        let label = self.svc.request_label(&req.task, false);
+        let started = Instant::now();
+        let result = self.svc.predict(&caller, &req.task, input).await;
+        record(&self.svc, &label, started, &result);
+        let answer = result.map_err(status)?;
         Ok(Response::new(proto::PredictResponse {
             task: answer.task,
             prompt_version: answer.prompt_version,
@@ -233,15 +191,20 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::EnsemblePredictResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let body = self.predict_body(
+        let input = self.predict_input(
             req.encoded_len(),
             req.inputs,
             req.max_new_tokens,
             req.labels,
         );
-        let answer = super::ensembles::run(&self.state, &caller, &req.ensemble, body)
-            .await
-            .map_err(status)?;
+        let label = self.svc.request_label(&req.ensemble, true);
+        let started = Instant::now();
+        let result = self
+            .svc
+            .ensemble_predict(&caller, &req.ensemble, input)
+            .await;
+        record(&self.svc, &label, started, &result);
+        let answer = result.map_err(status)?;
         Ok(Response::new(proto::EnsemblePredictResponse {
             ensemble: answer.ensemble,
             version: answer.version,
@@ -276,30 +239,28 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::PutPromptResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let max = self.state.limits.max_prompt_bytes;
+        let max = self.svc.limits.max_prompt_bytes;
         let upload = TaskName::parse(&req.task)
-            .map_err(ApiError::from)
+            .map_err(Error::from)
             .and_then(|task| {
-                self.state.check_serving()?;
-                prompts::authorize_write(&self.state, &caller, &task)?;
+                self.svc.check_serving()?;
+                self.svc.authorize_prompt_write(&caller, &task)?;
                 if req.file.len() > max {
-                    return Err(ApiError::TooLarge(format!(
+                    return Err(Error::TooLarge(format!(
                         "prompt file is {} bytes; the limit is {max} (--max-prompt-bytes)",
                         req.file.len()
                     )));
                 }
                 let upload = match req.adapter_config {
                     Some(config) => Upload::Peft {
-                        weights: req.file.into(),
-                        config: config.into(),
+                        weights: req.file,
+                        config,
                     },
-                    None => Upload::Tensor(req.file.into()),
+                    None => Upload::Tensor(req.file),
                 };
                 Ok((task, upload))
             });
-        let (prompt, created) = prompts::store(&self.state, &caller, upload)
-            .await
-            .map_err(status)?;
+        let (prompt, created) = self.svc.put_prompt(&caller, upload).await.map_err(status)?;
         Ok(Response::new(proto::PutPromptResponse {
             prompt: Some(info(prompt)),
             created,
@@ -312,7 +273,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::PromptInfo>, Status> {
         let caller = self.caller(&request)?;
         let task = task(&request.into_inner().task)?;
-        let prompt = prompts::info(&self.state, &caller, task).map_err(status)?;
+        let prompt = self.svc.prompt(&caller, &task).map_err(status)?;
         Ok(Response::new(info(prompt)))
     }
 
@@ -321,7 +282,7 @@ impl Promptd for GrpcApi {
         request: Request<proto::ListPromptsRequest>,
     ) -> Result<Response<proto::ListPromptsResponse>, Status> {
         let caller = self.caller(&request)?;
-        let all = prompts::all(&self.state, &caller).map_err(status)?;
+        let all = self.svc.list_prompts(&caller).map_err(status)?;
         Ok(Response::new(proto::ListPromptsResponse {
             prompts: all.into_iter().map(info).collect(),
         }))
@@ -333,7 +294,8 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::DeletePromptResponse>, Status> {
         let caller = self.caller(&request)?;
         let task = task(&request.into_inner().task)?;
-        prompts::remove(&self.state, &caller, task)
+        self.svc
+            .delete_prompt(&caller, &task)
             .await
             .map_err(status)?;
         Ok(Response::new(proto::DeletePromptResponse {}))
@@ -374,7 +336,9 @@ impl Promptd for GrpcApi {
             dropout: r.dropout,
             seed: r.seed,
         };
-        let job = tuning::start_job(&self.state, &caller, task, req)
+        let job = self
+            .svc
+            .start_tune(&caller, task, req)
             .await
             .map_err(status)?;
         Ok(Response::new(tune_job(job)))
@@ -386,7 +350,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::TuneJob>, Status> {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
-        let job = tuning::job_status(&self.state, &caller, &id).map_err(status)?;
+        let job = self.svc.tune_job(&caller, &id).map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 
@@ -395,7 +359,7 @@ impl Promptd for GrpcApi {
         request: Request<proto::ListTuneJobsRequest>,
     ) -> Result<Response<proto::ListTuneJobsResponse>, Status> {
         let caller = self.caller(&request)?;
-        let jobs = tuning::list_jobs(&self.state, &caller);
+        let jobs = self.svc.list_tune_jobs(&caller);
         Ok(Response::new(proto::ListTuneJobsResponse {
             jobs: jobs.into_iter().map(tune_job).collect(),
         }))
@@ -407,7 +371,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::TuneJob>, Status> {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
-        let job = tuning::cancel_job(&self.state, &caller, &id).map_err(status)?;
+        let job = self.svc.cancel_tune(&caller, &id).map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 
@@ -417,9 +381,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::TuneJob>, Status> {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
-        let job = tuning::promote_job(&self.state, &caller, &id)
-            .await
-            .map_err(status)?;
+        let job = self.svc.promote_tune(&caller, &id).await.map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 }

@@ -5,11 +5,9 @@
 //! input named `labels`, and the parameter `max_new_tokens`; it answers `text_output` (BYTES),
 //! and with labels `label` (BYTES) and `scores` (FP64, `[N, labels]`). It runs through the same
 //! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared. A name
-//! that is not a task but an ensemble runs the ensemble ([`run_model`]).
+//! that is not a task but an ensemble runs the ensemble ([`Service::run_model`]).
 pub mod grpc;
 pub mod wire;
-
-use std::sync::Arc;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -23,12 +21,13 @@ use utoipa::openapi::schema::{
 };
 use utoipa::openapi::RefOr;
 
-use super::auth::check_read;
 use super::error::{ErrorBody, RawBody};
 use super::params::{TaskParam, TaskVersionParams};
-use super::predict::{self, PredictRequest, PredictResponse};
-use super::{readiness, ApiError, AppState};
-use crate::prompts::registry::{Entry, PromptInfo};
+use super::ApiError;
+use crate::catalog::prompts::{Entry, PromptInfo};
+use crate::service::predict::{PredictInput, PredictResponse};
+use crate::service::rows::as_count;
+use crate::service::{Error, Service};
 use crate::tenants::Caller;
 
 /// Name of the texts input when a client asks for metadata.
@@ -283,8 +282,8 @@ pub async fn live() -> Json<Live> {
 #[utoipa::path(get, path = "/v2/health/ready", tag = "kserve", responses(
     (status = 200, description = "Ready", body = Ready),
     (status = 503, description = "Loading or shutting down", body = Ready)))]
-pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
-    let ready = readiness(&state).1.is_none();
+pub async fn ready(State(svc): State<Service>) -> (StatusCode, Json<Ready>) {
+    let ready = svc.readiness().1.is_none();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -293,91 +292,11 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
     (status, Json(Ready { ready }))
 }
 
-/// The served entry of `task` (at `version`, when given) that `caller` may read.
-pub fn entry(
-    state: &AppState,
-    caller: &Caller,
-    task: &str,
-    version: Option<&str>,
-) -> Result<Arc<Entry>, ApiError> {
-    state.check_serving()?;
-    check_read(state, caller, &state.tenants.current(), task)?;
-    let entry = state
-        .registry
-        .get(task)
-        .ok_or_else(|| ApiError::UnknownTask(task.chars().take(128).collect()))?;
-    match version {
-        Some(v) if v != entry.info.version.to_string() => Err(ApiError::NotFound(format!(
-            "version {v:?} of model {task:?} (version {} is served)",
-            entry.info.version
-        ))),
-        _ => Ok(entry),
-    }
-}
-
-/// Runs a model: a task, or, where no task has the name, an ensemble (its answers as the
-/// outputs: `text_output` and with labels `label` the combined answer, `scores` the members'
-/// mean label log-likelihoods). Every v2 door calls this.
-pub async fn run_model(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    req: Result<PredictRequest, ApiError>,
-) -> Result<PredictResponse, ApiError> {
-    let ensemble =
-        state.registry.get(name).is_none() && state.registry.ensembles().get(name).is_some();
-    if !ensemble {
-        return predict::run(state, caller, name, req).await;
-    }
-    let answer = super::ensembles::run(state, caller, name, req).await?;
-    Ok(PredictResponse {
-        task: answer.ensemble,
-        prompt_version: answer.version,
-        outputs: answer
-            .outputs
-            .into_iter()
-            .map(|o| predict::Output {
-                label: o.scores.is_some().then(|| o.answer.clone()),
-                text: o.answer,
-                token_ids: Vec::new(),
-                scores: o.scores,
-            })
-            .collect(),
-    })
-}
-
-/// A served model's readiness: a task's entry (of `version`, when named), or else an
-/// ensemble's (`version` its ensemble version); the name back.
-pub fn ready_model(
-    state: &AppState,
-    caller: &Caller,
-    name: &str,
-    version: Option<&str>,
-) -> Result<String, ApiError> {
-    match entry(state, caller, name, version) {
-        Err(ApiError::UnknownTask(_)) => {
-            let e = state
-                .registry
-                .ensembles()
-                .get(name)
-                .ok_or_else(|| ApiError::UnknownTask(name.chars().take(128).collect()))?;
-            match version {
-                Some(v) if v != e.version.to_string() => Err(ApiError::NotFound(format!(
-                    "version {v:?} of ensemble {name:?} (version {} is served)",
-                    e.version
-                ))),
-                _ => Ok(e.name.clone()),
-            }
-        }
-        other => other.map(|e| e.info.task.clone()),
-    }
-}
-
 /// `(task, version)` from either route shape.
 type ModelPath = Result<Path<Vec<String>>, PathRejection>;
 
 fn path_parts(path: ModelPath) -> Result<(String, Option<String>), ApiError> {
-    let Path(parts) = path.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Path(parts) = path.map_err(|e| ApiError::malformed(e.body_text()))?;
     let mut parts = parts.into_iter();
     let task = parts.next().unwrap_or_default();
     Ok((task, parts.next()))
@@ -400,12 +319,12 @@ fn tensor(name: &'static str, datatype: &'static str, shape: &[i64]) -> TensorMe
         (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_metadata(
-    State(state): State<AppState>,
+    State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelMetadata>, ApiError> {
     let (task, version) = path_parts(path)?;
-    let entry = entry(&state, &caller, &task, version.as_deref())?;
+    let entry = svc.model(&caller, &task, version.as_deref())?;
     Ok(Json(metadata(&entry)))
 }
 
@@ -439,7 +358,7 @@ pub fn metadata(entry: &Entry) -> ModelMetadata {
         (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_metadata(
-    state: State<AppState>,
+    state: State<Service>,
     caller: Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelMetadata>, ApiError> {
@@ -455,12 +374,12 @@ pub async fn version_metadata(
         (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task", body = ErrorBody)))]
 pub async fn model_ready(
-    State(state): State<AppState>,
+    State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelReady>, ApiError> {
     let (task, version) = path_parts(path)?;
-    let name = ready_model(&state, &caller, &task, version.as_deref())?;
+    let name = svc.ready_model(&caller, &task, version.as_deref())?;
     Ok(Json(ModelReady { name, ready: true }))
 }
 
@@ -473,7 +392,7 @@ pub async fn model_ready(
         (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
         (status = 404, description = "Unknown task or version", body = ErrorBody)))]
 pub async fn version_ready(
-    state: State<AppState>,
+    state: State<Service>,
     caller: Extension<Caller>,
     path: ModelPath,
 ) -> Result<Json<ModelReady>, ApiError> {
@@ -503,7 +422,7 @@ pub async fn version_ready(
         (status = 503, description = "Loading or shutting down", body = ErrorBody),
         (status = 504, description = "Request timeout", body = ErrorBody)))]
 pub async fn infer(
-    State(state): State<AppState>,
+    State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
     path: ModelPath,
     headers: HeaderMap,
@@ -511,22 +430,24 @@ pub async fn infer(
 ) -> Result<Response, ApiError> {
     let (task, version) = path_parts(path)?;
     if version.is_some() {
-        ready_model(&state, &caller, &task, version.as_deref())?;
+        svc.ready_model(&caller, &task, version.as_deref())?;
     }
-    // A bad body still goes through predict::run, so it is counted like any other request.
-    let decoded = body.and_then(|RawBody(body)| decode(&headers, &body));
-    let (predict_req, meta) = match decoded {
-        Ok((req, elements)) => match to_predict(&req, elements) {
+    // A bad body still goes through the service, so it is counted like any other request.
+    let decoded = body.and_then(|RawBody(body)| Ok(decode(&headers, &body)?));
+    let (input, meta) = match decoded {
+        Ok((req, elements)) => match to_input(&req, elements) {
             Ok(p) => (Ok(p), Some(req)),
-            Err(e) => (Err(e), None),
+            Err(e) => (Err(e.into()), None),
         },
         Err(e) => (Err(e), None),
     };
-    let answer = run_model(&state, &caller, &task, predict_req).await?;
+    let label = svc.request_label(&task, svc.is_ensemble_model(&task));
+    let started = std::time::Instant::now();
+    let result = svc.run_model(&caller, &task, input).await;
+    super::predict::record(&svc, &label, started, &result);
+    let answer = result?;
     let Some(req) = meta else {
-        return Err(ApiError::Internal(
-            "an undecoded inference request ran".into(),
-        ));
+        return Err(Error::Internal("an undecoded inference request ran".into()).into());
     };
     let outputs = outputs(&answer, req.outputs.as_deref());
     Ok(respond(answer, req, outputs))
@@ -547,7 +468,7 @@ pub async fn infer(
         (status = 404, description = "Unknown task or version", body = ErrorBody),
         (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
 pub async fn version_infer(
-    state: State<AppState>,
+    state: State<Service>,
     caller: Extension<Caller>,
     path: ModelPath,
     headers: HeaderMap,
@@ -559,11 +480,8 @@ pub async fn version_infer(
 /// Parses a body (JSON, or the binary tensor data extension) into the request and each
 /// input's texts. Syntax errors are 400, JSON of the wrong shape 422, like other JSON routes;
 /// any content type is taken, since the protocol's clients do not all send one.
-pub fn decode(
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(InferRequest, Vec<Vec<String>>), ApiError> {
-    let bad = ApiError::BadRequest;
+pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<(InferRequest, Vec<Vec<String>>), Error> {
+    let bad = Error::Malformed;
     let json_len = match headers.get(HEADER_LENGTH) {
         None => body.len(),
         Some(v) => v
@@ -583,7 +501,7 @@ pub fn decode(
         use serde_json::error::Category;
         let why = format!("the inference request: {e}");
         match e.classify() {
-            Category::Data => ApiError::Unprocessable(why),
+            Category::Data => Error::Invalid(why),
             _ => bad(why),
         }
     })?;
@@ -657,11 +575,8 @@ fn param<'a>(params: &'a Option<serde_json::Map<String, Value>>, name: &str) -> 
 
 /// Maps a decoded inference request onto a predict request; every mistake is a 400 naming
 /// the field. `elements` are the inputs' texts, in input order.
-pub fn to_predict(
-    req: &InferRequest,
-    elements: Vec<Vec<String>>,
-) -> Result<PredictRequest, ApiError> {
-    let bad = |why: String| ApiError::BadRequest(why);
+pub fn to_input(req: &InferRequest, elements: Vec<Vec<String>>) -> Result<PredictInput, Error> {
+    let bad = Error::Malformed;
     let mut texts = None;
     let mut labels = None;
     for (input, data) in req.inputs.iter().zip(elements) {
@@ -690,14 +605,14 @@ pub fn to_predict(
     }
     let max_new_tokens = match param(&req.parameters, "max_new_tokens") {
         None => None,
-        Some(v) => Some(v.as_number().and_then(predict::as_count).ok_or_else(|| {
-            ApiError::Unprocessable(format!(
+        Some(v) => Some(v.as_number().and_then(as_count).ok_or_else(|| {
+            Error::Invalid(format!(
                 "parameter max_new_tokens must be a non-negative integer, got {v}"
             ))
         })?),
     };
-    Ok(PredictRequest {
-        inputs: Value::Array(texts.into_iter().map(Value::from).collect()),
+    Ok(PredictInput {
+        inputs: texts,
         max_new_tokens,
         labels,
     })
@@ -802,13 +717,13 @@ fn respond(answer: PredictResponse, req: InferRequest, outputs: Vec<Output>) -> 
 }
 
 /// Checks that `input`'s shape holds exactly its `n` elements.
-fn check_shape(input: &InferInput, n: usize) -> Result<(), ApiError> {
+fn check_shape(input: &InferInput, n: usize) -> Result<(), Error> {
     let elements = input.shape.iter().try_fold(
         1i64,
         |acc, &d| if d < 0 { None } else { acc.checked_mul(d) },
     );
     if elements != Some(n as i64) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Error::Malformed(format!(
             "input {:?}: shape {:?} does not hold its {n} elements",
             input.name, input.shape,
         )));

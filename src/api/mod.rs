@@ -1,23 +1,17 @@
-//! The HTTP API: routes, request and response types, and the error → status table.
-//! No tensors here: requests become validated rows and go to the batcher.
+//! The front doors: HTTP (routes, wire types, the error → status table), gRPC and KServe v2.
+//! No application logic here: a handler turns a wire request into one [`Service`] call.
 pub mod auth;
 pub mod body;
-pub mod combine;
 pub mod ensembles;
 pub mod error;
 pub mod grpc;
 pub mod kserve;
-pub mod lifecycle;
 pub mod neighbors;
 pub mod openapi;
 pub mod params;
 pub mod predict;
 pub mod prompts;
 pub mod tune;
-pub mod validate;
-
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode, Uri};
@@ -27,88 +21,11 @@ use axum::{Json, Router};
 
 pub use error::ApiError;
 use error::ErrorBody;
-pub use lifecycle::Lifecycle;
 
-use crate::batcher::Batcher;
-use crate::engine::worker::EngineHandle;
-use crate::metrics::Metrics;
-use crate::model::T5Tokenizer;
-use crate::prompts::registry::Registry;
-use validate::RowLimits;
-
-/// Limits on HTTP requests.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiLimits {
-    /// Per-input limits (tokens, max_new_tokens, labels).
-    pub row: RowLimits,
-    /// Inputs per predict request.
-    pub max_inputs: usize,
-    /// Predict body size in bytes.
-    pub max_body_bytes: usize,
-    /// Prompt upload body size in bytes.
-    pub max_prompt_bytes: usize,
-    /// Time a predict request may take before it gets 504 (zero: no limit).
-    pub request_timeout: Duration,
-    /// Longest URL (path and query), in bytes (414 beyond).
-    pub max_uri_bytes: usize,
-    /// Largest total of header names and values, in bytes (431 beyond).
-    pub max_header_bytes: usize,
-}
-
-impl Default for ApiLimits {
-    fn default() -> Self {
-        Self {
-            row: RowLimits::default(),
-            max_inputs: 64,
-            max_body_bytes: 1 << 20,
-            max_prompt_bytes: 64 << 20,
-            request_timeout: Duration::from_secs(60),
-            max_uri_bytes: 8 << 10,
-            max_header_bytes: 32 << 10,
-        }
-    }
-}
-
-/// Everything the routes need.
-#[derive(Clone)]
-pub struct AppState {
-    /// Served prompts.
-    pub registry: Arc<Registry>,
-    /// The request queue.
-    pub batcher: Arc<Batcher>,
-    /// The engine thread.
-    pub engine: EngineHandle,
-    /// The model's tokenizer.
-    pub tokenizer: Arc<T5Tokenizer>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Request limits.
-    pub limits: ApiLimits,
-    /// Where the server stands (the one readiness source).
-    pub lifecycle: Arc<Lifecycle>,
-    /// API keys, permissions and quotas (open when no tenants file).
-    pub tenants: Arc<crate::tenants::Tenants>,
-    /// Where prompt changes are recorded (None: not recorded).
-    pub audit: Option<Arc<crate::prompts::audit::AuditLog>>,
-    /// Tuning jobs.
-    pub tuning: Arc<tune::TuneService>,
-}
-
-impl AppState {
-    /// Fails with 503 until the server is ready, once it drains, and once it failed.
-    pub fn check_serving(&self) -> Result<(), ApiError> {
-        match self.lifecycle.current() {
-            lifecycle::Status::Ready => Ok(()),
-            lifecycle::Status::Loading(what) => Err(ApiError::Unavailable(format!(
-                "the server is starting ({what})"
-            ))),
-            other => Err(ApiError::Unavailable(other.why_not().unwrap_or_default())),
-        }
-    }
-}
+use crate::service::Service;
 
 /// The router with every route.
-pub fn app(state: AppState) -> Router {
+pub fn app(state: Service) -> Router {
     let limits = state.limits;
     let predict_limit = |route| limited(route, limits.max_body_bytes, "--max-body-bytes");
     Router::new()
@@ -194,10 +111,10 @@ pub fn app(state: AppState) -> Router {
 /// `route` with its body held to `max` bytes: 413 by declared length at once, or as it
 /// streams (see [`body`]).
 fn limited(
-    route: axum::routing::MethodRouter<AppState>,
+    route: axum::routing::MethodRouter<Service>,
     max: usize,
     flag: &'static str,
-) -> axum::routing::MethodRouter<AppState> {
+) -> axum::routing::MethodRouter<Service> {
     let limit = body::BodyLimit { max, flag };
     route
         .layer::<_, std::convert::Infallible>(axum::middleware::from_fn_with_state(
@@ -209,7 +126,7 @@ fn limited(
 
 /// Refuses oversized URLs and headers before any other work, authentication included.
 async fn check_head(
-    State(state): State<AppState>,
+    State(state): State<Service>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -280,8 +197,8 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready to serve", body = Readiness),
     (status = 503, description = "Loading, draining or failed", body = Readiness)))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    match readiness(&state) {
+pub async fn readyz(State(state): State<Service>) -> (StatusCode, Json<Readiness>) {
+    match state.readiness() {
         (status, None) => (
             StatusCode::OK,
             Json(Readiness {
@@ -303,24 +220,17 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
     }
 }
 
-/// The readiness status word and, when not ready, why.
-pub(crate) fn readiness(state: &AppState) -> (&'static str, Option<String>) {
-    let status = state.lifecycle.current();
-    (status.word(), status.why_not())
-}
-
 /// Prometheus text exposition of every metric (README: "Metrics").
 #[utoipa::path(get, path = "/metrics", tag = "health", responses(
     (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
     (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
     (status = 403, description = "Not an admin key", body = ErrorBody)))]
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    state.tuning.update_metrics(&state.metrics);
+pub async fn metrics(State(state): State<Service>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics_text(),
     )
 }

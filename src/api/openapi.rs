@@ -118,7 +118,7 @@ pub fn document(secured: bool) -> utoipa::openapi::OpenApi {
 /// The document as `state`'s server serves it: [`document`] with this server's limits written
 /// into the request schemas where a schema can say them (counts, sizes, ranges), so a client
 /// or a fuzzer reading it knows what the server accepts.
-pub fn served(state: &super::AppState) -> serde_json::Value {
+pub fn served(state: &crate::service::Service) -> serde_json::Value {
     let mut doc =
         serde_json::to_value(document(state.tenants.enabled())).expect("the document serialises");
     let limits = state.limits;
@@ -222,7 +222,7 @@ pub fn served(state: &super::AppState) -> serde_json::Value {
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "OpenAPI 3.1 description of this API", body = Object)))]
 pub async fn serve(
-    axum::extract::State(state): axum::extract::State<super::AppState>,
+    axum::extract::State(state): axum::extract::State<crate::service::Service>,
 ) -> Json<serde_json::Value> {
     Json(served(&state))
 }

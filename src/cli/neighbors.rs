@@ -3,10 +3,10 @@
 //! `GET /v1/prompts/{task}/neighbors`.
 use std::path::{Path, PathBuf};
 
-use crate::api::neighbors::{report, report_labels, split_labels, NeighborsReport, MAX_K};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::prompts::dir::{classify, load_source};
 use crate::prompts::PromptLimits;
+use crate::service::neighbors::{report, report_labels, split_labels, NeighborsReport, MAX_K};
 
 /// Arguments of `promptd neighbors`.
 #[derive(Debug, Clone, clap::Args)]

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::validate::{best_label, build_row, RowLimits};
 use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
 use crate::model::T5Tokenizer;
 use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};
+use crate::service::rows::{best_label, build_row, RowLimits};
 
 /// Arguments of `promptd predict`.
 #[derive(Debug, clap::Args)]

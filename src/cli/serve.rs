@@ -4,13 +4,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::api::tune::TuneLimits;
-use crate::api::validate::RowLimits;
-use crate::api::ApiLimits;
 use crate::batcher::{Batching, Decode, PolicyConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::prompts::PromptLimits;
 use crate::server::{self, AuditLogPath, ConnectionLimits, ServerConfig};
+use crate::service::rows::RowLimits;
+use crate::service::tuning::TuneLimits;
+use crate::service::Limits;
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -180,7 +180,7 @@ impl ServeArgs {
             batching: self.batching,
         };
         config.decode = self.decode;
-        config.limits = ApiLimits {
+        config.limits = Limits {
             row: RowLimits {
                 max_input_tokens: self.max_input_tokens,
                 default_max_new_tokens: self.max_new_tokens,

@@ -21,7 +21,7 @@ pub struct PromptDir {
 }
 
 /// Where a task's prompt lives in a folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PromptSource {
     /// `<task>.safetensors` or `<task>.npy`
     TensorFile(PathBuf),

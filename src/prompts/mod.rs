@@ -12,7 +12,6 @@ pub mod dir;
 pub mod ensembles;
 pub mod npy;
 pub mod peft;
-pub mod registry;
 pub mod store;
 pub mod tensor;
 

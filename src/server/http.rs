@@ -1,6 +1,7 @@
 //! The HTTP accept loop, with the limits a server facing the open network needs: a cap on open
 //! connections, and a deadline for each request's headers that also ends idle keep-alive
-//! connections (slowloris and idle floods both end there).
+//! connections (slowloris and idle floods both end there). The gRPC door runs on the same loop
+//! ([`super::grpc`]), so both have the same limits.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,8 +9,6 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-
-use crate::metrics::Metrics;
 
 /// Limits on HTTP connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +29,22 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// The metrics of one door's connections.
+#[derive(Clone)]
+pub struct ConnectionGauges {
+    /// Connections open now.
+    pub open: prometheus::IntGauge,
+    /// Connections closed on accept because the limit was reached.
+    pub refused: prometheus::IntCounter,
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then lets open connections finish
 /// their requests (the caller bounds how long) and returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
+    gauges: ConnectionGauges,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
@@ -67,13 +75,13 @@ pub async fn serve(
             () = &mut stop => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.http_connections_refused.inc();
+            gauges.refused.inc();
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let open = metrics.http_connections.clone();
+        let open = gauges.open.clone();
         open.inc();
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let first_bytes = limits.header_read_timeout;

@@ -4,24 +4,27 @@
 //!
 //! Wires the engine thread, the batcher (supervised), the prompt registry with its folder
 //! watcher, the tenants file watcher, the HTTP API (with connection limits, [`http`]) and the
-//! gRPC API; shuts down in two stages.
+//! gRPC API under the same limits ([`grpc`]); shuts down in two stages.
+pub mod grpc;
 pub mod http;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::tune::{TuneLimits, TuneService};
-use crate::api::{app, ApiLimits, AppState, Lifecycle};
+use crate::api::app;
 use crate::batcher::{Batcher, Decode, PolicyConfig};
+use crate::catalog::ensembles::{EnsembleStore, Ensembles};
+use crate::catalog::prompts::{PromptStore, Registry};
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::{Metrics, TenantsReload};
 use crate::model::{T5Config, T5Tokenizer};
 use crate::prompts::audit::AuditLog;
-use crate::prompts::registry::Registry;
 use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
+use crate::service::tuning::{TuneLimits, TuneService};
+use crate::service::{Lifecycle, Limits, Service};
 use crate::tenants::Tenants;
 use crate::tune::jobs::JobTable;
 
@@ -56,7 +59,7 @@ pub struct ServerConfig {
     /// Continuous or static decoding.
     pub decode: Decode,
     /// Request limits.
-    pub limits: ApiLimits,
+    pub limits: Limits,
     /// Prompt limits (rows, file bytes).
     pub prompt_limits: PromptLimits,
     /// Caps on tuning jobs.
@@ -87,7 +90,7 @@ impl ServerConfig {
             dtype: DtypeSpec::Auto,
             policy: PolicyConfig::default(),
             decode: Decode::default(),
-            limits: ApiLimits::default(),
+            limits: Limits::default(),
             prompt_limits: PromptLimits::default(),
             tune: TuneLimits::default(),
             tune_share: 0.25,
@@ -165,13 +168,13 @@ pub enum StartupError {
     Model(String),
     /// The prompts folder could not be read.
     #[error("loading prompts: {0}")]
-    Prompts(#[from] crate::prompts::registry::RegistryError),
+    Prompts(#[from] crate::catalog::CatalogError),
 }
 
 /// A built server, before it listens: the routes' state and the engine thread.
 pub struct Built {
     /// Route state (registry, batcher, engine handle, metrics, limits).
-    pub state: AppState,
+    pub state: Service,
     /// The engine thread.
     pub engine_thread: std::thread::JoinHandle<()>,
 }
@@ -209,13 +212,14 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         },
     });
     let store = Store::open(&config.prompts).map_err(prompts_error)?;
-    let registry = Arc::new(Registry::new(
+    let ensembles = Arc::new(Ensembles::new(EnsembleStore::new(store.clone())));
+    let registry = Arc::new(Registry::new(PromptStore::new(
         store,
         engine.clone(),
         model_config.d_model as usize,
         config.prompt_limits,
         metrics.clone(),
-    ));
+    )));
     let batcher = Batcher::new(config.policy, config.decode, metrics.clone());
     let tenants = match &config.tenants {
         Some(path) => Tenants::load(path, config.prompt_limits.max_rows)?,
@@ -246,8 +250,9 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
     let mut limits = config.limits;
     // A request larger than the queue could never be admitted: refuse it as invalid.
     limits.max_inputs = limits.max_inputs.min(config.policy.max_queue);
-    let state = AppState {
+    let state = Service {
         registry,
+        ensembles,
         batcher,
         engine,
         tokenizer: Arc::new(tokenizer),
@@ -283,7 +288,7 @@ pub async fn run(
 /// [`run`] on a server already built (tests reach into its state first).
 pub async fn serve(
     config: ServerConfig,
-    state: AppState,
+    state: Service,
     engine_thread: std::thread::JoinHandle<()>,
     http: tokio::net::TcpListener,
     grpc: Option<tokio::net::TcpListener>,
@@ -295,12 +300,15 @@ pub async fn serve(
     let batcher_task = tokio::spawn(supervise_batcher(state.clone()));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartupError>(1);
     let startup = {
-        let (engine, registry) = (state.engine.clone(), state.registry.clone());
+        let (engine, catalogs) = (
+            state.engine.clone(),
+            (state.registry.clone(), state.ensembles.clone()),
+        );
         let lifecycle = lifecycle.clone();
         let interval = config.watch_interval;
         tokio::spawn(async move {
-            match load(&engine, &registry, &lifecycle).await {
-                Ok(()) => watch(&registry, interval).await,
+            match load(&engine, &catalogs.0, &catalogs.1, &lifecycle).await {
+                Ok(()) => watch(&catalogs.0, &catalogs.1, interval).await,
                 Err(why) => {
                     let _ = fatal_tx.send(why).await;
                 }
@@ -320,13 +328,22 @@ pub async fn serve(
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let grpc = grpc
-        .map(|listener| tokio::spawn(crate::api::grpc::serve(listener, state.clone(), stopped())));
+    let grpc = grpc.map(|listener| {
+        tokio::spawn(grpc::serve(
+            listener,
+            state.clone(),
+            config.connections,
+            stopped(),
+        ))
+    });
     let mut server = tokio::spawn(http::serve(
         http,
         app(state.clone()),
         config.connections,
-        state.metrics.clone(),
+        http::ConnectionGauges {
+            open: state.metrics.http_connections.clone(),
+            refused: state.metrics.http_connections_refused.clone(),
+        },
         stopped(),
     ));
     let outcome = tokio::select! {
@@ -383,11 +400,12 @@ pub async fn serve(
 pub async fn load(
     engine: &worker::EngineHandle,
     registry: &Registry,
+    ensembles: &Ensembles,
     lifecycle: &Lifecycle,
 ) -> Result<(), StartupError> {
     engine.ready().await.map_err(StartupError::Model)?;
     lifecycle.loading("loading prompts");
-    let report = registry.sync().await?;
+    let report = sync(registry, ensembles).await?;
     tracing::info!(
         prompts = registry.len(),
         failed = report.failed,
@@ -400,11 +418,13 @@ pub async fn load(
 /// Runs the batching loop; if it ever dies (a panic) while the server is not shutting down,
 /// readiness fails and every waiting request is answered at once (503), instead of waiting
 /// for its timeout with nobody to serve it.
-pub async fn supervise_batcher(state: AppState) {
+pub async fn supervise_batcher(state: Service) {
     let batcher = state.batcher.clone();
     let outcome = tokio::spawn(batcher.clone().run(state.engine.clone())).await;
     let why = match outcome {
-        Ok(()) if state.lifecycle.current() == crate::api::lifecycle::Status::Draining => return,
+        Ok(()) if state.lifecycle.current() == crate::service::lifecycle::Status::Draining => {
+            return
+        }
         Ok(()) => "the batching loop stopped".to_string(),
         Err(e) => format!("the batching loop failed: {e}"),
     };
@@ -416,13 +436,23 @@ pub async fn supervise_batcher(state: AppState) {
     }
 }
 
-/// Keeps the registry in step with the prompts folder, forever.
-pub async fn watch(registry: &Registry, interval: Duration) {
+/// Brings the prompts, then the ensembles of them, in line with the store; the prompts' report.
+pub async fn sync(
+    registry: &Registry,
+    ensembles: &Ensembles,
+) -> Result<crate::catalog::SyncReport, crate::catalog::CatalogError> {
+    let report = registry.sync().await?;
+    ensembles.sync().await?;
+    Ok(report)
+}
+
+/// Keeps the catalogs in step with the prompts folder, forever.
+pub async fn watch(registry: &Registry, ensembles: &Ensembles, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = registry.sync().await {
+        if let Err(e) = sync(registry, ensembles).await {
             tracing::warn!("checking the prompts folder failed: {e}");
         }
     }

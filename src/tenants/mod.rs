@@ -207,10 +207,7 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 /// SHA-256 of an API key, hex: what a tenants file stores.
 pub fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::prompts::store::sha256_hex(key.as_bytes())
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {

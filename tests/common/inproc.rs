@@ -2,8 +2,9 @@
 //! `tower::ServiceExt::oneshot` (no sockets).
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use promptd::api::{app, AppState};
+use promptd::api::app;
 use promptd::server::{build, load, ServerConfig};
+use promptd::service::Service;
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -16,7 +17,7 @@ pub fn model_dir() -> std::path::PathBuf {
 
 /// A loaded server state and its prompts folder.
 pub struct Setup {
-    pub state: AppState,
+    pub state: Service,
     pub dir: tempfile::TempDir,
 }
 
@@ -34,7 +35,7 @@ pub fn config(
 pub fn build_state(
     prompts: &std::path::Path,
     configure: impl FnOnce(&mut ServerConfig),
-) -> AppState {
+) -> Service {
     build(&config(prompts, configure)).unwrap().state
 }
 
@@ -50,7 +51,7 @@ pub async fn setup(configure: impl FnOnce(&mut ServerConfig), run_batcher: bool)
     if run_batcher {
         tokio::spawn(state.batcher.clone().run(state.engine.clone()));
     }
-    load(&state.engine, &state.registry, &state.lifecycle)
+    load(&state.engine, &state.registry, &state.ensembles, &state.lifecycle)
         .await
         .unwrap();
     Setup { state, dir }
@@ -67,7 +68,7 @@ pub struct Reply {
 }
 
 /// Sends one request through the app.
-pub async fn call(state: &AppState, req: Request<Body>) -> Reply {
+pub async fn call(state: &Service, req: Request<Body>) -> Reply {
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -110,7 +111,7 @@ pub struct Served {
     /// `http://127.0.0.1:PORT` of the gRPC API.
     pub grpc: String,
     /// The running server's state.
-    pub state: AppState,
+    pub state: Service,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), promptd::server::ServerError>>>,
     /// The prompts folder.
@@ -168,7 +169,7 @@ impl Served {
         let mut status = state.lifecycle.subscribe();
         tokio::time::timeout(
             std::time::Duration::from_secs(60),
-            status.wait_for(|s| *s == promptd::api::lifecycle::Status::Ready),
+            status.wait_for(|s| *s == promptd::service::lifecycle::Status::Ready),
         )
         .await
         .expect("the server became ready within a minute")

@@ -1,14 +1,14 @@
 //! KServe's Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, in
 //! `proto/grpc_predict_v2.proto`), on the gRPC port beside promptd's own service. It is a
-//! third door onto the HTTP v2 routes' logic: the same tensor rules, the same `predict::run`,
+//! third door onto the same service: the HTTP v2 routes' tensor rules, [`Service::run_model`],
 //! the same errors (mapped to gRPC codes by [`crate::api::grpc::status`]).
 use prost::Message;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
 use super::{InferInput, InferRequest, RequestedOutput};
-use crate::api::grpc::{caller, status, FRAMING_BYTES};
-use crate::api::{readiness, ApiError, AppState};
+use crate::api::grpc::{caller, check_size, record, status, FRAMING_BYTES};
+use crate::service::{Error, Service};
 
 /// Code generated from `proto/grpc_predict_v2.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -25,13 +25,13 @@ pub const SERVICE_NAME: &str = "inference.GRPCInferenceService";
 
 /// The v2 inference service over the shared state.
 pub struct KserveGrpc {
-    state: AppState,
+    svc: Service,
 }
 
 /// The service, taking messages as large as the predict body limit allows.
-pub fn service(state: AppState) -> GrpcInferenceServiceServer<KserveGrpc> {
-    let max = state.limits.max_body_bytes;
-    GrpcInferenceServiceServer::new(KserveGrpc { state })
+pub fn service(svc: Service) -> GrpcInferenceServiceServer<KserveGrpc> {
+    let max = svc.limits.max_body_bytes;
+    GrpcInferenceServiceServer::new(KserveGrpc { svc })
         .max_decoding_message_size(max.saturating_add(FRAMING_BYTES))
 }
 
@@ -58,10 +58,10 @@ fn params(
 
 /// The texts of one input: from `raw_input_contents` when the request uses it (then for every
 /// input, as the protocol says), else from `contents.bytes_contents`.
-fn elements(input: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<String>, ApiError> {
-    let bad = |why: String| ApiError::BadRequest(format!("input {:?}: {why}", input.name));
+fn elements(input: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<String>, Error> {
+    let bad = |why: String| Error::Malformed(format!("input {:?}: {why}", input.name));
     if input.datatype != "BYTES" {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Error::Malformed(format!(
             "input {:?} has datatype {:?}; promptd takes BYTES (text)",
             input.name, input.datatype
         )));
@@ -81,10 +81,10 @@ fn elements(input: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<Strin
 }
 
 /// The request as the HTTP route's, with each input's texts.
-fn decode(req: &pb::ModelInferRequest) -> Result<(InferRequest, Vec<Vec<String>>), ApiError> {
+fn decode(req: &pb::ModelInferRequest) -> Result<(InferRequest, Vec<Vec<String>>), Error> {
     let raw = &req.raw_input_contents;
     if !raw.is_empty() && raw.len() != req.inputs.len() {
-        return Err(ApiError::BadRequest(format!(
+        return Err(Error::Malformed(format!(
             "raw_input_contents has {} entries for {} inputs; send one per input or none",
             raw.len(),
             req.inputs.len()
@@ -135,7 +135,7 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = readiness(&self.state).1.is_none();
+        let ready = self.svc.readiness().1.is_none();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -143,9 +143,10 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        let caller = caller(&self.state, &request)?;
+        let caller = caller(&self.svc, &request)?;
         let req = request.into_inner();
-        super::ready_model(&self.state, &caller, &req.name, version(&req.version))
+        self.svc
+            .ready_model(&caller, &req.name, version(&req.version))
             .map_err(status)?;
         Ok(Response::new(pb::ModelReadyResponse { ready: true }))
     }
@@ -167,10 +168,12 @@ impl GrpcInferenceService for KserveGrpc {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         use pb::model_metadata_response::TensorMetadata;
-        let caller = caller(&self.state, &request)?;
+        let caller = caller(&self.svc, &request)?;
         let req = request.into_inner();
-        let entry =
-            super::entry(&self.state, &caller, &req.name, version(&req.version)).map_err(status)?;
+        let entry = self
+            .svc
+            .model(&caller, &req.name, version(&req.version))
+            .map_err(status)?;
         let m = super::metadata(&entry);
         let tensors = |ts: Vec<super::TensorMetadata>| {
             ts.into_iter()
@@ -194,32 +197,33 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let caller = caller(&self.state, &request)?;
+        let caller = caller(&self.svc, &request)?;
         let req = request.into_inner();
-        let state = &self.state;
+        let svc = &self.svc;
         if let Some(v) = version(&req.model_version) {
-            super::ready_model(state, &caller, &req.model_name, Some(v)).map_err(status)?;
+            svc.ready_model(&caller, &req.model_name, Some(v))
+                .map_err(status)?;
         }
-        let max = state.limits.max_body_bytes;
-        let parsed = if req.encoded_len() > max {
-            Err(ApiError::TooLarge(format!(
-                "request is {} bytes; the limit is {max} (--max-body-bytes)",
-                req.encoded_len()
-            )))
-        } else {
-            decode(&req)
-        };
-        // A bad request still goes through predict::run, so it is counted like any other.
-        let (predict_req, meta) =
-            match parsed.and_then(|(r, texts)| super::to_predict(&r, texts).map(|p| (p, r))) {
+        let parsed = check_size(
+            req.encoded_len(),
+            svc.limits.max_body_bytes,
+            "--max-body-bytes",
+        )
+        .and_then(|()| decode(&req));
+        // A bad request still goes through the service, so it is counted like any other.
+        let (input, meta) =
+            match parsed.and_then(|(r, texts)| super::to_input(&r, texts).map(|p| (p, r))) {
                 Ok((p, r)) => (Ok(p), Some(r)),
                 Err(e) => (Err(e), None),
             };
-        let answer = super::run_model(state, &caller, &req.model_name, predict_req)
-            .await
-            .map_err(status)?;
+        let name = &req.model_name;
+        let label = svc.request_label(name, svc.is_ensemble_model(name));
+        let started = std::time::Instant::now();
+        let result = svc.run_model(&caller, name, input).await;
+        record(svc, &label, started, &result);
+        let answer = result.map_err(status)?;
         let Some(meta) = meta else {
-            return Err(status(ApiError::Internal(
+            return Err(status(Error::Internal(
                 "an undecoded inference request ran".into(),
             )));
         };

@@ -1,5 +1,5 @@
 //! Turning request text into engine rows, with every limit checked before any work is queued.
-//! Shared by the HTTP API and `promptd predict`, so both give the same answers and errors.
+//! Shared by every front door and `promptd predict`, so all give the same answers and errors.
 use std::sync::Arc;
 
 use crate::engine::{PromptSlot, RowInput};
@@ -110,6 +110,39 @@ pub fn build_row(
     })
 }
 
+/// The error for an input that could not become a row: a broken limit is the client's
+/// (`Invalid`), a failing tokenizer the server's (`Internal`).
+pub fn refusal(at: &str, why: RowRefusal) -> super::Error {
+    match why {
+        RowRefusal::Limit(_) => super::Error::Invalid(format!("{at}{why}")),
+        RowRefusal::Tokenizer(_) => super::Error::Internal(format!("{at}{why}")),
+    }
+}
+
+/// A JSON integer, or a float without a fractional part (JSON Schema counts `3.0` as an integer).
+pub fn as_count(n: &serde_json::Number) -> Option<usize> {
+    match n.as_u64() {
+        Some(u) => usize::try_from(u).ok(),
+        // Saturates for huge values, which the limits then refuse by name.
+        None => n
+            .as_f64()
+            .filter(|f| *f >= 0.0 && f.fract() == 0.0)
+            .map(|f| f as usize),
+    }
+}
+
+/// An optional count: a JSON integer, or a float without a fraction (see [`as_count`]).
+pub fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    use serde::de::Error;
+    use serde::Deserialize;
+    match Option::<serde_json::Number>::deserialize(d)? {
+        None => Ok(None),
+        Some(n) => as_count(&n)
+            .map(Some)
+            .ok_or_else(|| D::Error::custom(format!("expected a non-negative integer, got {n}"))),
+    }
+}
+
 /// The label with the highest score.
 pub fn best_label<'a>(labels: &'a [String], scores: &[f64]) -> Option<&'a str> {
     let (i, _) = scores
@@ -117,4 +150,22 @@ pub fn best_label<'a>(labels: &'a [String], scores: &[f64]) -> Option<&'a str> {
         .enumerate()
         .max_by(|a, b| a.1.total_cmp(b.1))?;
     labels.get(i).map(String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_tokenizer_is_the_servers_fault_and_a_limit_the_clients() {
+        let e = refusal(
+            "inputs[1]: ",
+            RowRefusal::Tokenizer(crate::model::ModelError::Tokenizer("boom".into())),
+        );
+        assert_eq!(e.error_type(), "internal");
+        assert!(e.is_server_fault());
+        assert!(e.to_string().starts_with("inputs[1]: tokenizing: "), "{e}");
+        let e = refusal("", RowRefusal::Limit("too long".into()));
+        assert_eq!(e.error_type(), "validation");
+    }
 }

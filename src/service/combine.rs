@@ -131,7 +131,7 @@ fn vote_texts(members: &[MemberAnswer]) -> Result<Combined, CombineError> {
 }
 
 /// Index of the largest value, by the rule a task's own `label` uses
-/// ([`super::validate::best_label`]: the last on exact ties), so a member's answer here is the
+/// ([`super::rows::best_label`]: the last on exact ties), so a member's answer here is the
 /// label its task predicts alone.
 fn argmax(values: &[f64]) -> usize {
     values

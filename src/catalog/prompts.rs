@@ -1,0 +1,275 @@
+//! The prompt catalog: task → the prompt served now (its bank slot and version), over the
+//! prompts folder. Serving a prompt means writing its encoder rows into the engine's bank.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{Catalog, CatalogError, Found, Scan, Store, Stored, Versioned};
+use crate::engine::worker::EngineHandle;
+use crate::engine::{PromptRows, PromptSlot};
+use crate::metrics::{Metrics, ReloadResult};
+use crate::prompts::dir::{newest, Fingerprint, PromptSource};
+use crate::prompts::store::{Loaded, Store as Folder};
+use crate::prompts::{Prompt, PromptLimits, TaskName};
+
+/// What clients see about a prompt.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct PromptInfo {
+    /// Task name.
+    pub task: String,
+    /// Encoder prompt rows (virtual tokens).
+    pub prompt_length: usize,
+    /// Row width.
+    pub d_model: usize,
+    /// Version: 1 for the first upload, +1 per replacement (kept in the file's metadata).
+    pub version: u64,
+    /// SHA-256 of the file as uploaded (for multipart, of adapter_model.safetensors).
+    pub sha256: String,
+    /// Decoder rows of a PEFT seq2seq adapter (stored, not served).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoder_prompt_length: Option<usize>,
+    /// When this version was loaded, seconds since the Unix epoch.
+    pub loaded_at: u64,
+}
+
+/// A served prompt.
+#[derive(Debug)]
+pub struct Entry {
+    /// Public metadata.
+    pub info: PromptInfo,
+    /// Its rows in the engine's bank.
+    pub slot: Arc<PromptSlot>,
+}
+
+impl Versioned for Entry {
+    fn version(&self) -> u64 {
+        self.info.version
+    }
+
+    fn digest(&self) -> &str {
+        &self.info.sha256
+    }
+}
+
+impl Stored for Loaded {
+    fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    fn digest(&self) -> &str {
+        &self.sha256
+    }
+
+    fn weight(&self) -> usize {
+        self.prompt.encoder.rows
+    }
+}
+
+/// A validated upload, to be stored and served.
+pub struct NewPrompt {
+    /// The prompt.
+    pub prompt: Prompt,
+    /// SHA-256 of the file as uploaded.
+    pub sha256: String,
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prompts in a folder, served from the engine's bank.
+#[derive(Clone)]
+pub struct PromptStore {
+    folder: Folder,
+    engine: EngineHandle,
+    d_model: usize,
+    limits: PromptLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// Task → served prompt.
+pub type Registry = Catalog<PromptStore>;
+
+impl PromptStore {
+    /// Prompts in `folder`, checked against `limits` for a model of width `d_model`.
+    pub fn new(
+        folder: Folder,
+        engine: EngineHandle,
+        d_model: usize,
+        limits: PromptLimits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            folder,
+            engine,
+            d_model,
+            limits,
+            metrics,
+        }
+    }
+
+    fn entry(
+        &self,
+        task: &TaskName,
+        version: u64,
+        sha256: String,
+        prompt: &Prompt,
+        slot: Arc<PromptSlot>,
+    ) -> Entry {
+        Entry {
+            info: PromptInfo {
+                task: task.to_string(),
+                prompt_length: prompt.encoder.rows,
+                d_model: self.d_model,
+                version,
+                sha256,
+                decoder_prompt_length: prompt.decoder.as_ref().map(|d| d.rows),
+                loaded_at: now_secs(),
+            },
+            slot,
+        }
+    }
+}
+
+impl Store for PromptStore {
+    type Item = NewPrompt;
+    type Loaded = Loaded;
+    type Value = Entry;
+    type Source = PromptSource;
+    const NOUN: &'static str = "prompt";
+
+    fn scan(&self) -> std::io::Result<Scan<PromptSource>> {
+        let scanned = self.folder.scan()?;
+        let mut present = HashSet::new();
+        let mut items = HashMap::new();
+        for (name, found) in scanned {
+            present.extend(found.iter().map(|f| f.source.clone()));
+            // A task defined twice (say task.npy next to task.safetensors): the folder rule.
+            if let Some(newest) = newest(found) {
+                items.insert(
+                    name,
+                    Found {
+                        source: newest.source,
+                        fingerprint: newest.fingerprint,
+                    },
+                );
+            }
+        }
+        Ok(Scan { items, present })
+    }
+
+    fn load(&self, source: &PromptSource) -> Result<Loaded, String> {
+        self.folder
+            .load(source, self.d_model, &self.limits)
+            .map_err(|e| e.to_string())
+    }
+
+    fn stored_version(&self, name: &TaskName) -> Option<u64> {
+        self.folder.stored_version(name)
+    }
+
+    fn write(
+        &self,
+        name: &TaskName,
+        item: &NewPrompt,
+        version: u64,
+    ) -> std::io::Result<Fingerprint> {
+        self.folder.write(name, &item.prompt, version, &item.sha256)
+    }
+
+    fn remove(&self, name: &TaskName) -> std::io::Result<bool> {
+        self.folder.remove(name)
+    }
+
+    async fn serve_new(
+        &self,
+        name: &TaskName,
+        item: &NewPrompt,
+        version: u64,
+    ) -> Result<Entry, CatalogError> {
+        let mut slots = self
+            .engine
+            .register(vec![item.prompt.encoder.clone()])
+            .await?;
+        let slot = slots
+            .pop()
+            .ok_or(CatalogError::Stopped(
+                crate::engine::worker::WorkerError::Stopped,
+            ))?
+            .map_err(CatalogError::Engine)?;
+        Ok(self.entry(name, version, item.sha256.clone(), &item.prompt, slot))
+    }
+
+    async fn serve_loaded(
+        &self,
+        items: Vec<(TaskName, Loaded, u64)>,
+    ) -> Result<Vec<Result<Entry, String>>, CatalogError> {
+        // The rows move to the engine; only what the entries need stays here.
+        let mut rows: Vec<PromptRows> = Vec::with_capacity(items.len());
+        let kept: Vec<(TaskName, u64, String, Prompt)> = items
+            .into_iter()
+            .map(|(task, mut loaded, version)| {
+                let (r, c) = (loaded.prompt.encoder.rows, loaded.prompt.encoder.cols);
+                let empty = PromptRows {
+                    rows: r,
+                    cols: c,
+                    values: Vec::new(),
+                };
+                let encoder = std::mem::replace(&mut loaded.prompt.encoder, empty);
+                rows.push(encoder);
+                (task, version, loaded.sha256, loaded.prompt)
+            })
+            .collect();
+        let slots = self.engine.register(rows).await?;
+        Ok(kept
+            .into_iter()
+            .zip(slots)
+            .map(|((task, version, sha256, prompt), slot)| match slot {
+                Ok(slot) => Ok(self.entry(&task, version, sha256, &prompt, slot)),
+                Err(e) => Err(format!("the engine refused it: {e}")),
+            })
+            .collect())
+    }
+
+    async fn reserve(&self, rows: usize) {
+        let _ = self.engine.reserve(rows).await;
+    }
+
+    fn counted(&self, served: usize) {
+        self.metrics.prompts_loaded.set(served as i64);
+    }
+
+    fn reloaded(&self, result: ReloadResult) {
+        self.metrics.prompt_reload(result);
+    }
+}
+
+impl Catalog<PromptStore> {
+    /// The prompts folder.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store().folder.dir()
+    }
+
+    /// Prompt limits uploads are checked against.
+    pub fn limits(&self) -> &PromptLimits {
+        &self.store().limits
+    }
+
+    /// The model's d_model.
+    pub fn d_model(&self) -> usize {
+        self.store().d_model
+    }
+
+    /// Every served prompt, by task name.
+    pub fn list(&self) -> Vec<PromptInfo> {
+        self.values()
+            .into_iter()
+            .map(|(_, e)| e.info.clone())
+            .collect()
+    }
+}

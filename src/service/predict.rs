@@ -1,0 +1,287 @@
+//! Predict: queue one row per input with the task's prompt, wait, answer in order. Rows of
+//! any tasks share forward passes. The rows of an ensemble input form one admission unit
+//! ([`Service::run_units`]), so they join a pass together.
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::rows::{best_label, build_row, refusal};
+use super::{Error, Service};
+use crate::batcher::{Refused, RowError, RowReply, Share, Ticket, Unit};
+use crate::catalog::prompts::Entry;
+use crate::engine::{PromptSlot, RowInput, RowOutput};
+use crate::tenants::quota::InFlight;
+use crate::tenants::Caller;
+
+/// What a predict request asks, whatever door it came through.
+#[derive(Debug, Clone, Default)]
+pub struct PredictInput {
+    /// The texts, answered in order.
+    pub inputs: Vec<String>,
+    /// Cap on generated tokens per input (the server default when absent).
+    pub max_new_tokens: Option<usize>,
+    /// Candidate labels to score for every input.
+    pub labels: Option<Vec<String>>,
+}
+
+/// A request whose every input passed the limits, ready for the queue.
+pub struct ValidRequest {
+    /// One row per input, in order.
+    pub rows: Vec<RowInput>,
+    /// The labels every row scores.
+    pub labels: Vec<String>,
+}
+
+/// One input's answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Output {
+    /// Decoded generation.
+    pub text: String,
+    /// Generated ids, up to and including `</s>`.
+    pub token_ids: Vec<i64>,
+    /// Log-likelihood of each label, in the order given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Vec<f64>>,
+    /// The label with the highest score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// A task's answer to a predict request.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PredictResponse {
+    /// Task name.
+    pub task: String,
+    /// The prompt version that served every input of this request.
+    pub prompt_version: u64,
+    /// One per input, in input order.
+    pub outputs: Vec<Output>,
+}
+
+/// A caller admitted under its tenant's quotas: the in-flight guard (held until the answer)
+/// and its share of batch slots.
+pub struct Admission {
+    _in_flight: Option<InFlight>,
+    /// The caller's share of batch slots.
+    pub share: Share,
+}
+
+impl Service {
+    /// Generates for every input with `task`'s soft prompt, and with labels scores each
+    /// label's log-likelihood for every input. `input` is an error when the front door could
+    /// not read the request: it is answered after the checks that come first (readiness,
+    /// permission, quotas, the task), so every door refuses in the same order.
+    pub async fn predict<E: From<Error>>(
+        &self,
+        caller: &Caller,
+        task: &str,
+        input: Result<PredictInput, E>,
+    ) -> Result<PredictResponse, E> {
+        self.check_serving()?;
+        // Permission and quotas first: a refused request costs no tokenizing and no queue room.
+        let set = self.tenants.current();
+        self.check_read(caller, &set, task)?;
+        let admission = self.admit(caller)?;
+        // The entry is looked up once: every input of this request uses this version's rows.
+        let entry = self
+            .registry
+            .get(task)
+            .ok_or_else(|| Error::UnknownTask(task.chars().take(128).collect()))?;
+        let input = input?;
+        Ok(self.predict_entry(&entry, input, &admission).await?)
+    }
+
+    async fn predict_entry(
+        &self,
+        entry: &Arc<Entry>,
+        input: PredictInput,
+        admission: &Admission,
+    ) -> Result<PredictResponse, Error> {
+        // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
+        let (svc, slot) = (self.clone(), entry.slot.clone());
+        let valid = tokio::task::spawn_blocking(move || svc.validate(&slot, input))
+            .await
+            .map_err(|e| Error::task_failed("validation task", e))??;
+        let task = &entry.info.task;
+        let units = valid
+            .rows
+            .into_iter()
+            .map(|r| Unit {
+                key: task.clone(),
+                rows: vec![r],
+            })
+            .collect();
+        let answers: Vec<RowOutput> = self
+            .run_units(units, &admission.share)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut outputs = Vec::with_capacity(answers.len());
+        for out in answers {
+            let text = self
+                .tokenizer
+                .decode(&out.token_ids)
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            let label = out
+                .scores
+                .as_deref()
+                .and_then(|s| best_label(&valid.labels, s))
+                .map(str::to_string);
+            outputs.push(Output {
+                text,
+                token_ids: out.token_ids,
+                scores: out.scores,
+                label,
+            });
+        }
+        Ok(PredictResponse {
+            task: entry.info.task.clone(),
+            prompt_version: entry.info.version,
+            outputs,
+        })
+    }
+
+    /// The request's texts: at least one, at most --max-inputs, and no more rows than one
+    /// request may queue.
+    pub(crate) fn check_inputs(&self, inputs: &[String]) -> Result<(), Error> {
+        if inputs.is_empty() {
+            return Err(Error::Invalid(
+                "`inputs` must be a string or a non-empty array of strings".into(),
+            ));
+        }
+        let max = self.limits.max_inputs;
+        if inputs.len() > max {
+            return Err(Error::Invalid(format!(
+                "{} inputs; the limit is {max} per request (--max-inputs)",
+                inputs.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tokenizes every input for `slot`.
+    pub(crate) fn validate(
+        &self,
+        slot: &Arc<PromptSlot>,
+        req: PredictInput,
+    ) -> Result<ValidRequest, Error> {
+        let texts = req.inputs;
+        self.check_inputs(&texts)?;
+        let most = self.batcher.max_request_rows();
+        if texts.len() > most {
+            return Err(Error::Invalid(format!(
+                "{} inputs; one request may queue at most {most} rows (--max-queue-per-task)",
+                texts.len()
+            )));
+        }
+        let labels = req.labels.unwrap_or_default();
+        let rows = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                build_row(
+                    &self.tokenizer,
+                    &self.limits.row,
+                    Some(slot.clone()),
+                    text,
+                    req.max_new_tokens,
+                    &labels,
+                )
+                .map_err(|why| refusal(&at(i, texts.len()), why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ValidRequest { rows, labels })
+    }
+
+    /// Admits the caller under its tenant's rate and in-flight quotas.
+    pub(crate) fn admit(&self, caller: &Caller) -> Result<Admission, Error> {
+        match caller {
+            Caller::Open => Ok(Admission {
+                _in_flight: None,
+                share: Share::default(),
+            }),
+            Caller::Tenant(t) => {
+                let guard = t.limiter.admit().map_err(|refusal| {
+                    self.reject(caller, crate::metrics::Rejection::RateLimited);
+                    Error::from(refusal)
+                })?;
+                Ok(Admission {
+                    _in_flight: Some(guard),
+                    share: Share {
+                        tenant: Arc::from(t.name.as_str()),
+                        weight: t.weight,
+                    },
+                })
+            }
+        }
+    }
+
+    /// Queues `units` (all or none), waits for every row within the request timeout and
+    /// returns the rows' outputs unit by unit; the first failed row fails the request.
+    pub(crate) async fn run_units(
+        &self,
+        units: Vec<Unit>,
+        share: &Share,
+    ) -> Result<Vec<Vec<RowOutput>>, Error> {
+        let mut tickets = self
+            .batcher
+            .submit_units(units, share)
+            .map_err(|e| match e {
+                Refused::Full { queued, max, .. } => Error::QueueFull { queued, max },
+                Refused::TaskFull { task, queued, max } => {
+                    Error::TaskQueueFull { task, queued, max }
+                }
+                Refused::Closed => Error::Unavailable("the server is shutting down".into()),
+            })?;
+        let timeout = self.limits.request_timeout;
+        let answers = if timeout.is_zero() {
+            answers(&mut tickets).await
+        } else {
+            tokio::time::timeout(timeout, answers(&mut tickets))
+                .await
+                .map_err(|_| Error::Timeout(timeout.as_millis() as u64))?
+        };
+        answers
+            .into_iter()
+            .map(|unit| {
+                unit.into_iter()
+                    .map(|answer| {
+                        answer.map_err(|e| match e {
+                            // Every engine failure is the server's (rows are validated before
+                            // they queue).
+                            RowError::Engine(why) => {
+                                Error::Internal(format!("inference failed: {why}"))
+                            }
+                            RowError::Stopped => {
+                                Error::Unavailable("the engine is not running".into())
+                            }
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Where an input's error is: `inputs[i]: ` when the request has several.
+pub(crate) fn at(i: usize, n: usize) -> String {
+    if n > 1 {
+        format!("inputs[{i}]: ")
+    } else {
+        String::new()
+    }
+}
+
+/// Awaits every row's answer, unit by unit, in order.
+async fn answers(tickets: &mut [Vec<Ticket>]) -> Vec<Vec<RowReply>> {
+    let mut out = Vec::with_capacity(tickets.len());
+    for unit in tickets.iter_mut() {
+        let mut replies = Vec::with_capacity(unit.len());
+        for t in unit.iter_mut() {
+            replies.push(t.answer().await);
+        }
+        out.push(replies);
+    }
+    out
+}

@@ -1,0 +1,544 @@
+//! The tuning-job lifecycle on the server's own frozen model: start (validate, hand to the
+//! engine), complete (install the prompt, or keep it as a candidate when it scores worse on
+//! dev than the task's current prompt), promote a candidate, cancel, list. A finished job's
+//! prompt is stored through the same path as an upload (atomic, versioned, audited). Records of
+//! jobs interrupted by a restart are recovered as failed by [`crate::tune::jobs::JobTable`].
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+use super::prompts::Upload;
+use super::{Error, Service};
+use crate::prompts::TaskName;
+use crate::tenants::Caller;
+use crate::tune::jobs::{now_ms, Job, JobState, JobStatus, JobTable};
+use crate::tune::output::prompt_file_bytes;
+use crate::tune::scheduler::{TuneFinished, TuneWork};
+use crate::tune::tuner::{Duration, Prepared};
+use crate::tune::{Example, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneSettings};
+
+/// Caps on tuning jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct TuneLimits {
+    /// Training plus dev rows per job.
+    pub max_rows: usize,
+    /// Steps per job.
+    pub max_steps: usize,
+    /// Rows per step.
+    pub max_batch_size: usize,
+    /// Queued or running jobs per tenant.
+    pub max_jobs_per_tenant: usize,
+    /// Request body bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for TuneLimits {
+    fn default() -> Self {
+        Self {
+            max_rows: 10_000,
+            max_steps: 20_000,
+            max_batch_size: 64,
+            max_jobs_per_tenant: 2,
+            max_body_bytes: 16 << 20,
+        }
+    }
+}
+
+/// The server's tuning jobs.
+pub struct TuneService {
+    /// Every job, with records under `<prompts>/.tune-jobs/`.
+    pub jobs: JobTable,
+    /// Caps.
+    pub limits: TuneLimits,
+}
+
+/// Body of `POST /v1/tasks/{task}/tune`; absent fields take `promptd tune`'s defaults.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TuneRequest {
+    /// Training examples.
+    pub train: Vec<Example>,
+    /// Dev examples: evaluated during the run; the best prompt is kept.
+    #[serde(default)]
+    pub dev: Vec<Example>,
+    /// Prompt rows (default 100).
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub prompt_length: Option<usize>,
+    /// Optimizer steps (default 1000 unless `epochs`).
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub steps: Option<usize>,
+    /// Passes over the training rows instead of `steps`.
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub epochs: Option<usize>,
+    /// class-labels | sampled-vocab | random-uniform | text:WORDS (default class-labels).
+    pub init: Option<String>,
+    /// adafactor | adam | sgd (default adafactor).
+    pub optimizer: Option<String>,
+    /// Learning rate (default 0.3 adafactor, 0.01 adam, 1.0 sgd).
+    pub lr: Option<f64>,
+    /// Weight decay (default 1e-5 adafactor, 0 otherwise).
+    pub weight_decay: Option<f64>,
+    /// Gradient clipping by global norm.
+    pub clip_grad_norm: Option<f64>,
+    /// Rows per step (default 32).
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub batch_size: Option<usize>,
+    /// Class labels (default: the distinct targets).
+    pub labels: Option<Vec<String>>,
+    /// accuracy | exact-match | rank-accuracy (default accuracy).
+    pub metric: Option<String>,
+    /// Evaluate on dev every this many steps (default 100).
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub eval_every: Option<usize>,
+    /// Stop after this many evaluations without improvement.
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub patience: Option<usize>,
+    /// Training dropout (default: the model's).
+    pub dropout: Option<f64>,
+    /// Seed (default 0).
+    pub seed: Option<u64>,
+}
+
+/// Longest `text:` initial prompt accepted over HTTP (it is tokenized on the engine thread).
+const MAX_INIT_TEXT_BYTES: usize = 64 << 10;
+
+fn invalid(why: impl Into<String>) -> Error {
+    Error::Invalid(why.into())
+}
+
+fn parse_enum<T: std::str::FromStr<Err = String>>(
+    v: &Option<String>,
+    default: T,
+) -> Result<T, Error> {
+    match v {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(invalid),
+    }
+}
+
+/// Checks a request against the caps and turns it into settings.
+fn settings(
+    req: &TuneRequest,
+    limits: &TuneLimits,
+    max_prompt_length: usize,
+    max_labels: usize,
+) -> Result<TuneSettings, Error> {
+    if req.train.is_empty() {
+        return Err(invalid(
+            "`train` needs at least one {\"input\", \"target\"} row",
+        ));
+    }
+    let rows = req.train.len() + req.dev.len();
+    if rows > limits.max_rows {
+        return Err(invalid(format!(
+            "{rows} training and dev rows; the limit is {} (--tune-max-rows)",
+            limits.max_rows
+        )));
+    }
+    let duration = match (req.steps, req.epochs) {
+        (Some(_), Some(_)) => return Err(invalid("give `steps` or `epochs`, not both")),
+        (_, Some(e)) => Duration::Epochs(e),
+        (Some(n), None) => Duration::Steps(n),
+        (None, None) => Duration::Steps(1000),
+    };
+    let batch_size = req.batch_size.unwrap_or(32);
+    if batch_size == 0 || batch_size > limits.max_batch_size {
+        return Err(invalid(format!(
+            "batch_size {batch_size} is outside 1..={} (--tune-max-batch-size)",
+            limits.max_batch_size
+        )));
+    }
+    let steps = match duration {
+        Duration::Steps(n) => n,
+        Duration::Epochs(e) => e.saturating_mul(req.train.len().div_ceil(batch_size)),
+    };
+    if steps == 0 || steps > limits.max_steps {
+        return Err(invalid(format!(
+            "{steps} steps; allowed 1..={} (--tune-max-steps)",
+            limits.max_steps
+        )));
+    }
+    let prompt_length = req
+        .prompt_length
+        .unwrap_or(crate::tune::tuner::DEFAULT_PROMPT_LENGTH);
+    if prompt_length == 0 || prompt_length > max_prompt_length {
+        return Err(invalid(format!(
+            "prompt_length {prompt_length} is outside 1..={max_prompt_length} (the max prompt length)"
+        )));
+    }
+    let init: InitSpec = parse_enum(&req.init, InitSpec::ClassLabels)?;
+    match &init {
+        InitSpec::File(_) => {
+            return Err(invalid(
+                "init file:PATH reads the server's disk and is only for `promptd tune`",
+            ))
+        }
+        InitSpec::Text(text) if text.len() > MAX_INIT_TEXT_BYTES => {
+            return Err(invalid(format!(
+                "init text is {} bytes; the limit is {MAX_INIT_TEXT_BYTES}",
+                text.len()
+            )))
+        }
+        _ => {}
+    }
+    // Rank classification scores every label for every dev row.
+    let metric: Metric = parse_enum(&req.metric, Metric::Accuracy)?;
+    let labels = crate::tune::metric::label_set(
+        req.labels.as_deref().unwrap_or_default(),
+        req.train.iter().chain(&req.dev),
+    );
+    if metric == Metric::RankAccuracy && labels.len() > max_labels {
+        return Err(invalid(format!(
+            "{} labels (given, or distinct targets); the limit is {max_labels} (--max-labels)",
+            labels.len()
+        )));
+    }
+    let kind: OptimizerKind = parse_enum(&req.optimizer, OptimizerKind::Adafactor)?;
+    let mut optimizer = OptimizerSettings::defaults(kind);
+    optimizer.lr = req.lr.unwrap_or(optimizer.lr);
+    optimizer.weight_decay = req.weight_decay.unwrap_or(optimizer.weight_decay);
+    optimizer.clip_grad_norm = req.clip_grad_norm;
+    let mut s = TuneSettings::new(duration);
+    s.prompt_length = Some(prompt_length);
+    s.init = init;
+    s.labels = req.labels.clone().unwrap_or_default();
+    s.optimizer = optimizer;
+    s.batch_size = batch_size;
+    s.eval_every = req.eval_every.unwrap_or(s.eval_every);
+    s.patience = req.patience;
+    s.metric = metric;
+    s.dropout = req.dropout;
+    s.seed = req.seed.unwrap_or(0);
+    s.validate().map_err(|e| invalid(e.to_string()))?;
+    Ok(s)
+}
+
+impl Service {
+    /// Starts tuning `task`'s prompt on the served model: validates the request and hands the
+    /// job to the engine, which steps it between serving passes. Only a caller allowed to
+    /// write the task may tune it.
+    pub async fn start_tune(
+        &self,
+        caller: &Caller,
+        task: TaskName,
+        req: TuneRequest,
+    ) -> Result<JobStatus, Error> {
+        self.check_serving()?;
+        self.authorize_prompt_write(caller, &task)?;
+        let service = self.tuning.clone();
+        let mut max_len = self.registry.limits().max_rows;
+        if let Caller::Tenant(t) = caller {
+            max_len = max_len.min(t.max_prompt_length);
+        }
+        let settings = settings(&req, &service.limits, max_len, self.limits.row.max_labels)?;
+        let total = match settings.duration {
+            Duration::Steps(n) => n,
+            Duration::Epochs(e) => e.saturating_mul(req.train.len().div_ceil(settings.batch_size)),
+        };
+        // The task's label set, kept with the job for reading the prompt later (neighbors).
+        let labels =
+            crate::tune::metric::label_set(&settings.labels, req.train.iter().chain(&req.dev));
+        // Tokenizing thousands of rows is CPU work: off the runtime, and off the engine thread.
+        let data = {
+            let (tokenizer, settings) = (self.tokenizer.clone(), settings.clone());
+            tokio::task::spawn_blocking(move || {
+                Prepared::new(&tokenizer, &settings, &req.train, &req.dev)
+            })
+            .await
+            .map_err(|e| Error::task_failed("preparing the tuning data", e))?
+            .map_err(|e| invalid(e.to_string()))?
+        };
+        let active = service.jobs.active_for(caller.name());
+        if active >= service.limits.max_jobs_per_tenant {
+            return Err(Error::RateLimited {
+            why: format!(
+                "tenant {:?} already has {active} tuning jobs queued or running (--tune-max-jobs-per-tenant)",
+                caller.name()
+            ),
+            retry_after_s: 60,
+        });
+        }
+        let job = service
+            .jobs
+            .create(
+                task.as_str(),
+                caller.name(),
+                total,
+                &settings.metric.to_string(),
+            )
+            .map_err(records_error)?;
+        if labels.len() <= super::neighbors::MAX_REPORT_LABELS {
+            job.status.lock().labels = labels;
+        }
+        let current = self.registry.get(task.as_str()).map(|e| e.slot.clone());
+        let (done, finished) = oneshot::channel();
+        let status = job.snapshot();
+        let work = TuneWork {
+            job: job.clone(),
+            settings,
+            data: Some(data),
+            tokenizer: self.tokenizer.clone(),
+            current,
+            done,
+        };
+        if self.engine.tune(work).is_err() {
+            fail(&service.jobs, &job, "the engine is not running");
+            return Err(Error::Unavailable("the engine is not running".into()));
+        }
+        tokio::spawn(
+            self.clone()
+                .complete(caller.clone(), task, status.id.clone(), finished),
+        );
+        tracing::info!(job = %status.id, task = %status.task, tenant = caller.name(), steps = total, "tuning job accepted");
+        Ok(status)
+    }
+}
+
+fn fail(jobs: &JobTable, job: &Job, why: &str) {
+    {
+        let mut s = job.status.lock();
+        s.state = JobState::Failed;
+        s.error = Some(why.to_string());
+        s.finished_ms = Some(now_ms());
+    }
+    if let Err(e) = jobs.persist(job) {
+        tracing::error!("recording tuning job: {e}");
+    }
+}
+
+/// Waits for the engine to finish a job, then installs its prompt or keeps it as a candidate.
+impl Service {
+    async fn complete(
+        self,
+        caller: Caller,
+        task: TaskName,
+        job_id: String,
+        finished: oneshot::Receiver<TuneFinished>,
+    ) {
+        let jobs = &self.tuning.jobs;
+        let mut finished = std::pin::pin!(finished);
+        let mut beat = tokio::time::interval(std::time::Duration::from_millis(
+            crate::tune::jobs::HEARTBEAT_MS,
+        ));
+        let done = loop {
+            tokio::select! {
+                done = &mut finished => break done,
+                _ = beat.tick() => {
+                    // Progress on disk, and proof of life for other replicas sharing the folder.
+                    if let Some(job) = jobs.get(&job_id) {
+                        if let Err(e) = jobs.persist(&job) {
+                            tracing::warn!("recording tuning job progress: {e}");
+                        }
+                    }
+                }
+            }
+        };
+        let Ok(TuneFinished { job, result }) = done else {
+            return;
+        };
+        match result {
+            None | Some(Err(_)) => {
+                if let Err(e) = jobs.persist(&job) {
+                    tracing::error!("recording tuning job: {e}");
+                }
+            }
+            Some(Ok(done)) => {
+                let worse =
+                    matches!((done.best_metric, done.current_metric), (Some(b), Some(c)) if b < c);
+                {
+                    let mut s = job.status.lock();
+                    s.current_metric = done.current_metric;
+                }
+                if worse {
+                    match jobs.save_candidate(&job.snapshot().id, &done.rows) {
+                        Ok(()) => {
+                            let mut s = job.status.lock();
+                            s.state = JobState::Candidate;
+                            s.finished_ms = Some(now_ms());
+                        }
+                        Err(e) => fail(jobs, &job, &format!("saving the candidate prompt: {e}")),
+                    }
+                    let _ = jobs.persist(&job);
+                    return;
+                }
+                self.install(&caller, &task, &job, &done.rows).await;
+            }
+        }
+    }
+
+    /// Stores `rows` as `task`'s next version through the upload path.
+    async fn install(
+        &self,
+        caller: &Caller,
+        task: &TaskName,
+        job: &Job,
+        rows: &crate::prompts::PromptRows,
+    ) {
+        let jobs = &self.tuning.jobs;
+        let stored = match prompt_file_bytes(rows) {
+            Ok(bytes) => self
+                .put_prompt(caller, Ok((task.clone(), Upload::Tensor(bytes))))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok((info, _)) => {
+                let mut s = job.status.lock();
+                s.state = JobState::Succeeded;
+                s.version = Some(info.version);
+                s.finished_ms = Some(now_ms());
+                tracing::info!(job = %s.id, task = %task, version = info.version, "tuned prompt installed");
+            }
+            Err(why) => fail(jobs, job, &format!("storing the tuned prompt: {why}")),
+        }
+        if let Err(e) = jobs.persist(job) {
+            tracing::error!("recording tuning job: {e}");
+        }
+    }
+
+    fn visible(&self, caller: &Caller, id: &str) -> Result<Arc<Job>, Error> {
+        let job = self
+            .tuning
+            .jobs
+            .get(id)
+            .ok_or_else(|| Error::UnknownJob(truncate(id)))?;
+        let owner = job.status.lock().tenant.clone();
+        if caller.is_admin() || owner == caller.name() {
+            Ok(job)
+        } else {
+            Err(self.forbidden(caller, "the tuning job belongs to another tenant"))
+        }
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+impl Service {
+    /// One tuning job's status (state, step, loss, dev metric, ETA), if the caller may see it.
+    pub fn tune_job(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        Ok(self.visible(caller, id)?.snapshot())
+    }
+
+    /// The caller's jobs (every job for an admin), oldest first. Shared by HTTP and gRPC.
+    pub fn list_tune_jobs(&self, caller: &Caller) -> Vec<JobStatus> {
+        let mut jobs = self.tuning.jobs.all();
+        if !caller.is_admin() {
+            jobs.retain(|j| j.tenant == caller.name());
+        }
+        jobs
+    }
+
+    /// Cancels a queued or running job: the engine stops it at its next step; nothing is
+    /// installed.
+    pub fn cancel_tune(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        let job = self.visible(caller, id)?;
+        let status = job.snapshot();
+        if !status.state.is_active() {
+            return Err(Error::Conflict(format!(
+                "tuning job {} has already ended ({})",
+                status.id,
+                status.state.as_str()
+            )));
+        }
+        job.cancel.store(true, Ordering::Release);
+        Ok(status)
+    }
+
+    /// Installs a candidate (a job whose prompt scored below the task's current one) as its
+    /// task's next version.
+    pub async fn promote_tune(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        self.check_serving()?;
+        let job = self.visible(caller, id)?;
+        let status = job.snapshot();
+        if status.state != JobState::Candidate {
+            return Err(Error::Conflict(format!(
+                "tuning job {} is {}, not a candidate",
+                status.id,
+                status.state.as_str()
+            )));
+        }
+        let task = TaskName::parse(&status.task)?;
+        self.authorize_prompt_write(caller, &task)?;
+        let path = self.tuning.jobs.candidate_path(&status.id);
+        let bytes = tokio::fs::read(&path)
+            .await
+            .map_err(|e| Error::from_io(e.kind(), format!("reading the candidate prompt: {e}")))?;
+        let (info, _) = self
+            .put_prompt(caller, Ok((task, Upload::Tensor(bytes))))
+            .await?;
+        {
+            let mut s = job.status.lock();
+            s.state = JobState::Succeeded;
+            s.version = Some(info.version);
+        }
+        self.tuning.jobs.persist(&job).map_err(records_error)?;
+        Ok(job.snapshot())
+    }
+}
+
+/// A job record that could not be written: by its I/O kind (a full disk is 507).
+fn records_error(e: crate::tune::TuneError) -> Error {
+    match &e {
+        crate::tune::TuneError::Io { source, .. } => Error::from_io(source.kind(), e.to_string()),
+        _ => Error::Internal(e.to_string()),
+    }
+}
+
+impl TuneService {
+    /// Sets the tuning metrics from the job table (called at each scrape): jobs by state,
+    /// steps and engine seconds summed over every job, the loss of each active job. Only this
+    /// replica's jobs count (records of others sharing the folder would be counted twice).
+    pub fn update_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let mut all = self.jobs.all();
+        all.retain(|j| j.replica == self.jobs.replica());
+        for state in JobState::ALL {
+            let n = all.iter().filter(|j| j.state == state).count();
+            metrics
+                .tune_jobs
+                .with_label_values(&[state.as_str()])
+                .set(n as i64);
+        }
+        let steps: f64 = all.iter().map(|j| j.step as f64).sum();
+        let secs: f64 = all.iter().map(|j| j.engine_seconds).sum();
+        // Counters only move up: every job stays in the table and its totals only grow.
+        metrics
+            .tune_steps
+            .inc_by((steps - metrics.tune_steps.get()).max(0.0));
+        metrics
+            .tune_engine_seconds
+            .inc_by((secs - metrics.tune_engine_seconds.get()).max(0.0));
+        metrics.tune_loss.reset();
+        for j in all.iter().filter(|j| j.state.is_active()) {
+            if let Some(loss) = j.loss {
+                metrics.tune_loss.with_label_values(&[&j.id]).set(loss);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropout_just_under_one_is_taken_as_sent() {
+        // The largest double below 1: a parser that rounds it to 1.0 would refuse it as "got 1".
+        let req: TuneRequest = serde_json::from_str(
+            r#"{"train": [{"input": "a", "target": "b"}], "dropout": 0.9999999999999999}"#,
+        )
+        .unwrap();
+        assert!(req.dropout.unwrap() < 1.0);
+        let s = settings(&req, &TuneLimits::default(), 100, 10).unwrap();
+        assert_eq!(s.dropout, req.dropout);
+        let req: TuneRequest =
+            serde_json::from_str(r#"{"train": [{"input": "a", "target": "b"}], "dropout": 1.0}"#)
+                .unwrap();
+        let e = settings(&req, &TuneLimits::default(), 100, 10).unwrap_err();
+        assert_eq!(e.error_type(), "validation");
+    }
+}

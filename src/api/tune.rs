@@ -59,6 +59,8 @@ pub struct TuneService {
     pub jobs: JobTable,
     /// Caps.
     pub limits: TuneLimits,
+    /// Where jobs go to the engine thread.
+    pub queue: crate::tune::scheduler::TuneQueue,
 }
 
 /// Body of `POST /v1/tasks/{task}/tune`; absent fields take `promptd tune`'s defaults.
@@ -334,7 +336,7 @@ pub async fn start_job(
         current,
         done,
     };
-    if state.engine.tune(work).is_err() {
+    if service.queue.submit(work).is_err() {
         fail(&service.jobs, &job, "the engine is not running");
         return Err(ApiError::Unavailable("the engine is not running".into()));
     }

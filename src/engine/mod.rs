@@ -8,6 +8,7 @@ pub mod continuous;
 pub mod device;
 pub mod neighbors;
 pub mod score;
+pub mod side;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

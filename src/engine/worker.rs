@@ -10,11 +10,11 @@ use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
 use super::continuous::{Admitted, Joining, Running};
+use super::side::SideWork;
 use super::{
     guarded, BatchStats, Engine, EngineError, PromptRows, PromptSlot, RowInput, RowOutput,
 };
 use crate::model::{ModelOptions, T5Model};
-use crate::tune::scheduler::{TuneScheduler, TuneWork};
 
 /// What the engine thread needs to start.
 #[derive(Debug, Clone)]
@@ -27,8 +27,6 @@ pub struct EngineConfig {
     pub kind: Kind,
     /// Padded encoder positions per forward pass.
     pub max_batch_tokens: u64,
-    /// Most of the engine's recent time tuning jobs may take while serving is busy.
-    pub tune_share: f64,
 }
 
 /// Engine life cycle, published on a watch channel.
@@ -72,7 +70,8 @@ enum Job {
         rows: usize,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
-    Tune(Box<TuneWork>),
+    /// Side work was submitted: stop waiting for a job.
+    Wake,
     Neighbors {
         slot: Arc<PromptSlot>,
         k: usize,
@@ -99,17 +98,26 @@ pub struct EngineHandle {
     state: watch::Receiver<EngineState>,
 }
 
-/// Starts the engine thread. It loads the model, then takes jobs until every handle is dropped.
-pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+/// Starts the engine thread. It loads the model, then takes jobs, stepping `side` between
+/// serving passes, until every handle is dropped.
+pub fn spawn(
+    cfg: EngineConfig,
+    side: Box<dyn SideWork>,
+) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || run(cfg, rx, state_tx))?;
+        .spawn(move || run(cfg, side, rx, state_tx))?;
     Ok((EngineHandle { jobs, state }, thread))
 }
 
-fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<EngineState>) {
+fn run(
+    cfg: EngineConfig,
+    mut side: Box<dyn SideWork>,
+    jobs: mpsc::Receiver<Job>,
+    state: watch::Sender<EngineState>,
+) {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let opts = ModelOptions {
@@ -134,17 +142,16 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
     );
     state.send_replace(EngineState::Ready);
     let mut running = Running::new(engine.model());
-    let mut tuning = TuneScheduler::new(cfg.tune_share);
     loop {
-        // Between decode steps, take every job that waits; with nothing decoding or tuning,
-        // wait for one.
-        let job = if running.is_empty() && !tuning.has_work() {
+        // Between decode steps, take every job that waits; with nothing decoding and no side
+        // work, wait for one.
+        let job = if running.is_empty() && !side.has_work() {
             match jobs.recv() {
                 Ok(job) => Some(job),
                 Err(_) => break,
             }
-        } else if running.is_empty() && !tuning.may_step(true) {
-            // Tuning waits for its share or for the engine to be idle a moment: wait for a job
+        } else if running.is_empty() && !side.may_step(true) {
+            // Side work waits for its share or for the engine to be idle a moment: wait for a job
             // a little instead of spinning.
             match jobs.recv_timeout(Duration::from_millis(10)) {
                 Ok(job) => Some(job),
@@ -163,7 +170,8 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
         let busy = !idle;
         let serving = Instant::now();
         match job {
-            Some(Job::Tune(work)) => tuning.submit(*work),
+            // The side work takes in what was submitted when asked for work next.
+            Some(Job::Wake) => {}
             Some(Job::Run { rows, reply }) => {
                 let t = Instant::now();
                 let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
@@ -204,12 +212,15 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             None => {}
         }
         running.step(engine.model());
-        tuning.note_serving(serving.elapsed(), busy);
-        if tuning.may_step(idle) {
-            tuning.step(&mut engine);
+        side.note_serving(serving.elapsed(), busy);
+        if side.may_step(idle) {
+            side.step(&mut engine);
         }
     }
-    tuning.fail_all("the server stopped before the job ended");
+    // Closed first: a submission either fails to wake the engine (its submitter fails it) or
+    // is already queued, and is failed here.
+    drop(jobs);
+    side.fail_all("the server stopped before the job ended");
     state.send_replace(EngineState::Stopped);
     tracing::info!("engine stopped");
 }
@@ -293,11 +304,10 @@ impl EngineHandle {
         rx.await.map_err(|_| WorkerError::Stopped)
     }
 
-    /// Hands a tuning job to the engine thread, which steps it between serving passes.
-    pub fn tune(&self, work: TuneWork) -> Result<(), WorkerError> {
-        self.jobs
-            .send(Job::Tune(Box::new(work)))
-            .map_err(|_| WorkerError::Stopped)
+    /// Wakes the engine thread after side work was submitted, so it takes the work in; fails
+    /// once the thread has stopped taking jobs.
+    pub fn wake(&self) -> Result<(), WorkerError> {
+        self.jobs.send(Job::Wake).map_err(|_| WorkerError::Stopped)
     }
 
     /// Writes prompts' encoder rows into the bank; one result per prompt, in order.

@@ -24,6 +24,7 @@ use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
 use crate::tenants::Tenants;
 use crate::tune::jobs::JobTable;
+use crate::tune::scheduler::{TuneQueue, TuneScheduler};
 
 pub use http::ConnectionLimits;
 
@@ -186,14 +187,15 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
     let device = config.device.resolve().map_err(ServerError::Device)?;
     let kind = config.dtype.resolve(device);
     let metrics = Arc::new(Metrics::new(config.metrics_max_tasks));
-    let (engine, engine_thread) = worker::spawn(EngineConfig {
+    let (scheduler, submitted) = TuneScheduler::new(config.tune_share);
+    let engine_config = EngineConfig {
         model_dir: config.model.clone(),
         device,
         kind,
         max_batch_tokens: config.policy.max_batch_tokens,
-        tune_share: config.tune_share,
-    })
-    .map_err(ServerError::EngineThread)?;
+    };
+    let (engine, engine_thread) =
+        worker::spawn(engine_config, Box::new(scheduler)).map_err(ServerError::EngineThread)?;
     let prompts_error = |source| ServerError::Prompts {
         path: config.prompts.clone(),
         source,
@@ -207,6 +209,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
             max_batch_size: config.tune.max_batch_size.max(1),
             ..config.tune
         },
+        queue: TuneQueue::new(submitted, engine.clone()),
     });
     let store = Store::open(&config.prompts).map_err(prompts_error)?;
     let registry = Arc::new(Registry::new(
@@ -291,7 +294,6 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let batcher = state.batcher.clone();
     let lifecycle = state.lifecycle.clone();
-    let tuning = state.tuning.clone();
     let batcher_task = tokio::spawn(supervise_batcher(state.clone()));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartupError>(1);
     let startup = {
@@ -363,9 +365,11 @@ pub async fn serve(
     startup.abort();
     let _ = startup.await;
     tenant_watch.abort();
-    tuning
+    state
+        .tuning
         .jobs
         .fail_active("the server shut down before the job ended");
+    // The tuning queue holds an engine handle too.
     drop(state);
     // Every engine handle is gone now; the engine thread ends after its current job.
     let joined = tokio::time::timeout(

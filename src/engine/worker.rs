@@ -1,6 +1,8 @@
 //! The engine thread: one named OS thread owns the model and the prompt bank and runs jobs
-//! one at a time; between jobs it steps the running decode batch (continuous batching). Async
-//! code talks to it through [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between batches, so the bank has a single writer.
+//! one at a time; between jobs it steps the running decode batch (the one decoder: rows join it
+//! at a step boundary, [`EngineHandle::join`]) and side work. Async code talks to it through
+//! [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between
+//! batches, so the bank has a single writer.
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -11,9 +13,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::continuous::{Admitted, Joining, Running};
 use super::side::SideWork;
-use super::{
-    guarded, BatchStats, Engine, EngineError, PromptRows, PromptSlot, RowInput, RowOutput,
-};
+use super::{guarded, Engine, EngineError, PromptRows, PromptSlot};
 use crate::model::{ModelOptions, T5Model};
 
 /// What the engine thread needs to start.
@@ -42,22 +42,7 @@ pub enum EngineState {
     Stopped,
 }
 
-/// Result of one batch job.
-#[derive(Debug)]
-pub struct BatchDone {
-    /// Each row's output, in order.
-    pub outputs: Vec<Result<RowOutput, EngineError>>,
-    /// Cost of each forward pass it took.
-    pub passes: Vec<BatchStats>,
-    /// Engine time.
-    pub elapsed: Duration,
-}
-
 enum Job {
-    Run {
-        rows: Vec<RowInput>,
-        reply: oneshot::Sender<BatchDone>,
-    },
     Register {
         prompts: Vec<PromptRows>,
         reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, EngineError>>>,
@@ -172,15 +157,6 @@ fn run(
         match job {
             // The side work takes in what was submitted when asked for work next.
             Some(Job::Wake) => {}
-            Some(Job::Run { rows, reply }) => {
-                let t = Instant::now();
-                let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
-                let _ = reply.send(BatchDone {
-                    outputs,
-                    passes,
-                    elapsed: t.elapsed(),
-                });
-            }
             Some(Job::Register { prompts, reply }) => {
                 // Like every job, inside guarded(): a panic fails this job, not the thread.
                 let rows = prompts.iter().map(|p| p.rows).sum();
@@ -253,15 +229,6 @@ impl EngineHandle {
                 return Err("engine thread exited".into());
             }
         }
-    }
-
-    /// Runs rows as one batch job (split only by the token budget).
-    pub async fn run(&self, rows: Vec<RowInput>) -> Result<BatchDone, WorkerError> {
-        let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Run { rows, reply })
-            .map_err(|_| WorkerError::Stopped)?;
-        rx.await.map_err(|_| WorkerError::Stopped)
     }
 
     /// Adds rows to the running decode batch at the next step boundary (continuous batching).

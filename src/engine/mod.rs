@@ -113,7 +113,7 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T
 /// The token budget of one forward pass, used by the batcher and the engine alike: whether
 /// `more` rows may join a pass of `rows` rows when the longest row of them all then has
 /// `widest` encoder positions, i.e. the padded size (rows × longest row) stays within
-/// `max_tokens`. The first rows of a pass always fit, so a row longer than the budget runs.
+/// `max_tokens`. The first rows of a pass always fit: a row longer than the budget runs alone.
 pub fn within_token_budget(rows: usize, more: usize, widest: usize, max_tokens: u64) -> bool {
     rows == 0 || (rows + more) as u64 * widest as u64 <= max_tokens
 }

@@ -7,7 +7,7 @@ use super::Engine;
 
 /// Work stepped on the engine thread between serving passes, within a share of engine time.
 /// The engine calls [`SideWork::has_work`] before it blocks waiting for a job; whoever
-/// submits side work wakes it with [`super::worker::EngineHandle::wake`] after submitting.
+/// submits side work wakes it with a [`super::worker::EngineWaker`] after submitting.
 pub trait SideWork: Send {
     /// Whether any work waits for steps (taking in work submitted since the last call).
     fn has_work(&mut self) -> bool;

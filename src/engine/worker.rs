@@ -5,7 +5,7 @@
 //! batches, so the bank has a single writer.
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind};
@@ -79,8 +79,23 @@ pub enum WorkerError {
 /// Cloneable handle to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    jobs: mpsc::Sender<Job>,
+    /// Shared by every clone: the thread stops once the last clone is dropped.
+    jobs: Arc<mpsc::Sender<Job>>,
     state: watch::Receiver<EngineState>,
+}
+
+/// Wakes the engine thread after side work was submitted ([`EngineHandle::waker`]). It does
+/// not keep the thread running: once every handle is gone, waking fails.
+#[derive(Clone)]
+pub struct EngineWaker(Weak<mpsc::Sender<Job>>);
+
+impl EngineWaker {
+    /// Makes the engine thread take in the submitted side work; fails once the thread has
+    /// stopped taking jobs (or is stopping: every handle is gone).
+    pub fn wake(&self) -> Result<(), WorkerError> {
+        let jobs = self.0.upgrade().ok_or(WorkerError::Stopped)?;
+        jobs.send(Job::Wake).map_err(|_| WorkerError::Stopped)
+    }
 }
 
 /// Starts the engine thread. It loads the model, then takes jobs, stepping `side` between
@@ -94,6 +109,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || run(cfg, side, rx, state_tx))?;
+    let jobs = Arc::new(jobs);
     Ok((EngineHandle { jobs, state }, thread))
 }
 
@@ -271,10 +287,9 @@ impl EngineHandle {
         rx.await.map_err(|_| WorkerError::Stopped)
     }
 
-    /// Wakes the engine thread after side work was submitted, so it takes the work in; fails
-    /// once the thread has stopped taking jobs.
-    pub fn wake(&self) -> Result<(), WorkerError> {
-        self.jobs.send(Job::Wake).map_err(|_| WorkerError::Stopped)
+    /// What wakes the engine thread when side work is submitted (without keeping it running).
+    pub fn waker(&self) -> EngineWaker {
+        EngineWaker(Arc::downgrade(&self.jobs))
     }
 
     /// Writes prompts' encoder rows into the bank; one result per prompt, in order.

@@ -209,7 +209,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
             max_batch_size: config.tune.max_batch_size.max(1),
             ..config.tune
         },
-        queue: TuneQueue::new(submitted, engine.clone()),
+        queue: TuneQueue::new(submitted, engine.waker()),
     });
     let store = Store::open(&config.prompts).map_err(prompts_error)?;
     let registry = Arc::new(Registry::new(
@@ -294,6 +294,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let batcher = state.batcher.clone();
     let lifecycle = state.lifecycle.clone();
+    let tuning = state.tuning.clone();
     let batcher_task = tokio::spawn(supervise_batcher(state.clone()));
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<StartupError>(1);
     let startup = {
@@ -365,11 +366,9 @@ pub async fn serve(
     startup.abort();
     let _ = startup.await;
     tenant_watch.abort();
-    state
-        .tuning
+    tuning
         .jobs
         .fail_active("the server shut down before the job ended");
-    // The tuning queue holds an engine handle too.
     drop(state);
     // Every engine handle is gone now; the engine thread ends after its current job.
     let joined = tokio::time::timeout(

@@ -15,7 +15,7 @@ use super::metric::ChunkedEval;
 use super::tuner::Prepared;
 use super::{TuneError, TuneSettings, Tuner};
 use crate::engine::side::SideWork;
-use crate::engine::worker::{EngineHandle, WorkerError};
+use crate::engine::worker::{EngineWaker, WorkerError};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};
 use crate::model::T5Tokenizer;
 use crate::prompts::PromptRows;
@@ -65,12 +65,14 @@ struct Active {
 #[derive(Clone)]
 pub struct TuneQueue {
     jobs: mpsc::Sender<TuneWork>,
-    engine: EngineHandle,
+    engine: EngineWaker,
 }
 
 impl TuneQueue {
-    /// The queue of the scheduler that `submitted` came from, run by `engine`.
-    pub fn new(submitted: Submitted, engine: EngineHandle) -> Self {
+    /// The queue of the scheduler that `submitted` came from, run by the engine thread that
+    /// `engine` wakes ([`crate::engine::worker::EngineHandle::waker`]). The queue does not keep
+    /// that thread running.
+    pub fn new(submitted: Submitted, engine: EngineWaker) -> Self {
         Self {
             jobs: submitted.0,
             engine,
@@ -336,7 +338,7 @@ mod tests {
     use tch::{Device, Kind};
 
     use super::*;
-    use crate::engine::worker::{self, EngineConfig};
+    use crate::engine::worker::{self, EngineConfig, EngineHandle};
     use crate::model::T5Config;
     use crate::tune::jobs::JobTable;
     use crate::tune::tuner::Duration as Length;
@@ -346,8 +348,8 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/t5-v1_1-tiny")
     }
 
-    /// A scheduler on an engine thread over `model` and the queue into it.
-    fn start(model: PathBuf) -> (TuneQueue, std::thread::JoinHandle<()>) {
+    /// A scheduler on an engine thread over `model`, the queue into it, and the engine.
+    fn start(model: PathBuf) -> (TuneQueue, EngineHandle, std::thread::JoinHandle<()>) {
         let (scheduler, submitted) = TuneScheduler::new(0.25);
         let config = EngineConfig {
             model_dir: model,
@@ -356,7 +358,7 @@ mod tests {
             max_batch_tokens: 4096,
         };
         let (engine, thread) = worker::spawn(config, Box::new(scheduler)).unwrap();
-        (TuneQueue::new(submitted, engine), thread)
+        (TuneQueue::new(submitted, engine.waker()), engine, thread)
     }
 
     /// A long job over two examples, recorded in `jobs`.
@@ -390,7 +392,7 @@ mod tests {
     fn a_job_submitted_to_a_stopped_engine_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let jobs = JobTable::open(dir.path()).unwrap();
-        let (queue, thread) = start(dir.path().join("no-model"));
+        let (queue, _engine, thread) = start(dir.path().join("no-model"));
         thread.join().unwrap();
         let (work, _finished) = long_job(&jobs);
         assert!(matches!(queue.submit(work), Err(WorkerError::Stopped)));
@@ -400,13 +402,15 @@ mod tests {
     fn a_job_still_queued_or_running_when_the_engine_stops_fails() {
         let dir = tempfile::tempdir().unwrap();
         let jobs = JobTable::open(dir.path()).unwrap();
-        let (queue, thread) = start(model_dir());
+        let (queue, engine, thread) = start(model_dir());
         let (work, finished) = long_job(&jobs);
         let job = work.job.clone();
         queue.submit(work).unwrap();
-        // The last engine handle: the engine stops once it has seen the job.
-        drop(queue);
+        // The last engine handle (the queue does not keep the engine running): the engine
+        // stops once it has seen the job, and a later job is refused.
+        drop(engine);
         thread.join().unwrap();
+        assert!(queue.submit(long_job(&jobs).0).is_err());
         let why = "the server stopped before the job ended";
         let ended = finished.blocking_recv().unwrap();
         assert!(matches!(ended.result, Some(Err(ref e)) if e == why));

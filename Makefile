@@ -10,7 +10,7 @@ GRPC_ADDR ?= 127.0.0.1:50051
 # sent together from a shell share one forward pass.
 MAX_WAIT_MS ?= 50
 
-.PHONY: all libtorch build build-dev build-cuda test test-tmpfs api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
+.PHONY: all libtorch build build-dev build-cuda test module-graph test-tmpfs api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
 all: build
 
@@ -32,9 +32,17 @@ build-cuda: libtorch
 
 # dev-tools: the benchmark tools binary (promptd-dev) and its tests. Then the HTTP API is
 # fuzzed against its OpenAPI document (the debug binary the tests built).
-test: libtorch lint
+test: libtorch lint module-graph
 	$(CARGO) test --all-targets --features dev-tools
 	./scripts/api-fuzz.sh target/debug/promptd 30
+
+# The top-level module import graph: fails on a cycle or a forbidden arrow (scripts/module_graph.py,
+# checked by its own tests first): the application never imports a front door, nor does the CLI.
+# Circles between the files of a folder are only reported for now.
+MODULE_GRAPH_FLAGS ?= --allow-file-circles --forbid 'service->api' --forbid 'cli->api' --forbid 'catalog->service' --forbid 'engine->catalog'
+module-graph:
+	python3 scripts/test_module_graph.py -q
+	python3 scripts/module_graph.py src $(MODULE_GRAPH_FLAGS)
 
 # schemathesis against /openapi.json, open and with a tenants file (scripts/api-fuzz.sh).
 api-fuzz: libtorch

@@ -28,16 +28,16 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Time a row waited in the queue before its forward pass started.
     pub queue_wait: Histogram,
-    /// Rows per forward pass (continuous batching: per encoder pass of the rows joining).
+    /// Rows per forward pass: per encoder pass of the rows joining the running batch.
     pub batch_size: Histogram,
-    /// Distinct tasks per forward pass (continuous batching: per encoder pass).
+    /// Distinct tasks per forward pass: per encoder pass of the rows joining.
     pub batch_tasks: Histogram,
     /// Rows decoding together, observed each time rows join the running batch.
     pub decode_rows: Histogram,
     /// Distinct tasks among the rows decoding together, observed as `decode_rows` is.
     pub decode_tasks: Histogram,
-    /// Engine time per static batch (encoder, decoding and scoring), or per admission into the
-    /// running batch (encoder, scoring and merge) under continuous batching.
+    /// Engine time per admission into the running batch (encoder, scoring and merge), under
+    /// static decoding too (its decoding is not in it).
     pub batch_duration: Histogram,
     /// Rows waiting in the queue.
     pub queue_depth: IntGauge,
@@ -302,7 +302,7 @@ impl Metrics {
             ),
             batch_duration: r.histogram(
                 "promptd_batch_duration_seconds",
-                "Engine time per static batch including decoding, or per admission into the running batch",
+                "Engine time per admission into the running batch (encoder, scoring and merge)",
                 &seconds,
             ),
             queue_depth: r.gauge("promptd_queue_depth", "Rows waiting in the queue"),
@@ -310,7 +310,10 @@ impl Metrics {
                 "promptd_queue_capacity",
                 "Rows the queue holds before requests get 429",
             ),
-            ready: r.gauge("promptd_ready", "1 while the server is ready to serve, else 0"),
+            ready: r.gauge(
+                "promptd_ready",
+                "1 while the server is ready to serve, else 0",
+            ),
             prompts_loaded: r.gauge("promptd_prompts_loaded", "Prompts currently served"),
             prompt_uploads: r.closed_counters(
                 "promptd_prompt_uploads_total",

@@ -1,7 +1,8 @@
 //! The dynamic batcher: a bounded queue of rows from any tasks, closed into mixed-task
-//! batches by [`policy::Policy`]. Under continuous batching ([`Decode::Continuous`], the
-//! default) a batch joins the engine's running decode batch as far as room allows; under
-//! static batching the engine runs one batch at a time.
+//! batches by [`policy::Policy`] and joined to the engine's running decode batch (the one
+//! decoder). How they join is an admission rule ([`Decode`]): under continuous batching (the
+//! default) a batch joins as far as room allows; under static batching a batch joins only an
+//! empty running batch, so it decodes to its end before the next one joins.
 pub mod policy;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -130,7 +131,8 @@ pub enum Decode {
     /// Rows join the running decode batch at a step boundary and leave when they finish.
     #[default]
     Continuous,
-    /// A batch decodes to its end before the next one starts (for comparisons).
+    /// A batch joins only an empty running batch, so it decodes to its end before the next
+    /// one joins (for comparisons).
     Static,
 }
 
@@ -156,7 +158,7 @@ pub struct Batcher {
     max_batch_tokens: u64,
     /// Rows one request may queue at all: the queue's and one key's share of it.
     max_request_rows: usize,
-    /// Rows handed to the engine and not answered yet (continuous batching).
+    /// Rows handed to the engine and not answered yet.
     in_engine: AtomicUsize,
 }
 
@@ -277,23 +279,16 @@ impl Batcher {
         units.iter().map(Queued::rows).sum()
     }
 
-    /// The batching loop. Static: forms each batch when it is due and waits for the engine to
-    /// finish it before forming the next, so rows that arrive meanwhile join the next batch.
-    /// Continuous: whenever rows fit beside those still decoding, forms a batch of at most that
-    /// many when it is due and hands it to the engine, which merges it at the next step.
+    /// The batching loop: whenever rows may join the running decode batch ([`Batcher::room`]),
+    /// forms a batch of at most that many when it is due and hands it to the engine, which
+    /// merges it at the next step. Rows that arrive meanwhile wait for the next batch.
     pub async fn run(self: Arc<Self>, engine: EngineHandle) {
-        let continuous = self.decode == Decode::Continuous;
         loop {
             #[cfg(debug_assertions)]
             if crate::fault::take(&crate::fault::PANIC_BATCHER) {
                 panic!("injected fault: the batching loop panicked");
             }
-            let room = if continuous {
-                self.max_batch_size
-                    .saturating_sub(self.in_engine.load(Ordering::Acquire))
-            } else {
-                self.max_batch_size
-            };
+            let room = self.room();
             let (batch, deadline, finished, held) = {
                 let mut policy = self.policy.lock();
                 let now = Instant::now();
@@ -304,11 +299,7 @@ impl Batcher {
                 (batch, policy.next_deadline(), finished, held)
             };
             if let Some(batch) = batch {
-                if continuous {
-                    self.join(&engine, batch).await;
-                } else {
-                    self.run_batch(&engine, batch).await;
-                }
+                self.join(&engine, batch).await;
                 continue;
             }
             if finished && self.in_engine.load(Ordering::Acquire) == 0 {
@@ -325,6 +316,17 @@ impl Batcher {
                 }
                 _ => self.wake.notified().await,
             }
+        }
+    }
+
+    /// Rows a batch formed now may have. Continuous: the places the running batch has free.
+    /// Static: a whole batch once the running batch is empty, else none.
+    fn room(&self) -> usize {
+        let in_engine = self.in_engine.load(Ordering::Acquire);
+        match self.decode {
+            Decode::Continuous => self.max_batch_size.saturating_sub(in_engine),
+            Decode::Static if in_engine == 0 => self.max_batch_size,
+            Decode::Static => 0,
         }
     }
 
@@ -385,40 +387,102 @@ impl Batcher {
         });
         RowError::Engine(e)
     }
+}
 
-    async fn run_batch(&self, engine: &EngineHandle, batch: Vec<policy::Waiting<Pending>>) {
-        let now = Instant::now();
-        let mut rows = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
-        for waiting in batch {
-            let waited = (now - waiting.enqueued).as_secs_f64();
-            for p in waiting.item.rows {
-                self.metrics.queue_wait.observe(waited);
-                rows.push(p.row);
-                replies.push(p.reply);
-            }
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::side::SideWork;
+    use crate::engine::worker::{self, EngineConfig};
+    use crate::engine::Engine;
+
+    /// No side work.
+    struct Idle;
+
+    impl SideWork for Idle {
+        fn has_work(&mut self) -> bool {
+            false
         }
-        match engine.run(rows).await {
-            Ok(done) => {
-                self.metrics
-                    .batch_duration
-                    .observe(done.elapsed.as_secs_f64());
-                for pass in &done.passes {
-                    self.metrics.batch_size.observe(pass.rows as f64);
-                    self.metrics.batch_tasks.observe(pass.tasks as f64);
-                    self.metrics
-                        .generated_tokens
-                        .inc_by(pass.generated_tokens as u64);
-                }
-                for (reply, out) in replies.into_iter().zip(done.outputs) {
-                    let _ = reply.send(out.map_err(|e| self.row_error(e)));
-                }
-            }
-            Err(_) => {
-                for reply in replies {
-                    let _ = reply.send(Err(RowError::Stopped));
-                }
-            }
+        fn note_serving(&mut self, _: Duration, _: bool) {}
+        fn may_step(&mut self, _: bool) -> bool {
+            false
         }
+        fn step(&mut self, _: &mut Engine) -> Duration {
+            Duration::ZERO
+        }
+        fn fail_all(&mut self, _: &str) {}
+    }
+
+    fn batcher(decode: Decode) -> Arc<Batcher> {
+        let cfg = PolicyConfig {
+            max_batch_size: 4,
+            max_wait: Duration::ZERO,
+            ..PolicyConfig::default()
+        };
+        Batcher::new(cfg, decode, Arc::new(Metrics::new(10)))
+    }
+
+    fn row(i: i64) -> (String, RowInput) {
+        let row = RowInput {
+            prompt: None,
+            input_ids: vec![3 + i, 10 + i, 20 + i, 1],
+            max_new_tokens: 12,
+            labels: Vec::new(),
+            cancel: None,
+            sequence_logprob: false,
+        };
+        (format!("task{i}"), row)
+    }
+
+    #[test]
+    fn static_decoding_admits_only_into_an_empty_running_batch() {
+        let continuous = batcher(Decode::Continuous);
+        let fixed = batcher(Decode::Static);
+        for (b, busy, room) in [(&continuous, 1, 3), (&fixed, 1, 0), (&fixed, 0, 4)] {
+            b.in_engine.store(busy, Ordering::Release);
+            assert_eq!(b.room(), room);
+        }
+    }
+
+    /// Two batches under static decoding: the second joins once the first has finished, and
+    /// every row is answered as under continuous decoding.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_static_batch_decodes_alone_and_answers_as_continuous_does() {
+        let config = EngineConfig {
+            model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/models/t5-v1_1-tiny"),
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+            max_batch_tokens: 4096,
+        };
+        let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
+        engine.ready().await.unwrap();
+        let mut answers = Vec::new();
+        for decode in [Decode::Static, Decode::Continuous] {
+            let batcher = batcher(decode);
+            tokio::spawn(batcher.clone().run(engine.clone()));
+            let mut tickets = batcher
+                .submit((0..2).map(row).collect(), &Share::default())
+                .unwrap();
+            // The first batch is in the engine before the second row is queued.
+            while batcher.metrics.decode_rows.get_sample_count() == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            tickets.extend(batcher.submit(vec![row(2)], &Share::default()).unwrap());
+            let mut tokens = Vec::new();
+            for t in &mut tickets {
+                tokens.push(t.answer().await.unwrap().token_ids);
+            }
+            if decode == Decode::Static {
+                // The rows decoding together when each batch joined: its own rows only.
+                let live = &batcher.metrics.decode_rows;
+                assert_eq!((live.get_sample_count(), live.get_sample_sum()), (2, 3.0));
+            }
+            answers.push(tokens);
+        }
+        assert_eq!(answers[0], answers[1]);
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::engine::within_token_budget;
+
 /// What the policy needs to know about a queued row.
 pub trait Queued {
     /// Fairness key (the task, or the ensemble).
@@ -371,8 +373,7 @@ impl<T: Queued> Policy<T> {
             let mut took = 0;
             while tenant.deficit > 0 && rows < max {
                 let fits = |cost: usize, k: usize| {
-                    rows + k <= max
-                        && (rows == 0 || (rows + k) as u64 * widest.max(cost) as u64 <= budget)
+                    rows + k <= max && within_token_budget(rows, k, widest.max(cost), budget)
                 };
                 let Some(w) = tenant.pop_fitting(fits) else {
                     break;
@@ -451,8 +452,7 @@ impl<T: Queued> Policy<T> {
         let (mut rows, mut widest) = (0usize, 0usize);
         while let Some(front) = queue.front() {
             let (w, k) = (widest.max(front.item.cost()), front.item.rows());
-            let fits = rows == 0 || (rows + k) as u64 * w as u64 <= budget;
-            if (rows > 0 && rows + k > max) || !fits {
+            if (rows > 0 && rows + k > max) || !within_token_budget(rows, k, w, budget) {
                 break;
             }
             batch.push(queue.pop_front().expect("front exists"));

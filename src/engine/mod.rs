@@ -8,6 +8,7 @@ pub mod continuous;
 pub mod device;
 pub mod neighbors;
 pub mod score;
+pub mod side;
 pub mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,20 +110,28 @@ pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, EngineError>) -> Result<T
     })
 }
 
-/// Splits rows, in order, into consecutive groups whose padded size (rows × longest row)
-/// stays within `max_tokens`; a row longer than the budget runs alone.
+/// The token budget of one forward pass, used by the batcher and the engine alike: whether
+/// `more` rows may join a pass of `rows` rows when the longest row of them all then has
+/// `widest` encoder positions, i.e. the padded size (rows × longest row) stays within
+/// `max_tokens`. The first rows of a pass always fit: a row longer than the budget runs alone.
+pub fn within_token_budget(rows: usize, more: usize, widest: usize, max_tokens: u64) -> bool {
+    rows == 0 || (rows + more) as u64 * widest as u64 <= max_tokens
+}
+
+/// Splits rows, in order, into consecutive groups within the token budget
+/// ([`within_token_budget`]); a row longer than the budget runs alone.
 pub fn split_by_token_budget(lengths: &[usize], max_tokens: u64) -> Vec<std::ops::Range<usize>> {
     let mut groups = Vec::new();
     let mut start = 0;
     let mut longest = 0usize;
     for (i, &len) in lengths.iter().enumerate() {
         let widest = longest.max(len);
-        if i > start && (i + 1 - start) as u64 * widest as u64 > max_tokens {
+        if within_token_budget(i - start, 1, widest, max_tokens) {
+            longest = widest;
+        } else {
             groups.push(start..i);
             start = i;
             longest = len;
-        } else {
-            longest = widest;
         }
     }
     if start < lengths.len() {

@@ -1,20 +1,20 @@
 //! The engine thread: one named OS thread owns the model and the prompt bank and runs jobs
-//! one at a time; between jobs it steps the running decode batch (continuous batching). Async
-//! code talks to it through [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between batches, so the bank has a single writer.
+//! one at a time; between jobs it steps the running decode batch (the one decoder: rows join it
+//! at a step boundary, [`EngineHandle::join`]) and side work. Async code talks to it through
+//! [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between
+//! batches, so the bank has a single writer.
 use std::path::PathBuf;
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
 use super::continuous::{Admitted, Joining, Running};
-use super::{
-    guarded, BatchStats, Engine, EngineError, PromptRows, PromptSlot, RowInput, RowOutput,
-};
+use super::side::SideWork;
+use super::{guarded, Engine, EngineError, PromptRows, PromptSlot};
 use crate::model::{ModelOptions, T5Model};
-use crate::tune::scheduler::{TuneScheduler, TuneWork};
 
 /// What the engine thread needs to start.
 #[derive(Debug, Clone)]
@@ -27,8 +27,6 @@ pub struct EngineConfig {
     pub kind: Kind,
     /// Padded encoder positions per forward pass.
     pub max_batch_tokens: u64,
-    /// Most of the engine's recent time tuning jobs may take while serving is busy.
-    pub tune_share: f64,
 }
 
 /// Engine life cycle, published on a watch channel.
@@ -44,22 +42,7 @@ pub enum EngineState {
     Stopped,
 }
 
-/// Result of one batch job.
-#[derive(Debug)]
-pub struct BatchDone {
-    /// Each row's output, in order.
-    pub outputs: Vec<Result<RowOutput, EngineError>>,
-    /// Cost of each forward pass it took.
-    pub passes: Vec<BatchStats>,
-    /// Engine time.
-    pub elapsed: Duration,
-}
-
 enum Job {
-    Run {
-        rows: Vec<RowInput>,
-        reply: oneshot::Sender<BatchDone>,
-    },
     Register {
         prompts: Vec<PromptRows>,
         reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, EngineError>>>,
@@ -72,7 +55,8 @@ enum Job {
         rows: usize,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
-    Tune(Box<TuneWork>),
+    /// Side work was submitted: stop waiting for a job.
+    Wake,
     Neighbors {
         slot: Arc<PromptSlot>,
         k: usize,
@@ -95,21 +79,46 @@ pub enum WorkerError {
 /// Cloneable handle to the engine thread.
 #[derive(Clone)]
 pub struct EngineHandle {
-    jobs: mpsc::Sender<Job>,
+    /// Shared by every clone: the thread stops once the last clone is dropped.
+    jobs: Arc<mpsc::Sender<Job>>,
     state: watch::Receiver<EngineState>,
 }
 
-/// Starts the engine thread. It loads the model, then takes jobs until every handle is dropped.
-pub fn spawn(cfg: EngineConfig) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
+/// Wakes the engine thread after side work was submitted ([`EngineHandle::waker`]). It does
+/// not keep the thread running: once every handle is gone, waking fails.
+#[derive(Clone)]
+pub struct EngineWaker(Weak<mpsc::Sender<Job>>);
+
+impl EngineWaker {
+    /// Makes the engine thread take in the submitted side work; fails once the thread has
+    /// stopped taking jobs (or is stopping: every handle is gone).
+    pub fn wake(&self) -> Result<(), WorkerError> {
+        let jobs = self.0.upgrade().ok_or(WorkerError::Stopped)?;
+        jobs.send(Job::Wake).map_err(|_| WorkerError::Stopped)
+    }
+}
+
+/// Starts the engine thread. It loads the model, then takes jobs, stepping `side` between
+/// serving passes, until every handle is dropped.
+pub fn spawn(
+    cfg: EngineConfig,
+    side: Box<dyn SideWork>,
+) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || run(cfg, rx, state_tx))?;
+        .spawn(move || run(cfg, side, rx, state_tx))?;
+    let jobs = Arc::new(jobs);
     Ok((EngineHandle { jobs, state }, thread))
 }
 
-fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<EngineState>) {
+fn run(
+    cfg: EngineConfig,
+    mut side: Box<dyn SideWork>,
+    jobs: mpsc::Receiver<Job>,
+    state: watch::Sender<EngineState>,
+) {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
     let opts = ModelOptions {
@@ -134,17 +143,16 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
     );
     state.send_replace(EngineState::Ready);
     let mut running = Running::new(engine.model());
-    let mut tuning = TuneScheduler::new(cfg.tune_share);
     loop {
-        // Between decode steps, take every job that waits; with nothing decoding or tuning,
-        // wait for one.
-        let job = if running.is_empty() && !tuning.has_work() {
+        // Between decode steps, take every job that waits; with nothing decoding and no side
+        // work, wait for one.
+        let job = if running.is_empty() && !side.has_work() {
             match jobs.recv() {
                 Ok(job) => Some(job),
                 Err(_) => break,
             }
-        } else if running.is_empty() && !tuning.may_step(true) {
-            // Tuning waits for its share or for the engine to be idle a moment: wait for a job
+        } else if running.is_empty() && !side.may_step(true) {
+            // Side work waits for its share or for the engine to be idle a moment: wait for a job
             // a little instead of spinning.
             match jobs.recv_timeout(Duration::from_millis(10)) {
                 Ok(job) => Some(job),
@@ -163,16 +171,8 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
         let busy = !idle;
         let serving = Instant::now();
         match job {
-            Some(Job::Tune(work)) => tuning.submit(*work),
-            Some(Job::Run { rows, reply }) => {
-                let t = Instant::now();
-                let (outputs, passes) = engine.run_rows(&rows, cfg.max_batch_tokens);
-                let _ = reply.send(BatchDone {
-                    outputs,
-                    passes,
-                    elapsed: t.elapsed(),
-                });
-            }
+            // The side work takes in what was submitted when asked for work next.
+            Some(Job::Wake) => {}
             Some(Job::Register { prompts, reply }) => {
                 // Like every job, inside guarded(): a panic fails this job, not the thread.
                 let rows = prompts.iter().map(|p| p.rows).sum();
@@ -204,12 +204,15 @@ fn run(cfg: EngineConfig, jobs: mpsc::Receiver<Job>, state: watch::Sender<Engine
             None => {}
         }
         running.step(engine.model());
-        tuning.note_serving(serving.elapsed(), busy);
-        if tuning.may_step(idle) {
-            tuning.step(&mut engine);
+        side.note_serving(serving.elapsed(), busy);
+        if side.may_step(idle) {
+            side.step(&mut engine);
         }
     }
-    tuning.fail_all("the server stopped before the job ended");
+    // Closed first: a submission either fails to wake the engine (its submitter fails it) or
+    // is already queued, and is failed here.
+    drop(jobs);
+    side.fail_all("the server stopped before the job ended");
     state.send_replace(EngineState::Stopped);
     tracing::info!("engine stopped");
 }
@@ -242,15 +245,6 @@ impl EngineHandle {
                 return Err("engine thread exited".into());
             }
         }
-    }
-
-    /// Runs rows as one batch job (split only by the token budget).
-    pub async fn run(&self, rows: Vec<RowInput>) -> Result<BatchDone, WorkerError> {
-        let (reply, rx) = oneshot::channel();
-        self.jobs
-            .send(Job::Run { rows, reply })
-            .map_err(|_| WorkerError::Stopped)?;
-        rx.await.map_err(|_| WorkerError::Stopped)
     }
 
     /// Adds rows to the running decode batch at the next step boundary (continuous batching).
@@ -293,11 +287,9 @@ impl EngineHandle {
         rx.await.map_err(|_| WorkerError::Stopped)
     }
 
-    /// Hands a tuning job to the engine thread, which steps it between serving passes.
-    pub fn tune(&self, work: TuneWork) -> Result<(), WorkerError> {
-        self.jobs
-            .send(Job::Tune(Box::new(work)))
-            .map_err(|_| WorkerError::Stopped)
+    /// What wakes the engine thread when side work is submitted (without keeping it running).
+    pub fn waker(&self) -> EngineWaker {
+        EngineWaker(Arc::downgrade(&self.jobs))
     }
 
     /// Writes prompts' encoder rows into the bank; one result per prompt, in order.

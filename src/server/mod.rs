@@ -27,6 +27,7 @@ use crate::service::tuning::{TuneLimits, TuneService};
 use crate::service::{Lifecycle, Limits, Service};
 use crate::tenants::Tenants;
 use crate::tune::jobs::JobTable;
+use crate::tune::scheduler::{TuneQueue, TuneScheduler};
 
 pub use http::ConnectionLimits;
 
@@ -189,14 +190,15 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
     let device = config.device.resolve().map_err(ServerError::Device)?;
     let kind = config.dtype.resolve(device);
     let metrics = Arc::new(Metrics::new(config.metrics_max_tasks));
-    let (engine, engine_thread) = worker::spawn(EngineConfig {
+    let (scheduler, submitted) = TuneScheduler::new(config.tune_share);
+    let engine_config = EngineConfig {
         model_dir: config.model.clone(),
         device,
         kind,
         max_batch_tokens: config.policy.max_batch_tokens,
-        tune_share: config.tune_share,
-    })
-    .map_err(ServerError::EngineThread)?;
+    };
+    let (engine, engine_thread) =
+        worker::spawn(engine_config, Box::new(scheduler)).map_err(ServerError::EngineThread)?;
     let prompts_error = |source| ServerError::Prompts {
         path: config.prompts.clone(),
         source,
@@ -210,6 +212,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
             max_batch_size: config.tune.max_batch_size.max(1),
             ..config.tune
         },
+        queue: TuneQueue::new(submitted, engine.waker()),
     });
     let store = Store::open(&config.prompts).map_err(prompts_error)?;
     let ensembles = Arc::new(Ensembles::new(EnsembleStore::new(store.clone())));

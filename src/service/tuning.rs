@@ -52,6 +52,8 @@ pub struct TuneService {
     pub jobs: JobTable,
     /// Caps.
     pub limits: TuneLimits,
+    /// Where jobs go to the engine thread.
+    pub queue: crate::tune::scheduler::TuneQueue,
 }
 
 /// Body of `POST /v1/tasks/{task}/tune`; absent fields take `promptd tune`'s defaults.
@@ -283,7 +285,7 @@ impl Service {
             current,
             done,
         };
-        if self.engine.tune(work).is_err() {
+        if service.queue.submit(work).is_err() {
             fail(&service.jobs, &job, "the engine is not running");
             return Err(Error::Unavailable("the engine is not running".into()));
         }

@@ -1,9 +1,11 @@
 //! Tuning jobs on the engine thread: one micro-step at a time (build the tuner, one optimizer
 //! step, or one dev evaluation), taken between serving passes within a share of engine time,
 //! or freely while nothing is being served. One copy of the weights, one thread on the device.
+//! The scheduler is the engine's [`SideWork`]; jobs reach it through its own queue
+//! ([`TuneQueue`]), which wakes the engine thread.
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -12,6 +14,8 @@ use super::jobs::{now_ms, Job, JobState};
 use super::metric::ChunkedEval;
 use super::tuner::Prepared;
 use super::{TuneError, TuneSettings, Tuner};
+use crate::engine::side::SideWork;
+use crate::engine::worker::{EngineWaker, WorkerError};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};
 use crate::model::T5Tokenizer;
 use crate::prompts::PromptRows;
@@ -57,9 +61,41 @@ struct Active {
     baseline: Option<ChunkedEval>,
 }
 
+/// Where tuning jobs are submitted to the engine thread's [`TuneScheduler`].
+#[derive(Clone)]
+pub struct TuneQueue {
+    jobs: mpsc::Sender<TuneWork>,
+    engine: EngineWaker,
+}
+
+impl TuneQueue {
+    /// The queue of the scheduler that `submitted` came from, run by the engine thread that
+    /// `engine` wakes ([`crate::engine::worker::EngineHandle::waker`]). The queue does not keep
+    /// that thread running.
+    pub fn new(submitted: Submitted, engine: EngineWaker) -> Self {
+        Self {
+            jobs: submitted.0,
+            engine,
+        }
+    }
+
+    /// Hands a job to the engine thread, which steps it between serving passes. Fails when
+    /// the engine thread has stopped (the job is then not run).
+    pub fn submit(&self, work: TuneWork) -> Result<(), WorkerError> {
+        self.jobs.send(work).map_err(|_| WorkerError::Stopped)?;
+        // Queued first, then woken: the engine looks at the queue before it waits again.
+        self.engine.wake()
+    }
+}
+
+/// The sending end of a new scheduler's queue, for [`TuneQueue::new`].
+pub struct Submitted(mpsc::Sender<TuneWork>);
+
 /// Tuning jobs the engine thread runs between serving passes.
 pub struct TuneScheduler {
     share: f64,
+    /// Jobs submitted and not yet taken in (None once the engine has stopped).
+    submitted: Option<mpsc::Receiver<TuneWork>>,
     jobs: VecDeque<Active>,
     tune_secs: f64,
     serve_secs: f64,
@@ -78,31 +114,33 @@ pub const ROWS_PER_TURN: usize = 4;
 const IDLE_AFTER: Duration = Duration::from_millis(200);
 
 impl TuneScheduler {
-    /// A scheduler giving tuning at most `share` of engine time while serving is busy.
-    pub fn new(share: f64) -> Self {
-        Self {
+    /// A scheduler giving tuning at most `share` of engine time while serving is busy, and
+    /// the sending end of its queue.
+    pub fn new(share: f64) -> (Self, Submitted) {
+        let (tx, rx) = mpsc::channel();
+        let scheduler = Self {
             share: share.clamp(0.0, 1.0),
+            submitted: Some(rx),
             jobs: VecDeque::new(),
             tune_secs: 0.0,
             serve_secs: 0.0,
             last_decay: Instant::now(),
             last_served: Instant::now(),
             last_turn_secs: 0.0,
-        }
+        };
+        (scheduler, Submitted(tx))
     }
 
-    /// Queues a job.
-    pub fn submit(&mut self, work: TuneWork) {
-        self.jobs.push_back(Active {
+    /// Takes in the jobs submitted since the last call.
+    fn take_submitted(&mut self) {
+        let Some(rx) = &self.submitted else {
+            return;
+        };
+        self.jobs.extend(rx.try_iter().map(|work| Active {
             work,
             tuner: None,
             baseline: None,
-        });
-    }
-
-    /// Whether any job waits for steps.
-    pub fn has_work(&self) -> bool {
-        !self.jobs.is_empty()
+        }));
     }
 
     fn decay(&mut self) {
@@ -112,9 +150,17 @@ impl TuneScheduler {
         self.tune_secs *= f;
         self.serve_secs *= f;
     }
+}
+
+impl SideWork for TuneScheduler {
+    /// Whether any job waits for steps.
+    fn has_work(&mut self) -> bool {
+        self.take_submitted();
+        !self.jobs.is_empty()
+    }
 
     /// Records engine time spent serving (`busy`: there was serving work).
-    pub fn note_serving(&mut self, spent: Duration, busy: bool) {
+    fn note_serving(&mut self, spent: Duration, busy: bool) {
         self.decay();
         self.serve_secs += spent.as_secs_f64();
         if busy {
@@ -124,7 +170,7 @@ impl TuneScheduler {
 
     /// Whether a tuning micro-step may run now: freely once the engine has been idle for a
     /// moment, else only while tuning's recent share of engine time is within the limit.
-    pub fn may_step(&mut self, idle: bool) -> bool {
+    fn may_step(&mut self, idle: bool) -> bool {
         if !self.has_work() {
             return false;
         }
@@ -138,7 +184,7 @@ impl TuneScheduler {
     }
 
     /// Runs one micro-step of the next job (round robin) and returns the time it took.
-    pub fn step(&mut self, engine: &mut Engine) -> Duration {
+    fn step(&mut self, engine: &mut Engine) -> Duration {
         let started = Instant::now();
         let Some(mut active) = self.jobs.pop_front() else {
             return Duration::ZERO;
@@ -174,8 +220,11 @@ impl TuneScheduler {
         spent
     }
 
-    /// Fails every job (the engine is stopping).
-    pub fn fail_all(&mut self, why: &str) {
+    /// Fails every job, queued ones too, and closes the queue (the engine is stopping).
+    fn fail_all(&mut self, why: &str) {
+        self.take_submitted();
+        // Closed: a later submission fails in its submitter.
+        self.submitted = None;
         for active in self.jobs.drain(..) {
             finish(active, Some(Err(why.to_string())));
         }
@@ -280,4 +329,93 @@ fn finish(active: Active, result: Option<Result<FinishedPrompt, String>>) {
     }
     let job = active.work.job.clone();
     let _ = active.work.done.send(TuneFinished { job, result });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use tch::{Device, Kind};
+
+    use super::*;
+    use crate::engine::worker::{self, EngineConfig, EngineHandle};
+    use crate::model::T5Config;
+    use crate::tune::jobs::JobTable;
+    use crate::tune::tuner::Duration as Length;
+    use crate::tune::Example;
+
+    fn model_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/t5-v1_1-tiny")
+    }
+
+    /// A scheduler on an engine thread over `model`, the queue into it, and the engine.
+    fn start(model: PathBuf) -> (TuneQueue, EngineHandle, std::thread::JoinHandle<()>) {
+        let (scheduler, submitted) = TuneScheduler::new(0.25);
+        let config = EngineConfig {
+            model_dir: model,
+            device: Device::Cpu,
+            kind: Kind::Float,
+            max_batch_tokens: 4096,
+        };
+        let (engine, thread) = worker::spawn(config, Box::new(scheduler)).unwrap();
+        (TuneQueue::new(submitted, engine.waker()), engine, thread)
+    }
+
+    /// A long job over two examples, recorded in `jobs`.
+    fn long_job(jobs: &JobTable) -> (TuneWork, oneshot::Receiver<TuneFinished>) {
+        let dir = model_dir();
+        let eos = T5Config::from_dir(&dir).unwrap().eos_ids()[0];
+        let tokenizer = Arc::new(T5Tokenizer::from_dir(&dir, eos).unwrap());
+        let mut settings = TuneSettings::new(Length::Steps(1_000_000));
+        settings.prompt_length = Some(2);
+        let train = ["yes", "no"].map(|t| Example {
+            input: format!("say {t}"),
+            target: t.into(),
+        });
+        let data = Prepared::new(&tokenizer, &settings, &train, &[]).unwrap();
+        let job = jobs
+            .create("task", "tenant", 1_000_000, "accuracy")
+            .unwrap();
+        let (done, finished) = oneshot::channel();
+        let work = TuneWork {
+            job,
+            settings,
+            data: Some(data),
+            tokenizer,
+            current: None,
+            done,
+        };
+        (work, finished)
+    }
+
+    #[test]
+    fn a_job_submitted_to_a_stopped_engine_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = JobTable::open(dir.path()).unwrap();
+        let (queue, _engine, thread) = start(dir.path().join("no-model"));
+        thread.join().unwrap();
+        let (work, _finished) = long_job(&jobs);
+        assert!(matches!(queue.submit(work), Err(WorkerError::Stopped)));
+    }
+
+    #[test]
+    fn a_job_still_queued_or_running_when_the_engine_stops_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = JobTable::open(dir.path()).unwrap();
+        let (queue, engine, thread) = start(model_dir());
+        let (work, finished) = long_job(&jobs);
+        let job = work.job.clone();
+        queue.submit(work).unwrap();
+        // The last engine handle (the queue does not keep the engine running): the engine
+        // stops once it has seen the job, and a later job is refused.
+        drop(engine);
+        thread.join().unwrap();
+        assert!(queue.submit(long_job(&jobs).0).is_err());
+        let why = "the server stopped before the job ended";
+        let ended = finished.blocking_recv().unwrap();
+        assert!(matches!(ended.result, Some(Err(ref e)) if e == why));
+        let status = job.snapshot();
+        assert_eq!(status.state, JobState::Failed);
+        assert_eq!(status.error.as_deref(), Some(why));
+    }
 }

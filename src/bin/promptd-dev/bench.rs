@@ -423,7 +423,7 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
     );
     if d[4] > 0.0 {
         println!(
-            "continuous batching: {:.1} rows and {:.1} tasks decoding together when rows joined",
+            "running batch: {:.1} rows and {:.1} tasks decoding together when rows joined",
             summary["mean_decode_rows"], summary["mean_decode_tasks"]
         );
     }

@@ -51,9 +51,14 @@ pub async fn setup(configure: impl FnOnce(&mut ServerConfig), run_batcher: bool)
     if run_batcher {
         tokio::spawn(state.batcher.clone().run(state.engine.clone()));
     }
-    load(&state.engine, &state.registry, &state.ensembles, &state.lifecycle)
-        .await
-        .unwrap();
+    load(
+        &state.engine,
+        &state.registry,
+        &state.ensembles,
+        &state.lifecycle,
+    )
+    .await
+    .unwrap();
     Setup { state, dir }
 }
 

@@ -5,7 +5,7 @@
 //! input named `labels`, and the parameter `max_new_tokens`; it answers `text_output` (BYTES),
 //! and with labels `label` (BYTES) and `scores` (FP64, `[N, labels]`). It runs through the same
 //! path as `POST /v1/tasks/{task}/predict`, so limits, batching and metrics are shared. A name
-//! that is not a task but an ensemble runs the ensemble ([`Service::run_model`]).
+//! that is not a task but an ensemble runs the ensemble ([`Service::infer`]).
 pub mod grpc;
 pub mod wire;
 
@@ -443,7 +443,7 @@ pub async fn infer(
     };
     let label = svc.request_label(&task, svc.is_ensemble_model(&task));
     let started = std::time::Instant::now();
-    let result = svc.run_model(&caller, &task, input).await;
+    let result = svc.infer(&caller, &task, input).await;
     super::predict::record(&svc, &label, started, &result);
     let answer = result?;
     let Some(req) = meta else {

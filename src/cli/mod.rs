@@ -2,6 +2,7 @@
 pub mod convert;
 pub mod inspect;
 pub mod keys;
+pub mod limits;
 pub mod neighbors;
 pub mod predict;
 pub mod serve;

@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::limits::RowLimitArgs;
 use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
 use crate::model::T5Tokenizer;
 use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};
-use crate::service::rows::{best_label, build_row, RowLimits};
+use crate::service::rows::{best_label, build_row};
 
 /// Arguments of `promptd predict`.
 #[derive(Debug, clap::Args)]
@@ -22,9 +23,6 @@ pub struct PredictArgs {
     /// Folder of prompts: <task>.safetensors, <task>.npy or PEFT adapter folders <task>/.
     #[arg(long, env = "PROMPTD_PROMPTS")]
     pub prompts: Option<PathBuf>,
-    /// Default cap on generated tokens per input (a line may set its own "max_new_tokens").
-    #[arg(long, default_value_t = 32)]
-    pub max_new_tokens: usize,
     /// Inputs per forward pass; consecutive lines of any tasks share a pass.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch_size: u32,
@@ -34,18 +32,9 @@ pub struct PredictArgs {
     /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
     #[arg(long, default_value = "auto")]
     pub dtype: DtypeSpec,
-    /// Longest accepted prompt, in virtual tokens.
-    #[arg(long, default_value_t = 512)]
-    pub max_prompt_length: usize,
-    /// Longest accepted input, in tokens including </s>; longer inputs get an error line.
-    #[arg(long, default_value_t = 2048)]
-    pub max_input_tokens: usize,
-    /// Largest accepted max_new_tokens.
-    #[arg(long, default_value_t = 1024)]
-    pub max_new_tokens_limit: usize,
-    /// Most candidate labels one input may carry.
-    #[arg(long, default_value_t = 256)]
-    pub max_labels: usize,
+    /// Per-input limits and the longest prompt.
+    #[command(flatten)]
+    pub rows: RowLimitArgs,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
     #[arg(long, default_value_t = 32768, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: u64,
@@ -105,7 +94,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     let mut broken = HashMap::new();
     if let Some(dir) = &args.prompts {
         let limits = PromptLimits {
-            max_rows: args.max_prompt_length,
+            max_rows: args.rows.max_prompt_length,
             ..PromptLimits::default()
         };
         let loaded = load_prompt_dir(dir, d_model, &limits).map_err(|e| e.to_string())?;
@@ -170,12 +159,7 @@ impl Context {
                     )?)
                 }
             };
-        let limits = RowLimits {
-            max_input_tokens: self.args.max_input_tokens,
-            default_max_new_tokens: self.args.max_new_tokens,
-            max_new_tokens_limit: self.args.max_new_tokens_limit,
-            max_labels: self.args.max_labels,
-        };
+        let limits = self.args.rows.row_limits();
         build_row(
             &self.tokenizer,
             &limits,

@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::limits::{RowLimitArgs, TuneLimitArgs};
 use crate::batcher::{Batching, Decode, PolicyConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::prompts::PromptLimits;
 use crate::server::{self, AuditLogPath, ConnectionLimits, ServerConfig};
-use crate::service::rows::RowLimits;
-use crate::service::tuning::TuneLimits;
 use crate::service::Limits;
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
@@ -29,14 +28,15 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
     pub grpc_addr: Listen,
     /// Rows per forward pass; rows of any tasks share a pass.
-    #[arg(long, env = "PROMPTD_MAX_BATCH_SIZE", default_value_t = 32,
+    #[arg(long, env = "PROMPTD_MAX_BATCH_SIZE", default_value_t = PolicyConfig::default().max_batch_size as u32,
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub max_batch_size: u32,
     /// Longest a row waits for a fuller batch, in milliseconds.
-    #[arg(long, env = "PROMPTD_MAX_WAIT_MS", default_value_t = 5)]
+    #[arg(long, env = "PROMPTD_MAX_WAIT_MS",
+          default_value_t = PolicyConfig::default().max_wait.as_millis() as u64)]
     pub max_wait_ms: u64,
     /// Rows the queue holds; beyond that requests get 429 with Retry-After.
-    #[arg(long, env = "PROMPTD_MAX_QUEUE", default_value_t = 1024,
+    #[arg(long, env = "PROMPTD_MAX_QUEUE", default_value_t = PolicyConfig::default().max_queue as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queue: u32,
     /// Rows one task may have waiting (default: half of --max-queue), so a flooding task gets
@@ -60,42 +60,36 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_DECODE", default_value = "continuous")]
     pub decode: Decode,
     /// Padded encoder tokens (rows x longest row) per forward pass; bounds attention memory.
-    #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS", default_value_t = 32768,
+    #[arg(long, env = "PROMPTD_MAX_BATCH_TOKENS",
+          default_value_t = PolicyConfig::default().max_batch_tokens,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: u64,
-    /// Tokens generated per input when a request does not say.
-    #[arg(long, env = "PROMPTD_MAX_NEW_TOKENS", default_value_t = 32)]
-    pub max_new_tokens: usize,
-    /// Largest max_new_tokens a request may ask for.
-    #[arg(long, env = "PROMPTD_MAX_NEW_TOKENS_LIMIT", default_value_t = 1024)]
-    pub max_new_tokens_limit: usize,
-    /// Longest input or label, in tokens including </s>; longer ones get 422.
-    #[arg(long, env = "PROMPTD_MAX_INPUT_TOKENS", default_value_t = 2048)]
-    pub max_input_tokens: usize,
-    /// Most candidate labels per request.
-    #[arg(long, env = "PROMPTD_MAX_LABELS", default_value_t = 256)]
-    pub max_labels: usize,
+    /// Per-input limits and the longest prompt.
+    #[command(flatten)]
+    pub rows: RowLimitArgs,
     /// Most inputs per predict request.
-    #[arg(long, env = "PROMPTD_MAX_INPUTS", default_value_t = 64,
+    #[arg(long, env = "PROMPTD_MAX_INPUTS", default_value_t = Limits::default().max_inputs as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_inputs: u32,
     /// Largest predict body, in bytes (413 beyond).
-    #[arg(long, env = "PROMPTD_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "PROMPTD_MAX_BODY_BYTES",
+          default_value_t = Limits::default().max_body_bytes)]
     pub max_body_bytes: usize,
-    /// Longest prompt accepted, in virtual tokens.
-    #[arg(long, env = "PROMPTD_MAX_PROMPT_LENGTH", default_value_t = 512)]
-    pub max_prompt_length: usize,
     /// Largest prompt upload, in bytes (413 beyond).
-    #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES",
+          default_value_t = Limits::default().max_prompt_bytes)]
     pub max_prompt_bytes: usize,
     /// Longest URL (path and query) in bytes; longer ones get 414.
-    #[arg(long, env = "PROMPTD_MAX_URI_BYTES", default_value_t = 8 << 10)]
+    #[arg(long, env = "PROMPTD_MAX_URI_BYTES",
+          default_value_t = Limits::default().max_uri_bytes)]
     pub max_uri_bytes: usize,
     /// Largest total size of request headers in bytes; larger ones get 431.
-    #[arg(long, env = "PROMPTD_MAX_HEADER_BYTES", default_value_t = 32 << 10)]
+    #[arg(long, env = "PROMPTD_MAX_HEADER_BYTES",
+          default_value_t = Limits::default().max_header_bytes)]
     pub max_header_bytes: usize,
     /// Time a predict request may take, queueing included, before it gets 504 (0: no limit).
-    #[arg(long, env = "PROMPTD_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = "PROMPTD_REQUEST_TIMEOUT_MS",
+          default_value_t = Limits::default().request_timeout.as_millis() as u64)]
     pub request_timeout_ms: u64,
     /// How often the prompts folder is checked for changes made by others.
     #[arg(long, env = "PROMPTD_WATCH_INTERVAL_MS", default_value_t = 1000,
@@ -115,32 +109,22 @@ pub struct ServeArgs {
     /// (an idle engine tunes at full speed).
     #[arg(long, env = "PROMPTD_TUNE_SHARE", default_value_t = 0.25)]
     pub tune_share: f64,
-    /// Training plus dev rows one tuning job may carry.
-    #[arg(long, env = "PROMPTD_TUNE_MAX_ROWS", default_value_t = 10_000)]
-    pub tune_max_rows: usize,
-    /// Steps one tuning job may take.
-    #[arg(long, env = "PROMPTD_TUNE_MAX_STEPS", default_value_t = 20_000)]
-    pub tune_max_steps: usize,
-    /// Rows per tuning step (bounds how long one step holds the engine).
-    #[arg(long, env = "PROMPTD_TUNE_MAX_BATCH_SIZE", default_value_t = 64)]
-    pub tune_max_batch_size: usize,
-    /// Queued or running tuning jobs per tenant.
-    #[arg(long, env = "PROMPTD_TUNE_MAX_JOBS_PER_TENANT", default_value_t = 2)]
-    pub tune_max_jobs_per_tenant: usize,
-    /// Size of a tuning request body in bytes.
-    #[arg(long, env = "PROMPTD_TUNE_MAX_BODY_BYTES", default_value_t = 16 << 20)]
-    pub tune_max_body_bytes: usize,
+    /// Caps on tuning jobs.
+    #[command(flatten)]
+    pub tune: TuneLimitArgs,
     /// Distinct task values of the `task` metric label; other tasks count as `_other`.
     #[arg(long, env = "PROMPTD_METRICS_MAX_TASKS", default_value_t = 32)]
     pub metrics_max_tasks: usize,
     /// Time an HTTP connection has to deliver a request's complete headers, counted from when
     /// it opened or answered its previous request: slow senders and idle keep-alive
     /// connections are closed after it.
-    #[arg(long, env = "PROMPTD_HEADER_READ_TIMEOUT_MS", default_value_t = 15_000,
+    #[arg(long, env = "PROMPTD_HEADER_READ_TIMEOUT_MS",
+          default_value_t = ConnectionLimits::default().header_read_timeout.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
     /// Open HTTP connections; more are closed as soon as they are accepted.
-    #[arg(long, env = "PROMPTD_MAX_CONNECTIONS", default_value_t = 4096,
+    #[arg(long, env = "PROMPTD_MAX_CONNECTIONS",
+          default_value_t = ConnectionLimits::default().max_connections as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 }
@@ -181,12 +165,7 @@ impl ServeArgs {
         };
         config.decode = self.decode;
         config.limits = Limits {
-            row: RowLimits {
-                max_input_tokens: self.max_input_tokens,
-                default_max_new_tokens: self.max_new_tokens,
-                max_new_tokens_limit: self.max_new_tokens_limit,
-                max_labels: self.max_labels,
-            },
+            row: self.rows.row_limits(),
             max_inputs: self.max_inputs as usize,
             max_body_bytes: self.max_body_bytes,
             max_prompt_bytes: self.max_prompt_bytes,
@@ -195,16 +174,10 @@ impl ServeArgs {
             max_header_bytes: self.max_header_bytes,
         };
         config.prompt_limits = PromptLimits {
-            max_rows: self.max_prompt_length,
+            max_rows: self.rows.max_prompt_length,
             max_file_bytes: self.max_prompt_bytes,
         };
-        config.tune = TuneLimits {
-            max_rows: self.tune_max_rows,
-            max_steps: self.tune_max_steps,
-            max_batch_size: self.tune_max_batch_size,
-            max_jobs_per_tenant: self.tune_max_jobs_per_tenant,
-            max_body_bytes: self.tune_max_body_bytes,
-        };
+        config.tune = self.tune.tune_limits();
         config.tune_share = self.tune_share;
         config.tenants = self.tenants.clone();
         config.audit_log = match self.audit_log.as_deref() {

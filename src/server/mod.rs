@@ -23,7 +23,7 @@ use crate::model::{T5Config, T5Tokenizer};
 use crate::prompts::audit::AuditLog;
 use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
-use crate::service::tuning::{TuneLimits, TuneService};
+use crate::service::state::{TuneLimits, TuneService};
 use crate::service::{Lifecycle, Limits, Service};
 use crate::tenants::Tenants;
 use crate::tune::jobs::JobTable;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::combine::{combine, MemberAnswer};
+use super::error::Error;
 use super::predict::{at, PredictInput};
 use super::rows::{build_row, refusal};
-use super::{Error, Service};
+use super::state::Service;
 use crate::batcher::Unit;
 use crate::catalog::prompts::Entry;
 use crate::metrics::ChangeAction;
@@ -254,7 +255,7 @@ impl Service {
                 rows,
             })
             .collect();
-        let answers = self.run_units(units, share).await?;
+        let answers = self.answer_units(units, share).await?;
         let mut outputs = Vec::with_capacity(answers.len());
         for rows in answers {
             let mut answers = Vec::with_capacity(rows.len());

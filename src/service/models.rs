@@ -2,8 +2,9 @@
 //! version), and a name that is not a task but an ensemble is one too.
 use std::sync::Arc;
 
+use super::error::Error;
 use super::predict::{Output, PredictInput, PredictResponse};
-use super::{Error, Service};
+use super::state::Service;
 use crate::catalog::prompts::Entry;
 use crate::tenants::Caller;
 
@@ -64,7 +65,7 @@ impl Service {
     /// Runs a model: a task, or, where no task has the name, an ensemble (its answers as the
     /// outputs: the combined answer as the text, and with labels as the label, the members'
     /// mean label log-likelihoods as the scores).
-    pub async fn run_model<E: From<Error>>(
+    pub async fn infer<E: From<Error>>(
         &self,
         caller: &Caller,
         name: &str,

@@ -6,7 +6,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{Error, Service};
+use super::error::Error;
+use super::state::Service;
 use crate::engine::neighbors::Neighbor;
 use crate::model::{ModelError, T5Tokenizer};
 use crate::prompts::TaskName;

@@ -1,12 +1,13 @@
 //! Predict: queue one row per input with the task's prompt, wait, answer in order. Rows of
 //! any tasks share forward passes. The rows of an ensemble input form one admission unit
-//! ([`Service::run_units`]), so they join a pass together.
+//! ([`Service::answer_units`]), so they join a pass together.
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::error::Error;
 use super::rows::{best_label, build_row, refusal};
-use super::{Error, Service};
+use super::state::Service;
 use crate::batcher::{Refused, RowError, RowReply, Share, Ticket, Unit};
 use crate::catalog::prompts::Entry;
 use crate::engine::{PromptSlot, RowInput, RowOutput};
@@ -112,7 +113,7 @@ impl Service {
             })
             .collect();
         let answers: Vec<RowOutput> = self
-            .run_units(units, &admission.share)
+            .answer_units(units, &admission.share)
             .await?
             .into_iter()
             .flatten()
@@ -219,7 +220,7 @@ impl Service {
 
     /// Queues `units` (all or none), waits for every row within the request timeout and
     /// returns the rows' outputs unit by unit; the first failed row fails the request.
-    pub(crate) async fn run_units(
+    pub(crate) async fn answer_units(
         &self,
         units: Vec<Unit>,
         share: &Share,

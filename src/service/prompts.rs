@@ -3,7 +3,8 @@
 //! and the tuning jobs store prompts through [`Service::put_prompt`].
 use std::sync::Arc;
 
-use super::{Error, Service};
+use super::error::Error;
+use super::state::Service;
 use crate::catalog::prompts::{NewPrompt, PromptInfo};
 use crate::metrics::{ChangeAction, Rejection, UploadResult};
 use crate::prompts::audit::{now_ms, AuditEntry};

@@ -2,6 +2,7 @@
 //! Shared by every front door and `promptd predict`, so all give the same answers and errors.
 use std::sync::Arc;
 
+use super::error::Error;
 use crate::engine::{PromptSlot, RowInput};
 use crate::model::T5Tokenizer;
 
@@ -112,10 +113,10 @@ pub fn build_row(
 
 /// The error for an input that could not become a row: a broken limit is the client's
 /// (`Invalid`), a failing tokenizer the server's (`Internal`).
-pub fn refusal(at: &str, why: RowRefusal) -> super::Error {
+pub fn refusal(at: &str, why: RowRefusal) -> Error {
     match why {
-        RowRefusal::Limit(_) => super::Error::Invalid(format!("{at}{why}")),
-        RowRefusal::Tokenizer(_) => super::Error::Internal(format!("{at}{why}")),
+        RowRefusal::Limit(_) => Error::Invalid(format!("{at}{why}")),
+        RowRefusal::Tokenizer(_) => Error::Internal(format!("{at}{why}")),
     }
 }
 

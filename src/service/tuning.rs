@@ -9,8 +9,9 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use super::error::Error;
 use super::prompts::Upload;
-use super::{Error, Service};
+use super::state::{Service, TuneLimits};
 use crate::prompts::TaskName;
 use crate::tenants::Caller;
 use crate::tune::jobs::{now_ms, Job, JobState, JobStatus, JobTable};
@@ -18,43 +19,6 @@ use crate::tune::output::prompt_file_bytes;
 use crate::tune::scheduler::{TuneFinished, TuneWork};
 use crate::tune::tuner::{Duration, Prepared};
 use crate::tune::{Example, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneSettings};
-
-/// Caps on tuning jobs.
-#[derive(Debug, Clone, Copy)]
-pub struct TuneLimits {
-    /// Training plus dev rows per job.
-    pub max_rows: usize,
-    /// Steps per job.
-    pub max_steps: usize,
-    /// Rows per step.
-    pub max_batch_size: usize,
-    /// Queued or running jobs per tenant.
-    pub max_jobs_per_tenant: usize,
-    /// Request body bytes.
-    pub max_body_bytes: usize,
-}
-
-impl Default for TuneLimits {
-    fn default() -> Self {
-        Self {
-            max_rows: 10_000,
-            max_steps: 20_000,
-            max_batch_size: 64,
-            max_jobs_per_tenant: 2,
-            max_body_bytes: 16 << 20,
-        }
-    }
-}
-
-/// The server's tuning jobs.
-pub struct TuneService {
-    /// Every job, with records under `<prompts>/.tune-jobs/`.
-    pub jobs: JobTable,
-    /// Caps.
-    pub limits: TuneLimits,
-    /// Where jobs go to the engine thread.
-    pub queue: crate::tune::scheduler::TuneQueue,
-}
 
 /// Body of `POST /v1/tasks/{task}/tune`; absent fields take `promptd tune`'s defaults.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -488,38 +452,6 @@ fn records_error(e: crate::tune::TuneError) -> Error {
     match &e {
         crate::tune::TuneError::Io { source, .. } => Error::from_io(source.kind(), e.to_string()),
         _ => Error::Internal(e.to_string()),
-    }
-}
-
-impl TuneService {
-    /// Sets the tuning metrics from the job table (called at each scrape): jobs by state,
-    /// steps and engine seconds summed over every job, the loss of each active job. Only this
-    /// replica's jobs count (records of others sharing the folder would be counted twice).
-    pub fn update_metrics(&self, metrics: &crate::metrics::Metrics) {
-        let mut all = self.jobs.all();
-        all.retain(|j| j.replica == self.jobs.replica());
-        for state in JobState::ALL {
-            let n = all.iter().filter(|j| j.state == state).count();
-            metrics
-                .tune_jobs
-                .with_label_values(&[state.as_str()])
-                .set(n as i64);
-        }
-        let steps: f64 = all.iter().map(|j| j.step as f64).sum();
-        let secs: f64 = all.iter().map(|j| j.engine_seconds).sum();
-        // Counters only move up: every job stays in the table and its totals only grow.
-        metrics
-            .tune_steps
-            .inc_by((steps - metrics.tune_steps.get()).max(0.0));
-        metrics
-            .tune_engine_seconds
-            .inc_by((secs - metrics.tune_engine_seconds.get()).max(0.0));
-        metrics.tune_loss.reset();
-        for j in all.iter().filter(|j| j.state.is_active()) {
-            if let Some(loss) = j.loss {
-                metrics.tune_loss.with_label_values(&[&j.id]).set(loss);
-            }
-        }
     }
 }
 

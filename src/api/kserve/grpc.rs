@@ -1,6 +1,6 @@
 //! KServe's Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, in
 //! `proto/grpc_predict_v2.proto`), on the gRPC port beside promptd's own service. It is a
-//! third door onto the same service: the HTTP v2 routes' tensor rules, [`Service::run_model`],
+//! third door onto the same service: the HTTP v2 routes' tensor rules, [`Service::infer`],
 //! the same errors (mapped to gRPC codes by [`crate::api::grpc::status`]).
 use prost::Message;
 use serde_json::Value;
@@ -219,7 +219,7 @@ impl GrpcInferenceService for KserveGrpc {
         let name = &req.model_name;
         let label = svc.request_label(name, svc.is_ensemble_model(name));
         let started = std::time::Instant::now();
-        let result = svc.run_model(&caller, name, input).await;
+        let result = svc.infer(&caller, name, input).await;
         record(svc, &label, started, &result);
         let answer = result.map_err(status)?;
         let Some(meta) = meta else {

@@ -3,12 +3,15 @@ pub mod convert;
 pub mod inspect;
 pub mod keys;
 pub mod limits;
+mod load;
 pub mod neighbors;
 pub mod predict;
 pub mod serve;
 pub mod tune;
 
 use clap::{Parser, Subcommand};
+
+pub use load::load_engine;
 
 /// promptd: one frozen T5, thousands of soft-prompt tasks, mixed in one batch.
 #[derive(Debug, Parser)]
@@ -46,23 +49,6 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Rewrite a model folder promptd can serve as sharded safetensors + tokenizer.json.
     Convert(convert::ConvertArgs),
-}
-
-/// Loads a model folder into an engine on `device` in `dtype`, and the folder's tokenizer
-/// (`promptd predict`, `tune`, `eval`).
-pub fn load_engine(
-    dir: &std::path::Path,
-    device: crate::engine::DeviceSpec,
-    dtype: crate::engine::DtypeSpec,
-) -> Result<(crate::engine::Engine, crate::model::T5Tokenizer), String> {
-    use crate::model::{ModelOptions, T5Model, T5Tokenizer};
-    let device = device.resolve()?;
-    let kind = dtype.resolve(device);
-    let model = T5Model::load(dir, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
-    let eos = model.config.eos_ids()[0];
-    let tokenizer = T5Tokenizer::from_dir(dir, eos).map_err(|e| e.to_string())?;
-    let engine = crate::engine::Engine::new(model).map_err(|e| e.to_string())?;
-    Ok((engine, tokenizer))
 }
 
 /// Logs go to stderr so stdout carries only results.

@@ -60,7 +60,7 @@ pub fn neighbors(args: &NeighborsArgs) -> Result<NeighborsReport, String> {
                 args.prompt.display()
             )
         })?;
-    let (mut engine, tokenizer) = super::load_engine(&args.model, args.device, args.dtype)?;
+    let (mut engine, tokenizer) = super::load::load_engine(&args.model, args.device, args.dtype)?;
     let d_model = engine.model().config.d_model as usize;
     let limits = PromptLimits {
         max_rows: usize::MAX,

@@ -88,7 +88,7 @@ struct Context {
 /// Runs `promptd predict` over stdin/stdout.
 pub fn run(args: PredictArgs) -> Result<(), String> {
     let _guard = tch::no_grad_guard();
-    let (mut engine, tokenizer) = super::load_engine(&args.model, args.device, args.dtype)?;
+    let (mut engine, tokenizer) = super::load::load_engine(&args.model, args.device, args.dtype)?;
     let d_model = engine.model().config.d_model as usize;
     let mut slots = HashMap::new();
     let mut broken = HashMap::new();

@@ -147,7 +147,7 @@ pub struct EvalArgs {
 
 /// Loads the model into an engine, and the tokenizer.
 pub fn load_engine(args: &ModelArgs) -> Result<(Engine, T5Tokenizer), String> {
-    super::load_engine(&args.model, args.device, args.dtype)
+    super::load::load_engine(&args.model, args.device, args.dtype)
 }
 
 /// Sets the returned flag on Ctrl-C (SIGINT) instead of killing the process.

@@ -5,8 +5,18 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tch::{Device, Kind, Tensor};
 
-use super::PromptRows;
 use crate::model::ModelError;
+
+/// A matrix of prompt rows, f32, row-major: what the engine serves for a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptRows {
+    /// Number of rows (virtual tokens).
+    pub rows: usize,
+    /// Row width (d_model).
+    pub cols: usize,
+    /// rows × cols values.
+    pub values: Vec<f32>,
+}
 
 /// A contiguous range of bank rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

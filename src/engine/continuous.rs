@@ -7,9 +7,10 @@
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
-use super::{
-    count_label_pairs, count_tasks, guarded, split_by_token_budget, BatchStats, Engine,
-    EngineError, RowInput, RowOutput,
+use super::error::{guarded, EngineError};
+use super::passes::Engine;
+use super::rows::{
+    count_label_pairs, count_tasks, split_by_token_budget, BatchStats, RowInput, RowOutput,
 };
 use crate::model::profile::{span, Family};
 use crate::model::{DecoderState, T5Model};
@@ -412,6 +413,79 @@ impl Running {
         self.live = 0;
         self.state = None;
         self.tokens = None;
+    }
+}
+
+/// Static batching: a running batch that admits its rows once and decodes to its end.
+impl Engine {
+    /// Runs a mixed-task batch to its end: one encoder pass over `[prompt rows ; input]` for
+    /// every row, then greedy decoding and label scoring. The first row that failed fails the
+    /// call; [`Engine::run_rows`] answers each row on its own.
+    pub fn run_batch(&mut self, rows: &[RowInput]) -> Result<Vec<RowOutput>, EngineError> {
+        let (outputs, passes) = self.run_to_end(rows);
+        if let Some(last) = passes.last() {
+            self.last_stats = last.clone();
+        }
+        outputs.into_iter().collect()
+    }
+
+    /// Admits `rows` to a fresh running batch at once (encoder passes that fail are retried
+    /// row by row) and decodes until the last row finishes. Returns each row's result and the
+    /// passes' costs; the decode work is counted on the last pass.
+    fn run_to_end(&mut self, rows: &[RowInput]) -> (Vec<RowResult>, Vec<BatchStats>) {
+        let mut running = Running::new(self.model());
+        let (joining, replies): (Vec<Joining>, Vec<_>) = rows
+            .iter()
+            .map(|row| {
+                let (reply, rx) = oneshot::channel();
+                (
+                    Joining {
+                        row: row.clone(),
+                        reply,
+                    },
+                    rx,
+                )
+            })
+            .unzip();
+        let mut passes = running.admit(self, joining, u64::MAX).passes;
+        while !running.is_empty() {
+            running.step(self.model());
+        }
+        let work = running.take_work();
+        let outputs: Vec<RowResult> = replies
+            .into_iter()
+            .map(|mut rx| {
+                rx.try_recv()
+                    .unwrap_or_else(|_| Err(EngineError::Decode("the row was not answered".into())))
+            })
+            .collect();
+        if let Some(last) = passes.last_mut() {
+            last.decode_steps = work.steps;
+            last.decode_row_steps = work.row_steps;
+            last.generated_tokens = outputs.iter().flatten().map(|o| o.token_ids.len()).sum();
+        }
+        (outputs, passes)
+    }
+
+    /// Runs rows in groups that respect the token budget, each to its end before the next
+    /// (static batching). Returns each row's result in order and the cost of every pass.
+    pub fn run_rows(
+        &mut self,
+        rows: &[RowInput],
+        max_batch_tokens: u64,
+    ) -> (Vec<Result<RowOutput, EngineError>>, Vec<BatchStats>) {
+        let lengths: Vec<usize> = rows.iter().map(RowInput::encoder_len).collect();
+        let mut results = Vec::with_capacity(rows.len());
+        let mut passes = Vec::new();
+        for group in split_by_token_budget(&lengths, max_batch_tokens) {
+            let (outputs, stats) = self.run_to_end(&rows[group]);
+            if let Some(last) = stats.last() {
+                self.last_stats = last.clone();
+            }
+            results.extend(outputs);
+            passes.extend(stats);
+        }
+        (results, passes)
     }
 }
 

@@ -3,7 +3,7 @@
 //! divided by each token's norm, a chunk of vocabulary per matmul, on the model's device, in f32.
 use tch::{Kind, Tensor};
 
-use super::EngineError;
+use super::error::EngineError;
 
 /// Vocabulary rows compared per matmul. A bf16 / f16 table is read in f32 a chunk at a time
 /// (T5-XXL: 8,192 × 4,096 × 4 bytes = 134 MB at once, not its whole 32k vocabulary's 526 MB);

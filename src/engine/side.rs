@@ -3,7 +3,7 @@
 //! so the engine imports nothing of that layer.
 use std::time::Duration;
 
-use super::Engine;
+use super::passes::Engine;
 
 /// Work stepped on the engine thread between serving passes, within a share of engine time.
 /// The engine calls [`SideWork::has_work`] before it blocks waiting for a job; whoever

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
+use super::bank::{PromptRows, PromptSlot};
 use super::continuous::{Admitted, Joining, Running};
+use super::error::{guarded, EngineError};
+use super::passes::Engine;
 use super::side::SideWork;
-use super::{guarded, Engine, EngineError, PromptRows, PromptSlot};
 use crate::model::{ModelOptions, T5Model};
 
 /// What the engine thread needs to start.

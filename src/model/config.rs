@@ -3,7 +3,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// T5 hyper-parameters, field names as in `T5Config`.
 #[derive(Debug, Clone, Deserialize)]

@@ -2,9 +2,9 @@
 use tch::{Kind, Tensor};
 
 use super::config::{Activation, T5Config};
+use super::error::ModelError;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
-use super::ModelError;
 
 /// `T5LayerNorm`: RMS norm without mean or bias, accumulated in f32.
 pub struct T5LayerNorm {

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// The kernel for CPU f32 serving matmuls (`--cpu-matmul`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]

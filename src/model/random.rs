@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use tch::{Device, Kind, Tensor};
 
+use super::config::T5Config;
+use super::error::ModelError;
+use super::t5::{ModelOptions, T5Model};
 use super::weights::WeightSource;
-use super::{ModelError, ModelOptions, T5Config};
 
 /// Checkpoint shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +135,15 @@ impl WeightSource for Synthetic {
         let mut t = Tensor::f_randn(shape, options)?;
         let _ = t.f_mul_scalar_(std)?;
         Ok(t)
+    }
+}
+
+impl T5Model {
+    /// A model of `config`'s shapes with random weights made directly on `opts`' device in its
+    /// dtype (no files, no host copy): for measuring shapes whose checkpoints are not at hand.
+    pub fn synthetic(config: T5Config, opts: ModelOptions, seed: i64) -> Result<Self, ModelError> {
+        let source = Synthetic::new(opts, seed);
+        Self::from_weights(config, &source, opts)
     }
 }
 
@@ -385,7 +396,6 @@ mod tests {
     use std::cell::Cell;
 
     use super::*;
-    use crate::model::T5Model;
 
     /// Counts what a model asks for; hands out zero-stride stand-ins (no memory).
     struct Counting(Cell<i64>);

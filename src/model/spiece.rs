@@ -16,7 +16,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::whitespace::WhitespaceSplit;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::ModelError;
+use super::error::ModelError;
 
 mod proto {
     include!(concat!(env!("OUT_DIR"), "/sentencepiece.rs"));

@@ -2,10 +2,10 @@
 use tch::{Kind, Tensor};
 
 use super::config::T5Config;
+use super::error::ModelError;
 use super::layers::{dropout, position_bias, Packed, T5Attention, T5LayerFF, T5LayerNorm};
 use super::profile::{span, Family};
 use super::weights::WeightSource;
-use super::ModelError;
 
 /// Keys and values of one decoder block. The self-attention buffers are allocated at the
 /// columns the batch is planned to need and written in place, one column per step; rows may

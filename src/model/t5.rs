@@ -4,10 +4,10 @@ use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 use super::config::T5Config;
+use super::error::ModelError;
 use super::profile::{span, Family};
 use super::stack::{min_value, Columns, LayerCache, T5Stack};
 use super::weights::{WeightSource, Weights};
-use super::ModelError;
 
 /// Where and in which dtype the model lives.
 #[derive(Debug, Clone, Copy)]
@@ -307,13 +307,6 @@ impl T5Model {
             kind: tch::Kind::Float,
         };
         Ok(Self::from_weights(config, &w, opts)?.config)
-    }
-
-    /// A model of `config`'s shapes with random weights made directly on `opts`' device in its
-    /// dtype (no files, no host copy): for measuring shapes whose checkpoints are not at hand.
-    pub fn synthetic(config: T5Config, opts: ModelOptions, seed: i64) -> Result<Self, ModelError> {
-        let source = super::random::Synthetic::new(opts, seed);
-        Self::from_weights(config, &source, opts)
     }
 
     pub(crate) fn from_weights(

@@ -2,7 +2,7 @@
 //! crate, with T5's trailing `</s>`.
 use std::path::Path;
 
-use super::ModelError;
+use super::error::ModelError;
 
 /// A T5 tokenizer: encodes text and appends `</s>`; decodes without special tokens.
 pub struct T5Tokenizer {

@@ -11,8 +11,8 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
+use super::error::ModelError;
 use super::torch_bin;
-use super::ModelError;
 
 /// How a folder stores its weights, in the order `Weights::open` looks for them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,9 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Prompt, PromptError, PromptLimits, TaskName};
+use super::error::PromptError;
+use super::name::TaskName;
+use super::prompt::{Prompt, PromptLimits};
 
 /// What a prompt folder held.
 #[derive(Debug, Default)]

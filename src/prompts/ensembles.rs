@@ -7,8 +7,8 @@ use std::io;
 
 use serde::{Deserialize, Serialize};
 
+use super::name::TaskName;
 use super::store::sha256_hex;
-use super::TaskName;
 
 /// File name suffix of a stored ensemble.
 pub const SUFFIX: &str = ".ensemble.json";

@@ -1,6 +1,6 @@
 //! NumPy `.npy` (format versions 1–3) holding a float32/float16 C-order matrix.
+use super::error::PromptError;
 use super::tensor::{Dtype, RawTensor};
-use super::PromptError;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 /// No legitimate prompt needs a bigger header; numpy itself caps it similarly.

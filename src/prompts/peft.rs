@@ -1,7 +1,9 @@
 //! PEFT prompt-tuning adapters: `adapter_config.json` + `adapter_model.safetensors`.
 use serde::Deserialize;
 
-use super::{check_matrix, parse_tensor_file, Prompt, PromptError, PromptLimits, PromptRows};
+use super::error::PromptError;
+use super::prompt::{check_matrix, parse_tensor_file, Prompt, PromptLimits};
+use crate::engine::PromptRows;
 
 /// The fields of PEFT's `PromptTuningConfig` that decide how rows are laid out.
 #[derive(Debug, Deserialize)]

@@ -14,8 +14,11 @@ use sha2::{Digest, Sha256};
 
 use super::dir::{classify, load_source, PromptSource};
 pub use super::dir::{Fingerprint, Found};
-use super::tensor::{is_safetensors, safetensors_tensor};
-use super::{Prompt, PromptError, PromptLimits, PromptRows, TaskName};
+use super::error::PromptError;
+use super::name::TaskName;
+use super::prompt::{Prompt, PromptLimits};
+use super::tensor::{is_safetensors, safetensors_tensor, RawTensor};
+use crate::engine::PromptRows;
 
 /// Header metadata key of the prompt version.
 pub const VERSION_KEY: &str = "promptd.version";
@@ -238,7 +241,7 @@ impl Store {
     }
 }
 
-fn decoder_rows(raw: super::RawTensor, d_model: usize) -> Result<PromptRows, PromptError> {
+fn decoder_rows(raw: RawTensor, d_model: usize) -> Result<PromptRows, PromptError> {
     match raw.shape.as_slice() {
         &[rows, cols] if cols as usize == d_model => Ok(PromptRows {
             rows: rows as usize,

@@ -2,7 +2,7 @@
 use safetensors::tensor::Dtype as StDtype;
 use safetensors::SafeTensors;
 
-use super::PromptError;
+use super::error::PromptError;
 
 /// Element types a prompt file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::prompts::TaskName;
+pub use quota::QuotaConfig;
 use quota::{Limiter, Limits};
 
 /// Errors in a tenants file; each names the tenant and the field.
@@ -36,22 +37,6 @@ pub enum TenantsError {
     /// The file parses but is inconsistent.
     #[error("{0}")]
     Invalid(String),
-}
-
-/// Quotas as written in the file; absent fields take the safe defaults.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaConfig {
-    /// Prompts the tenant may own (default 1000).
-    pub max_prompts: Option<usize>,
-    /// Sustained predict requests per second, token bucket (default 100).
-    pub requests_per_second: Option<f64>,
-    /// Requests the bucket holds for bursts (default 2 × requests_per_second).
-    pub burst: Option<f64>,
-    /// Predict requests in flight at once (default 64).
-    pub max_in_flight: Option<usize>,
-    /// Longest prompt the tenant may upload, in rows (default and cap: --max-prompt-length).
-    pub max_prompt_length: Option<usize>,
 }
 
 /// One tenant as written in the file.

@@ -1,12 +1,27 @@
 //! Per-tenant admission: a token bucket for requests per second and a cap on requests in
-//! flight. The state outlives reloads of the tenants file, so a reload cannot refill a bucket.
+//! flight, from the quotas the tenants file gives. The state outlives reloads of the tenants file, so a reload cannot refill a bucket.
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use serde::Deserialize;
 
-use super::QuotaConfig;
+/// Quotas as written in the file; absent fields take the safe defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    /// Prompts the tenant may own (default 1000).
+    pub max_prompts: Option<usize>,
+    /// Sustained predict requests per second, token bucket (default 100).
+    pub requests_per_second: Option<f64>,
+    /// Requests the bucket holds for bursts (default 2 × requests_per_second).
+    pub burst: Option<f64>,
+    /// Predict requests in flight at once (default 64).
+    pub max_in_flight: Option<usize>,
+    /// Longest prompt the tenant may upload, in rows (default and cap: --max-prompt-length).
+    pub max_prompt_length: Option<usize>,
+}
 
 /// Rate and concurrency limits of one tenant.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 use tch::{Device, Tensor};
 
-use super::TuneError;
+use super::error::TuneError;
 use crate::model::T5Tokenizer;
 
 /// One labelled example.

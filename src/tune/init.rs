@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use tch::{Device, Kind, Tensor};
 
-use super::{Rng, TuneError};
+use super::error::TuneError;
+use super::rng::Rng;
 use crate::model::{T5Model, T5Tokenizer};
 use crate::prompts::dir::{load_source, PromptSource};
 use crate::prompts::{PromptLimits, PromptRows};

@@ -10,8 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::error::TuneError;
 use super::output::{prompt_file_bytes, write_atomic};
-use super::TuneError;
 use crate::prompts::PromptRows;
 
 /// Folder of job records inside the prompts folder (hidden: never read as a prompt).

@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use super::data::{tokenize_capped, Example};
-use super::TuneError;
+use super::error::TuneError;
 use crate::engine::{Engine, PromptRows, PromptSlot, RowInput};
 use crate::model::T5Tokenizer;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 
-use super::TuneError;
+use super::error::TuneError;
 use crate::model::T5Config;
 use crate::prompts::tensor::PEFT_KEY;
 use crate::prompts::PromptRows;

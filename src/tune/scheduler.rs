@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::error::TuneError;
 use super::jobs::{now_ms, Job, JobState};
 use super::metric::ChunkedEval;
-use super::tuner::Prepared;
-use super::{TuneError, TuneSettings, Tuner};
+use super::tuner::{Prepared, TuneSettings, Tuner};
 use crate::engine::side::SideWork;
 use crate::engine::worker::{EngineWaker, WorkerError};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};

@@ -6,10 +6,11 @@ use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
 use super::data::{tokenize, Batch, Example, TokenizedExample};
+use super::error::TuneError;
 use super::init::{initial_prompt, read_init_file, InitSpec};
 use super::metric::{label_set, ChunkedEval, EvalOutcome, EvalSet, Metric};
-use super::optim::{Optimizer, OptimizerSettings};
-use super::{Rng, TuneError};
+use super::optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use super::rng::Rng;
 use crate::engine::Engine;
 use crate::model::{T5Model, T5Tokenizer};
 use crate::prompts::PromptRows;
@@ -66,7 +67,7 @@ impl TuneSettings {
             prompt_length: None,
             init: InitSpec::ClassLabels,
             labels: Vec::new(),
-            optimizer: OptimizerSettings::defaults(super::OptimizerKind::Adafactor),
+            optimizer: OptimizerSettings::defaults(OptimizerKind::Adafactor),
             batch_size: 32,
             duration,
             eval_every: 100,

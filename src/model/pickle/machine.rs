@@ -1,8 +1,9 @@
-//! The stack machine: the opcodes torch writes, over the allow-listed values of `super`.
+//! The stack machine: the opcodes torch writes, over the allow-listed values of `super::value`.
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{global, Global, PickleError, StorageRef, TensorRef, Value, MAX_DEPTH};
+use super::error::PickleError;
+use super::value::{global, Global, StorageRef, TensorRef, Value, MAX_DEPTH};
 
 pub(super) struct Machine<'a> {
     data: &'a [u8],

@@ -8,109 +8,14 @@
 //! (`BINPERSID`) hook, which is how every tensor's storage is referenced; candle's reader lives
 //! inside candle-core. This is the same approach (an allow-listed subset of the opcodes torch
 //! writes, protocol 2 and up) at about the size of the subset.
-use std::rc::Rc;
-
-use tch::Kind;
-
+mod error;
 mod machine;
+mod value;
+
+pub use error::PickleError;
 use machine::Machine;
-
-/// Deepest nesting a state dict needs (dict → rebuild args → shape tuple) with room to spare;
-/// bounds recursion when values are dropped or inspected.
-const MAX_DEPTH: usize = 32;
-
-/// A pickle that is not a plain state dict, or is malformed.
-#[derive(Debug, thiserror::Error)]
-pub enum PickleError {
-    /// The pickle names a global outside the allow-list.
-    #[error("refusing to load global {0} (only tensors, storages and ordered dicts are allowed)")]
-    Forbidden(String),
-    /// An opcode this reader does not implement (none that a state dict needs).
-    #[error("unsupported pickle opcode 0x{0:02x} at byte {1}")]
-    Opcode(u8, usize),
-    /// Malformed: truncated, stack underflow, wrong argument types.
-    #[error("malformed pickle at byte {0}: {1}")]
-    Malformed(usize, String),
-}
-
-/// A storage referenced by a tensor: `data/<key>` in the archive, `numel` elements of `kind`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StorageRef {
-    /// Archive entry name under `data/`.
-    pub key: String,
-    /// Element type.
-    pub kind: Kind,
-    /// Elements in the storage, as the pickle declares.
-    pub numel: u64,
-}
-
-/// A tensor as `_rebuild_tensor_v2` describes it: a strided view of a storage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TensorRef {
-    /// The storage.
-    pub storage: StorageRef,
-    /// First element, in elements.
-    pub offset: u64,
-    /// Shape.
-    pub size: Vec<i64>,
-    /// Strides, in elements.
-    pub stride: Vec<i64>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Global {
-    OrderedDict,
-    RebuildTensor,
-    RebuildParameter,
-    Storage(Kind),
-}
-
-#[derive(Debug, Clone)]
-enum Value {
-    None,
-    Bool(bool),
-    Int(i64),
-    Float,
-    Str(Rc<str>),
-    Bytes,
-    Tuple(Rc<Vec<Value>>, usize),
-    List(Vec<Value>, usize),
-    Dict(Vec<(Value, Value)>, usize),
-    Global(Global),
-    Storage(Rc<StorageRef>),
-    Tensor(Rc<TensorRef>),
-}
-
-impl Value {
-    fn depth(&self) -> usize {
-        match self {
-            Value::Tuple(_, d) | Value::List(_, d) | Value::Dict(_, d) => *d,
-            _ => 0,
-        }
-    }
-}
-
-fn global(module: &str, name: &str) -> Result<Global, PickleError> {
-    let kind = match (module, name) {
-        ("collections", "OrderedDict") => return Ok(Global::OrderedDict),
-        ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => {
-            return Ok(Global::RebuildTensor)
-        }
-        ("torch._utils", "_rebuild_parameter") => return Ok(Global::RebuildParameter),
-        ("torch", "FloatStorage") => Kind::Float,
-        ("torch", "HalfStorage") => Kind::Half,
-        ("torch", "BFloat16Storage") => Kind::BFloat16,
-        ("torch", "DoubleStorage") => Kind::Double,
-        ("torch", "LongStorage") => Kind::Int64,
-        ("torch", "IntStorage") => Kind::Int,
-        ("torch", "ShortStorage") => Kind::Int16,
-        ("torch", "CharStorage") => Kind::Int8,
-        ("torch", "ByteStorage") => Kind::Uint8,
-        ("torch", "BoolStorage") => Kind::Bool,
-        _ => return Err(PickleError::Forbidden(format!("{module}.{name}"))),
-    };
-    Ok(Global::Storage(kind))
-}
+use value::Value;
+pub use value::{StorageRef, TensorRef};
 
 /// Reads a state dict pickle: every `name → tensor` entry, in file order; entries whose value
 /// is not a tensor are skipped.
@@ -206,6 +111,8 @@ pub fn read_legacy(file: &[u8]) -> Result<Legacy, PickleError> {
 
 #[cfg(test)]
 mod tests {
+    use tch::Kind;
+
     use super::*;
 
     /// `{'w': _rebuild_tensor_v2(('storage', FloatStorage, '0', 'cpu', 6), 0, (2, 3), (3, 1), False, OrderedDict())}`

@@ -1,0 +1,175 @@
+//! The engine proper: the model plus its prompt bank, and the passes over them that the decoder
+//! ([`super::continuous`]) builds on: one encoder pass over `[prompt rows ; input]`, label
+//! scoring, prompt registration and nearest tokens.
+use std::sync::Arc;
+
+use tch::Tensor;
+
+use super::bank::{PromptBank, PromptRows, PromptSlot};
+use super::error::EngineError;
+use super::neighbors;
+use super::rows::{BatchStats, RowInput};
+use super::score::{self, LabelPair};
+use crate::model::profile::{span, Family};
+use crate::model::{ModelError, T5Model};
+
+/// Encoder output of a group of rows.
+pub(crate) struct Encoded {
+    /// [B, S, d]
+    pub out: Tensor,
+    /// 0/1 [B, S]
+    pub mask: Tensor,
+    /// S: the longest row's encoder positions.
+    pub width: usize,
+}
+
+/// The model plus its prompt bank.
+pub struct Engine {
+    model: T5Model,
+    bank: PromptBank,
+    /// Set by the static runs ([`Engine::run_rows`], in continuous.rs).
+    pub(super) last_stats: BatchStats,
+}
+
+impl Engine {
+    /// Wraps a loaded model with an empty prompt bank on its device.
+    pub fn new(model: T5Model) -> Result<Self, ModelError> {
+        let opts = model.options();
+        let bank = PromptBank::new(
+            model.vocab_size(),
+            model.config.d_model,
+            opts.device,
+            opts.kind,
+        )?;
+        Ok(Self {
+            model,
+            bank,
+            last_stats: BatchStats::default(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &T5Model {
+        &self.model
+    }
+
+    /// The prompt bank.
+    pub fn bank(&self) -> &PromptBank {
+        &self.bank
+    }
+
+    /// Cost of the last successful batch.
+    pub fn last_stats(&self) -> &BatchStats {
+        &self.last_stats
+    }
+
+    /// For each of a served prompt's rows, the `k` nearest of the first `vocab` vocabulary
+    /// tokens by cosine similarity (paper §7).
+    pub fn prompt_neighbors(
+        &self,
+        slot: &PromptSlot,
+        k: usize,
+        vocab: i64,
+    ) -> Result<Vec<Vec<neighbors::Neighbor>>, EngineError> {
+        let rows = self.bank.rows_of(slot)?;
+        neighbors::nearest(self.model.shared(), &rows, k, vocab)
+    }
+
+    /// Makes room in the bank for `rows` more prompt rows at once.
+    pub fn reserve_prompt_rows(&mut self, rows: usize) -> Result<(), ModelError> {
+        self.bank.reserve(rows as i64)
+    }
+
+    /// Writes a prompt's encoder rows into the bank; the rows live while the slot does.
+    pub fn register_prompt(&mut self, rows: &PromptRows) -> Result<Arc<PromptSlot>, ModelError> {
+        #[cfg(debug_assertions)]
+        if crate::fault::take(&crate::fault::PANIC_REGISTERS) {
+            panic!("injected fault: registering a prompt panicked");
+        }
+        self.bank.insert(rows)
+    }
+
+    /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
+    pub(crate) fn encode_rows(&mut self, rows: &[RowInput]) -> Result<Encoded, EngineError> {
+        #[cfg(debug_assertions)]
+        if crate::fault::take(&crate::fault::PANIC_PASSES) {
+            panic!("injected fault: forward pass panicked");
+        }
+        self.check_rows(rows)?;
+        let opts = self.model.options();
+        let pad = self.model.config.pad_id();
+        let width = rows.iter().map(RowInput::encoder_len).max().unwrap_or(1);
+        let mut ids = vec![pad; rows.len() * width];
+        let mut mask = vec![0i64; rows.len() * width];
+        for (i, row) in rows.iter().enumerate() {
+            let virtual_ids = row.prompt.iter().flat_map(|p| p.virtual_ids());
+            for (j, id) in virtual_ids.chain(row.input_ids.iter().copied()).enumerate() {
+                ids[i * width + j] = id;
+                mask[i * width + j] = 1;
+            }
+        }
+        let shape = [rows.len() as i64, width as i64];
+        let copying = span(Family::HostCopy);
+        let ids = Tensor::f_from_slice(&ids)?
+            .f_view(shape)?
+            .f_to_device(opts.device)?;
+        let mask = Tensor::f_from_slice(&mask)?
+            .f_view(shape)?
+            .f_to_device(opts.device)?;
+        drop(copying);
+        let embeds = {
+            let _span = span(Family::Gather);
+            self.bank.embed(self.model.shared(), &ids)?
+        };
+        let out = self.model.encode(&embeds, &mask)?;
+        Ok(Encoded { out, mask, width })
+    }
+
+    /// Each row's label log-likelihoods: None without labels, empty when the row was cancelled.
+    pub(crate) fn score_rows(
+        &self,
+        rows: &[RowInput],
+        encoded: &Encoded,
+    ) -> Result<Vec<Option<Vec<f64>>>, EngineError> {
+        let pairs: Vec<LabelPair> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_cancelled())
+            .flat_map(|(i, r)| {
+                r.labels
+                    .iter()
+                    .map(move |l| LabelPair { row: i, target: l })
+            })
+            .collect();
+        let mut scores =
+            score::score_labels(&self.model, &encoded.out, &encoded.mask, &pairs)?.into_iter();
+        Ok(rows
+            .iter()
+            .map(|row| match (row.labels.is_empty(), row.is_cancelled()) {
+                (true, _) => None,
+                (false, true) => Some(Vec::new()),
+                (false, false) => Some(scores.by_ref().take(row.labels.len()).collect()),
+            })
+            .collect())
+    }
+
+    fn check_rows(&self, rows: &[RowInput]) -> Result<(), EngineError> {
+        let vocab = self.model.vocab_size();
+        for (i, row) in rows.iter().enumerate() {
+            let bad = |why: String| Err(EngineError::InvalidRow { row: i, why });
+            if row.input_ids.is_empty() {
+                return bad("empty input ids (need at least </s>)".into());
+            }
+            let ids = row.input_ids.iter().chain(row.labels.iter().flatten());
+            if let Some(id) = ids.into_iter().find(|&&id| id < 0 || id >= vocab) {
+                return bad(format!(
+                    "token id {id} is outside the model's vocabulary of {vocab}"
+                ));
+            }
+            if row.labels.iter().any(|l| l.is_empty()) {
+                return bad("a label has no tokens (need at least </s>)".into());
+            }
+        }
+        Ok(())
+    }
+}

@@ -3,7 +3,7 @@
 //! checked against the members run one by one; an ensemble's rows ride in one pass; the
 //! resource behaves like a prompt (versions, folder, audit, tenancy) and bad requests change
 //! nothing.
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! The benchmark tools (`promptd-dev`, built with the dev-tools feature): `make-model` writes a
 //! loadable, deterministic, non-degenerate random checkpoint, `make-prompts` prompts that it
 //! serves, and the load generator's offline modes run on them.
-mod common;
 
 use std::process::Command;
 

@@ -1,6 +1,6 @@
 //! Multi-tenancy: keys, per-task permissions, visibility, quotas, the audit log and reloads of
 //! the tenants file, in-process; gRPC authentication and SIGHUP reload on a real process.
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The real server on ephemeral ports: concurrency against `promptd predict`, hot swaps under
 //! load, two replicas sharing a folder and client disconnects in-process; restart, SIGTERM and
 //! a failing start as `promptd serve` processes.
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! The gRPC API with a real tonic client against a real server (in-process): the same answers as HTTP,
 //! prompt management mirrored, errors mapped to gRPC codes, and one batcher for both.
-mod common;
+use crate::common;
 
 use common::inproc::Served;
 use common::{copy_dir, fixtures, metric, metrics};

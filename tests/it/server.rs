@@ -432,14 +432,18 @@ fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        // A drain of 64 one-row passes can outlast the default 30 s on a loaded machine.
+        // 64 one-row passes outlast the default drain (30 s) and request timeout (60 s) on a
+        // loaded machine (ten minutes seen with two cores and a load of 9): no request timeout,
+        // so only the drain's generous bound can fail the queued request.
         &[
             "--max-batch-size",
             "1",
             "--max-new-tokens-limit",
             "256",
             "--shutdown-timeout-s",
-            "600",
+            "1800",
+            "--request-timeout-ms",
+            "0",
         ],
     );
     (dir, server)

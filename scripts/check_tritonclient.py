@@ -8,7 +8,7 @@ Checks, with the clients' defaults: tritonclient.http infer with binary inputs a
 (the binary tensor data extension), and with JSON inputs and outputs; tritonclient.grpc
 infer; server/model readiness and metadata over both; grpcio-reflection's v1alpha client
 listing the services. Every answer must equal promptd's own /v1 predict answer. Exits non-zero
-on the first mismatch. A dev-time check (the Rust tests in tests/outside.rs speak the same
+on the first mismatch. A dev-time check (the Rust tests in tests/it/outside.rs speak the same
 wire formats); it needs the packages above.
 """
 import argparse

@@ -2,7 +2,7 @@
 # Validates the Kubernetes manifests in deploy/kubernetes against the Kubernetes API's own
 # OpenAPI schemas (strict: unknown fields fail), offline, with PyPI's kubernetes-validate,
 # installed into .tools/ (git-ignored) on first use. The Prometheus Operator and KServe objects
-# are CRDs outside those schemas; tests/deploy.rs checks them against the server instead.
+# are CRDs outside those schemas; tests/it/deploy.rs checks them against the server instead.
 set -euo pipefail
 VALIDATE_VERSION="1.37.0"
 KUBERNETES_VERSION="${KUBERNETES_VERSION:-1.31.0}"

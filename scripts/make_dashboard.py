@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes deploy/grafana/promptd.json, the Grafana dashboard for promptd.
 
-Edit the panels here and rerun (`python3 scripts/make_dashboard.py`); tests/deploy.rs checks that
+Edit the panels here and rerun (`python3 scripts/make_dashboard.py`); tests/it/deploy.rs checks that
 every metric the dashboard queries is exported by a live server.
 """
 import json

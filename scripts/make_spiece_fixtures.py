@@ -17,7 +17,7 @@ Writes:
   model/                      a tiny random T5 v1.1 (vocab 408) as the older releases ship it:
                               config.json + pytorch_model.bin, for spiece.model + "saved"'s files
   model.jsonl                 transformers' greedy tokens and label log-likelihoods for that
-                              folder (the tests/common Case format; no prompt)
+                              folder (the tests/it/common Case format; no prompt)
 
 The Rust test copies spiece.model next to a variant's files and compares.
 

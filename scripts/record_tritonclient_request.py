@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Records the raw HTTP request tritonclient.http sends for an infer with its defaults (binary
 tensor data for inputs and outputs, no Content-Type) into
-tests/fixtures/kserve/tritonclient_http_infer.bin, which tests/outside.rs replays.
+tests/fixtures/kserve/tritonclient_http_infer.bin, which tests/it/outside.rs replays.
 
     pip install 'tritonclient[http]' numpy
     python3 scripts/record_tritonclient_request.py tests/fixtures/kserve/tritonclient_http_infer.bin

@@ -3,6 +3,7 @@
 //! prompt registration, a prompt write on the blocking pool; and a dead batching loop, which
 //! fails readiness and answers the waiting requests at once. One test in its own binary: the
 //! fault switches (debug builds only) are process-wide, so the cases run one after another.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::atomic::Ordering;

@@ -1,6 +1,7 @@
 //! Fair share across tenants, measured: a tenant flooding at ten times another's unloaded
 //! rows/s leaves the other's p99 within 2x of its p99 alone. A binary of its own, so no other
 //! test shares the two cores while it measures.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use promptd::tenants::hash_key;

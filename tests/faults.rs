@@ -1,6 +1,9 @@
 //! Faults: a full or read-only prompts folder, and `kill -9` in the middle of an upload storm.
 //! Each time the server keeps serving and loses nothing it acknowledged. (A panicking forward
 //! pass is in tests/engine_panic.rs: its fault switch is process-wide.)
+//! A binary of its own: `fault::STORE_WRITE_ERRNO` is process-wide (it would fail other tests'
+//! uploads), and `make test-tmpfs` runs its ignored root-only test as `--test faults`.
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

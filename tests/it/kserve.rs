@@ -1,6 +1,6 @@
 //! KServe Open Inference Protocol v2 routes in-process: health, metadata, inference equal to
 //! the /v1 predict route, versions, and a table of malformed inference requests.
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};

@@ -1,7 +1,7 @@
 //! The HTTP API in-process (`app(state)` driven with `tower::ServiceExt::oneshot`) on the tiny
 //! fixture model: the bad-upload table, prompt life cycle, request errors, backpressure,
 //! timeouts and batch timing.
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};

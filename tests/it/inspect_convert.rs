@@ -1,6 +1,6 @@
 //! `promptd inspect` reports what it sees without loading weights; `promptd convert` rewrites a
 //! .bin / spiece.model folder as sharded safetensors + tokenizer.json that answers the same.
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! decodes exactly as transformers' T5 fast tokenizer does (fixtures: scripts/make_spiece_fixtures.py).
 use std::path::{Path, PathBuf};
 
-mod common;
+use crate::common;
 
 use promptd::model::{T5Tokenizer, TokenizerSource};
 

@@ -1,5 +1,5 @@
 //! Our T5 + soft prompts against transformers + PEFT (fixtures from scripts/make_fixtures.py).
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -1,7 +1,7 @@
 //! Checks `deploy/` against the server it deploys: every manifest parses, probes and ports
 //! match the routes and flags the binary really has, and every metric that an alert, the
 //! autoscaler or the dashboard queries is exported by a live server.
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `promptd tune` and `promptd eval` as a user runs them: outputs the server and PEFT accept, the
 //! report, the hidden-check form (SGD, one step, `--init file:`), bad data, Ctrl-C, and a task the
 //! frozen model learns only through its prompt.
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

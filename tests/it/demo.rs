@@ -3,7 +3,7 @@
 //! far better than the same model without a prompt; one sentence gets each task's own answer;
 //! a mixed batch over every demo task answers each row as that row alone; and the server puts
 //! a burst of different tasks into one pass.
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! Tuning jobs on a running server: a job becomes the task's next version and is served with
 //! other tasks; bad requests get 4xx JSON and change nothing; a restart fails an interrupted job
 //! with its reason; a job worse than the current prompt waits as a candidate for `promote`.
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! `promptd predict` end to end: JSON lines in, JSON lines out, in order, errors per line.
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 

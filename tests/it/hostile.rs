@@ -1,7 +1,7 @@
 //! Hostile input: a table of malformed requests and property tests over request bodies and
 //! task names. Every one gets a 4xx JSON error (or a normal answer), the server keeps
 //! answering, and nothing is written outside the prompts folder.
-mod common;
+use crate::common;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};

@@ -1,7 +1,7 @@
 //! pytorch_model.bin checkpoints (single and sharded) load to exactly the tensors of the
 //! safetensors fixtures and answer like transformers + PEFT; hostile .bin files are refused
 //! without running anything (fixtures: scripts/make_bin_fixtures.py).
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

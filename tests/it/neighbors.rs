@@ -1,7 +1,7 @@
 //! A prompt read through its nearest vocabulary tokens (paper §7): a prompt built from known
 //! tokens' embeddings has exactly those tokens as nearest neighbours, over HTTP and from
 //! `promptd neighbors`, and the labels among them are reported.
-mod common;
+use crate::common;
 
 use std::process::Command;
 

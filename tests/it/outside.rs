@@ -2,7 +2,7 @@
 //! stream, huge inputs refused before tokenizing, slow and idle connections closed, a cap on
 //! open connections, KServe v2 as tritonclient speaks it (HTTP JSON without a content type,
 //! the binary tensor data extension, and the gRPC service), and gRPC reflection v1alpha.
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Multi-tenancy: keys, per-task permissions, visibility, quotas, the audit log and reloads of
 //! the tenants file, in-process; gRPC authentication and SIGHUP reload on a real process.
-mod common;
+use crate::common;
 
 use std::path::Path;
 
@@ -96,11 +96,8 @@ fn tasks(r: &Reply) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn keys_permissions_visibility_quotas_and_audit() {
+async fn probes_and_the_api_description_need_no_key() {
     let (s, _conf) = tenant_setup("", true).await;
-    let st = &s.state;
-
-    // Probes and the API description need no key; everything else does.
     for path in [
         "/healthz",
         "/readyz",
@@ -109,11 +106,16 @@ async fn keys_permissions_visibility_quotas_and_audit() {
         "/openapi.json",
     ] {
         assert_eq!(
-            call(st, get(path, None)).await.status,
+            call(&s.state, get(path, None)).await.status,
             StatusCode::OK,
             "{path}"
         );
     }
+}
+
+#[tokio::test]
+async fn no_unknown_or_non_bearer_key_is_401_with_www_authenticate() {
+    let (s, _conf) = tenant_setup("", true).await;
     for (what, r) in [
         ("no key", get("/v1/prompts", None)),
         ("unknown key", get("/v1/prompts", Some("guess"))),
@@ -126,21 +128,34 @@ async fn keys_permissions_visibility_quotas_and_audit() {
         ),
         ("predict without key", get("/v2/models/keep", None)),
     ] {
-        let r = call(st, r).await;
+        let r = call(&s.state, r).await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(r.body["error_type"], "unauthorized", "{what}");
         assert!(r.headers.contains_key(header::WWW_AUTHENTICATE), "{what}");
     }
+}
+
+#[tokio::test]
+async fn metrics_need_an_admin_key() {
+    let (s, _conf) = tenant_setup("", true).await;
     assert_eq!(
-        call(st, get("/metrics", Some("acme-key"))).await.status,
+        call(&s.state, get("/metrics", Some("acme-key")))
+            .await
+            .status,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(st, get("/metrics", Some("ops-key"))).await.status,
+        call(&s.state, get("/metrics", Some("ops-key")))
+            .await
+            .status,
         StatusCode::OK
     );
+}
 
-    // Writes: only the owner (or an admin); a refused write leaves the folder as it was.
+#[tokio::test]
+async fn only_the_owner_or_an_admin_writes_and_a_refused_write_changes_nothing() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
     assert_eq!(
         call(st, put("acme.x", "acme-key", npy_filled(2, 0.1)))
             .await
@@ -164,39 +179,45 @@ async fn keys_permissions_visibility_quotas_and_audit() {
         assert_eq!(r.body["error_type"], "forbidden");
     }
     assert_eq!(snapshot(s.dir.path()), before);
+    // Admins manage everything.
+    assert_eq!(
+        call(st, put("keep", "ops-key", npy_filled(2, 0.4)))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(st, predict("acme.x", "ops-key")).await.status,
+        StatusCode::OK
+    );
+}
 
-    // Reads: own tasks and published ones.
+#[tokio::test]
+async fn a_tenant_reads_its_own_tasks_and_published_ones() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
+    for task in ["acme.x", "acme.public-faq"] {
+        assert_eq!(
+            call(st, put(task, "acme-key", npy_filled(2, 0.2)))
+                .await
+                .status,
+            StatusCode::CREATED
+        );
+    }
     assert_eq!(
         call(st, predict("acme.x", "acme-key")).await.status,
         StatusCode::OK
     );
-    assert_eq!(
-        call(st, predict("acme.x", "globex-key")).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(st, get("/v1/prompts/acme.x", Some("globex-key")))
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(st, get("/v2/models/acme.x", Some("globex-key")))
-            .await
-            .status,
-        StatusCode::FORBIDDEN
-    );
-    // 403 depends on the name only: a missing task of another tenant does not answer 404.
-    assert_eq!(
-        call(st, predict("acme.nothing", "globex-key")).await.status,
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        call(st, put("acme.public-faq", "acme-key", npy_filled(2, 0.2)))
-            .await
-            .status,
-        StatusCode::CREATED
-    );
+    for (what, r) in [
+        ("predict", predict("acme.x", "globex-key")),
+        ("prompt", get("/v1/prompts/acme.x", Some("globex-key"))),
+        ("v2 model", get("/v2/models/acme.x", Some("globex-key"))),
+        // 403 depends on the name only: a missing task of another tenant does not answer 404.
+        ("missing task", predict("acme.nothing", "globex-key")),
+    ] {
+        assert_eq!(call(st, r).await.status, StatusCode::FORBIDDEN, "{what}");
+    }
+    // Published: others may read it, not write it.
     assert_eq!(
         call(st, predict("acme.public-faq", "globex-key"))
             .await
@@ -209,20 +230,12 @@ async fn keys_permissions_visibility_quotas_and_audit() {
             .status,
         StatusCode::FORBIDDEN
     );
+}
 
-    // Admins manage everything.
-    assert_eq!(
-        call(st, put("keep", "ops-key", npy_filled(2, 0.4)))
-            .await
-            .status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(st, predict("acme.x", "ops-key")).await.status,
-        StatusCode::OK
-    );
-
-    // Quotas: prompts owned, prompt length.
+#[tokio::test]
+async fn quotas_cap_the_prompts_a_tenant_owns_and_their_length() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
     for task in ["globex.a", "globex.b"] {
         assert_eq!(
             call(st, put(task, "globex-key", npy_filled(2, 0.5)))
@@ -250,10 +263,51 @@ async fn keys_permissions_visibility_quotas_and_audit() {
     );
     let r = call(st, put("globex.a", "globex-key", npy_filled(4, 0.6))).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+}
 
-    // Visibility in the list.
-    let list =
-        |key: &'static str| async move { tasks(&call(st, get("/v1/prompts", Some(key))).await) };
+/// Every write of the tests above, in their order, refused ones included: what the list, the
+/// audit log and the change metrics are checked against.
+async fn every_write(s: &Setup) {
+    let delete_acme_x = |key| {
+        req(
+            Method::DELETE,
+            "/v1/prompts/acme.x",
+            Some(key),
+            Body::empty(),
+        )
+    };
+    for (r, want) in [
+        (put("acme.x", "acme-key", npy_filled(2, 0.1)), 201),
+        (put("acme.x", "globex-key", npy_filled(2, 0.9)), 403),
+        (delete_acme_x("globex-key"), 403),
+        (put("keep", "acme-key", npy_filled(2, 0.9)), 403),
+        (put("unowned", "acme-key", npy_filled(2, 0.9)), 403),
+        (put("acme.public-faq", "acme-key", npy_filled(2, 0.2)), 201),
+        (
+            put("acme.public-faq", "globex-key", npy_filled(2, 0.3)),
+            403,
+        ),
+        (put("keep", "ops-key", npy_filled(2, 0.4)), 200),
+        (put("globex.a", "globex-key", npy_filled(2, 0.5)), 201),
+        (put("globex.b", "globex-key", npy_filled(2, 0.5)), 201),
+        (put("globex.c", "globex-key", npy_filled(2, 0.5)), 403),
+        (put("globex.a", "globex-key", npy_filled(3, 0.6)), 200),
+        (put("globex.a", "globex-key", npy_filled(4, 0.6)), 422),
+    ] {
+        let what = format!("{} {}", r.method(), r.uri());
+        let r = call(&s.state, r).await;
+        assert_eq!(r.status.as_u16(), want, "{what}: {}", r.body);
+    }
+}
+
+#[tokio::test]
+async fn the_list_shows_a_tenant_its_own_and_published_tasks() {
+    let (s, _conf) = tenant_setup("", true).await;
+    every_write(&s).await;
+    let list = |key: &'static str| {
+        let st = &s.state;
+        async move { tasks(&call(st, get("/v1/prompts", Some(key))).await) }
+    };
     assert_eq!(
         list("globex-key").await,
         ["acme.public-faq", "globex.a", "globex.b"]
@@ -263,7 +317,13 @@ async fn keys_permissions_visibility_quotas_and_audit() {
         list("ops-key").await,
         ["acme.public-faq", "acme.x", "globex.a", "globex.b", "keep"]
     );
+}
 
+#[tokio::test]
+async fn the_audit_log_and_metrics_hold_every_change_in_order_without_keys() {
+    let (s, _conf) = tenant_setup("", true).await;
+    let st = &s.state;
+    every_write(&s).await;
     // Delete by the owner; then the audit log holds every change, in order, without keys.
     let r = call(
         st,
@@ -335,14 +395,15 @@ async fn keys_permissions_visibility_quotas_and_audit() {
 
 #[tokio::test]
 async fn request_rate_and_in_flight_quotas_answer_429_and_spare_other_tenants() {
+    // A token every 20 s: on a loaded machine the two answers of the burst can take longer
+    // than a faster rate's refill, and the third request would be let through.
     let slow = format!(
         "[[tenants]]\nname = \"slow\"\nkey_sha256 = [\"{}\"]\ntasks = [\"*\"]\n[tenants.quotas]\nrequests_per_second = 0.05\nburst = 2\n",
         hash_key("slow-key")
     );
     let (s, _conf) = tenant_setup(&slow, true).await;
     let st = &s.state;
-    // `keep` matches slow's `*` (the earlier tenants' patterns do not). One token per 20 s, so
-    // the bucket stays empty however slowly a loaded machine answers the first two.
+    // `keep` matches slow's `*` (the earlier tenants' patterns do not).
     for _ in 0..2 {
         assert_eq!(
             call(st, predict("keep", "slow-key")).await.status,
@@ -357,6 +418,7 @@ async fn request_rate_and_in_flight_quotas_answer_429_and_spare_other_tenants() 
         .unwrap()
         .parse()
         .unwrap();
+    // The next token is at most 1 / rate = 20 s away.
     assert!((1..=20).contains(&retry), "Retry-After {retry}");
     // Another tenant is not affected.
     assert_eq!(

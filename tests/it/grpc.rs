@@ -1,6 +1,6 @@
 //! The gRPC API with a real tonic client against a real server (in-process): the same answers as HTTP,
 //! prompt management mirrored, errors mapped to gRPC codes, and one batcher for both.
-mod common;
+use crate::common;
 
 use common::inproc::Served;
 use common::{copy_dir, fixtures, metric, metrics};
@@ -45,12 +45,10 @@ fn error_type(status: &tonic::Status) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_answers_and_manages_prompts_like_http() {
+async fn grpc_lists_the_prompts_of_the_folder() {
     let server = start(|_| {}).await;
-    let prompts = &server.prompts;
-    let mut grpc = client(&server).await;
-
-    let list = grpc
+    let list = client(&server)
+        .await
         .list_prompts(ListPromptsRequest {})
         .await
         .unwrap()
@@ -58,8 +56,12 @@ async fn grpc_answers_and_manages_prompts_like_http() {
     let mut tasks: Vec<_> = list.prompts.iter().map(|p| p.task.as_str()).collect();
     tasks.sort();
     assert_eq!(tasks, ["demo-a", "demo-b", "demo-c"]);
+}
 
-    // Predict: the same tokens, text, scores and label as the HTTP route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_predict_gives_the_tokens_text_scores_and_label_of_http() {
+    let server = start(|_| {}).await;
+    let mut grpc = client(&server).await;
     let inputs = ["translate to German: hello", "is this positive? yes"];
     let labels = ["yes", "no", "maybe"];
     for task in ["demo-a", "demo-b", "demo-c"] {
@@ -95,23 +97,27 @@ async fn grpc_answers_and_manages_prompts_like_http() {
             assert_eq!(g.label.as_deref(), w["label"].as_str());
         }
     }
-
     // Without labels: no scores, no label.
     let plain = grpc.predict(hello("demo-a")).await.unwrap().into_inner();
     assert!(plain.outputs[0].scores.is_empty() && plain.outputs[0].label.is_none());
+}
 
-    // PutPrompt: created, then replaced; HTTP sees the same version and sha256.
-    let npy = std::fs::read(prompts.join("demo-b.npy")).unwrap();
-    let put = |file: Vec<u8>, config: Option<Vec<u8>>| PutPromptRequest {
+/// A prompt upload named `via-grpc`.
+fn put(file: Vec<u8>, config: Option<Vec<u8>>) -> PutPromptRequest {
+    PutPromptRequest {
         task: "via-grpc".into(),
         file,
         adapter_config: config,
-    };
-    let first = grpc
-        .put_prompt(put(npy.clone(), None))
-        .await
-        .unwrap()
-        .into_inner();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_put_prompt_creates_then_replaces_and_http_sees_the_same_version() {
+    let server = start(|_| {}).await;
+    let prompts = &server.prompts;
+    let mut grpc = client(&server).await;
+    let npy = std::fs::read(prompts.join("demo-b.npy")).unwrap();
+    let first = grpc.put_prompt(put(npy, None)).await.unwrap().into_inner();
     assert!(first.created);
     assert_eq!(first.prompt.as_ref().unwrap().version, 1);
     let peft_dir = prompts.join("demo-a");
@@ -144,9 +150,14 @@ async fn grpc_answers_and_manages_prompts_like_http() {
     assert!(prompts.join("via-grpc.safetensors").is_file());
     // Serving the PEFT upload gives demo-a's answers (same encoder rows).
     let a = grpc.predict(hello("via-grpc")).await.unwrap().into_inner();
+    let plain = grpc.predict(hello("demo-a")).await.unwrap().into_inner();
     assert_eq!(a.outputs[0].token_ids, plain.outputs[0].token_ids);
+}
 
-    // Errors: the gRPC code and the same error_type as HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_errors_carry_the_code_and_the_error_type_of_http() {
+    let server = start(|_| {}).await;
+    let mut grpc = client(&server).await;
     let cases: Vec<(PredictRequest, Code, &str)> = vec![
         (
             PredictRequest {
@@ -190,8 +201,9 @@ async fn grpc_answers_and_manages_prompts_like_http() {
         let e = grpc.predict(req).await.unwrap_err();
         assert_eq!((e.code(), error_type(&e).as_str()), (code, kind), "{e:?}");
     }
+    let npy = std::fs::read(server.prompts.join("demo-b.npy")).unwrap();
     for (task, file, code, kind) in [
-        ("../x", npy.clone(), Code::InvalidArgument, "bad_request"),
+        ("../x", npy, Code::InvalidArgument, "bad_request"),
         (
             "ok-name",
             b"not a tensor".to_vec(),
@@ -207,9 +219,21 @@ async fn grpc_answers_and_manages_prompts_like_http() {
         assert_eq!(e.code(), code, "{task}: {e:?}");
         assert_eq!(error_type(&e), kind, "{task}: {e:?}");
     }
-    assert!(!prompts.join("ok-name.safetensors").exists());
+    assert!(!server.prompts.join("ok-name.safetensors").exists());
+}
 
-    // Delete, then the task is gone for both protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_deleted_over_grpc_is_gone_for_both_protocols() {
+    let server = start(|_| {}).await;
+    let mut grpc = client(&server).await;
+    let npy = std::fs::read(server.prompts.join("demo-b.npy")).unwrap();
+    assert!(
+        grpc.put_prompt(put(npy, None))
+            .await
+            .unwrap()
+            .into_inner()
+            .created
+    );
     grpc.delete_prompt(DeletePromptRequest {
         task: "via-grpc".into(),
     })

@@ -1,7 +1,7 @@
 //! The real server on ephemeral ports: concurrency against `promptd predict`, hot swaps under
 //! load, two replicas sharing a folder and client disconnects in-process; restart, SIGTERM and
 //! a failing start as `promptd serve` processes.
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -432,17 +432,18 @@ fn one_row_per_pass() -> (tempfile::TempDir, TestServer) {
     let server = TestServer::start(
         &model_dir(),
         dir.path(),
-        // A drain of 64 one-row passes can outlast the default 30 s drain and the default 60 s
-        // request timeout on a loaded machine.
+        // 64 one-row passes outlast the default drain (30 s) and request timeout (60 s) on a
+        // loaded machine (ten minutes seen with two cores and a load of 9): no request timeout,
+        // so only the drain's generous bound can fail the queued request.
         &[
             "--max-batch-size",
             "1",
             "--max-new-tokens-limit",
             "256",
             "--shutdown-timeout-s",
-            "600",
+            "1800",
             "--request-timeout-ms",
-            "600000",
+            "0",
         ],
     );
     (dir, server)

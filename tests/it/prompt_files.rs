@@ -1,5 +1,5 @@
 //! Prompt files: formats, PEFT adapters, validation errors, and hostile bytes (property tests).
-mod common;
+use crate::common;
 
 use common::{f32_bytes, npy_bytes, st_bytes};
 use promptd::prompts::{load_prompt_dir, parse_tensor_file, Prompt, PromptLimits};

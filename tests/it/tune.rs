@@ -1,7 +1,7 @@
 //! Prompt tuning against PyTorch: the loss and dP on a fixed batch, Adafactor / Adam / SGD
 //! steps (fixtures from scripts/make_tune_fixtures.py, transformers + torch.optim), frozen
 //! weights, and that tuning teaches the frozen model a task it cannot do without a prompt.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

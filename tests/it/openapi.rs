@@ -2,7 +2,7 @@
 //! every documented method is routed and every other method gets 405, and real responses of
 //! every route have a documented status and match the documented schema (no missing required
 //! field, no undocumented field).
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 
@@ -52,7 +52,7 @@ fn keys_are_declared_exactly_where_the_server_asks_for_them() {
 
 /// Paths given to `.route(...)` in src/api/mod.rs.
 fn routed_paths() -> BTreeSet<String> {
-    let src = include_str!("../src/api/mod.rs");
+    let src = include_str!("../../src/api/mod.rs");
     src.split(".route(")
         .skip(1)
         .map(|rest| {

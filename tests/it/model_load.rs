@@ -1,5 +1,5 @@
 //! Loading checkpoints: both families, sharded files, and clear errors for broken ones.
-mod common;
+use crate::common;
 
 use std::path::Path;
 

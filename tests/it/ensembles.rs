@@ -3,7 +3,7 @@
 //! checked against the members run one by one; an ensemble's rows ride in one pass; the
 //! resource behaves like a prompt (versions, folder, audit, tenancy) and bad requests change
 //! nothing.
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -223,13 +223,20 @@ async fn an_ensembles_rows_ride_in_one_pass() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensembles_are_stored_versioned_audited_and_bad_requests_change_nothing() {
+/// The demo server with ensemble `e`: sentiment and verdict, voting (version 1).
+async fn with_e() -> (common::inproc::Served, reqwest::Client) {
     let server = demo_server(|_| {}).await;
     let client = reqwest::Client::new();
+    let good = json!({"members": ["sentiment", "verdict"], "combine": "vote"});
+    assert_eq!(put(&client, &server, "e", good).await.0, 201);
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_ensemble_write_answers_what_is_wrong_and_changes_nothing() {
+    let (server, client) = with_e().await;
     let dir = server.prompts.clone();
     let good = json!({"members": ["sentiment", "verdict"], "combine": "vote"});
-    assert_eq!(put(&client, &server, "e", good.clone()).await.0, 201);
     let snapshot = common::snapshot(&dir);
     let bad = [
         (
@@ -298,8 +305,12 @@ async fn ensembles_are_stored_versioned_audited_and_bad_requests_change_nothing(
         .await
         .unwrap();
     assert_eq!(info["version"], 1);
+    server.stop().await.unwrap();
+}
 
-    // Predict errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensemble_predict_errors_say_what_is_wrong() {
+    let (server, client) = with_e().await;
     let url = server.url("/v1/ensembles/e/predict");
     let (status, err) = post(
         &client,
@@ -311,12 +322,7 @@ async fn ensembles_are_stored_versioned_audited_and_bad_requests_change_nothing(
         (status, err["error_type"].as_str()),
         (404, Some("unknown_ensemble"))
     );
-    let (status, _) = post(
-        &client,
-        url.clone(),
-        json!({"inputs": "x", "max_new_tokens": 0}),
-    )
-    .await;
+    let (status, _) = post(&client, url, json!({"inputs": "x", "max_new_tokens": 0})).await;
     assert_eq!(status, 422, "nothing to combine");
     put(
         &client,
@@ -333,19 +339,37 @@ async fn ensembles_are_stored_versioned_audited_and_bad_requests_change_nothing(
     .await;
     assert_eq!(status, 422, "{err}");
     assert!(err["error"].as_str().unwrap().contains("labels"), "{err}");
+    server.stop().await.unwrap();
+}
 
-    // A member deleted after the fact: 409, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ensemble_whose_member_was_deleted_answers_409_naming_it() {
+    let (server, client) = with_e().await;
+    let url = server.url("/v1/ensembles/e/predict");
     let resp = client
         .delete(server.url("/v1/prompts/verdict"))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
-    let (status, err) = post(&client, url.clone(), json!({"inputs": "x"})).await;
+    let (status, err) = post(&client, url, json!({"inputs": "x"})).await;
     assert_eq!(status, 409, "{err}");
     assert!(err["error"].as_str().unwrap().contains("verdict"), "{err}");
+    server.stop().await.unwrap();
+}
 
-    // Replace, list, delete; versions count on past a delete, the file follows, audit records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensembles_are_replaced_listed_and_deleted_with_versions_files_and_audit() {
+    let (server, client) = with_e().await;
+    let dir = server.prompts.clone();
+    put(
+        &client,
+        &server,
+        "m",
+        json!({"members": ["sentiment", "verdict"], "combine": "mean-logprob"}),
+    )
+    .await;
+    // Versions count on past a delete, the file follows, the audit log records each change.
     let (status, info) = put(
         &client,
         &server,

@@ -8,9 +8,9 @@ use axum::Json;
 
 use axum::Extension;
 
+use super::error::ApiError;
 use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
 use crate::catalog::prompts::PromptInfo;
 use crate::prompts::TaskName;
 use crate::service::prompts::{Upload, ADAPTER_CONFIG, ADAPTER_WEIGHTS};

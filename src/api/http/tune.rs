@@ -7,9 +7,10 @@ use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
 use crate::prompts::TaskName;
 use crate::service::tuning::TuneRequest;
 use crate::service::Service;

@@ -4,9 +4,9 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::error::ApiError;
 use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
 use crate::prompts::TaskName;
 use crate::service::neighbors::{split_labels, NeighborsAsk, NeighborsReport, MAX_K};
 use crate::service::Service;

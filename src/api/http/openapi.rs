@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{ensembles, kserve, neighbors, predict, prompts, tune};
+use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
 
 /// The whole HTTP API.
 #[derive(OpenApi)]
@@ -18,9 +18,9 @@ use super::{ensembles, kserve, neighbors, predict, prompts, tune};
         license(name = "Apache-2.0")
     ),
     paths(
-        super::healthz,
-        super::readyz,
-        super::metrics,
+        health::healthz,
+        health::readyz,
+        health::metrics,
         prompts::list,
         prompts::put,
         prompts::get_one,

@@ -8,9 +8,10 @@ use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
 use crate::service::predict::{PredictInput, PredictResponse};
 use crate::service::Service;
 use crate::tenants::Caller;

@@ -8,9 +8,10 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
 use super::predict::PredictRequest;
-use super::ApiError;
 use crate::prompts::ensembles::{Combine, EnsembleInfo, EnsembleSpec};
 use crate::service::ensembles::EnsembleResponse;
 use crate::service::Service;

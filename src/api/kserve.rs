@@ -27,6 +27,8 @@ pub const TEXT_INPUT: &str = "text_input";
 /// Name of the candidate-labels input.
 pub const LABELS_INPUT: &str = "labels";
 
+/// The one input datatype promptd takes: texts.
+pub const BYTES: &str = "BYTES";
 /// Outputs promptd answers with.
 pub const OUTPUTS: [&str; 3] = ["text_output", "label", "scores"];
 
@@ -56,6 +58,7 @@ pub struct InferInput {
     /// Dimensions; their product must equal the number of elements.
     pub shape: Vec<i64>,
     /// Element type; only BYTES is accepted.
+    #[schema(schema_with = input_datatype_schema)]
     pub datatype: String,
     /// Elements, flat or nested in row-major order; absent when they travel as binary data.
     #[serde(default)]
@@ -127,6 +130,13 @@ pub struct Output {
     pub shape: Vec<usize>,
     /// Elements.
     pub elements: Elements,
+}
+
+fn input_datatype_schema() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some([BYTES]))
+        .description(Some("Element type; only BYTES is accepted."))
 }
 
 fn input_data_schema() -> impl Into<RefOr<Schema>> {

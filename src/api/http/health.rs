@@ -5,6 +5,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 
 use super::error::ErrorBody;
+use super::responses::Keyed;
 use crate::service::Service;
 
 /// Body of `GET /healthz`.
@@ -68,7 +69,7 @@ pub async fn readyz(State(state): State<Service>) -> (StatusCode, Json<Readiness
 /// Prometheus text exposition of every metric (README: "Metrics").
 #[utoipa::path(get, path = "/metrics", tag = "health", responses(
     (status = 200, description = "Prometheus text format 0.0.4", body = String, content_type = "text/plain"),
-    (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+    Keyed,
     (status = 403, description = "Not an admin key", body = ErrorBody)))]
 pub async fn metrics(State(state): State<Service>) -> impl IntoResponse {
     (

@@ -14,6 +14,7 @@ use utoipa::openapi::RefOr;
 use super::body::RawBody;
 use super::error::{ApiError, ErrorBody};
 use super::params::{TaskParam, TaskVersionParams};
+use super::responses::{BodyLimit, Keyed, Queued, TaskRead};
 use crate::api::kserve::{
     check_shape, metadata, outputs, param, to_input, wire, InferRequest, ModelMetadata, Output,
     ServerMetadata,
@@ -101,7 +102,7 @@ pub struct ModelReady {
 /// Server metadata.
 #[utoipa::path(get, path = "/v2", tag = "kserve", responses(
     (status = 200, description = "Server metadata", body = ServerMetadata),
-    (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody)))]
+    Keyed))]
 pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(crate::api::kserve::server_metadata())
 }
@@ -127,7 +128,8 @@ pub async fn ready(State(svc): State<Service>) -> (StatusCode, Json<Ready>) {
     (status, Json(Ready { ready }))
 }
 
-/// `(task, version)` from either route shape.
+/// `(task, version)` from either route shape: every model route also answers under
+/// `/v2/models/{task}/versions/{version}` (documented by [`Versions`]).
 type ModelPath = Result<Path<Vec<String>>, PathRejection>;
 
 fn path_parts(path: ModelPath) -> Result<(String, Option<String>), ApiError> {
@@ -142,9 +144,7 @@ fn path_parts(path: ModelPath) -> Result<(String, Option<String>), ApiError> {
     params(TaskParam),
     responses(
         (status = 200, description = "The task's metadata", body = ModelMetadata),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody)))]
+        Keyed, TaskRead))]
 pub async fn model_metadata(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -155,30 +155,12 @@ pub async fn model_metadata(
     Ok(Json(metadata(&entry)))
 }
 
-/// Metadata of one version of a task (only the served version exists).
-#[utoipa::path(get, path = "/v2/models/{task}/versions/{version}", tag = "kserve",
-    params(TaskVersionParams),
-    responses(
-        (status = 200, description = "The task's metadata", body = ModelMetadata),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task or version", body = ErrorBody)))]
-pub async fn version_metadata(
-    state: State<Service>,
-    caller: Extension<Caller>,
-    path: ModelPath,
-) -> Result<Json<ModelMetadata>, ApiError> {
-    model_metadata(state, caller, path).await
-}
-
 /// Model (task) readiness: 200 when served.
 #[utoipa::path(get, path = "/v2/models/{task}/ready", tag = "kserve",
     params(TaskParam),
     responses(
         (status = 200, description = "Served", body = ModelReady),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody)))]
+        Keyed, TaskRead))]
 pub async fn model_ready(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -187,22 +169,6 @@ pub async fn model_ready(
     let (task, version) = path_parts(path)?;
     let name = svc.ready_model(&caller, &task, version.as_deref())?;
     Ok(Json(ModelReady { name, ready: true }))
-}
-
-/// Readiness of one version of a task.
-#[utoipa::path(get, path = "/v2/models/{task}/versions/{version}/ready", tag = "kserve",
-    params(TaskVersionParams),
-    responses(
-        (status = 200, description = "Served", body = ModelReady),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task or version", body = ErrorBody)))]
-pub async fn version_ready(
-    state: State<Service>,
-    caller: Extension<Caller>,
-    path: ModelPath,
-) -> Result<Json<ModelReady>, ApiError> {
-    model_ready(state, caller, path).await
 }
 
 /// Inference: generates for every text with the task's prompt (same path as /v1 predict).
@@ -219,14 +185,9 @@ pub async fn version_ready(
     )),
     responses(
         (status = 200, description = "One output element per text; with binary outputs asked for, the JSON response (its length in Inference-Header-Content-Length) then the outputs' raw bytes", body = InferResponse),
+        BodyLimit, Keyed, TaskRead, Queued,
         (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody),
-        (status = 422, description = "A limit or parameter is violated", body = ErrorBody),
-        (status = 429, description = "Queue full, or the tenant's request rate / in-flight quota; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody),
-        (status = 504, description = "Request timeout", body = ErrorBody)))]
+        (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
 pub async fn infer(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -259,28 +220,47 @@ pub async fn infer(
     Ok(respond(answer, req, outputs))
 }
 
-/// Inference on one version of a task (only the served version exists).
-#[utoipa::path(post, path = "/v2/models/{task}/versions/{version}/infer", tag = "kserve",
-    params(TaskVersionParams),
-    request_body(content(
-        (InferRequest = "application/json"),
-        (BinaryInferRequest = "application/octet-stream")
-    )),
-    responses(
-        (status = 200, description = "One output element per text", body = InferResponse),
-        (status = 400, description = "Malformed request", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task or version", body = ErrorBody),
-        (status = 422, description = "A limit or parameter is violated", body = ErrorBody)))]
-pub async fn version_infer(
-    state: State<Service>,
-    caller: Extension<Caller>,
-    path: ModelPath,
-    headers: HeaderMap,
-    body: Result<RawBody, ApiError>,
-) -> Result<Response, ApiError> {
-    infer(state, caller, path, headers, body).await
+/// Documents the routes of one version of a model: `/v2/models/{task}/versions/{version}`,
+/// `.../ready` and `.../infer` are the unversioned routes' handlers, and only the served version
+/// exists (404 otherwise).
+pub struct Versions;
+
+impl utoipa::Modify for Versions {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        use utoipa::IntoParams;
+        let routes = [
+            ("", "version_metadata", "Metadata of one version of a task"),
+            (
+                "/ready",
+                "version_ready",
+                "Readiness of one version of a task",
+            ),
+            (
+                "/infer",
+                "version_infer",
+                "Inference on one version of a task",
+            ),
+        ];
+        for (suffix, id, summary) in routes {
+            let paths = &mut openapi.paths.paths;
+            let Some(mut item) = paths.get(&format!("/v2/models/{{task}}{suffix}")).cloned() else {
+                continue;
+            };
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                op.operation_id = Some(id.into());
+                op.summary = Some(format!("{summary} (only the served version exists)."));
+                op.parameters = Some(TaskVersionParams::into_params(|| Some(ParameterIn::Path)));
+                if let Some(RefOr::T(missing)) = op.responses.responses.get_mut("404") {
+                    missing.description = "Unknown task or version".into();
+                }
+            }
+            paths.insert(
+                format!("/v2/models/{{task}}/versions/{{version}}{suffix}"),
+                item,
+            );
+        }
+    }
 }
 
 /// Parses a body (JSON, or the binary tensor data extension) into the request and each

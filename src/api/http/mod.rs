@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod params;
 pub mod predict;
 pub mod prompts;
+pub mod responses;
 pub mod tune;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -83,15 +84,15 @@ pub fn app(state: Service) -> Router {
         )
         .route(
             "/v2/models/{task}/versions/{version}",
-            get(kserve::version_metadata),
+            get(kserve::model_metadata),
         )
         .route(
             "/v2/models/{task}/versions/{version}/ready",
-            get(kserve::version_ready),
+            get(kserve::model_ready),
         )
         .route(
             "/v2/models/{task}/versions/{version}/infer",
-            predict_limit(post(kserve::version_infer)),
+            predict_limit(post(kserve::infer)),
         )
         .route("/openapi.json", get(openapi::serve))
         .layer(axum::middleware::from_fn_with_state(

@@ -4,6 +4,8 @@
 use axum::Json;
 use utoipa::OpenApi;
 
+use super::error::ErrorBody;
+use super::kserve::Versions;
 use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
 
 /// The whole HTTP API.
@@ -41,14 +43,12 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         kserve::live,
         kserve::ready,
         kserve::model_metadata,
-        kserve::version_metadata,
         kserve::model_ready,
-        kserve::version_ready,
         kserve::infer,
-        kserve::version_infer,
         serve,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth, &Versions),
     security(("bearer" = [])),
     tags(
         (name = "predict", description = "Generation and label scoring"),

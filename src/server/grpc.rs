@@ -28,8 +28,8 @@ pub async fn serve(
         tracing::warn!("gRPC reflection disabled: {e}");
     };
     let mut routes = tonic::service::Routes::new(health)
-        .add_service(crate::api::kserve::grpc::service(svc.clone()))
-        .add_service(grpc::service(svc.clone()));
+        .add_service(grpc::kserve::service(svc.clone()))
+        .add_service(grpc::promptd::service(svc.clone()));
     if let Ok(v1) = reflection().build_v1().inspect_err(disabled) {
         routes = routes.add_service(v1);
     }
@@ -57,11 +57,7 @@ async fn track_health(reporter: tonic_health::server::HealthReporter, svc: Servi
         } else {
             ServingStatus::NotServing
         };
-        for name in [
-            "",
-            grpc::SERVICE_NAME,
-            crate::api::kserve::grpc::SERVICE_NAME,
-        ] {
+        for name in ["", grpc::promptd::SERVICE_NAME, grpc::kserve::SERVICE_NAME] {
             reporter.set_service_status(name, serving).await;
         }
         if status.changed().await.is_err() {

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::inproc::{build_state, call, defaults, setup, Reply};
 use common::npy_filled;
-use promptd::api::openapi::{document, ApiDoc};
+use promptd::api::http::openapi::{document, ApiDoc};
 use serde_json::{json, Value};
 use utoipa::OpenApi;
 
@@ -32,7 +32,7 @@ fn keys_are_declared_exactly_where_the_server_asks_for_them() {
     assert_eq!(secured["security"], json!([{"bearer": []}]));
     for (path, item) in secured["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let open_route = promptd::api::auth::is_public(path);
+            let open_route = promptd::api::http::auth::is_public(path);
             assert_eq!(
                 op.get("security") == Some(&json!([])),
                 open_route,
@@ -50,9 +50,9 @@ fn keys_are_declared_exactly_where_the_server_asks_for_them() {
     );
 }
 
-/// Paths given to `.route(...)` in src/api/mod.rs.
+/// Paths given to `.route(...)` in src/api/http/mod.rs.
 fn routed_paths() -> BTreeSet<String> {
-    let src = include_str!("../../src/api/mod.rs");
+    let src = include_str!("../../src/api/http/mod.rs");
     src.split(".route(")
         .skip(1)
         .map(|rest| {
@@ -110,7 +110,7 @@ async fn documented_paths_and_methods_are_exactly_the_routed_ones() {
 
     // The served document is this one, with the server's limits in the request schemas.
     let r = call(&s.state, common::inproc::get("/openapi.json")).await;
-    assert_eq!(r.body, promptd::api::openapi::served(&s.state));
+    assert_eq!(r.body, promptd::api::http::openapi::served(&s.state));
     assert_eq!(r.body["paths"], spec["paths"]);
     assert_eq!(
         r.body["components"]["schemas"]["PredictRequest"]["properties"]["max_new_tokens"]

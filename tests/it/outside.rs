@@ -481,7 +481,7 @@ async fn a_recorded_tritonclient_request_is_answered_in_its_own_format() {
 async fn kserve_grpc_inference_service_answers_like_http() {
     use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
     use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
-    use promptd::api::kserve::grpc::pb;
+    use promptd::api::grpc::kserve::pb;
 
     let s = Served::start(|_| {}).await;
     let texts = ["kernel time", "who model this"];

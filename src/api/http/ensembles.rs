@@ -8,9 +8,12 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
+use super::params::NAME_PATTERN;
 use super::predict::PredictRequest;
-use super::ApiError;
+use super::responses::{BodyLimit, JsonIn, Keyed, Queued, Serving, Stored};
 use crate::prompts::ensembles::{Combine, EnsembleInfo, EnsembleSpec};
 use crate::service::ensembles::EnsembleResponse;
 use crate::service::Service;
@@ -31,9 +34,68 @@ pub struct EnsembleParam {
 #[serde(deny_unknown_fields)]
 pub struct EnsembleRequest {
     /// Served tasks whose prompts vote, at least 2, distinct, at most --max-batch-size.
+    #[schema(schema_with = members_schema)]
     pub members: Vec<String>,
     /// `vote` (majority of answers) or `mean-logprob` (mean label log-likelihood; needs labels).
     pub combine: Combine,
+}
+
+fn members_schema() -> impl Into<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(NAME_PATTERN)),
+        )
+        .description(Some(
+            "Served tasks whose prompts vote, at least 2, distinct, at most --max-batch-size.",
+        ))
+}
+
+/// Body of `POST /v1/ensembles/{name}/predict` (OpenAPI only; the route reads a
+/// [`PredictRequest`]): an ensemble with `max_new_tokens` 0 has only `labels` to combine, so it
+/// needs some.
+pub struct EnsemblePredictRequest;
+
+impl utoipa::PartialSchema for EnsemblePredictRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaType,
+        };
+        use utoipa::openapi::Ref;
+        let any = || ObjectBuilder::new().schema_type(SchemaType::AnyValue);
+        let something_to_combine = AnyOfBuilder::new()
+            .item(any().property("max_new_tokens", any().minimum(Some(1))))
+            .item(
+                any()
+                    .property("labels", ArrayBuilder::new().min_items(Some(1)))
+                    .required("labels"),
+            );
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name("PredictRequest"))
+            .item(something_to_combine)
+            .description(Some(
+                "A predict request that leaves something to combine: labels, or max_new_tokens above 0",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EnsemblePredictRequest {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push((
+            <PredictRequest as utoipa::ToSchema>::name().into(),
+            PredictRequest::schema(),
+        ));
+        <PredictRequest as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 /// Body of `GET /v1/ensembles`.
@@ -51,14 +113,10 @@ pub struct EnsembleList {
     responses(
         (status = 201, description = "Created (version 1 or past a deleted one)", body = EnsembleInfo),
         (status = 200, description = "Replaced (version + 1)", body = EnsembleInfo),
+        JsonIn, BodyLimit, Keyed, Stored,
         (status = 400, description = "Malformed JSON or bad name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
         (status = 403, description = "A name outside the tenant's patterns, a member it may not read, or over max_prompts ensembles", body = ErrorBody),
-        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "Too few or too many members, a repeated member, a member that is not served, an unknown combine", body = ErrorBody),
-        (status = 503, description = "Loading, shutting down, or the folder is read-only", body = ErrorBody),
-        (status = 507, description = "The prompts folder's disk is full", body = ErrorBody)))]
+        (status = 422, description = "Too few or too many members, a repeated member, a member that is not served, an unknown combine", body = ErrorBody)))]
 pub async fn put(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -82,8 +140,7 @@ pub async fn put(
 /// Every served ensemble the caller may see (all of them on an open server or for an admin).
 #[utoipa::path(get, path = "/v1/ensembles", tag = "ensembles", responses(
     (status = 200, description = "Served ensembles by name", body = EnsembleList),
-    (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-    (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+    Keyed, Serving))]
 pub async fn list(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -98,11 +155,10 @@ pub async fn list(
     params(EnsembleParam),
     responses(
         (status = 200, description = "The served version", body = EnsembleInfo),
+        Keyed, Serving,
         (status = 400, description = "Bad name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "Another tenant's ensemble", body = ErrorBody),
-        (status = 404, description = "Unknown ensemble", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+        (status = 404, description = "Unknown ensemble", body = ErrorBody)))]
 pub async fn get_one(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -117,8 +173,8 @@ pub async fn get_one(
     params(EnsembleParam),
     responses(
         (status = 204, description = "Deleted"),
+        Keyed,
         (status = 400, description = "Bad name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "Another tenant's ensemble", body = ErrorBody),
         (status = 404, description = "Nothing to delete", body = ErrorBody),
         (status = 503, description = "Loading, shutting down, or the folder is read-only", body = ErrorBody)))]
@@ -137,20 +193,14 @@ pub async fn delete(
 /// `mean-logprob`. The response has the ensemble's answer and each member's.
 #[utoipa::path(post, path = "/v1/ensembles/{name}/predict", tag = "ensembles",
     params(EnsembleParam),
-    request_body = PredictRequest,
+    request_body = EnsemblePredictRequest,
     responses(
         (status = 200, description = "One combined output per input, in order", body = EnsembleResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
+        JsonIn, BodyLimit, Keyed, Queued,
         (status = 403, description = "Another tenant's ensemble, or a member the caller may not read", body = ErrorBody),
         (status = 404, description = "Unknown ensemble", body = ErrorBody),
         (status = 409, description = "A member's prompt was deleted after the ensemble was stored", body = ErrorBody),
-        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A limit is violated, mean-logprob without labels, or nothing to combine", body = ErrorBody),
-        (status = 429, description = "Queue full, or the tenant's request rate / in-flight quota; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody),
-        (status = 504, description = "Did not finish within --request-timeout-ms", body = ErrorBody)))]
+        (status = 422, description = "A limit is violated, mean-logprob without labels, or nothing to combine (max_new_tokens 0 without labels)", body = ErrorBody)))]
 pub async fn predict(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,

@@ -1,13 +1,13 @@
 //! KServe's Open Inference Protocol over gRPC (`inference.GRPCInferenceService`, in
 //! `proto/grpc_predict_v2.proto`), on the gRPC port beside promptd's own service. It is a
-//! third door onto the same service: the HTTP v2 routes' tensor rules, [`Service::infer`],
-//! the same errors (mapped to gRPC codes by [`crate::api::grpc::status`]).
+//! third door onto the same service: the HTTP v2 routes' tensor rules ([`crate::api::kserve`]),
+//! [`Service::infer`], the same errors (mapped to gRPC codes by [`super::status`]).
 use prost::Message;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{InferInput, InferRequest, RequestedOutput};
-use crate::api::grpc::{caller, check_size, record, status, FRAMING_BYTES};
+use super::{caller, check_size, record, status, FRAMING_BYTES};
+use crate::api::kserve::{self as rules, wire, InferInput, InferRequest, RequestedOutput};
 use crate::service::{Error, Service};
 
 /// Code generated from `proto/grpc_predict_v2.proto`.
@@ -67,7 +67,7 @@ fn elements(input: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<Strin
         )));
     }
     match raw {
-        Some(raw) => super::wire::decode_bytes(raw).map_err(bad),
+        Some(raw) => wire::decode_bytes(raw).map_err(bad),
         None => input
             .contents
             .iter()
@@ -101,7 +101,7 @@ fn decode(req: &pb::ModelInferRequest) -> Result<(InferRequest, Vec<Vec<String>>
             data: None,
             parameters: None,
         };
-        super::check_shape(&http, items.len())?;
+        rules::check_shape(&http, items.len())?;
         texts.push(items);
         inputs.push(http);
     }
@@ -155,7 +155,7 @@ impl GrpcInferenceService for KserveGrpc {
         &self,
         _: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        let m = super::server_metadata().await.0;
+        let m = rules::server_metadata();
         Ok(Response::new(pb::ServerMetadataResponse {
             name: m.name.into(),
             version: m.version.into(),
@@ -174,8 +174,8 @@ impl GrpcInferenceService for KserveGrpc {
             .svc
             .model(&caller, &req.name, version(&req.version))
             .map_err(status)?;
-        let m = super::metadata(&entry);
-        let tensors = |ts: Vec<super::TensorMetadata>| {
+        let m = rules::metadata(&entry);
+        let tensors = |ts: Vec<rules::TensorMetadata>| {
             ts.into_iter()
                 .map(|t| TensorMetadata {
                     name: t.name.into(),
@@ -212,7 +212,7 @@ impl GrpcInferenceService for KserveGrpc {
         .and_then(|()| decode(&req));
         // A bad request still goes through the service, so it is counted like any other.
         let (input, meta) =
-            match parsed.and_then(|(r, texts)| super::to_input(&r, texts).map(|p| (p, r))) {
+            match parsed.and_then(|(r, texts)| rules::to_input(&r, texts).map(|p| (p, r))) {
                 Ok((p, r)) => (Ok(p), Some(r)),
                 Err(e) => (Err(e), None),
             };
@@ -227,7 +227,7 @@ impl GrpcInferenceService for KserveGrpc {
                 "an undecoded inference request ran".into(),
             )));
         };
-        let outputs = super::outputs(&answer, meta.outputs.as_deref());
+        let outputs = rules::outputs(&answer, meta.outputs.as_deref());
         Ok(Response::new(pb::ModelInferResponse {
             model_name: answer.task,
             model_version: answer.prompt_version.to_string(),

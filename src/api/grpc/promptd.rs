@@ -1,12 +1,9 @@
-//! The gRPC front door (`proto/promptd.proto`): the service's capabilities on a second port,
-//! with the same state, batcher, limits and metrics. The only table from the service's
-//! [`Error`] to a gRPC code is here; the `error-type` trailer carries the same `error_type` as
-//! HTTP bodies.
+//! promptd's own gRPC service (`proto/promptd.proto`): the service's capabilities on the gRPC
+//! port, with the same state, batcher, limits and metrics as HTTP.
 use std::time::Instant;
 
 use prost::Message;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::catalog::prompts::PromptInfo;
 use crate::prompts::TaskName;
@@ -18,19 +15,8 @@ use crate::tenants::Caller;
 use crate::tune::jobs::JobStatus;
 use crate::tune::Example;
 
-/// The encoded descriptors of `proto/promptd.proto`, served by gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("promptd_descriptor");
-
-/// Code generated from `proto/promptd.proto`.
-#[allow(missing_docs, clippy::all, clippy::pedantic)]
-pub mod proto {
-    tonic::include_proto!("promptd.v1");
-}
-
-use proto::promptd_server::{Promptd, PromptdServer};
-
-/// Room for protobuf framing around the largest payload a request may carry.
-pub const FRAMING_BYTES: usize = 64 << 10;
+use super::proto::promptd_server::{Promptd, PromptdServer};
+use super::{caller, check_size, proto, record, status, FRAMING_BYTES};
 
 /// The gRPC service over the shared state.
 pub struct GrpcApi {
@@ -51,69 +37,14 @@ pub fn service(svc: Service) -> PromptdServer<GrpcApi> {
 /// Full name of the promptd gRPC service.
 pub const SERVICE_NAME: &str = "promptd.v1.Promptd";
 
-/// The gRPC status of each error: the only such table.
-pub fn status(e: Error) -> Status {
-    let code = match &e {
-        Error::UnknownTask(_)
-        | Error::UnknownJob(_)
-        | Error::UnknownEnsemble(_)
-        | Error::UnknownVersion(_) => Code::NotFound,
-        Error::Malformed(_) | Error::Invalid(_) | Error::TooLarge(_) => Code::InvalidArgument,
-        Error::Unauthorized(_) => Code::Unauthenticated,
-        Error::Forbidden(_) | Error::QuotaExceeded(_) => Code::PermissionDenied,
-        Error::RateLimited { .. } | Error::QueueFull { .. } | Error::TaskQueueFull { .. } => {
-            Code::ResourceExhausted
-        }
-        Error::Timeout(_) => Code::DeadlineExceeded,
-        Error::Conflict(_) => Code::FailedPrecondition,
-        Error::Unavailable(_) => Code::Unavailable,
-        Error::Storage(_) | Error::Internal(_) => Code::Internal,
-    };
-    let mut status = Status::new(code, e.to_string());
-    status
-        .metadata_mut()
-        .insert("error-type", MetadataValue::from_static(e.error_type()));
-    status
-}
-
-/// Counts a finished predict under `label` in the request metrics, whose status label is the
-/// HTTP status the same outcome has on the HTTP door (one set of label values for both).
-pub(crate) fn record<T>(svc: &Service, label: &str, started: Instant, result: &Result<T, Error>) {
-    let error = result.as_ref().err();
-    let status = match error {
-        None => "200".to_string(),
-        Some(e) => super::error::http_status(e).as_str().to_string(),
-    };
-    svc.record_request(label, started, &status, error);
-}
-
 impl GrpcApi {
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
         caller(&self.svc, request)
     }
 }
 
-/// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.
-pub fn caller<T>(svc: &Service, request: &Request<T>) -> Result<Caller, Status> {
-    let header = request
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok());
-    svc.authenticate(header).map_err(status)
-}
-
 fn task(name: &str) -> Result<TaskName, Status> {
     TaskName::parse(name).map_err(|e| status(e.into()))
-}
-
-/// A request's encoded size, refused past `max` bytes (`flag` names the limit).
-pub(crate) fn check_size(encoded_len: usize, max: usize, flag: &str) -> Result<(), Error> {
-    if encoded_len > max {
-        return Err(Error::TooLarge(format!(
-            "request is {encoded_len} bytes; the limit is {max} ({flag})"
-        )));
-    }
-    Ok(())
 }
 
 fn info(p: PromptInfo) -> proto::PromptInfo {

@@ -4,9 +4,10 @@ use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::error::ApiError;
 use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
+use super::responses::{Keyed, Serving, TaskRead};
 use crate::prompts::TaskName;
 use crate::service::neighbors::{split_labels, NeighborsAsk, NeighborsReport, MAX_K};
 use crate::service::Service;
@@ -51,12 +52,9 @@ impl NeighborsQuery {
     params(TaskParam, NeighborsQuery),
     responses(
         (status = 200, description = "Each row's nearest tokens and the labels found", body = NeighborsReport),
+        Keyed, TaskRead, Serving,
         (status = 400, description = "Bad task name or query", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "Another tenant's task", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody),
-        (status = 422, description = "k outside 1 to 100, or too many labels", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+        (status = 422, description = "k outside 1 to 100, or too many labels", body = ErrorBody)))]
 pub async fn get(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,

@@ -8,9 +8,11 @@ use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
+use super::responses::{BodyLimit, JsonIn, Keyed, Queued, TaskRead};
 use crate::service::predict::{PredictInput, PredictResponse};
 use crate::service::Service;
 use crate::tenants::Caller;
@@ -75,16 +77,8 @@ impl PredictRequest {
     request_body = PredictRequest,
     responses(
         (status = 200, description = "One output per input, in order", body = PredictResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
-        (status = 403, description = "Another tenant's task, or a tenant quota (max_prompts)", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody),
-        (status = 413, description = "Body over --max-body-bytes", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 422, description = "A limit is violated (inputs, tokens, max_new_tokens, labels)", body = ErrorBody),
-        (status = 429, description = "Queue full, or the tenant's request rate / in-flight quota; retry after Retry-After", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody),
-        (status = 504, description = "Did not finish within --request-timeout-ms", body = ErrorBody)))]
+        JsonIn, BodyLimit, Keyed, TaskRead, Queued,
+        (status = 422, description = "A limit is violated (inputs, tokens, max_new_tokens, labels)", body = ErrorBody)))]
 pub async fn predict(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,

@@ -7,9 +7,11 @@ use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
 
-use super::error::{ErrorBody, JsonBody};
+use super::body::JsonBody;
+use super::error::ApiError;
+use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
+use super::responses::{JobRead, JsonIn, Keyed, Serving};
 use crate::prompts::TaskName;
 use crate::service::tuning::TuneRequest;
 use crate::service::Service;
@@ -39,14 +41,12 @@ pub struct JobList {
     request_body = TuneRequest,
     responses(
         (status = 202, description = "Accepted: the job runs between serving passes", body = JobCreated),
+        JsonIn, Keyed, Serving,
         (status = 400, description = "Malformed JSON or task name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "May not write this task", body = ErrorBody),
         (status = 413, description = "Over --tune-max-body-bytes", body = ErrorBody),
-        (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "Out-of-range settings or too many rows or steps", body = ErrorBody),
-        (status = 429, description = "The tenant already runs its most jobs", body = ErrorBody),
-        (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+        (status = 429, description = "The tenant already runs its most jobs", body = ErrorBody)))]
 pub async fn start(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -71,9 +71,7 @@ pub async fn start(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job", body = JobStatus),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "Another tenant's job", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody)))]
+        Keyed, JobRead))]
 pub async fn get_one(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -85,7 +83,7 @@ pub async fn get_one(
 /// The caller's tuning jobs (every job for an admin or an open server).
 #[utoipa::path(get, path = "/v1/tune-jobs", tag = "tuning", responses(
     (status = 200, description = "Jobs, oldest first", body = JobList),
-    (status = 401, description = "Missing or unknown API key", body = ErrorBody)))]
+    Keyed))]
 pub async fn list(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -100,9 +98,7 @@ pub async fn list(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 202, description = "Cancelling", body = JobStatus),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "Another tenant's job", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        Keyed, JobRead,
         (status = 409, description = "The job has already ended", body = ErrorBody)))]
 pub async fn cancel(
     State(svc): State<Service>,
@@ -118,9 +114,8 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Installed", body = JobStatus),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        Keyed, JobRead,
         (status = 403, description = "Another tenant's job, or may not write the task", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is not a candidate", body = ErrorBody)))]
 pub async fn promote(
     State(svc): State<Service>,

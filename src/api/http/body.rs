@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body_util::BodyExt;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// Most bytes read and dropped after a 413, so a client still sending sees the answer.
 const DRAIN_BYTES: u64 = 64 << 20;
@@ -118,4 +118,36 @@ fn drain(mut body: Body) {
         })
         .await;
     });
+}
+
+/// A JSON body whose rejections are [`ApiError`]s, so malformed bodies get the same JSON
+/// error shape as everything else (a body over the route's limit is a 413).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        check(&req)?;
+        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// A raw body (any content type); a body over the route's limit is a 413.
+#[derive(Debug)]
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        check(&req)?;
+        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
+    }
 }

@@ -1,4 +1,7 @@
 //! Path parameters as the OpenAPI document describes them (the routes read them with `Path`).
+/// The naming rule of tasks and ensembles ([`crate::prompts::TaskName::parse`]) as a pattern.
+pub const NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$";
+
 /// The `{task}` path parameter.
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]

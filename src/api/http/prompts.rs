@@ -8,9 +8,10 @@ use axum::Json;
 
 use axum::Extension;
 
+use super::error::ApiError;
 use super::error::ErrorBody;
 use super::params::TaskParam;
-use super::ApiError;
+use super::responses::{Keyed, Serving, Stored, TaskRead};
 use crate::catalog::prompts::PromptInfo;
 use crate::prompts::TaskName;
 use crate::service::prompts::{Upload, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
@@ -100,13 +101,11 @@ pub struct PromptFile(());
     responses(
         (status = 201, description = "Created (version 1 or past a deleted one)", body = PromptInfo),
         (status = 200, description = "Replaced (version + 1)", body = PromptInfo),
+        Keyed, Stored,
         (status = 400, description = "Not a prompt file, bad task name, bad multipart", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key (tenants file in force)", body = ErrorBody),
         (status = 403, description = "Another tenant's task, or over max_prompts", body = ErrorBody),
         (status = 413, description = "Over --max-prompt-bytes", body = ErrorBody),
-        (status = 422, description = "Wrong width, too long, not finite, empty", body = ErrorBody),
-        (status = 503, description = "Loading, shutting down, or the folder is read-only", body = ErrorBody),
-        (status = 507, description = "The prompts folder's disk is full", body = ErrorBody)))]
+        (status = 422, description = "Wrong width, too long, not finite, empty", body = ErrorBody)))]
 pub async fn put(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -149,8 +148,7 @@ pub struct PromptList {
 /// Every served prompt the caller may see (all of them on an open server or for an admin).
 #[utoipa::path(get, path = "/v1/prompts", tag = "prompts", responses(
     (status = 200, description = "Served prompts by task name", body = PromptList),
-    (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-    (status = 503, description = "Loading or shutting down", body = ErrorBody)))]
+    Keyed, Serving))]
 pub async fn list(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -165,10 +163,8 @@ pub async fn list(
     params(TaskParam),
     responses(
         (status = 200, description = "The served version", body = PromptInfo),
-        (status = 400, description = "Bad task name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "Another tenant's task", body = ErrorBody),
-        (status = 404, description = "Unknown task", body = ErrorBody)))]
+        Keyed, TaskRead,
+        (status = 400, description = "Bad task name", body = ErrorBody)))]
 pub async fn get_one(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
@@ -182,9 +178,8 @@ pub async fn get_one(
     params(TaskParam),
     responses(
         (status = 204, description = "Deleted"),
+        Keyed, TaskRead,
         (status = 400, description = "Bad task name", body = ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
-        (status = 403, description = "Another tenant's task", body = ErrorBody),
         (status = 404, description = "Nothing to delete", body = ErrorBody)))]
 pub async fn delete(
     State(svc): State<Service>,

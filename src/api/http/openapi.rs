@@ -4,7 +4,9 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{ensembles, kserve, neighbors, predict, prompts, tune};
+use super::error::ErrorBody;
+use super::kserve::Versions;
+use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
 
 /// The whole HTTP API.
 #[derive(OpenApi)]
@@ -18,9 +20,9 @@ use super::{ensembles, kserve, neighbors, predict, prompts, tune};
         license(name = "Apache-2.0")
     ),
     paths(
-        super::healthz,
-        super::readyz,
-        super::metrics,
+        health::healthz,
+        health::readyz,
+        health::metrics,
         prompts::list,
         prompts::put,
         prompts::get_one,
@@ -41,14 +43,12 @@ use super::{ensembles, kserve, neighbors, predict, prompts, tune};
         kserve::live,
         kserve::ready,
         kserve::model_metadata,
-        kserve::version_metadata,
         kserve::model_ready,
-        kserve::version_ready,
         kserve::infer,
-        kserve::version_infer,
         serve,
     ),
-    modifiers(&BearerAuth),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth, &Versions),
     security(("bearer" = [])),
     tags(
         (name = "predict", description = "Generation and label scoring"),

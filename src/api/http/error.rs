@@ -169,35 +169,3 @@ impl From<PromptError> for ApiError {
         Error::from(e).into()
     }
 }
-
-/// A JSON body whose rejections are [`ApiError`]s, so malformed bodies get the same JSON
-/// error shape as everything else (a body over the route's limit is a 413).
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
-
-impl<T, S> axum::extract::FromRequest<S> for JsonBody<T>
-where
-    T: serde::de::DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        super::body::check(&req)?;
-        let Json(value) = Json::<T>::from_request(req, state).await?;
-        Ok(JsonBody(value))
-    }
-}
-
-/// A raw body (any content type); a body over the route's limit is a 413.
-#[derive(Debug)]
-pub struct RawBody(pub axum::body::Bytes);
-
-impl<S: Send + Sync> axum::extract::FromRequest<S> for RawBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        super::body::check(&req)?;
-        Ok(RawBody(axum::body::Bytes::from_request(req, state).await?))
-    }
-}

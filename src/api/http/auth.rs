@@ -4,7 +4,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::service::Service;
 
 /// Paths answered without a key: liveness and readiness probes, and the API description.

@@ -16,23 +16,9 @@ pub use policy::{Batching, PolicyConfig, Refused};
 
 use crate::engine::worker::EngineHandle;
 use crate::engine::Joining;
-use crate::engine::{EngineError, RowInput, RowOutput};
+use crate::engine::{EngineError, RowInput, RowResult};
 use crate::metrics::{BatchError, Metrics};
 use policy::{Policy, Queued};
-
-/// What a queued row gets back.
-pub type RowReply = Result<RowOutput, RowError>;
-
-/// Why a row produced no output.
-#[derive(Debug, thiserror::Error)]
-pub enum RowError {
-    /// The engine failed on this row.
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    /// The engine thread is gone.
-    #[error("the engine is not running")]
-    Stopped,
-}
 
 /// Whose rows these are, for the fair share across tenants.
 #[derive(Debug, Clone)]
@@ -55,7 +41,7 @@ impl Default for Share {
 /// A row on its way to the engine, and where its answer goes.
 struct PendingRow {
     row: RowInput,
-    reply: oneshot::Sender<RowReply>,
+    reply: oneshot::Sender<RowResult>,
 }
 
 impl PendingRow {
@@ -108,14 +94,14 @@ pub struct Unit {
 /// A queued row's answer to come. Dropping it before the answer arrives (client gone,
 /// timeout) cancels the row: unrun if still queued, decoding stopped at the next step if running.
 pub struct Ticket {
-    rx: oneshot::Receiver<RowReply>,
+    rx: oneshot::Receiver<RowResult>,
     cancel: Arc<AtomicBool>,
 }
 
 impl Ticket {
     /// Waits for the row's answer.
-    pub async fn answer(&mut self) -> RowReply {
-        (&mut self.rx).await.unwrap_or(Err(RowError::Stopped))
+    pub async fn answer(&mut self) -> RowResult {
+        (&mut self.rx).await.unwrap_or(Err(EngineError::Stopped))
     }
 }
 
@@ -271,7 +257,7 @@ impl Batcher {
     }
 
     /// Closes the queue and drops every waiting row, so its request is answered at once
-    /// ([`RowError::Stopped`], a 503) instead of waiting for its timeout. For when the batching
+    /// ([`EngineError::Stopped`], a 503) instead of waiting for its timeout. For when the batching
     /// loop is gone; returns how many rows were waiting.
     pub fn abandon(&self) -> usize {
         let units = self.policy.lock().abandon();
@@ -353,9 +339,12 @@ impl Batcher {
                                 .generated_tokens
                                 .inc_by(o.token_ids.len() as u64);
                         }
-                        out.map_err(|e| this.row_error(e))
+                        if let Err(e) = &out {
+                            this.count_error(e);
+                        }
+                        out
                     }
-                    Err(_) => Err(RowError::Stopped),
+                    Err(_) => Err(EngineError::Stopped),
                 };
                 let _ = to.send(out);
                 this.in_engine.fetch_sub(1, Ordering::AcqRel);
@@ -378,14 +367,17 @@ impl Batcher {
         // A stopped engine drops the rows' senders: their forwarders answer `Stopped`.
     }
 
-    fn row_error(&self, e: EngineError) -> RowError {
-        self.metrics.batch_error(match e {
+    /// Counts an error the engine answered a row with.
+    fn count_error(&self, e: &EngineError) {
+        let kind = match e {
             EngineError::InvalidRow { .. } => BatchError::InvalidRow,
             EngineError::Model(_) => BatchError::Model,
             EngineError::Panic(_) => BatchError::Panic,
             EngineError::Decode(_) => BatchError::Decode,
-        });
-        RowError::Engine(e)
+            // Not an answer: the engine is gone, which readiness reports.
+            EngineError::Stopped => return,
+        };
+        self.metrics.batch_error(kind);
     }
 }
 

@@ -21,6 +21,9 @@ pub enum EngineError {
     /// A decode step of a running batch failed, so every row in it failed (the reason).
     #[error("decoding failed: {0}")]
     Decode(String),
+    /// The engine thread is gone: the row was never answered.
+    #[error("the engine is not running")]
+    Stopped,
 }
 
 impl From<tch::TchError> for EngineError {

@@ -8,9 +8,9 @@ use serde::Serialize;
 use super::error::Error;
 use super::rows::{best_label, build_row, refusal};
 use super::state::Service;
-use crate::batcher::{Refused, RowError, RowReply, Share, Ticket, Unit};
+use crate::batcher::{Refused, Share, Ticket, Unit};
 use crate::catalog::prompts::Entry;
-use crate::engine::{PromptSlot, RowInput, RowOutput};
+use crate::engine::{EngineError, PromptSlot, RowInput, RowOutput, RowResult};
 use crate::tenants::quota::InFlight;
 use crate::tenants::Caller;
 
@@ -251,12 +251,8 @@ impl Service {
                         answer.map_err(|e| match e {
                             // Every engine failure is the server's (rows are validated before
                             // they queue).
-                            RowError::Engine(why) => {
-                                Error::Internal(format!("inference failed: {why}"))
-                            }
-                            RowError::Stopped => {
-                                Error::Unavailable("the engine is not running".into())
-                            }
+                            EngineError::Stopped => Error::Unavailable(e.to_string()),
+                            why => Error::Internal(format!("inference failed: {why}")),
                         })
                     })
                     .collect()
@@ -275,7 +271,7 @@ pub(crate) fn at(i: usize, n: usize) -> String {
 }
 
 /// Awaits every row's answer, unit by unit, in order.
-async fn answers(tickets: &mut [Vec<Ticket>]) -> Vec<Vec<RowReply>> {
+async fn answers(tickets: &mut [Vec<Ticket>]) -> Vec<Vec<RowResult>> {
     let mut out = Vec::with_capacity(tickets.len());
     for unit in tickets.iter_mut() {
         let mut replies = Vec::with_capacity(unit.len());

@@ -317,6 +317,16 @@ pub fn outputs(answer: &PredictResponse, wanted: Option<&[RequestedOutput]>) -> 
     outputs
 }
 
+/// Checks that an input holds texts: promptd takes only [`BYTES`].
+pub(crate) fn check_datatype(name: &str, datatype: &str) -> Result<(), Error> {
+    if datatype != BYTES {
+        return Err(Error::Malformed(format!(
+            "input {name:?} has datatype {datatype:?}; promptd takes BYTES (text)"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks that `input`'s shape holds exactly its `n` elements.
 pub(crate) fn check_shape(input: &InferInput, n: usize) -> Result<(), Error> {
     let elements = input.shape.iter().try_fold(

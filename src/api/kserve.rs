@@ -140,13 +140,12 @@ fn input_datatype_schema() -> impl Into<RefOr<Schema>> {
 }
 
 fn input_data_schema() -> impl Into<RefOr<Schema>> {
-    // Strings, or arrays of them nested to the tensor's rank.
+    // Strings, or arrays of them nested to the tensor's rank; a rank-0 tensor's one element
+    // (shape `[]`) may stand alone.
+    let text = || ObjectBuilder::new().schema_type(Type::String);
     let nested = ArrayBuilder::new().items(ObjectBuilder::new().schema_type(SchemaType::AnyValue));
-    ArrayBuilder::new().items(
-        OneOfBuilder::new()
-            .item(ObjectBuilder::new().schema_type(Type::String))
-            .item(nested),
-    )
+    let elements = ArrayBuilder::new().items(OneOfBuilder::new().item(text()).item(nested));
+    OneOfBuilder::new().item(elements).item(text())
 }
 
 /// Body of `GET /v2`.
@@ -316,6 +315,16 @@ pub fn outputs(answer: &PredictResponse, wanted: Option<&[RequestedOutput]>) -> 
         outputs.retain(|o| wanted.iter().any(|w| w.name == o.name));
     }
     outputs
+}
+
+/// Checks that an input holds texts: promptd takes only [`BYTES`].
+pub(crate) fn check_datatype(name: &str, datatype: &str) -> Result<(), Error> {
+    if datatype != BYTES {
+        return Err(Error::Malformed(format!(
+            "input {name:?} has datatype {datatype:?}; promptd takes BYTES (text)"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that `input`'s shape holds exactly its `n` elements.

@@ -5,5 +5,6 @@
 pub mod grpc;
 pub mod http;
 pub mod kserve;
+mod requests;
 
 pub use http::app;

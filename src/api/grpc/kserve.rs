@@ -6,8 +6,9 @@ use prost::Message;
 use serde_json::Value;
 use tonic::{Request, Response, Status};
 
-use super::{caller, check_size, record, status, FRAMING_BYTES};
+use super::{caller, check_size, outcome, status, FRAMING_BYTES};
 use crate::api::kserve::{self as rules, wire, InferInput, InferRequest, RequestedOutput};
+use crate::api::requests::counted;
 use crate::service::{Error, Service};
 
 /// Code generated from `proto/grpc_predict_v2.proto`.
@@ -60,12 +61,7 @@ fn params(
 /// input, as the protocol says), else from `contents.bytes_contents`.
 fn elements(input: &InferInputTensor, raw: Option<&Vec<u8>>) -> Result<Vec<String>, Error> {
     let bad = |why: String| Error::Malformed(format!("input {:?}: {why}", input.name));
-    if input.datatype != "BYTES" {
-        return Err(Error::Malformed(format!(
-            "input {:?} has datatype {:?}; promptd takes BYTES (text)",
-            input.name, input.datatype
-        )));
-    }
+    rules::check_datatype(&input.name, &input.datatype)?;
     match raw {
         Some(raw) => wire::decode_bytes(raw).map_err(bad),
         None => input
@@ -217,11 +213,10 @@ impl GrpcInferenceService for KserveGrpc {
                 Err(e) => (Err(e), None),
             };
         let name = &req.model_name;
-        let label = svc.request_label(name, svc.is_ensemble_model(name));
-        let started = std::time::Instant::now();
-        let result = svc.infer(&caller, name, input).await;
-        record(svc, &label, started, &result);
-        let answer = result.map_err(status)?;
+        let run = svc.infer(&caller, name, input);
+        let answer = counted(svc, name, svc.is_ensemble_model(name), outcome, run)
+            .await
+            .map_err(status)?;
         let Some(meta) = meta else {
             return Err(status(Error::Internal(
                 "an undecoded inference request ran".into(),

@@ -6,8 +6,6 @@
 pub mod kserve;
 pub mod promptd;
 
-use std::time::Instant;
-
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
 
@@ -51,15 +49,10 @@ pub fn status(e: Error) -> Status {
     status
 }
 
-/// Counts a finished predict under `label` in the request metrics, whose status label is the
-/// HTTP status the same outcome has on the HTTP door (one set of label values for both).
-pub(crate) fn record<T>(svc: &Service, label: &str, started: Instant, result: &Result<T, Error>) {
-    let error = result.as_ref().err();
-    let status = match error {
-        None => "200".to_string(),
-        Some(e) => crate::api::http::error::http_status(e).as_str().to_string(),
-    };
-    svc.record_request(label, started, &status, error);
+/// A failure as request metrics count it: the HTTP status the same outcome has on the HTTP
+/// door (one set of label values for both), and the error.
+pub(crate) fn outcome(e: &Error) -> (axum::http::StatusCode, Option<&Error>) {
+    (crate::api::http::error::http_status(e), Some(e))
 }
 
 /// The caller, from the `authorization` metadata (`Bearer <key>`), as over HTTP.

@@ -1,7 +1,5 @@
 //! promptd's own gRPC service (`proto/promptd.proto`): the service's capabilities on the gRPC
 //! port, with the same state, batcher, limits and metrics as HTTP.
-use std::time::Instant;
-
 use prost::Message;
 use tonic::{Request, Response, Status};
 
@@ -16,7 +14,8 @@ use crate::tune::jobs::JobStatus;
 use crate::tune::Example;
 
 use super::proto::promptd_server::{Promptd, PromptdServer};
-use super::{caller, check_size, proto, record, status, FRAMING_BYTES};
+use super::{caller, check_size, outcome, proto, status, FRAMING_BYTES};
+use crate::api::requests::counted;
 
 /// The gRPC service over the shared state.
 pub struct GrpcApi {
@@ -95,11 +94,10 @@ impl Promptd for GrpcApi {
             req.max_new_tokens,
             req.labels,
         );
-        let label = self.svc.request_label(&req.task, false);
-        let started = Instant::now();
-        let result = self.svc.predict(&caller, &req.task, input).await;
-        record(&self.svc, &label, started, &result);
-        let answer = result.map_err(status)?;
+        let answer = self.svc.predict(&caller, &req.task, input);
+        let answer = counted(&self.svc, &req.task, false, outcome, answer)
+            .await
+            .map_err(status)?;
         Ok(Response::new(proto::PredictResponse {
             task: answer.task,
             prompt_version: answer.prompt_version,
@@ -128,14 +126,10 @@ impl Promptd for GrpcApi {
             req.max_new_tokens,
             req.labels,
         );
-        let label = self.svc.request_label(&req.ensemble, true);
-        let started = Instant::now();
-        let result = self
-            .svc
-            .ensemble_predict(&caller, &req.ensemble, input)
-            .await;
-        record(&self.svc, &label, started, &result);
-        let answer = result.map_err(status)?;
+        let answer = self.svc.ensemble_predict(&caller, &req.ensemble, input);
+        let answer = counted(&self.svc, &req.ensemble, true, outcome, answer)
+            .await
+            .map_err(status)?;
         Ok(Response::new(proto::EnsemblePredictResponse {
             ensemble: answer.ensemble,
             version: answer.version,

@@ -1,5 +1,6 @@
 //! Authentication on every route but the probes: `Authorization: Bearer <key>` resolves to a
-//! [`Caller`], which the service authorizes per task. Open servers let everyone in.
+//! [`Caller`](crate::tenants::Caller), which the service authorizes per task. Open servers let
+//! everyone in.
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};

@@ -1,7 +1,5 @@
 //! Prompt ensembles (paper §6) over HTTP: `PUT`/`GET`/`DELETE /v1/ensembles/{name}`,
 //! `GET /v1/ensembles`, and `POST /v1/ensembles/{name}/predict` (see [`crate::service::ensembles`]).
-use std::time::Instant;
-
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,6 +12,7 @@ use super::error::ErrorBody;
 use super::params::NAME_PATTERN;
 use super::predict::PredictRequest;
 use super::responses::{BodyLimit, JsonIn, Keyed, Queued, Serving, Stored};
+use crate::api::requests::counted;
 use crate::prompts::ensembles::{Combine, EnsembleInfo, EnsembleSpec};
 use crate::service::ensembles::EnsembleResponse;
 use crate::service::Service;
@@ -209,9 +208,8 @@ pub async fn predict(
 ) -> Result<Json<EnsembleResponse>, ApiError> {
     let name = path.map(|Path(t)| t).unwrap_or_default();
     let input = body.and_then(|JsonBody(req)| req.into_input());
-    let label = svc.request_label(&name, true);
-    let started = Instant::now();
-    let result = svc.ensemble_predict(&caller, &name, input).await;
-    super::predict::record(&svc, &label, started, &result);
-    result.map(Json)
+    let answer = svc.ensemble_predict(&caller, &name, input);
+    counted(&svc, &name, true, ApiError::outcome, answer)
+        .await
+        .map(Json)
 }

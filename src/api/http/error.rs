@@ -70,6 +70,11 @@ impl ApiError {
         }
     }
 
+    /// The status and the service's error inside, as request metrics count a failure.
+    pub fn outcome(&self) -> (StatusCode, Option<&Error>) {
+        (self.status(), self.service())
+    }
+
     /// The service's error inside, if this is one.
     pub fn service(&self) -> Option<&Error> {
         match self {

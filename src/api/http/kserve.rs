@@ -16,9 +16,10 @@ use super::error::{ApiError, ErrorBody};
 use super::params::{TaskParam, TaskVersionParams};
 use super::responses::{BodyLimit, Keyed, Queued, TaskRead};
 use crate::api::kserve::{
-    check_shape, metadata, outputs, param, to_input, wire, InferRequest, ModelMetadata, Output,
-    ServerMetadata,
+    check_datatype, check_shape, metadata, outputs, param, to_input, wire, InferRequest,
+    ModelMetadata, Output, ServerMetadata,
 };
+use crate::api::requests::counted;
 use crate::service::predict::PredictResponse;
 use crate::service::{Error, Service};
 use crate::tenants::Caller;
@@ -208,11 +209,9 @@ pub async fn infer(
         },
         Err(e) => (Err(e), None),
     };
-    let label = svc.request_label(&task, svc.is_ensemble_model(&task));
-    let started = std::time::Instant::now();
-    let result = svc.infer(&caller, &task, input).await;
-    super::predict::record(&svc, &label, started, &result);
-    let answer = result?;
+    let ensemble = svc.is_ensemble_model(&task);
+    let run = svc.infer(&caller, &task, input);
+    let answer = counted(&svc, &task, ensemble, ApiError::outcome, run).await?;
     let Some(req) = meta else {
         return Err(Error::Internal("an undecoded inference request ran".into()).into());
     };
@@ -293,12 +292,7 @@ pub fn decode(headers: &HeaderMap, body: &[u8]) -> Result<(InferRequest, Vec<Vec
     })?;
     let mut elements = Vec::with_capacity(req.inputs.len());
     for input in &req.inputs {
-        if input.datatype != "BYTES" {
-            return Err(bad(format!(
-                "input {:?} has datatype {:?}; promptd takes BYTES (text)",
-                input.name, input.datatype
-            )));
-        }
+        check_datatype(&input.name, &input.datatype)?;
         let size = param(&input.parameters, "binary_data_size")
             .map(|v| {
                 v.as_u64().ok_or_else(|| {

@@ -1,9 +1,6 @@
 //! `POST /v1/tasks/{task}/predict`: the wire request, and the route onto [`Service::predict`].
-use std::time::Instant;
-
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::Extension;
 use axum::Json;
 use serde::Deserialize;
@@ -13,6 +10,7 @@ use super::error::ApiError;
 use super::error::ErrorBody;
 use super::params::TaskParam;
 use super::responses::{BodyLimit, JsonIn, Keyed, Queued, TaskRead};
+use crate::api::requests::counted;
 use crate::service::predict::{PredictInput, PredictResponse};
 use crate::service::Service;
 use crate::tenants::Caller;
@@ -87,23 +85,8 @@ pub async fn predict(
 ) -> Result<Json<PredictResponse>, ApiError> {
     let task = path.map(|Path(t)| t).unwrap_or_default();
     let input = body.and_then(|JsonBody(req)| req.into_input());
-    let label = svc.request_label(&task, false);
-    let started = Instant::now();
-    let result = svc.predict(&caller, &task, input).await;
-    record(&svc, &label, started, &result);
-    result.map(Json)
-}
-
-/// Counts a finished request under the task label `label` by the status HTTP answered.
-pub(crate) fn record<T>(
-    svc: &Service,
-    label: &str,
-    started: Instant,
-    result: &Result<T, ApiError>,
-) {
-    let (status, error) = match result {
-        Ok(_) => (StatusCode::OK, None),
-        Err(e) => (e.status(), e.service()),
-    };
-    svc.record_request(label, started, status.as_str(), error);
+    let answer = svc.predict(&caller, &task, input);
+    counted(&svc, &task, false, ApiError::outcome, answer)
+        .await
+        .map(Json)
 }

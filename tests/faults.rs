@@ -105,7 +105,7 @@ async fn full_and_read_only_fail_uploads_cleanly(dir: &Path, faults: &dyn DiskFa
     )
     .unwrap();
     let state = build_state(dir, defaults);
-    tokio::spawn(state.batcher.clone().run(state.engine.clone()));
+    tokio::spawn(state.batcher.clone().batching_loop(state.engine.clone()));
     load(
         &state.engine,
         &state.registry,

@@ -250,7 +250,7 @@ impl Batcher {
         self.policy.lock().len()
     }
 
-    /// Stops taking rows; what is queued is still run, then [`Batcher::run`] returns.
+    /// Stops taking rows; what is queued is still run, then [`Batcher::batching_loop`] returns.
     pub fn close(&self) {
         self.policy.lock().close();
         self.wake.notify_one();
@@ -268,7 +268,7 @@ impl Batcher {
     /// The batching loop: whenever rows may join the running decode batch ([`Batcher::room`]),
     /// forms a batch of at most that many when it is due and hands it to the engine, which
     /// merges it at the next step. Rows that arrive meanwhile wait for the next batch.
-    pub async fn run(self: Arc<Self>, engine: EngineHandle) {
+    pub async fn batching_loop(self: Arc<Self>, engine: EngineHandle) {
         loop {
             #[cfg(debug_assertions)]
             if crate::fault::take(&crate::fault::PANIC_BATCHER) {
@@ -455,7 +455,7 @@ mod tests {
         let mut answers = Vec::new();
         for decode in [Decode::Static, Decode::Continuous] {
             let batcher = batcher(decode);
-            tokio::spawn(batcher.clone().run(engine.clone()));
+            tokio::spawn(batcher.clone().batching_loop(engine.clone()));
             let mut tickets = batcher
                 .submit((0..2).map(row).collect(), &Share::default())
                 .unwrap();

@@ -110,12 +110,12 @@ pub fn spawn(
     let (state_tx, state) = watch::channel(EngineState::Loading);
     let thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || run(cfg, side, rx, state_tx))?;
+        .spawn(move || engine_thread(cfg, side, rx, state_tx))?;
     let jobs = Arc::new(jobs);
     Ok((EngineHandle { jobs, state }, thread))
 }
 
-fn run(
+fn engine_thread(
     cfg: EngineConfig,
     mut side: Box<dyn SideWork>,
     jobs: mpsc::Receiver<Job>,

@@ -423,7 +423,7 @@ pub async fn load(
 /// for its timeout with nobody to serve it.
 pub async fn supervise_batcher(state: Service) {
     let batcher = state.batcher.clone();
-    let outcome = tokio::spawn(batcher.clone().run(state.engine.clone())).await;
+    let outcome = tokio::spawn(batcher.clone().batching_loop(state.engine.clone())).await;
     let why = match outcome {
         Ok(()) if state.lifecycle.current() == crate::service::lifecycle::Status::Draining => {
             return

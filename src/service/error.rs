@@ -1,5 +1,5 @@
 //! The service's one error type. Every front door keeps exactly one table from it to its own
-//! status codes (HTTP: `api::error`, gRPC: `api::grpc::status`); the stable snake_case
+//! status codes (HTTP: `api::http::error`, gRPC: `api::grpc::status`); the stable snake_case
 //! [`Error::error_type`] is shared by all of them, in bodies and as a metric label.
 use crate::catalog::CatalogError;
 use crate::prompts::PromptError;

@@ -617,7 +617,12 @@ async fn request_timeout_gives_504_and_cancels_the_rows() {
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
     assert_eq!(r.body["error_type"], json!("timeout"));
     // The abandoned rows are dropped unrun once the batching loop looks at the queue.
-    tokio::spawn(s.state.batcher.clone().run(s.state.engine.clone()));
+    tokio::spawn(
+        s.state
+            .batcher
+            .clone()
+            .batching_loop(s.state.engine.clone()),
+    );
     let r = call(&s.state, predict_req("keep", json!({"inputs": "c"}))).await;
     assert_eq!(r.status, StatusCode::OK);
     let m = s.state.metrics.render();
@@ -711,7 +716,12 @@ async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
             &Default::default(),
         )
         .unwrap();
-    tokio::spawn(s.state.batcher.clone().run(s.state.engine.clone()));
+    tokio::spawn(
+        s.state
+            .batcher
+            .clone()
+            .batching_loop(s.state.engine.clone()),
+    );
     other[0].answer().await.unwrap();
     let m = s.state.metrics.render();
     let ran: f64 = m

@@ -45,7 +45,7 @@ impl Rooted {
         )
         .unwrap();
         let state = build_state(&prompts, defaults);
-        tokio::spawn(state.batcher.clone().run(state.engine.clone()));
+        tokio::spawn(state.batcher.clone().batching_loop(state.engine.clone()));
         load(
             &state.engine,
             &state.registry,

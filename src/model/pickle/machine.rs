@@ -208,7 +208,7 @@ impl<'a> Machine<'a> {
     }
 
     /// Runs the pickle to its STOP; returns the value left on the stack and the byte after STOP.
-    pub(super) fn run(mut self) -> Result<(Value, usize), PickleError> {
+    pub(super) fn execute(mut self) -> Result<(Value, usize), PickleError> {
         loop {
             let at = self.pos;
             let op = self.u8()?;

@@ -20,7 +20,7 @@ pub use value::{StorageRef, TensorRef};
 /// Reads a state dict pickle: every `name → tensor` entry, in file order; entries whose value
 /// is not a tensor are skipped.
 pub fn read_state_dict(data: &[u8]) -> Result<Vec<(String, TensorRef)>, PickleError> {
-    let (top, _) = Machine::new(data, 0).run()?;
+    let (top, _) = Machine::new(data, 0).execute()?;
     tensors_of(top, data.len())
 }
 
@@ -63,14 +63,14 @@ pub fn read_legacy(file: &[u8]) -> Result<Legacy, PickleError> {
             "no legacy torch.save magic number".into(),
         ));
     }
-    let (version, pos) = Machine::new(file, LEGACY_MAGIC.len()).run()?;
+    let (version, pos) = Machine::new(file, LEGACY_MAGIC.len()).execute()?;
     if !matches!(version, Value::Int(1001)) {
         return Err(PickleError::Malformed(
             pos,
             "unknown legacy protocol version".into(),
         ));
     }
-    let (info, pos) = Machine::new(file, pos).run()?;
+    let (info, pos) = Machine::new(file, pos).execute()?;
     let little = match &info {
         Value::Dict(items, _) => items.iter().any(|(k, v)| {
             matches!((k, v), (Value::Str(k), Value::Bool(true)) if &**k == "little_endian")
@@ -83,9 +83,9 @@ pub fn read_legacy(file: &[u8]) -> Result<Legacy, PickleError> {
             "not a little-endian checkpoint".into(),
         ));
     }
-    let (top, pos) = Machine::new(file, pos).run()?;
+    let (top, pos) = Machine::new(file, pos).execute()?;
     let tensors = tensors_of(top, pos)?;
-    let (keys, data_start) = Machine::new(file, pos).run()?;
+    let (keys, data_start) = Machine::new(file, pos).execute()?;
     let Value::List(keys, _) = keys else {
         return Err(PickleError::Malformed(
             data_start,

@@ -49,7 +49,7 @@ pub async fn setup(configure: impl FnOnce(&mut ServerConfig), run_batcher: bool)
     .unwrap();
     let state = build_state(dir.path(), configure);
     if run_batcher {
-        tokio::spawn(state.batcher.clone().run(state.engine.clone()));
+        tokio::spawn(state.batcher.clone().batching_loop(state.engine.clone()));
     }
     load(
         &state.engine,

@@ -19,22 +19,12 @@ import argparse
 import warnings
 import platform
 import statistics
-import time
 
 import torch
 
+from bench_gemm_kernels import median_ms  # the same timing: 3 warm-ups, median of 15
+
 SHAPES = [(rows, i, o) for rows in (1, 8, 64, 1024) for (i, o) in ((512, 512), (512, 2048), (2048, 512))]
-
-
-def median_ms(f, n=15):
-    for _ in range(3):
-        f()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def cpu_model():

@@ -17,6 +17,8 @@ impl Stored for StoredEnsemble {
         Some(self.version)
     }
 
+    /// Never consulted: an ensemble file always records its version, and the digest only
+    /// decides for stored items that do not.
     fn digest(&self) -> &str {
         ""
     }

@@ -253,6 +253,67 @@ async fn connections_over_the_cap_are_closed_and_counted() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_port_has_the_same_connection_limits() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let s = Served::start(|c| {
+        c.connections.max_connections = 2;
+        c.connections.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let gauge = |name: &str| common::metric(&s.state.metrics.render(), name);
+    // A connection that never sends a byte is closed, and frees its place.
+    let mut silent = TcpStream::connect(s.grpc_addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "a silent gRPC connection stays open"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gauge("promptd_grpc_connections ") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the silent connection's place is never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Two live clients fill the cap (answered, and kept past the header deadline by pings)...
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let channel = tonic::transport::Channel::from_shared(s.grpc_url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        health.check(request).await.unwrap();
+        clients.push(health);
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for health in &mut clients {
+        let request = HealthCheckRequest {
+            service: String::new(),
+        };
+        health.check(request).await.unwrap();
+    }
+    // ...and a third connection is closed at once and counted.
+    let mut over = TcpStream::connect(s.grpc_addr).await.unwrap();
+    let _ = over.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let got = read_until_closed(&mut over, Duration::from_secs(3))
+        .await
+        .expect("the third gRPC connection is closed at once");
+    assert!(got.is_empty(), "{got:?}");
+    assert_eq!(gauge("promptd_grpc_connections "), 2.0);
+    assert!(gauge("promptd_grpc_connections_refused_total") >= 1.0);
+    // HTTP's count is its own.
+    assert_eq!(gauge("promptd_http_connections_refused_total"), 0.0);
+}
+
 /// `/v1` predict's texts for `inputs` on task keep.
 async fn predicted(s: &Served, inputs: &[&str], labels: Option<&[&str]>) -> Value {
     let mut body = json!({"inputs": inputs, "max_new_tokens": 4});

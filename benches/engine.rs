@@ -101,6 +101,7 @@ fn rows(n: usize, prompt: impl Fn(usize) -> Option<Arc<PromptSlot>>) -> Vec<RowI
                 labels: Vec::new(),
                 cancel: None,
                 sequence_logprob: false,
+                ..Default::default()
             }
         })
         .collect()

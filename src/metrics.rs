@@ -41,6 +41,8 @@ pub struct Metrics {
     pub batch_duration: Histogram,
     /// Rows waiting in the queue.
     pub queue_depth: IntGauge,
+    /// Rows handed to the engine and not answered yet (decoding, or about to join).
+    pub engine_rows: IntGauge,
     /// Rows the queue holds before requests get 429.
     pub queue_capacity: IntGauge,
     /// 1 while /readyz answers 200, else 0 (set at each scrape).
@@ -306,6 +308,10 @@ impl Metrics {
                 &seconds,
             ),
             queue_depth: r.gauge("promptd_queue_depth", "Rows waiting in the queue"),
+            engine_rows: r.gauge(
+                "promptd_engine_rows",
+                "Rows handed to the engine and not answered yet (decoding, or about to join)",
+            ),
             queue_capacity: r.gauge(
                 "promptd_queue_capacity",
                 "Rows the queue holds before requests get 429",

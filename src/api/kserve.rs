@@ -275,6 +275,7 @@ pub fn to_input(req: &InferRequest, elements: Vec<Vec<String>>) -> Result<Predic
         inputs: texts,
         max_new_tokens,
         labels,
+        ..Default::default()
     })
 }
 

@@ -103,6 +103,12 @@ impl Ticket {
     pub async fn answer(&mut self) -> RowResult {
         (&mut self.rx).await.unwrap_or(Err(EngineError::Stopped))
     }
+
+    /// Ends a running row's generation at the next decode step; it is still answered, with
+    /// what it generated so far (a stop string was reached).
+    pub fn finish_early(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Ticket {
@@ -331,6 +337,7 @@ impl Batcher {
             let to = p.reply;
             let this = self.clone();
             self.in_engine.fetch_add(1, Ordering::AcqRel);
+            self.metrics.engine_rows.inc();
             tokio::spawn(async move {
                 let out = match rx.await {
                     Ok(out) => {
@@ -348,6 +355,7 @@ impl Batcher {
                 };
                 let _ = to.send(out);
                 this.in_engine.fetch_sub(1, Ordering::AcqRel);
+                this.metrics.engine_rows.dec();
                 this.wake.notify_one();
             });
         }
@@ -425,6 +433,7 @@ mod tests {
             labels: Vec::new(),
             cancel: None,
             sequence_logprob: false,
+            ..Default::default()
         };
         (format!("task{i}"), row)
     }

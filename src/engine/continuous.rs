@@ -12,6 +12,7 @@ use super::passes::Engine;
 use super::rows::{
     count_label_pairs, count_tasks, split_by_token_budget, BatchStats, RowInput, RowOutput,
 };
+use super::sampling::{sample, SampleRow, StreamToken, TokenLogprob};
 use crate::model::profile::{span, Family};
 use crate::model::{DecoderState, T5Model};
 
@@ -46,6 +47,8 @@ struct Live {
     out: Vec<i64>,
     /// Summed log-probability of `out` (kept when the row asks for it).
     logprob: f64,
+    /// Each token's log-probabilities (kept when the row asks for them).
+    token_logprobs: Vec<TokenLogprob>,
     scores: Option<Vec<f64>>,
     /// Self-attention cache columns before this row's first step (masked for it).
     offset: i64,
@@ -60,14 +63,26 @@ impl Live {
             || self.row.is_cancelled()
     }
 
-    fn answer(self) {
+    fn answer(self, eos: &[i64]) {
+        let ended = self.out.last().is_some_and(|t| eos.contains(t));
         let logprob = self.row.sequence_logprob.then_some(self.logprob);
+        let token_logprobs = self.row.top_logprobs.map(|_| self.token_logprobs);
         let _ = self.reply.send(Ok(RowOutput {
             token_ids: self.out,
             scores: self.scores,
             logprob,
+            ended,
+            token_logprobs,
         }));
     }
+}
+
+/// Log-probabilities of one step, per slot.
+struct Picked {
+    /// The chosen token's.
+    chosen: Vec<f32>,
+    /// The most likely tokens (empty when no row asks).
+    top: Vec<Vec<(i64, f32)>>,
 }
 
 /// Encoder output of newcomers, ready to merge.
@@ -214,6 +229,7 @@ impl Running {
                 reply: joining.reply,
                 out: Vec::new(),
                 logprob: 0.0,
+                token_logprobs: Vec::new(),
                 scores,
                 offset: 0,
                 enc_len,
@@ -221,7 +237,7 @@ impl Running {
             if decoding {
                 newcomers.push(live);
             } else {
-                live.answer();
+                live.answer(&self.eos);
             }
         }
         let Some(state) = fresh.state else {
@@ -324,27 +340,11 @@ impl Running {
             ));
         };
         let logits = model.decode_step(tokens, state)?;
-        let next = logits.f_argmax(-1, false)?;
-        // The chosen tokens' log-probabilities, only when a live row sums them (in f32, as
-        // transformers' log_softmax over the logits).
-        let wants_logprob = self.lives().any(|l| l.row.sequence_logprob);
-        let logprobs = if wants_logprob {
-            let lp = logits
-                .f_to_kind(Kind::Float)?
-                .f_log_softmax(-1, Kind::Float)?
-                .f_gather(-1, &next.f_unsqueeze(-1)?, false)?
-                .f_squeeze_dim(-1)?;
-            Some(lp)
-        } else {
-            None
-        };
-        let (next_host, logprobs): (Vec<i64>, Vec<f32>) = {
+        let next = self.choose(&logits)?;
+        let picked = self.logprobs(&logits, &next)?;
+        let next_host: Vec<i64> = {
             let _span = span(Family::HostCopy);
-            let lp = match &logprobs {
-                Some(lp) => Vec::try_from(lp)?,
-                None => Vec::new(),
-            };
-            (Vec::try_from(&next)?, lp)
+            Vec::try_from(&next)?
         };
         self.work.steps += 1;
         self.work.row_steps += self.slots.len();
@@ -352,11 +352,31 @@ impl Running {
         for (i, (slot, &token)) in self.slots.iter_mut().zip(&next_host).enumerate() {
             let Some(live) = slot else { continue };
             live.out.push(token);
-            if let Some(lp) = logprobs.get(i) {
-                live.logprob += f64::from(*lp);
+            let mut logprobs = None;
+            if let Some(picked) = &picked {
+                live.logprob += f64::from(picked.chosen[i]);
+                if let Some(k) = live.row.top_logprobs {
+                    let top = picked
+                        .top
+                        .get(i)
+                        .map_or(Vec::new(), |t| t.iter().take(k).copied().collect());
+                    let lp = TokenLogprob {
+                        logprob: picked.chosen[i],
+                        top,
+                    };
+                    live.token_logprobs.push(lp.clone());
+                    logprobs = Some(lp);
+                }
+            }
+            if let Some(stream) = &live.row.stream {
+                // A listener gone is a cancelled row: it stops at the finished() check below.
+                let _ = stream.send(StreamToken {
+                    token_id: token,
+                    logprobs,
+                });
             }
             if live.finished(&self.eos) {
-                slot.take().expect("occupied").answer();
+                slot.take().expect("occupied").answer(&self.eos);
                 self.live -= 1;
             }
         }
@@ -372,6 +392,69 @@ impl Running {
             state.trim_to(first);
         }
         Ok(())
+    }
+
+    /// Each slot's next token: the argmax, or for sampling rows a draw from their own
+    /// distribution (their logits only, so a row's token does not depend on its neighbours).
+    fn choose(&self, logits: &Tensor) -> Result<Tensor, EngineError> {
+        let next = logits.f_argmax(-1, false)?;
+        let (idx, rows): (Vec<i64>, Vec<SampleRow>) = (self.slots.iter().enumerate())
+            .filter_map(|(i, slot)| {
+                let live = slot.as_ref()?;
+                let sampling = live.row.sampling?;
+                Some((
+                    i as i64,
+                    SampleRow {
+                        sampling,
+                        step: live.out.len(),
+                    },
+                ))
+            })
+            .unzip();
+        if idx.is_empty() {
+            return Ok(next);
+        }
+        let idx = Tensor::f_from_slice(&idx)?.f_to_device(logits.device())?;
+        let drawn = sample(&logits.f_index_select(0, &idx)?, &rows)?;
+        Ok(next.f_index_copy(0, &idx, &drawn)?)
+    }
+
+    /// The chosen tokens' log-probabilities (in f32, as transformers' log_softmax over the
+    /// logits) and, for rows that ask, the step's most likely tokens; only when a live row
+    /// uses them.
+    fn logprobs(&self, logits: &Tensor, next: &Tensor) -> Result<Option<Picked>, EngineError> {
+        let wants = |l: &Live| l.row.sequence_logprob || l.row.top_logprobs.is_some();
+        if !self.lives().any(wants) {
+            return Ok(None);
+        }
+        let lp = logits
+            .f_to_kind(Kind::Float)?
+            .f_log_softmax(-1, Kind::Float)?;
+        let chosen = lp
+            .f_gather(-1, &next.f_unsqueeze(-1)?, false)?
+            .f_squeeze_dim(-1)?;
+        let k = self
+            .lives()
+            .filter_map(|l| l.row.top_logprobs)
+            .max()
+            .unwrap_or(0)
+            .min(lp.size()[1] as usize);
+        let top = if k == 0 {
+            Vec::new()
+        } else {
+            let (values, ids) = lp.f_topk(k as i64, -1, true, true)?;
+            let values = Vec::<f32>::try_from(&values.f_flatten(0, -1)?)?;
+            let ids = Vec::<i64>::try_from(&ids.f_flatten(0, -1)?)?;
+            ids.chunks(k)
+                .zip(values.chunks(k))
+                .map(|(ids, values)| ids.iter().copied().zip(values.iter().copied()).collect())
+                .collect()
+        };
+        let _span = span(Family::HostCopy);
+        Ok(Some(Picked {
+            chosen: Vec::try_from(&chosen)?,
+            top,
+        }))
     }
 
     /// Drops the finished rows' slots (a copy of the live rows' caches) when they are more

@@ -10,6 +10,7 @@ mod error;
 pub mod neighbors;
 mod passes;
 mod rows;
+pub mod sampling;
 pub mod score;
 pub mod side;
 pub mod worker;
@@ -25,3 +26,4 @@ pub use rows::{
     count_label_pairs, count_tasks, split_by_token_budget, within_token_budget, BatchStats,
     RowInput, RowOutput,
 };
+pub use sampling::{Sampling, StreamToken, TokenLogprob, TokenSender};

@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::bank::PromptSlot;
+use super::sampling::{Sampling, TokenLogprob, TokenSender};
 
 /// One request row: its prompt (or none), tokenized input, and what to compute.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RowInput {
     /// The task's prompt in the bank; `None` runs the plain model.
     pub prompt: Option<Arc<PromptSlot>>,
@@ -22,6 +23,13 @@ pub struct RowInput {
     /// Also sum the log-probabilities of the generated tokens ([`RowOutput::logprob`]; an
     /// ensemble's vote breaks ties with it).
     pub sequence_logprob: bool,
+    /// How the row picks its tokens: `None` decodes greedily.
+    pub sampling: Option<Sampling>,
+    /// Record each generated token's log-probability and the `k` most likely tokens at its
+    /// step ([`RowOutput::token_logprobs`]).
+    pub top_logprobs: Option<usize>,
+    /// Each token is also sent here the step it is decoded (streaming).
+    pub stream: Option<TokenSender>,
 }
 
 impl RowInput {
@@ -95,6 +103,10 @@ pub struct RowOutput {
     pub scores: Option<Vec<f64>>,
     /// Summed log-probability of the generated tokens (when the row asked for it).
     pub logprob: Option<f64>,
+    /// Whether generation ended with an end-of-sequence token (not at max_new_tokens).
+    pub ended: bool,
+    /// Each generated token's log-probabilities (when the row asked: [`RowInput::top_logprobs`]).
+    pub token_logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// What the last batch cost.

@@ -100,6 +100,21 @@ impl T5Tokenizer {
             .map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
+    /// The id appended to every input (`</s>`), which also ends generation.
+    pub fn eos_id(&self) -> i64 {
+        self.eos_id
+    }
+
+    /// A token's vocabulary piece, SentencePiece's word-start `▁` shown as a space; empty for
+    /// an id outside the vocabulary.
+    pub fn piece(&self, id: i64) -> String {
+        u32::try_from(id)
+            .ok()
+            .and_then(|id| self.inner.id_to_token(id))
+            .map(|p| p.replace('\u{2581}', " "))
+            .unwrap_or_default()
+    }
+
     /// Ids of the vocabulary's ordinary tokens, lowest first: the base vocabulary without any
     /// special or added token (for SentencePiece models, the most frequent pieces come first).
     pub fn ordinary_ids(&self) -> Vec<i64> {

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::combine::{combine, MemberAnswer};
 use super::error::Error;
+use super::generation::Generation;
 use super::predict::{at, PredictInput};
 use super::rows::{build_row, refusal};
 use super::state::Service;
@@ -223,6 +224,12 @@ impl Service {
         input: PredictInput,
         share: &crate::batcher::Share,
     ) -> Result<EnsembleResponse, Error> {
+        if input.generation != Generation::default() {
+            return Err(Error::Invalid(format!(
+                "ensemble {:?} decodes greedily and combines its members' answers: sampling, logprobs, stop and n are for tasks",
+                ensemble.name
+            )));
+        }
         let labels = input.labels.clone().unwrap_or_default();
         if ensemble.combine == Combine::MeanLogprob && labels.is_empty() {
             return Err(Error::Invalid(format!(

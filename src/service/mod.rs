@@ -6,6 +6,7 @@
 pub mod combine;
 pub mod ensembles;
 pub mod error;
+pub mod generation;
 pub mod lifecycle;
 pub mod models;
 pub mod neighbors;
@@ -13,6 +14,7 @@ pub mod predict;
 pub mod prompts;
 pub mod rows;
 pub mod state;
+pub mod stream;
 pub mod tuning;
 
 pub use error::Error;

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::error::Error;
+use super::generation::FinishReason;
 use super::predict::{Output, PredictInput, PredictResponse};
 use super::state::Service;
 use crate::catalog::prompts::Entry;
@@ -86,6 +87,9 @@ impl Service {
                     text: o.answer,
                     token_ids: Vec::new(),
                     scores: o.scores,
+                    // The combined answer of members that each decoded to their end.
+                    finish_reason: FinishReason::Stop,
+                    logprobs: None,
                 })
                 .collect(),
         })

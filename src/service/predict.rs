@@ -6,9 +6,11 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::error::Error;
+use super::generation::{finish_reason, FinishReason, Generation};
 use super::rows::{best_label, build_row, refusal};
 use super::state::Service;
-use crate::batcher::{Refused, Share, Ticket, Unit};
+use super::stream::queue_refusal;
+use crate::batcher::{Share, Ticket, Unit};
 use crate::catalog::prompts::Entry;
 use crate::engine::{EngineError, PromptSlot, RowInput, RowOutput, RowResult};
 use crate::tenants::quota::InFlight;
@@ -23,6 +25,8 @@ pub struct PredictInput {
     pub max_new_tokens: Option<usize>,
     /// Candidate labels to score for every input.
     pub labels: Option<Vec<String>>,
+    /// Sampling, log-probabilities, stop strings, choices (default: greedy, none).
+    pub generation: Generation,
 }
 
 /// A request whose every input passed the limits, ready for the queue.
@@ -31,6 +35,8 @@ pub struct ValidRequest {
     pub rows: Vec<RowInput>,
     /// The labels every row scores.
     pub labels: Vec<String>,
+    /// The request's stop strings.
+    pub stops: Arc<[String]>,
 }
 
 /// One input's answer.
@@ -46,6 +52,36 @@ pub struct Output {
     /// The label with the highest score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Why generation ended: `stop` (the model ended the text, or a stop string was
+    /// reached: the text ends before it) or `length` (max_new_tokens reached).
+    pub finish_reason: FinishReason,
+    /// Each generated token's log-probability and the most likely alternatives (when asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprobs>>,
+}
+
+/// A generated token's log-probability under the model, and the step's most likely tokens.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenLogprobs {
+    /// The token.
+    pub token_id: i64,
+    /// Its text (the vocabulary piece, `▁` shown as a space).
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens at this step, most likely first.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of a step's most likely tokens.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TopLogprob {
+    /// The token.
+    pub token_id: i64,
+    /// Its text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f32,
 }
 
 /// A task's answer to a predict request.
@@ -67,6 +103,16 @@ pub struct Admission {
     pub share: Share,
 }
 
+impl Admission {
+    /// An admission with no in-flight guard.
+    pub(crate) fn open(share: Share) -> Self {
+        Self {
+            _in_flight: None,
+            share,
+        }
+    }
+}
+
 impl Service {
     /// Generates for every input with `task`'s soft prompt, and with labels scores each
     /// label's log-likelihood for every input. `input` is an error when the front door could
@@ -78,18 +124,41 @@ impl Service {
         task: &str,
         input: Result<PredictInput, E>,
     ) -> Result<PredictResponse, E> {
+        let (admission, entry) = self.admit_to_task(caller, task)?;
+        let input = input?;
+        Ok(self.predict_entry(&entry, input, &admission).await?)
+    }
+
+    /// The checks before a task's request is read: readiness, permission, quotas (so a refused
+    /// request costs no tokenizing and no queue room), then the task. The entry is looked up
+    /// once: every input of the request uses this version's rows.
+    pub(crate) fn admit_to_task(
+        &self,
+        caller: &Caller,
+        task: &str,
+    ) -> Result<(Admission, Arc<Entry>), Error> {
         self.check_serving()?;
-        // Permission and quotas first: a refused request costs no tokenizing and no queue room.
         let set = self.tenants.current();
         self.check_read(caller, &set, task)?;
         let admission = self.admit(caller)?;
-        // The entry is looked up once: every input of this request uses this version's rows.
         let entry = self
             .registry
             .get(task)
             .ok_or_else(|| Error::UnknownTask(task.chars().take(128).collect()))?;
-        let input = input?;
-        Ok(self.predict_entry(&entry, input, &admission).await?)
+        Ok((admission, entry))
+    }
+
+    /// Tokenizes a request for `entry`, off the async workers (up to a megabyte of text is
+    /// CPU work).
+    pub(crate) async fn validated(
+        &self,
+        entry: &Arc<Entry>,
+        input: PredictInput,
+    ) -> Result<ValidRequest, Error> {
+        let (svc, slot) = (self.clone(), entry.slot.clone());
+        tokio::task::spawn_blocking(move || svc.validate(&slot, input))
+            .await
+            .map_err(|e| Error::task_failed("validation task", e))?
     }
 
     async fn predict_entry(
@@ -98,11 +167,12 @@ impl Service {
         input: PredictInput,
         admission: &Admission,
     ) -> Result<PredictResponse, Error> {
-        // Tokenizing up to a megabyte of text is CPU work: keep it off the async workers.
-        let (svc, slot) = (self.clone(), entry.slot.clone());
-        let valid = tokio::task::spawn_blocking(move || svc.validate(&slot, input))
-            .await
-            .map_err(|e| Error::task_failed("validation task", e))??;
+        let valid = self.validated(entry, input).await?;
+        if !valid.stops.is_empty() {
+            // Rows end at their stop string, seen as their tokens stream.
+            let stream = self.stream_rows(entry, valid, admission.share.clone())?;
+            return stream.collect().await;
+        }
         let task = &entry.info.task;
         let units = valid
             .rows
@@ -118,28 +188,63 @@ impl Service {
             .into_iter()
             .flatten()
             .collect();
-        let mut outputs = Vec::with_capacity(answers.len());
-        for out in answers {
-            let text = self
-                .tokenizer
-                .decode(&out.token_ids)
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            let label = out
-                .scores
-                .as_deref()
-                .and_then(|s| best_label(&valid.labels, s))
-                .map(str::to_string);
-            outputs.push(Output {
-                text,
-                token_ids: out.token_ids,
-                scores: out.scores,
-                label,
-            });
-        }
+        let outputs = answers
+            .into_iter()
+            .map(|out| self.output(out, &valid.labels, None))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PredictResponse {
             task: entry.info.task.clone(),
             prompt_version: entry.info.version,
             outputs,
+        })
+    }
+
+    /// A row's answer; `text` is the streamed text when it was (cut at a stop string).
+    pub(crate) fn output(
+        &self,
+        out: RowOutput,
+        labels: &[String],
+        text: Option<(String, bool)>,
+    ) -> Result<Output, Error> {
+        let (text, stopped) = match text {
+            Some(streamed) => streamed,
+            None => {
+                let text = self
+                    .tokenizer
+                    .decode(&out.token_ids)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                (text, false)
+            }
+        };
+        let label = out
+            .scores
+            .as_deref()
+            .and_then(|s| best_label(labels, s))
+            .map(str::to_string);
+        let logprobs = out.token_logprobs.map(|steps| {
+            let piece = |id: i64| self.tokenizer.piece(id);
+            (out.token_ids.iter().zip(steps))
+                .map(|(&token_id, step)| TokenLogprobs {
+                    token_id,
+                    token: piece(token_id),
+                    logprob: step.logprob,
+                    top: (step.top.into_iter())
+                        .map(|(token_id, logprob)| TopLogprob {
+                            token_id,
+                            token: piece(token_id),
+                            logprob,
+                        })
+                        .collect(),
+                })
+                .collect()
+        });
+        Ok(Output {
+            finish_reason: finish_reason(out.ended, stopped),
+            text,
+            token_ids: out.token_ids,
+            scores: out.scores,
+            label,
+            logprobs,
         })
     }
 
@@ -169,30 +274,40 @@ impl Service {
     ) -> Result<ValidRequest, Error> {
         let texts = req.inputs;
         self.check_inputs(&texts)?;
+        let generation = req.generation;
+        generation.check()?;
+        let choices = generation.choices();
         let most = self.batcher.max_request_rows();
-        if texts.len() > most {
+        if texts.len() * choices > most {
             return Err(Error::Invalid(format!(
-                "{} inputs; one request may queue at most {most} rows (--max-queue-per-task)",
+                "{} inputs × {choices} choices; one request may queue at most {most} rows (--max-queue-per-task)",
                 texts.len()
             )));
         }
         let labels = req.labels.unwrap_or_default();
-        let rows = texts
-            .iter()
-            .enumerate()
-            .map(|(i, text)| {
-                build_row(
-                    &self.tokenizer,
-                    &self.limits.row,
-                    Some(slot.clone()),
-                    text,
-                    req.max_new_tokens,
-                    &labels,
-                )
-                .map_err(|why| refusal(&at(i, texts.len()), why))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ValidRequest { rows, labels })
+        let seed = generation.request_seed();
+        let mut rows = Vec::with_capacity(texts.len() * choices);
+        for (i, text) in texts.iter().enumerate() {
+            let row = build_row(
+                &self.tokenizer,
+                &self.limits.row,
+                Some(slot.clone()),
+                text,
+                req.max_new_tokens,
+                &labels,
+            )
+            .map_err(|why| refusal(&at(i, texts.len()), why))?;
+            for choice in 0..choices {
+                let mut row = row.clone();
+                generation.apply(&mut row, choice, seed);
+                rows.push(row);
+            }
+        }
+        Ok(ValidRequest {
+            rows,
+            labels,
+            stops: generation.stop.into(),
+        })
     }
 
     /// Admits the caller under its tenant's rate and in-flight quotas.
@@ -228,13 +343,7 @@ impl Service {
         let mut tickets = self
             .batcher
             .submit_units(units, share)
-            .map_err(|e| match e {
-                Refused::Full { queued, max, .. } => Error::QueueFull { queued, max },
-                Refused::TaskFull { task, queued, max } => {
-                    Error::TaskQueueFull { task, queued, max }
-                }
-                Refused::Closed => Error::Unavailable("the server is shutting down".into()),
-            })?;
+            .map_err(queue_refusal)?;
         let timeout = self.limits.request_timeout;
         let answers = if timeout.is_zero() {
             answers(&mut tickets).await

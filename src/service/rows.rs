@@ -108,6 +108,7 @@ pub fn build_row(
         labels,
         cancel: None,
         sequence_logprob: false,
+        ..Default::default()
     })
 }
 

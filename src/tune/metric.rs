@@ -244,6 +244,7 @@ impl ChunkedEval {
                 },
                 cancel: None,
                 sequence_logprob: false,
+                ..Default::default()
             })
             .collect();
         let (results, _) = engine.run_rows(&inputs, max_batch_tokens);

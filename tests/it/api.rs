@@ -541,6 +541,7 @@ async fn full_queue_gets_429_with_retry_after() {
                 labels: vec![],
                 cancel: None,
                 sequence_logprob: false,
+                ..Default::default()
             },
         )
     };
@@ -703,6 +704,7 @@ async fn a_flooding_task_cannot_keep_another_out_of_the_next_batch() {
         labels: vec![],
         cancel: None,
         sequence_logprob: false,
+        ..Default::default()
     };
     let flood: Vec<_> = (0..200)
         .map(|i| ("flood".to_string(), row(&format!("flood {i}"))))

@@ -155,6 +155,7 @@ fn row(demo: &Demo, task: &str, input: &str) -> RowInput {
         labels: Vec::new(),
         cancel: None,
         sequence_logprob: false,
+        ..Default::default()
     }
 }
 

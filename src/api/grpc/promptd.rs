@@ -76,6 +76,7 @@ impl GrpcApi {
             inputs,
             max_new_tokens: max_new_tokens.map(|n| n as usize),
             labels: (!labels.is_empty()).then_some(labels),
+            ..Default::default()
         })
     }
 }

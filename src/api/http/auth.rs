@@ -31,6 +31,9 @@ pub async fn authenticate(State(svc): State<Service>, mut req: Request, next: Ne
         .and_then(|v| v.to_str().ok());
     let caller = match svc.authenticate(header) {
         Ok(caller) => caller,
+        Err(e) if super::openai::is_openai(path) => {
+            return super::openai::OpenAiError::from(e).into_response()
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
     if path == "/metrics" && !caller.is_admin() {

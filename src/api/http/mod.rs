@@ -7,11 +7,13 @@ pub mod error;
 pub mod health;
 pub mod kserve;
 pub mod neighbors;
+pub mod openai;
 pub mod openapi;
 pub mod params;
 pub mod predict;
 pub mod prompts;
 pub mod responses;
+pub mod sse;
 pub mod tune;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -94,6 +96,16 @@ pub fn app(state: Service) -> Router {
             "/v2/models/{task}/versions/{version}/infer",
             predict_limit(post(kserve::infer)),
         )
+        .route(
+            "/v1/completions",
+            predict_limit(post(openai::completions::completions)),
+        )
+        .route(
+            "/v1/chat/completions",
+            predict_limit(post(openai::chat::chat_completions)),
+        )
+        .route("/v1/models", get(openai::models::list))
+        .route("/v1/models/{model}", get(openai::models::get_one))
         .route("/openapi.json", get(openapi::serve))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

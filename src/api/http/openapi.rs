@@ -6,6 +6,7 @@ use utoipa::OpenApi;
 
 use super::error::ErrorBody;
 use super::kserve::Versions;
+use super::openai::{chat, completions, models};
 use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
 
 /// The whole HTTP API.
@@ -45,6 +46,10 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         kserve::model_metadata,
         kserve::model_ready,
         kserve::infer,
+        completions::completions,
+        chat::chat_completions,
+        models::list,
+        models::get_one,
         serve,
     ),
     components(schemas(ErrorBody)),
@@ -56,6 +61,7 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         (name = "ensembles", description = "Prompt ensembles: N prompts of one task answering in one pass"),
         (name = "tuning", description = "Prompt tuning jobs on the served model"),
         (name = "kserve", description = "KServe Open Inference Protocol v2"),
+        (name = "openai", description = "OpenAI-compatible completions, chat completions and models: `model` names a task or ensemble; errors take OpenAI's shape"),
         (name = "health", description = "Probes and metrics"),
     )
 )]

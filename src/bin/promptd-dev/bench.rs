@@ -488,6 +488,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
             labels,
             cancel: None,
             sequence_logprob: false,
+            ..Default::default()
         })
     };
     let start = Instant::now();

@@ -280,6 +280,7 @@ fn rows_from_file(
             labels: Vec::new(),
             cancel: None,
             sequence_logprob: false,
+            ..Default::default()
         });
     }
     Ok(rows)
@@ -312,6 +313,7 @@ fn random_rows(args: &PassArgs, n: usize, engine: &mut Engine) -> Result<Vec<Row
                 labels: Vec::new(),
                 cancel: None,
                 sequence_logprob: false,
+                ..Default::default()
             }
         })
         .collect())

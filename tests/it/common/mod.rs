@@ -115,6 +115,7 @@ impl Loaded {
                 .collect(),
             cancel: None,
             sequence_logprob: false,
+            ..Default::default()
         }
     }
 

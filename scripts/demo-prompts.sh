@@ -5,8 +5,9 @@
 #
 # For each task: a 20-row soft prompt tuned on tests/fixtures/demo/<task>.train.jsonl (inputs
 # WITHOUT any text prefix), the best of the dev evaluations kept, written to prompts/<task>.safetensors
-# and its report to prompts/reports/<task>.json. Seeded: the same model, data, binary and threads
-# give the same prompt bytes (the reports' timings differ, nothing else).
+# and its report to prompts/reports/<task>.json, with its curves drawn beside it (<task>.svg).
+# Seeded: the same model, data, binary and threads give the same prompt bytes (the reports'
+# timings differ, nothing else).
 # The served demo tasks are the five pretrained ones and `verdict` (never pretrained). `dish`
 # (never pretrained either) is not served: no prompt teaches this model to copy a dish's name
 # (BENCHMARKS.md §12); `scripts/demo-prompts.sh dish` tunes it anyway.

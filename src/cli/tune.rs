@@ -12,11 +12,11 @@ use crate::engine::{DeviceSpec, DtypeSpec, Engine};
 use crate::model::T5Tokenizer;
 use crate::tune::init::read_init_file;
 use crate::tune::metric::label_set;
-use crate::tune::output::{write_json, write_peft_dir, write_prompt_file};
+use crate::tune::output::{curve_path, write_curve, write_json, write_peft_dir, write_prompt_file};
 use crate::tune::tuner::Duration;
 use crate::tune::{
-    evaluate, load_jsonl, EvalSet, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneError,
-    TuneSettings, Tuner,
+    evaluate, load_jsonl, Curve, EvalSet, InitSpec, Metric, OptimizerKind, OptimizerSettings,
+    TuneError, TuneSettings, Tuner,
 };
 
 /// Model and device flags shared by `tune` and `eval`.
@@ -105,7 +105,8 @@ pub struct TuneArgs {
     /// Also write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub peft_dir: Option<PathBuf>,
-    /// Write a JSON report (settings, curves, best step and metric, speed).
+    /// Write a JSON report (settings, curves, best step and metric, speed), and its curves as
+    /// a picture next to it (`r.json` → `r.svg`).
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// No progress bar.
@@ -269,6 +270,17 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
     }
     if let Some(path) = &args.report {
         write_json(path, &report).map_err(|e| e.to_string())?;
+        let name = |p: &Path| {
+            p.file_name()
+                .map_or(String::new(), |n| n.to_string_lossy().into())
+        };
+        let title = format!(
+            "promptd tune: {} on {}, {} steps",
+            name(&args.train),
+            name(&args.model.model),
+            tuner.step()
+        );
+        write_curve(&curve_path(path), &Curve::of(&tuner), &title).map_err(|e| e.to_string())?;
     }
     outcome.map_err(|e| e.to_string())?;
     if !args.quiet {

@@ -1,5 +1,5 @@
 //! The application, transport-free: every capability is one method on [`Service`] (predict,
-//! ensembles, prompt writes, neighbours, tuning jobs, model readiness), and every front door
+//! ensembles, prompt writes, neighbours, tuning jobs and their curves, model readiness), and every front door
 //! (HTTP, gRPC, KServe v2, the CLI) calls the same methods, as text-generation-inference's
 //! `Infer` is called by each of its routers. Errors are one [`Error`] enum; each front door
 //! keeps its own table from it to status codes. Nothing here knows axum, tonic or HTTP.
@@ -15,6 +15,7 @@ pub mod prompts;
 pub mod rows;
 pub mod state;
 pub mod stream;
+pub mod tune_curve;
 pub mod tuning;
 
 pub use error::Error;

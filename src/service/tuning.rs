@@ -365,7 +365,8 @@ impl Service {
         }
     }
 
-    fn visible(&self, caller: &Caller, id: &str) -> Result<Arc<Job>, Error> {
+    /// Job `id`, if `caller` may see it (its own, or any for an admin).
+    pub(super) fn visible(&self, caller: &Caller, id: &str) -> Result<Arc<Job>, Error> {
         let job = self
             .tuning
             .jobs

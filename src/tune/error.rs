@@ -44,6 +44,9 @@ pub enum TuneError {
     /// An evaluation pass failed.
     #[error("evaluation: {0}")]
     Engine(#[from] EngineError),
+    /// The curve picture could not be drawn.
+    #[error("drawing the tuning curve: {0}")]
+    Plot(#[from] plotters::drawing::DrawingAreaErrorKind<std::io::Error>),
     /// The loss is NaN or infinite (learning rate too high?).
     #[error("the loss became {loss} at step {step}; try a lower --lr or --clip-grad-norm")]
     Diverged {

@@ -1,5 +1,5 @@
-//! Tuning jobs on the running server: their status (shared between the engine thread, which
-//! steps them, and the routes, which show them), and their records on disk under
+//! Tuning jobs on the running server: their status and curves (shared between the engine
+//! thread, which steps them, and the routes, which show them), and their records on disk under
 //! `<prompts>/.tune-jobs/` so a restart reports an interrupted job as failed instead of losing it.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::curve::Curve;
 use super::error::TuneError;
 use super::output::{prompt_file_bytes, write_atomic};
 use crate::prompts::PromptRows;
@@ -141,19 +142,35 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// One job: its status and its cancel flag, shared by the engine thread and the routes.
+/// One job: its status, curves and cancel flag, shared by the engine thread and the routes.
 #[derive(Debug)]
 pub struct Job {
     /// The status, updated after each step.
     pub status: Mutex<JobStatus>,
     /// Set by `DELETE`: the engine drops the job at its next turn.
     pub cancel: AtomicBool,
+    /// Loss and dev metric so far; None for a job recorded before this server started, until
+    /// [`JobTable::curve`] reads it back.
+    curve: Mutex<Option<Curve>>,
 }
 
 impl Job {
+    fn new(status: JobStatus, curve: Option<Curve>) -> Self {
+        Self {
+            status: Mutex::new(status),
+            cancel: AtomicBool::new(false),
+            curve: Mutex::new(curve),
+        }
+    }
+
     /// A snapshot of the status.
     pub fn snapshot(&self) -> JobStatus {
         self.status.lock().clone()
+    }
+
+    /// Changes the curve (the engine thread appends each step's point).
+    pub fn update_curve(&self, f: impl FnOnce(&mut Curve)) {
+        f(self.curve.lock().get_or_insert_with(Curve::default));
     }
 }
 
@@ -215,11 +232,7 @@ impl JobTable {
                 write_record(&dir, &status)?;
             }
             let id = status.id.clone();
-            let job = Job {
-                status: Mutex::new(status),
-                cancel: AtomicBool::new(false),
-            };
-            jobs.insert(id, Arc::new(job));
+            jobs.insert(id, Arc::new(Job::new(status, None)));
         }
         Ok(Self {
             dir,
@@ -263,10 +276,7 @@ impl JobTable {
             labels: Vec::new(),
         };
         write_record(&self.dir, &status)?;
-        let job = Arc::new(Job {
-            status: Mutex::new(status),
-            cancel: AtomicBool::new(false),
-        });
+        let job = Arc::new(Job::new(status, Some(Curve::new(metric, total_steps))));
         self.jobs.lock().insert(id, job.clone());
         Ok(job)
     }
@@ -330,14 +340,39 @@ impl JobTable {
         }
     }
 
-    /// Rewrites `job`'s record on disk (with a fresh heartbeat).
+    /// Rewrites `job`'s record on disk (with a fresh heartbeat), and its curve.
     pub fn persist(&self, job: &Job) -> Result<(), TuneError> {
         let status = {
             let mut s = job.status.lock();
             s.heartbeat_ms = now_ms();
             s.clone()
         };
+        let curve = job.curve.lock().clone();
+        if let Some(curve) = curve {
+            let text = serde_json::to_vec(&curve).map_err(|e| TuneError::Data(e.to_string()))?;
+            write_atomic(&self.curve_path(&status.id), &text)?;
+        }
         write_record(&self.dir, &status)
+    }
+
+    /// `job`'s curve so far: read back from its file the first time for a job recorded before
+    /// this server started (empty if it has none).
+    pub fn curve(&self, job: &Job) -> Curve {
+        if let Some(curve) = job.curve.lock().as_ref() {
+            return curve.clone();
+        }
+        // Read with no lock held: the status lock is never taken under the curve's.
+        let s = job.snapshot();
+        let read = std::fs::read(self.curve_path(&s.id))
+            .ok()
+            .and_then(|text| serde_json::from_slice(&text).ok())
+            .unwrap_or_else(|| Curve::new(&s.metric, s.total_steps));
+        job.curve.lock().get_or_insert(read).clone()
+    }
+
+    /// Where job `id`'s curve is kept (not `.json`: [`JobTable::open`] reads those as records).
+    fn curve_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.curve"))
     }
 
     /// Keeps a candidate prompt next to its job's record.
@@ -359,4 +394,37 @@ fn write_record(dir: &Path, status: &JobStatus) -> Result<(), TuneError> {
     let mut text = serde_json::to_vec_pretty(status).map_err(|e| TuneError::Data(e.to_string()))?;
     text.push(b'\n');
     write_atomic(&dir.join(format!("{}.json", status.id)), &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jobs_curve_is_kept_with_its_record_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let jobs = JobTable::open(dir.path()).unwrap();
+        let job = jobs.create("task", "tenant", 10, "accuracy").unwrap();
+        job.update_curve(|c| {
+            c.loss = vec![(1, 2.0), (2, 1.5)];
+            c.dev = vec![(0, 0.25), (2, 0.5)];
+            c.best = Some((2, 0.5));
+        });
+        jobs.persist(&job).unwrap();
+        let id = job.snapshot().id;
+        let again = JobTable::open(dir.path()).unwrap();
+        assert_eq!(
+            again.all().len(),
+            1,
+            "the curve file is not read as a record"
+        );
+        let drawn = again.curve(&again.get(&id).unwrap());
+        assert_eq!(drawn, jobs.curve(&job));
+        assert_eq!(drawn.loss.len(), 2);
+        // A record without a curve file (written before curves were kept): an empty curve.
+        std::fs::remove_file(jobs.curve_path(&id)).unwrap();
+        let third = JobTable::open(dir.path()).unwrap();
+        let empty = third.curve(&third.get(&id).unwrap());
+        assert_eq!(empty, Curve::new("accuracy", 10));
+    }
 }

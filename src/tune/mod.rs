@@ -2,6 +2,7 @@
 //! through the frozen T5. The model's tensors never require grad; P and the optimizer state
 //! are f32 whatever the model's dtype. A [`Tuner`] runs one step at a time so the CLI can drive
 //! it in a loop and the server's engine thread can interleave its steps with serving passes.
+pub mod curve;
 pub mod data;
 mod error;
 pub mod init;
@@ -13,6 +14,7 @@ mod rng;
 pub mod scheduler;
 pub mod tuner;
 
+pub use curve::Curve;
 pub use data::{load_jsonl, Example};
 pub use error::TuneError;
 pub use init::InitSpec;

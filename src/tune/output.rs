@@ -1,5 +1,6 @@
 //! Writing what a tuning run produced, each file atomically (temp file, fsync, rename): the
-//! prompt in the format the server accepts, a PEFT adapter folder, and the JSON report.
+//! prompt in the format the server accepts, a PEFT adapter folder, the JSON report and its
+//! curve picture.
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 
+use super::curve::Curve;
 use super::error::TuneError;
 use crate::model::T5Config;
 use crate::prompts::tensor::PEFT_KEY;
@@ -120,9 +122,42 @@ pub fn write_peft_dir(
     write_atomic(&dir.join("adapter_config.json"), &text)
 }
 
+/// Where a report's curve picture goes: the report's path with an `.svg` extension
+/// (`r.json` → `r.svg`; a report itself named `.svg` keeps it: `r.svg` → `r.curve.svg`).
+pub fn curve_path(report: &Path) -> PathBuf {
+    let svg = report.with_extension("svg");
+    if svg == report {
+        report.with_extension("curve.svg")
+    } else {
+        svg
+    }
+}
+
+/// Writes `curve`'s picture, `title` on top, to `path`.
+pub fn write_curve(path: &Path, curve: &Curve, title: &str) -> Result<(), TuneError> {
+    write_atomic(path, curve.to_svg(title)?.as_bytes())
+}
+
 /// Writes a JSON value (the report) to `path`.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), TuneError> {
     let mut text = serde_json::to_vec_pretty(value).map_err(|e| TuneError::Data(e.to_string()))?;
     text.push(b'\n');
     write_atomic(path, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_curve_goes_next_to_the_report_and_never_over_it() {
+        for (report, svg) in [
+            ("out/r.json", "out/r.svg"),
+            ("r", "r.svg"),
+            ("r.svg", "r.curve.svg"),
+            ("a.b/report.v2.json", "a.b/report.v2.svg"),
+        ] {
+            assert_eq!(curve_path(Path::new(report)), Path::new(svg), "{report}");
+        }
+    }
 }

@@ -299,14 +299,17 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
 }
 
 fn update_status(work: &TuneWork, tuner: &Tuner) {
-    let mut s = work.job.status.lock();
-    s.step = tuner.step();
-    s.loss = tuner.last_loss();
-    s.dev_metric = tuner.last_metric();
-    (s.best_step, s.best_metric) = tuner.best().unzip();
-    let left = tuner.total_steps().saturating_sub(tuner.step());
-    s.eta_seconds =
-        (tuner.step() > 0).then(|| s.engine_seconds / tuner.step() as f64 * left as f64);
+    {
+        let mut s = work.job.status.lock();
+        s.step = tuner.step();
+        s.loss = tuner.last_loss();
+        s.dev_metric = tuner.last_metric();
+        (s.best_step, s.best_metric) = tuner.best().unzip();
+        let left = tuner.total_steps().saturating_sub(tuner.step());
+        s.eta_seconds =
+            (tuner.step() > 0).then(|| s.engine_seconds / tuner.step() as f64 * left as f64);
+    }
+    work.job.update_curve(|c| c.catch_up(tuner));
 }
 
 fn finish(active: Active, result: Option<Result<FinishedPrompt, String>>) {

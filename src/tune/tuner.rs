@@ -583,6 +583,16 @@ impl Tuner {
         self.best.as_ref().map(|(s, m, _)| (*s, *m))
     }
 
+    /// (step, training loss) of every step so far.
+    pub fn train_loss(&self) -> &[(usize, f64)] {
+        &self.train_loss
+    }
+
+    /// (step, dev metric) of every evaluation so far.
+    pub fn dev_metrics(&self) -> &[(usize, f64)] {
+        &self.dev_metric
+    }
+
     /// The latest training loss.
     pub fn last_loss(&self) -> Option<f64> {
         self.train_loss.last().map(|(_, l)| *l)

@@ -476,6 +476,13 @@ async fn real_responses_match_the_documented_schemas() {
             Some(infer(true)),
             None,
         ),
+        (
+            Method::GET,
+            "/v1/tune-jobs/nope/curve.svg",
+            "/v1/tune-jobs/{id}/curve.svg",
+            None,
+            None,
+        ),
         (Method::GET, "/openapi.json", "/openapi.json", None, None),
     ];
     let mut statuses = BTreeSet::new();

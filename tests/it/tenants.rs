@@ -612,6 +612,23 @@ async fn only_a_tenant_that_may_write_a_task_may_tune_it_and_see_its_jobs() {
     assert_eq!(r.body["jobs"].as_array().unwrap().len(), 1);
     let r = call(st, get(&format!("/v1/tune-jobs/{id}"), Some("acme-key"))).await;
     assert_eq!(r.status, StatusCode::OK);
+    // Its curve picture follows the job's own rule: the owner and the admin, no one else.
+    let curve = format!("/v1/tune-jobs/{id}/curve.svg");
+    for (key, status) in [
+        (Some("acme-key"), StatusCode::OK),
+        (Some("ops-key"), StatusCode::OK),
+        (Some("globex-key"), StatusCode::FORBIDDEN),
+        (None, StatusCode::UNAUTHORIZED),
+    ] {
+        let r = call(st, get(&curve, key)).await;
+        assert_eq!(r.status, status, "{key:?}: {:?}", r.body);
+        if status == StatusCode::OK {
+            assert_eq!(r.headers[header::CONTENT_TYPE], "image/svg+xml");
+            assert!(r.body.as_str().unwrap().starts_with("<svg"), "{:?}", r.body);
+        } else {
+            assert!(r.body["error_type"].is_string(), "{:?}", r.body);
+        }
+    }
     let r = call(
         st,
         req(

@@ -1,6 +1,6 @@
 //! `promptd tune` and `promptd eval` as a user runs them: outputs the server and PEFT accept, the
-//! report, the hidden-check form (SGD, one step, `--init file:`), bad data, Ctrl-C, and a task the
-//! frozen model learns only through its prompt.
+//! report and its curve picture, the hidden-check form (SGD, one step, `--init file:`), bad
+//! data, Ctrl-C, and a task the frozen model learns only through its prompt.
 use crate::common;
 
 use std::io::{BufRead, BufReader};
@@ -109,6 +109,22 @@ fn tune_writes_a_servable_prompt_a_peft_adapter_and_a_report() {
     assert_eq!(evals, vec![0, 2, 4, 5]);
     assert!(report["tokens_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(report["settings"]["optimizer"], "adafactor");
+    // The curves as a picture next to the report, the best step marked as the report says.
+    let svg = std::fs::read_to_string(tmp.path().join("report.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("promptd tune: train.jsonl on t5-v1_1-tiny, 5 steps"));
+    for stroke in ["#1F77B4", "#FF7F0E"] {
+        assert!(
+            svg.contains(&format!("stroke=\"{stroke}\"")),
+            "{stroke}: {svg}"
+        );
+    }
+    let best = format!(
+        "best rank-accuracy {:.3} at step {}",
+        report["best_metric"].as_f64().unwrap(),
+        report["best_step"]
+    );
+    assert!(svg.contains(&best), "{best}: {svg}");
     // `promptd eval` of the written prompt scores what the run reported as its best.
     let (ok, stdout, err) = promptd(&[
         "eval",

@@ -83,6 +83,17 @@ fn ended(v: &Value) -> bool {
     !matches!(v["state"].as_str(), Some("queued" | "running"))
 }
 
+/// Cancels job `id` (202) and waits until it has ended.
+async fn cancel(client: &reqwest::Client, server: &impl Urls, id: &str) -> Value {
+    let r = client
+        .delete(server.url(&format!("/v1/tune-jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    wait_until(client, server, id, ended).await
+}
+
 async fn predict(client: &reqwest::Client, server: &impl Urls, task: &str, input: &str) -> Value {
     let r = client
         .post(server.url(&format!("/v1/tasks/{task}/predict")))
@@ -199,6 +210,60 @@ async fn a_job_becomes_the_next_version_and_is_served_with_other_tasks() {
     assert!(metric(&text, "promptd_tune_engine_seconds_total") > 0.0);
 }
 
+/// `GET /v1/tune-jobs/{id}/curve.svg`: status and body (the SVG, or the JSON error's text).
+async fn curve(client: &reqwest::Client, server: &impl Urls, id: &str) -> (u16, String, String) {
+    let r = client
+        .get(server.url(&format!("/v1/tune-jobs/{id}/curve.svg")))
+        .send()
+        .await
+        .unwrap();
+    let kind = r.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_string();
+    (r.status().as_u16(), kind, r.text().await.unwrap())
+}
+
+/// Stroke of the loss and dev series in the picture (`promptd::tune::curve`'s colours).
+const LOSS_STROKE: &str = "stroke=\"#1F77B4\"";
+const DEV_STROKE: &str = "stroke=\"#FF7F0E\"";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_jobs_curve_is_drawn_while_it_runs_and_after_it_ends() {
+    let server = Served::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let body = json!({"train": rows(), "dev": rows(), "prompt_length": 4, "steps": 20000,
+                      "eval_every": 2, "metric": "rank-accuracy"});
+    let id = start_job(&client, &server, "drawn", body).await;
+    let running = |v: &Value| v["state"] == "running" && v["step"].as_u64() >= Some(3);
+    let v = wait_until(&client, &server, &id, running).await;
+    let (status, kind, svg) = curve(&client, &server, &id).await;
+    assert_eq!((status, kind.as_str()), (200, "image/svg+xml"), "{svg}");
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(
+        svg.contains(&format!("tuning job {id}: task drawn, running")),
+        "{svg}"
+    );
+    assert!(
+        svg.contains(LOSS_STROKE) && svg.contains(DEV_STROKE),
+        "{svg}"
+    );
+    assert!(svg.contains("best rank-accuracy"), "{svg}");
+    assert!(v["step"].as_u64().unwrap() < 20000);
+    // Cancelled, it still answers with the curve it got to.
+    let v = cancel(&client, &server, &id).await;
+    let (status, _, svg) = curve(&client, &server, &id).await;
+    assert_eq!(status, 200);
+    let title = format!("task drawn, cancelled, step {} of 20000", v["step"]);
+    assert!(svg.contains(&title), "{title}: {svg}");
+    assert!(svg.contains(LOSS_STROKE));
+    // An unknown job: the JSON error every job route gives.
+    let (status, kind, text) = curve(&client, &server, "tj-nope").await;
+    assert_eq!((status, kind.as_str()), (404, "application/json"));
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error_type"], "unknown_job", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_job_requests_get_4xx_json_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,13 +348,7 @@ async fn bad_job_requests_get_4xx_json_and_change_nothing() {
     assert_eq!(prompts["prompts"], json!([]));
     // Cancel: the job ends cancelled, installs nothing, and cannot be cancelled twice.
     let id = start_job(&client, &server, "t", with("steps", json!(50))).await;
-    let r = client
-        .delete(server.url(&format!("/v1/tune-jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202);
-    let v = wait_until(&client, &server, &id, ended).await;
+    let v = cancel(&client, &server, &id).await;
     assert_eq!(v["state"], "cancelled");
     let r = client
         .delete(server.url(&format!("/v1/tune-jobs/{id}")))
@@ -329,6 +388,9 @@ async fn a_restart_fails_the_interrupted_job_with_its_reason() {
     let v = job(&client, &server, &id).await;
     assert_eq!(v["state"], "failed", "{v}");
     assert!(v["error"].as_str().unwrap().contains("restart"), "{v}");
+    let (status, _, svg) = curve(&client, &server, &id).await;
+    assert_eq!(status, 200);
+    assert!(svg.contains("task long, failed"), "{svg}");
     let r = client
         .get(server.url("/v1/prompts/long"))
         .send()

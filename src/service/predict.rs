@@ -9,8 +9,7 @@ use super::error::Error;
 use super::generation::{finish_reason, FinishReason, Generation};
 use super::rows::{best_label, build_row, refusal};
 use super::state::Service;
-use super::stream::queue_refusal;
-use crate::batcher::{Share, Ticket, Unit};
+use crate::batcher::{Refused, Share, Ticket, Unit};
 use crate::catalog::prompts::Entry;
 use crate::engine::{EngineError, PromptSlot, RowInput, RowOutput, RowResult};
 use crate::tenants::quota::InFlight;
@@ -367,6 +366,15 @@ impl Service {
                     .collect()
             })
             .collect()
+    }
+}
+
+/// The queue's refusal as the service's error.
+pub(crate) fn queue_refusal(e: Refused) -> Error {
+    match e {
+        Refused::Full { queued, max, .. } => Error::QueueFull { queued, max },
+        Refused::TaskFull { task, queued, max } => Error::TaskQueueFull { task, queued, max },
+        Refused::Closed => Error::Unavailable("the server is shutting down".into()),
     }
 }
 

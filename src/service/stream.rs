@@ -11,9 +11,11 @@ use tokio::time::Instant;
 
 use super::error::Error;
 use super::generation::TextStream;
-use super::predict::{Admission, Output, PredictInput, PredictResponse, ValidRequest};
+use super::predict::{
+    queue_refusal, Admission, Output, PredictInput, PredictResponse, ValidRequest,
+};
 use super::state::Service;
-use crate::batcher::{Refused, Share, Ticket, Unit};
+use crate::batcher::{Share, Ticket, Unit};
 use crate::catalog::prompts::Entry;
 use crate::engine::{EngineError, StreamToken, TokenLogprob};
 use crate::tenants::Caller;
@@ -159,15 +161,6 @@ impl Service {
             timeout_ms: timeout.as_millis() as u64,
             _admission: Admission::open(share),
         })
-    }
-}
-
-/// The queue's refusal as the service's error.
-pub(crate) fn queue_refusal(e: Refused) -> Error {
-    match e {
-        Refused::Full { queued, max, .. } => Error::QueueFull { queued, max },
-        Refused::TaskFull { task, queued, max } => Error::TaskQueueFull { task, queued, max },
-        Refused::Closed => Error::Unavailable("the server is shutting down".into()),
     }
 }
 

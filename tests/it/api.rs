@@ -358,7 +358,7 @@ async fn bad_predict_requests_get_json_errors() {
         ),
         (
             "unknown field",
-            predict_req("keep", json!({"inputs": "x", "temperature": 1})),
+            predict_req("keep", json!({"inputs": "x", "temprature": 1})),
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (

@@ -258,6 +258,7 @@ impl ChatRequest {
         (status = 403, description = "The key may not read this model", body = OpenAiErrorBody),
         (status = 404, description = "No such model", body = OpenAiErrorBody),
         (status = 413, description = "Body over --max-body-bytes", body = OpenAiErrorBody),
+        (status = 415, description = "The body is not JSON (Content-Type: application/json)", body = OpenAiErrorBody),
         (status = 429, description = "Queue full or rate limited (Retry-After)", body = OpenAiErrorBody),
         (status = 503, description = "Not ready", body = OpenAiErrorBody)))]
 pub async fn chat_completions(

@@ -120,6 +120,27 @@ panels.append(panel("Engine share spent tuning", "percentunit", [
 panels.append(panel("Tuning steps/s", "short", [
     q(f"sum(rate(promptd_tune_steps_total{SEL}[{RATE}]))", "steps/s")], 16, y, 8,
     description="promptd_tune_loss{job} has each running job's latest loss"))
+y += 8
+panels.append(row("Object store", y)); y += 1
+panels.append(panel("Store up by replica", "bool_yes_no", [
+    q(f"max by (pod) (promptd_store_up{SEL})", "{{pod}}")], 0, y, 8,
+    description="1 while the replica's last object store request (--store s3://...) succeeded. "
+                "Stays 0 on replicas serving a prompts folder instead of a store."))
+panels.append(panel("Store sync age by replica", "s", [
+    q(f"max by (pod) (promptd_store_sync_age_seconds{SEL})", "{{pod}}")], 8, y, 8,
+    description="Seconds since the replica last confirmed its catalog matches the store's manifest; "
+                "normally below --store-poll-ms. Alert PromptdStoreStale above 30 s."))
+panels.append(panel("Store sync lag", "s", [
+    q(quantile(0.5, "promptd_store_sync_lag_seconds"), "p50"),
+    q(quantile(0.99, "promptd_store_sync_lag_seconds"), "p99")], 16, y, 8,
+    description="From a manifest written by any replica to its change applied on this one: "
+                "how long an upload takes to reach the whole fleet."))
+y += 8
+panels.append(panel("Store requests by operation and outcome", "reqps", [
+    q(f"sum by (op, outcome) (rate(promptd_store_requests_total{SEL}[{RATE}]))", "{{op}} {{outcome}}")], 0, y, 24,
+    stack=True,
+    description="not_modified: a manifest poll found nothing new; precondition_failed: a conditional write "
+                "lost a race to another replica and is retried; error: the store failed or was unreachable."))
 
 for i, p in enumerate(panels):
     p["id"] = i + 1
@@ -127,7 +148,7 @@ for i, p in enumerate(panels):
 dashboard = {
     "uid": "promptd",
     "title": "promptd",
-    "description": "One frozen T5, many soft-prompt tasks: traffic, latency, mixed-task batching, queue, prompts.",
+    "description": "One frozen T5, many soft-prompt tasks: traffic, latency, mixed-task batching, queue, prompts, object store.",
     "tags": ["promptd", "inference"],
     "timezone": "browser",
     "schemaVersion": 39,

@@ -14,5 +14,6 @@ pub mod model;
 pub mod prompts;
 pub mod server;
 pub mod service;
+pub mod store;
 pub mod tenants;
 pub mod tune;

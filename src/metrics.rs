@@ -8,8 +8,8 @@ use std::collections::HashSet;
 
 use parking_lot::Mutex;
 use prometheus::{
-    Counter, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Counter, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Label for tasks beyond the labelled set.
@@ -81,6 +81,8 @@ pub struct Metrics {
     pub grpc_connections: IntGauge,
     /// gRPC connections closed at once because --max-connections were open.
     pub grpc_connections_refused: IntCounter,
+    /// The object store (`--store s3://…`).
+    pub store: StoreMetrics,
 }
 
 /// Most distinct `tenant` label values; later tenants count as `_other`.
@@ -187,6 +189,68 @@ label_set!(
         Delete => "delete",
     }
 );
+
+/// Metrics of the object store a fleet shares (all zero with a folder store).
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// 1 while the last store request succeeded, else 0.
+    pub up: IntGauge,
+    /// Seconds since this replica last confirmed its catalogs match the store (set at scrape).
+    pub sync_age: Gauge,
+    /// Manifest written (by any replica) → applied here.
+    pub sync_lag: Histogram,
+    /// Store requests by operation and outcome.
+    requests: IntCounterVec,
+    /// Objects refused because their bytes did not match their hash.
+    pub corrupt_objects: IntCounter,
+}
+
+label_set!(
+    /// Operations on the object store.
+    StoreOp {
+        /// A catalog manifest read (conditional).
+        GetManifest => "get_manifest",
+        /// A catalog manifest write (conditional).
+        PutManifest => "put_manifest",
+        /// A content-addressed object read.
+        GetObject => "get_object",
+        /// A content-addressed object write.
+        PutObject => "put_object",
+        /// A listing.
+        List => "list",
+        /// A removal.
+        Delete => "delete",
+        /// A replica's heartbeat record written.
+        Heartbeat => "heartbeat",
+        /// A record read or written (tuning jobs, tenants, audit).
+        Record => "record",
+    }
+);
+
+label_set!(
+    /// Outcomes of object store requests.
+    StoreOutcome {
+        /// Done.
+        Ok => "ok",
+        /// A conditional read found nothing new (304).
+        NotModified => "not_modified",
+        /// A conditional write lost a race (412) or found the object present.
+        PreconditionFailed => "precondition_failed",
+        /// No such object.
+        NotFound => "not_found",
+        /// The store failed or could not be reached.
+        Error => "error",
+    }
+);
+
+impl StoreMetrics {
+    /// Counts one store request.
+    pub fn request(&self, op: StoreOp, outcome: StoreOutcome) {
+        self.requests
+            .with_label_values(&[op.as_str(), outcome.as_str()])
+            .inc();
+    }
+}
 
 fn buckets(start: f64, factor: f64, count: usize) -> Vec<f64> {
     prometheus::exponential_buckets(start, factor, count).expect("static bucket layout")
@@ -381,6 +445,36 @@ impl Metrics {
                 "promptd_grpc_connections_refused_total",
                 "gRPC connections closed on accept because --max-connections were open",
             ),
+            store: StoreMetrics {
+                up: r.gauge(
+                    "promptd_store_up",
+                    "1 while the last object store request succeeded, else 0",
+                ),
+                sync_age: r.add(Gauge::new(
+                    "promptd_store_sync_age_seconds",
+                    "Seconds since this replica last confirmed its catalogs match the store",
+                )),
+                sync_lag: r.histogram(
+                    "promptd_store_sync_lag_seconds",
+                    "Time from a manifest written (by any replica) to its change applied here",
+                    &buckets(0.01, 2.0, 14),
+                ),
+                requests: {
+                    let c = r.counters(
+                        "promptd_store_requests_total",
+                        "Object store requests by operation and outcome",
+                        &["op", "outcome"],
+                    );
+                    for op in StoreOp::ALL {
+                        c.with_label_values(&[op.as_str(), StoreOutcome::Ok.as_str()]);
+                    }
+                    c
+                },
+                corrupt_objects: r.counter(
+                    "promptd_store_corrupt_objects_total",
+                    "Store objects refused because their bytes did not match their hash",
+                ),
+            },
             task_labels: TaskLabels::new(max_task_labels),
             tenant_labels: TaskLabels::new(MAX_TENANT_LABELS),
             registry,

@@ -11,6 +11,7 @@
 //! chunks, removed ones dropped, a failing one leaving the served version in place).
 pub mod ensembles;
 pub mod prompts;
+pub mod shelf;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -29,6 +30,16 @@ pub enum CatalogError {
     /// The store could not be written or read.
     #[error("could not write the prompts folder: {0}")]
     Store(#[from] std::io::Error),
+    /// The object store is down or refused the request: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another replica wrote this version (or a later one) first: the write is retried with
+    /// the next version, and answered as a conflict after too many lost races.
+    #[error("another replica wrote version {stored} at the same time; retry")]
+    Taken {
+        /// The version the store holds now.
+        stored: u64,
+    },
     /// The engine could not take the item.
     #[error("the engine could not load the prompt: {0}")]
     Engine(#[source] crate::engine::EngineError),
@@ -114,21 +125,22 @@ pub trait Store: Clone + Send + Sync + 'static {
     const NOUN: &'static str;
 
     /// Every stored item by name (blocking).
-    fn scan(&self) -> std::io::Result<Scan<Self::Source>>;
+    fn scan(&self) -> Result<Scan<Self::Source>, CatalogError>;
     /// Reads and validates one stored item (blocking).
     fn load(&self, source: &Self::Source) -> Result<Self::Loaded, String>;
     /// The version the store holds for `name`, if any (blocking). Read before each write, so a
     /// writer that has not yet seen another replica's write still counts past it.
-    fn stored_version(&self, name: &TaskName) -> Option<u64>;
-    /// Stores `item` as `name`'s only version, atomically (blocking).
+    fn stored_version(&self, name: &TaskName) -> Result<Option<u64>, CatalogError>;
+    /// Stores `item` as `name`'s only version, atomically (blocking). A store shared by
+    /// replicas refuses with [`CatalogError::Taken`] a version another replica wrote first.
     fn write(
         &self,
         name: &TaskName,
         item: &Self::Item,
         version: u64,
-    ) -> std::io::Result<Fingerprint>;
+    ) -> Result<Fingerprint, CatalogError>;
     /// Removes everything stored for `name`; false when there was nothing (blocking).
-    fn remove(&self, name: &TaskName) -> std::io::Result<bool>;
+    fn remove(&self, name: &TaskName) -> Result<bool, CatalogError>;
 
     /// Serves a new item about to be written as `version` (it is written only if this works).
     fn serve_new(
@@ -156,6 +168,9 @@ pub trait Store: Clone + Send + Sync + 'static {
         let _ = result;
     }
 }
+
+/// Versions a write may find taken by other replicas before it answers a conflict.
+const MAX_TAKEN: u32 = 16;
 
 /// Items parsed and served together during a sync.
 const SYNC_CHUNK: usize = 256;
@@ -266,20 +281,31 @@ impl<S: Store> Catalog<S> {
         item: S::Item,
     ) -> Result<(Arc<S::Value>, bool), CatalogError> {
         let _writer = self.writer.lock().await;
-        let n = name.clone();
-        let stored = self
-            .blocking("store", move |s| s.stored_version(&n))
-            .await?;
-        let version = self.next_version(&name).max(stored.unwrap_or(0) + 1);
         let item = Arc::new(item);
-        let value = Arc::new(self.store.serve_new(&name, &item, version).await?);
-        let (n, i) = (name.clone(), item.clone());
-        let fingerprint = self
-            .blocking("store", move |s| s.write(&n, &i, version))
-            .await??;
-        let created = !self.entries.read().contains_key(&name);
-        self.insert(name, value.clone(), fingerprint);
-        Ok((value, created))
+        let mut taken = 0;
+        loop {
+            let n = name.clone();
+            let stored = self
+                .blocking("store", move |s| s.stored_version(&n))
+                .await??;
+            let version = self.next_version(&name).max(stored.unwrap_or(0) + 1);
+            let value = Arc::new(self.store.serve_new(&name, &item, version).await?);
+            let (n, i) = (name.clone(), item.clone());
+            match self
+                .blocking("store", move |s| s.write(&n, &i, version))
+                .await?
+            {
+                Ok(fingerprint) => {
+                    let created = !self.entries.read().contains_key(&name);
+                    self.insert(name, value.clone(), fingerprint);
+                    return Ok((value, created));
+                }
+                // Another replica took the version between our read and our write: count
+                // past it, a few times, then let the client decide (409).
+                Err(CatalogError::Taken { .. }) if taken < MAX_TAKEN => taken += 1,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Deletes a name's stored item and stops serving it; false when it did not exist.

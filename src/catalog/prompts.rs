@@ -6,12 +6,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use super::shelf::{Shelf, Source};
 use super::{Catalog, CatalogError, Found, Scan, Store, Stored, Versioned};
 use crate::engine::worker::EngineHandle;
 use crate::engine::{PromptRows, PromptSlot};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::prompts::dir::{newest, Fingerprint, PromptSource};
-use crate::prompts::store::{Loaded, Store as Folder};
+use crate::prompts::store::{encode, parse_stored, Loaded, Store as Folder};
 use crate::prompts::{Prompt, PromptLimits, TaskName};
 
 /// What clients see about a prompt.
@@ -82,10 +83,19 @@ pub(crate) fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Prompts in a folder, served from the engine's bank.
+/// Where prompts are kept: a folder, or a bucket shared by a fleet.
+#[derive(Clone)]
+pub enum Backend {
+    /// The prompts folder.
+    Folder(Folder),
+    /// `--store s3://…`.
+    Bucket(Arc<Shelf>),
+}
+
+/// Prompts in a folder or a bucket, served from the engine's bank.
 #[derive(Clone)]
 pub struct PromptStore {
-    folder: Folder,
+    backend: Backend,
     engine: EngineHandle,
     d_model: usize,
     limits: PromptLimits,
@@ -96,16 +106,16 @@ pub struct PromptStore {
 pub type Registry = Catalog<PromptStore>;
 
 impl PromptStore {
-    /// Prompts in `folder`, checked against `limits` for a model of width `d_model`.
+    /// Prompts in `backend`, checked against `limits` for a model of width `d_model`.
     pub fn new(
-        folder: Folder,
+        backend: Backend,
         engine: EngineHandle,
         d_model: usize,
         limits: PromptLimits,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            folder,
+            backend,
             engine,
             d_model,
             limits,
@@ -140,21 +150,25 @@ impl Store for PromptStore {
     type Item = NewPrompt;
     type Loaded = Loaded;
     type Value = Entry;
-    type Source = PromptSource;
+    type Source = Source<PromptSource>;
     const NOUN: &'static str = "prompt";
 
-    fn scan(&self) -> std::io::Result<Scan<PromptSource>> {
-        let scanned = self.folder.scan()?;
+    fn scan(&self) -> Result<Scan<Self::Source>, CatalogError> {
+        let folder = match &self.backend {
+            Backend::Folder(folder) => folder,
+            Backend::Bucket(shelf) => return shelf.scan(),
+        };
+        let scanned = folder.scan()?;
         let mut present = HashSet::new();
         let mut items = HashMap::new();
         for (name, found) in scanned {
-            present.extend(found.iter().map(|f| f.source.clone()));
+            present.extend(found.iter().map(|f| Source::File(f.source.clone())));
             // A task defined twice (say task.npy next to task.safetensors): the folder rule.
             if let Some(newest) = newest(found) {
                 items.insert(
                     name,
                     Found {
-                        source: newest.source,
+                        source: Source::File(newest.source),
                         fingerprint: newest.fingerprint,
                     },
                 );
@@ -163,14 +177,27 @@ impl Store for PromptStore {
         Ok(Scan { items, present })
     }
 
-    fn load(&self, source: &PromptSource) -> Result<Loaded, String> {
-        self.folder
-            .load(source, self.d_model, &self.limits)
-            .map_err(|e| e.to_string())
+    fn load(&self, source: &Self::Source) -> Result<Loaded, String> {
+        match (&self.backend, source) {
+            (Backend::Folder(folder), Source::File(source)) => folder
+                .load(source, self.d_model, &self.limits)
+                .map_err(|e| e.to_string()),
+            (Backend::Bucket(shelf), Source::Object(object)) => {
+                let bytes = shelf.read(object)?;
+                let mut loaded =
+                    parse_stored(&bytes, self.d_model, &self.limits).map_err(|e| e.to_string())?;
+                loaded.version = Some(object.version);
+                Ok(loaded)
+            }
+            _ => Err("a source of another store".to_string()),
+        }
     }
 
-    fn stored_version(&self, name: &TaskName) -> Option<u64> {
-        self.folder.stored_version(name)
+    fn stored_version(&self, name: &TaskName) -> Result<Option<u64>, CatalogError> {
+        match &self.backend {
+            Backend::Folder(folder) => Ok(folder.stored_version(name)),
+            Backend::Bucket(shelf) => shelf.stored_version(name),
+        }
     }
 
     fn write(
@@ -178,12 +205,22 @@ impl Store for PromptStore {
         name: &TaskName,
         item: &NewPrompt,
         version: u64,
-    ) -> std::io::Result<Fingerprint> {
-        self.folder.write(name, &item.prompt, version, &item.sha256)
+    ) -> Result<Fingerprint, CatalogError> {
+        match &self.backend {
+            Backend::Folder(folder) => {
+                Ok(folder.write(name, &item.prompt, version, &item.sha256)?)
+            }
+            Backend::Bucket(shelf) => {
+                shelf.write(name, encode(&item.prompt, None, &item.sha256)?, version)
+            }
+        }
     }
 
-    fn remove(&self, name: &TaskName) -> std::io::Result<bool> {
-        self.folder.remove(name)
+    fn remove(&self, name: &TaskName) -> Result<bool, CatalogError> {
+        match &self.backend {
+            Backend::Folder(folder) => Ok(folder.remove(name)?),
+            Backend::Bucket(shelf) => shelf.remove(name),
+        }
     }
 
     async fn serve_new(
@@ -250,9 +287,20 @@ impl Store for PromptStore {
 }
 
 impl Catalog<PromptStore> {
-    /// The prompts folder.
-    pub fn dir(&self) -> &std::path::Path {
-        self.store().folder.dir()
+    /// The prompts folder (None when prompts are kept in a bucket).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match &self.store().backend {
+            Backend::Folder(folder) => Some(folder.dir()),
+            Backend::Bucket(_) => None,
+        }
+    }
+
+    /// The bucket's catalog, when prompts are kept in one.
+    pub fn shelf(&self) -> Option<&Arc<Shelf>> {
+        match &self.store().backend {
+            Backend::Folder(_) => None,
+            Backend::Bucket(shelf) => Some(shelf),
+        }
     }
 
     /// Prompt limits uploads are checked against.

@@ -10,6 +10,7 @@ use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::prompts::PromptLimits;
 use crate::server::{self, AuditLogPath, ConnectionLimits, ServerConfig};
 use crate::service::Limits;
+use crate::store::Location;
 
 /// Arguments of `promptd serve`. Every flag can also be set as `PROMPTD_<FLAG>`.
 #[derive(Debug, Clone, clap::Args)]
@@ -19,8 +20,28 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_MODEL")]
     pub model: PathBuf,
     /// Prompts folder: loaded at start, uploads are written here, changes by others are picked up.
-    #[arg(long, env = "PROMPTD_PROMPTS")]
-    pub prompts: PathBuf,
+    #[arg(
+        long,
+        env = "PROMPTD_PROMPTS",
+        required_unless_present = "store",
+        conflicts_with = "store"
+    )]
+    pub prompts: Option<PathBuf>,
+    /// Where prompts and ensembles are kept: a folder (as --prompts), or `s3://bucket/prefix`,
+    /// an S3-compatible object store a fleet of replicas shares, configured by the standard
+    /// AWS_* variables (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_ALLOW_HTTP=true for a plain-HTTP endpoint). README "Run a fleet".
+    #[arg(long, env = "PROMPTD_STORE")]
+    pub store: Option<String>,
+    /// How often each replica polls the object store's manifests (one conditional GET per
+    /// catalog: a 304 when nothing changed).
+    #[arg(long, env = "PROMPTD_STORE_POLL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..))]
+    pub store_poll_ms: u64,
+    /// This replica's id in the fleet (GET /v1/fleet, heartbeats); default: host name and
+    /// process id.
+    #[arg(long, env = "PROMPTD_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed on stdout).
     #[arg(long, env = "PROMPTD_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
@@ -150,7 +171,20 @@ impl std::str::FromStr for Listen {
 impl ServeArgs {
     /// The server configuration these flags describe.
     pub fn config(&self) -> ServerConfig {
-        let mut config = ServerConfig::new(&self.model, &self.prompts);
+        let (prompts, store) = match (&self.prompts, self.store.as_deref().map(Location::parse)) {
+            (Some(dir), _) => (dir.clone(), None),
+            (None, Some(Location::Folder(dir))) => (dir, None),
+            // A bucket: this replica's own files (tuning job records) in a folder of its own.
+            (None, Some(Location::Bucket(url))) => (
+                std::env::temp_dir().join(format!("promptd-{}", std::process::id())),
+                Some(url),
+            ),
+            (None, None) => (PathBuf::from("prompts"), None),
+        };
+        let mut config = ServerConfig::new(&self.model, prompts);
+        config.store = store;
+        config.store_poll = Duration::from_millis(self.store_poll_ms);
+        config.replica_id = self.replica_id.clone();
         config.device = self.device;
         config.dtype = self.dtype;
         config.policy = PolicyConfig {

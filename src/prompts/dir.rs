@@ -46,6 +46,15 @@ impl Fingerprint {
         Ok(Self(parts))
     }
 
+    /// The identity of a stored object: its version and digest (objects never change).
+    pub fn object(version: u64, sha256: &str) -> Self {
+        let head = sha256
+            .get(..16)
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+        Self(vec![(version, 0, head)])
+    }
+
     /// Latest modification time among the files (ns since the epoch).
     pub fn mtime(&self) -> i128 {
         self.0.iter().map(|p| p.1).max().unwrap_or(0)

@@ -98,7 +98,18 @@ impl StoredEnsemble {
             ));
         }
         let bytes = fs::read(path).map_err(|e| e.to_string())?;
-        let stored: Self = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        Self::parse(&bytes)
+    }
+
+    /// Parses an ensemble's stored bytes (never executed), member names checked.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(format!(
+                "{} bytes; an ensemble file may have {MAX_FILE_BYTES}",
+                bytes.len()
+            ));
+        }
+        let stored: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         for m in &stored.members {
             TaskName::parse(m).map_err(|e| format!("member: {e}"))?;
         }

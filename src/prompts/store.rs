@@ -93,41 +93,22 @@ impl Store {
         d_model: usize,
         limits: &PromptLimits,
     ) -> Result<Loaded, PromptError> {
-        let mut prompt = load_source(source, d_model, limits)?;
-        let read = |p: &Path| fs::read(p).map_err(|e| PromptError::io(p, e));
-        let (version, sha256) = match source {
+        match source {
             PromptSource::TensorFile(path) => {
-                let bytes = read(path)?;
-                let meta = SafeTensors::read_metadata(&bytes)
-                    .ok()
-                    .and_then(|(_, m)| m.metadata().clone())
-                    .unwrap_or_default();
-                let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
-                let decoder = if is_safetensors(&bytes) {
-                    safetensors_tensor(&bytes, DECODER_KEY)?
-                } else {
-                    None
-                };
-                if let Some(raw) = decoder {
-                    prompt.decoder = Some(decoder_rows(raw, d_model)?);
-                    prompt.validate(d_model, limits)?;
-                }
-                let sha = meta
-                    .get(SHA256_KEY)
-                    .cloned()
-                    .unwrap_or_else(|| sha256_hex(&bytes));
-                (version, sha)
+                let bytes = fs::read(path).map_err(|e| PromptError::io(path, e))?;
+                parse_stored(&bytes, d_model, limits)
             }
-            PromptSource::PeftDir(dir) => (
-                None,
-                sha256_hex(&read(&dir.join("adapter_model.safetensors"))?),
-            ),
-        };
-        Ok(Loaded {
-            prompt,
-            version,
-            sha256,
-        })
+            PromptSource::PeftDir(dir) => {
+                let prompt = load_source(source, d_model, limits)?;
+                let weights = dir.join("adapter_model.safetensors");
+                let bytes = fs::read(&weights).map_err(|e| PromptError::io(&weights, e))?;
+                Ok(Loaded {
+                    prompt,
+                    version: None,
+                    sha256: sha256_hex(&bytes),
+                })
+            }
+        }
     }
 
     /// The version recorded in the task's stored file, if any. Read before each write so a
@@ -161,7 +142,7 @@ impl Store {
         if crate::fault::take(&crate::fault::PANIC_STORE_WRITES) {
             panic!("injected fault: writing a prompt panicked");
         }
-        let bytes = encode(prompt, version, sha256)?;
+        let bytes = encode(prompt, Some(version), sha256)?;
         let path = self.write_file(&format!("{task}.safetensors"), &bytes)?;
         self.remove_other_sources(task, &path)?;
         self.sync_dir()?;
@@ -258,8 +239,49 @@ fn rows_bytes(rows: &PromptRows) -> Vec<u8> {
     rows.values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// The stored form of a prompt: safetensors with f32 rows and promptd's metadata.
-pub fn encode(prompt: &Prompt, version: u64, sha256: &str) -> io::Result<Vec<u8>> {
+/// Reads a prompt file as stored (a `.safetensors` or `.npy` prompt, with promptd's metadata
+/// when promptd wrote it: version, upload digest, PEFT decoder rows).
+pub fn parse_stored(
+    bytes: &[u8],
+    d_model: usize,
+    limits: &PromptLimits,
+) -> Result<Loaded, PromptError> {
+    if bytes.len() > limits.max_file_bytes {
+        return Err(PromptError::Format(format!(
+            "the prompt is {} bytes; the limit is {}",
+            bytes.len(),
+            limits.max_file_bytes
+        )));
+    }
+    let mut prompt = Prompt::from_tensor_file(bytes, d_model, limits)?;
+    let meta = SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
+        .unwrap_or_default();
+    let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
+    let decoder = if is_safetensors(bytes) {
+        safetensors_tensor(bytes, DECODER_KEY)?
+    } else {
+        None
+    };
+    if let Some(raw) = decoder {
+        prompt.decoder = Some(decoder_rows(raw, d_model)?);
+        prompt.validate(d_model, limits)?;
+    }
+    let sha256 = meta
+        .get(SHA256_KEY)
+        .cloned()
+        .unwrap_or_else(|| sha256_hex(bytes));
+    Ok(Loaded {
+        prompt,
+        version,
+        sha256,
+    })
+}
+
+/// The stored form of a prompt: safetensors with f32 rows and promptd's metadata (the version
+/// left out for a content-addressed object, whose version the manifest holds).
+pub fn encode(prompt: &Prompt, version: Option<u64>, sha256: &str) -> io::Result<Vec<u8>> {
     let invalid = |e: safetensors::SafeTensorError| io::Error::new(io::ErrorKind::InvalidData, e);
     let enc = rows_bytes(&prompt.encoder);
     let dec = prompt.decoder.as_ref().map(rows_bytes);
@@ -278,9 +300,9 @@ pub fn encode(prompt: &Prompt, version: u64, sha256: &str) -> io::Result<Vec<u8>
             TensorView::new(Dtype::F32, vec![d.rows, d.cols], bytes).map_err(invalid)?,
         ));
     }
-    let meta = HashMap::from([
-        (VERSION_KEY.to_string(), version.to_string()),
-        (SHA256_KEY.to_string(), sha256.to_string()),
-    ]);
+    let mut meta = HashMap::from([(SHA256_KEY.to_string(), sha256.to_string())]);
+    if let Some(version) = version {
+        meta.insert(VERSION_KEY.to_string(), version.to_string());
+    }
     safetensors::tensor::serialize(tensors, Some(meta)).map_err(invalid)
 }

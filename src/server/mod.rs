@@ -15,7 +15,8 @@ use std::time::Duration;
 use crate::api::app;
 use crate::batcher::{Batcher, Decode, PolicyConfig};
 use crate::catalog::ensembles::{EnsembleStore, Ensembles};
-use crate::catalog::prompts::{PromptStore, Registry};
+use crate::catalog::prompts::{Backend, PromptStore, Registry};
+use crate::catalog::shelf::Shelf;
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::{Metrics, TenantsReload};
@@ -25,7 +26,11 @@ use crate::prompts::store::Store;
 use crate::prompts::PromptLimits;
 use crate::service::state::{TuneLimits, TuneService};
 use crate::service::{Lifecycle, Limits, Service};
+use crate::store::fleet::Fleet;
+use crate::store::objects::Objects;
+use crate::store::Bucket;
 use crate::tenants::Tenants;
+use crate::tune::jobs::replica_name;
 use crate::tune::jobs::JobTable;
 use crate::tune::scheduler::{TuneQueue, TuneScheduler};
 
@@ -49,8 +54,16 @@ pub enum AuditLogPath {
 pub struct ServerConfig {
     /// Hugging Face T5 folder.
     pub model: PathBuf,
-    /// Prompts folder (loaded at start, uploads written there, watched).
+    /// Prompts folder (loaded at start, uploads written there, watched). With a bucket
+    /// (`store`), only this replica's own files are kept here (tuning job records).
     pub prompts: PathBuf,
+    /// `s3://bucket/prefix`: prompts and ensembles kept in an object store a fleet shares,
+    /// instead of the prompts folder.
+    pub store: Option<String>,
+    /// How often the bucket's manifests are polled (one conditional GET per catalog).
+    pub store_poll: Duration,
+    /// This replica's id in the fleet (default: host name and process id).
+    pub replica_id: Option<String>,
     /// Where the model runs.
     pub device: DeviceSpec,
     /// The model's dtype.
@@ -87,6 +100,9 @@ impl ServerConfig {
         Self {
             model: model.into(),
             prompts: prompts.into(),
+            store: None,
+            store_poll: Duration::from_secs(1),
+            replica_id: None,
             device: DeviceSpec::Auto,
             dtype: DtypeSpec::Auto,
             policy: PolicyConfig::default(),
@@ -138,6 +154,9 @@ pub enum ServerError {
     /// The tenants file.
     #[error("{0}")]
     Tenants(#[from] crate::tenants::TenantsError),
+    /// The object store's URL or settings.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
     /// The audit log.
     #[error("audit log {path}: {source}")]
     Audit {
@@ -203,6 +222,10 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         path: config.prompts.clone(),
         source,
     };
+    if config.store.is_some() {
+        // With a bucket, this replica's own files (tuning job records) stay in a local folder.
+        std::fs::create_dir_all(&config.prompts).map_err(prompts_error)?;
+    }
     let tuning = Arc::new(TuneService {
         jobs: JobTable::open(&config.prompts).map_err(|source| ServerError::TuneJobs {
             path: config.prompts.clone(),
@@ -214,10 +237,33 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         },
         queue: TuneQueue::new(submitted, engine.waker()),
     });
-    let store = Store::open(&config.prompts).map_err(prompts_error)?;
-    let ensembles = Arc::new(Ensembles::new(EnsembleStore::new(store.clone())));
+    let (backend, ensemble_store, fleet) = match &config.store {
+        None => {
+            let store = Store::open(&config.prompts).map_err(prompts_error)?;
+            (
+                Backend::Folder(store.clone()),
+                EnsembleStore::new(store),
+                None,
+            )
+        }
+        Some(url) => {
+            let bucket = Bucket::open(url, metrics.store.clone())?;
+            let replica = config
+                .replica_id
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", replica_name(), std::process::id()));
+            let shelf =
+                |kind, ext| Shelf::new(Objects::new(bucket.clone(), kind, ext, replica.clone()));
+            (
+                Backend::Bucket(shelf("prompts", "safetensors")),
+                EnsembleStore::in_bucket(shelf("ensembles", "json")),
+                Some(Arc::new(Fleet::new(bucket.clone(), replica, String::new()))),
+            )
+        }
+    };
+    let ensembles = Arc::new(Ensembles::new(ensemble_store));
     let registry = Arc::new(Registry::new(PromptStore::new(
-        store,
+        backend,
         engine.clone(),
         model_config.d_model as usize,
         config.prompt_limits,
@@ -265,6 +311,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         tenants: Arc::new(tenants),
         audit,
         tuning,
+        fleet,
     };
     Ok(Built {
         state,
@@ -308,10 +355,21 @@ pub async fn serve(
             (state.registry.clone(), state.ensembles.clone()),
         );
         let lifecycle = lifecycle.clone();
-        let interval = config.watch_interval;
+        let interval = match &state.fleet {
+            Some(_) => config.store_poll,
+            None => config.watch_interval,
+        };
+        let fleet = state.fleet.clone();
+        let metrics = state.metrics.clone();
+        if let (Some(fleet), Ok(addr)) = (&fleet, http.local_addr()) {
+            fleet.set_addr(addr.to_string());
+        }
         tokio::spawn(async move {
             match load(&engine, &catalogs.0, &catalogs.1, &lifecycle).await {
-                Ok(()) => watch(&catalogs.0, &catalogs.1, interval).await,
+                Ok(()) => {
+                    let fleet = fleet.map(|f| (f, metrics));
+                    watch(&catalogs.0, &catalogs.1, interval, fleet.as_ref()).await
+                }
                 Err(why) => {
                     let _ = fatal_tx.send(why).await;
                 }
@@ -382,6 +440,9 @@ pub async fn serve(
     }
     startup.abort();
     let _ = startup.await;
+    if let Some(fleet) = &state.fleet {
+        fleet.leave().await;
+    }
     tenant_watch.abort();
     tuning
         .jobs
@@ -408,7 +469,21 @@ pub async fn load(
 ) -> Result<(), StartupError> {
     engine.ready().await.map_err(StartupError::Model)?;
     lifecycle.loading("loading prompts");
-    let report = sync(registry, ensembles).await?;
+    // An object store that cannot be reached yet is waited for (not ready meanwhile); a
+    // folder that cannot be read is fatal.
+    let mut wait = Duration::from_millis(200);
+    let report = loop {
+        match sync(registry, ensembles).await {
+            Err(crate::catalog::CatalogError::Unavailable(why)) => {
+                tracing::warn!("loading prompts from the store: {why}; retrying");
+                lifecycle.loading("waiting for the object store");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+                lifecycle.loading("loading prompts");
+            }
+            other => break other?,
+        }
+    };
     tracing::info!(
         prompts = registry.len(),
         failed = report.failed,
@@ -449,14 +524,35 @@ pub async fn sync(
     Ok(report)
 }
 
-/// Keeps the catalogs in step with the prompts folder, forever.
-pub async fn watch(registry: &Registry, ensembles: &Ensembles, interval: Duration) {
+/// Keeps the catalogs in step with the prompts folder or the bucket, forever. With a bucket,
+/// every sync that served all the manifests held is recorded (sync lag, sync age) and told to
+/// the fleet in this replica's heartbeat.
+pub async fn watch(
+    registry: &Registry,
+    ensembles: &Ensembles,
+    interval: Duration,
+    fleet: Option<&(Arc<Fleet>, Arc<Metrics>)>,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = sync(registry, ensembles).await {
-            tracing::warn!("checking the prompts folder failed: {e}");
+        let synced = sync(registry, ensembles).await;
+        if let Err(e) = &synced {
+            tracing::warn!("checking the prompt store failed: {e}");
+        }
+        let Some((fleet, metrics)) = fleet else {
+            continue;
+        };
+        let shelves = (registry.shelf(), ensembles.store().shelf());
+        if let (Ok(_), Some(prompts), Some(ens)) = (&synced, shelves.0, shelves.1) {
+            for lag in [prompts.synced(), ens.synced()].into_iter().flatten() {
+                metrics.store.sync_lag.observe(lag);
+            }
+            fleet.synced_now();
+            if let Err(e) = fleet.beat(prompts.applied(), ens.applied()).await {
+                tracing::warn!("writing this replica's heartbeat failed: {e}");
+            }
         }
     }
 }

@@ -164,7 +164,10 @@ impl From<CatalogError> for Error {
             CatalogError::Engine(EngineError::Panic(_)) | CatalogError::Task { .. } => {
                 Error::Internal(e.to_string())
             }
-            CatalogError::Engine(_) | CatalogError::Stopped(_) => Error::Unavailable(e.to_string()),
+            CatalogError::Engine(_) | CatalogError::Stopped(_) | CatalogError::Unavailable(_) => {
+                Error::Unavailable(e.to_string())
+            }
+            CatalogError::Taken { .. } => Error::Conflict(e.to_string()),
         }
     }
 }

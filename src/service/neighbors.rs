@@ -225,15 +225,18 @@ impl Service {
         let labels = match ask.labels {
             Some(list) => (list, "query"),
             None => {
+                // Tuning reports live beside a prompts folder (a bucket keeps none).
                 let path = self
                     .registry
                     .dir()
-                    .join("reports")
-                    .join(format!("{task}.json"));
-                let from_report = tokio::task::spawn_blocking(move || report_labels(&path))
-                    .await
-                    .ok()
-                    .flatten();
+                    .map(|dir| dir.join("reports").join(format!("{task}.json")));
+                let from_report = match path {
+                    Some(path) => tokio::task::spawn_blocking(move || report_labels(&path))
+                        .await
+                        .ok()
+                        .flatten(),
+                    None => None,
+                };
                 match from_report {
                     Some(l) => (l, "report"),
                     None => match self.job_labels(task.as_str(), entry.info.version) {

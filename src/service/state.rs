@@ -72,6 +72,8 @@ pub struct Service {
     pub audit: Option<Arc<crate::prompts::audit::AuditLog>>,
     /// Tuning jobs.
     pub tuning: Arc<TuneService>,
+    /// This replica's place in a fleet sharing an object store (None: a folder store).
+    pub fleet: Option<Arc<crate::store::fleet::Fleet>>,
 }
 
 impl Service {
@@ -124,6 +126,9 @@ impl Service {
     /// The Prometheus text of every metric, the tuning gauges brought up to date first.
     pub fn metrics_text(&self) -> String {
         self.tuning.update_metrics(&self.metrics);
+        if let Some(fleet) = &self.fleet {
+            self.metrics.store.sync_age.set(fleet.sync_age_s());
+        }
         self.metrics.render()
     }
 

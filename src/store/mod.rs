@@ -1,0 +1,74 @@
+//! Where a fleet keeps what it shares: an S3-compatible object store (`--store s3://bucket/prefix`)
+//! holding every catalog as immutable content-addressed objects plus one manifest per catalog,
+//! changed only by conditional PUT ([`manifest`]); each replica polls the manifests with a
+//! conditional GET and heartbeats what it has applied ([`fleet`]).
+//!
+//! Layout under the prefix:
+//! - `prompts/manifest.json`, `prompts/objects/<sha256>.safetensors`
+//! - `ensembles/manifest.json`, `ensembles/objects/<sha256>.json`
+//! - `replicas/<id>.json`: each replica's heartbeat
+//! - `tune-jobs/<id>.json`: tuning job records
+//! - `audit/<ms>-<replica>-<n>.json`: the audit log, one object per entry
+pub mod bucket;
+pub mod fleet;
+pub mod manifest;
+pub mod objects;
+
+use std::path::PathBuf;
+
+pub use bucket::Bucket;
+
+/// Errors of the object store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The URL or the `AWS_*` settings are not usable.
+    #[error("object store: {0}")]
+    Config(String),
+    /// The store failed or could not be reached.
+    #[error("the object store is unreachable: {0}")]
+    Unreachable(String),
+    /// Too many writers raced for the same manifest.
+    #[error("the object store is contended: {0}")]
+    Contended(String),
+    /// An object the manifest names is not there.
+    #[error("object missing: {0}")]
+    Missing(String),
+    /// An object's bytes do not match its hash, or a record is not what it should be.
+    #[error("corrupt object: {0}")]
+    Corrupt(String),
+}
+
+/// Where a catalog is kept: a folder, or a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local (or shared) folder.
+    Folder(PathBuf),
+    /// `s3://bucket/prefix`.
+    Bucket(String),
+}
+
+impl Location {
+    /// `s3://…` is a bucket; anything else a folder.
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("s3://") {
+            Location::Bucket(text.trim_end_matches('/').to_string())
+        } else {
+            Location::Folder(PathBuf::from(text))
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Folder(p) => write!(f, "{}", p.display()),
+            Location::Bucket(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Runs a store future from blocking code (the catalog's storage methods run on tokio's
+/// blocking pool, where the runtime's handle is available).
+pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Handle::current().block_on(f)
+}

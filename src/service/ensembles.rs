@@ -26,6 +26,8 @@ pub struct MemberOutput {
     pub task: String,
     /// Its prompt version that answered.
     pub prompt_version: u64,
+    /// That version's SHA-256.
+    pub prompt_sha256: String,
     /// Its own answer: its best label with `labels`, else its generated text.
     pub answer: String,
     /// Log-probability of its answer (the label's, or the generated tokens' summed).
@@ -59,6 +61,8 @@ pub struct EnsembleResponse {
     pub ensemble: String,
     /// The ensemble version that answered.
     pub version: u64,
+    /// That version's SHA-256 (of its members and rule).
+    pub sha256: String,
     /// How the answers were combined.
     pub combine: Combine,
     /// One per input, in input order.
@@ -294,6 +298,7 @@ impl Service {
                 .map(|(((entry, out), text), (answer, score))| MemberOutput {
                     task: entry.info.task.clone(),
                     prompt_version: entry.info.version,
+                    prompt_sha256: entry.info.sha256.clone(),
                     answer,
                     score,
                     text,
@@ -310,6 +315,7 @@ impl Service {
         Ok(EnsembleResponse {
             ensemble: ensemble.name.clone(),
             version: ensemble.version,
+            sha256: ensemble.sha256.clone(),
             combine: ensemble.combine,
             outputs,
         })

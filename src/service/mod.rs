@@ -6,6 +6,7 @@
 pub mod combine;
 pub mod ensembles;
 pub mod error;
+pub mod fleet;
 pub mod generation;
 pub mod lifecycle;
 pub mod models;

@@ -79,6 +79,7 @@ impl Service {
         Ok(PredictResponse {
             task: answer.ensemble,
             prompt_version: answer.version,
+            prompt_sha256: answer.sha256,
             outputs: answer
                 .outputs
                 .into_iter()

@@ -90,6 +90,8 @@ pub struct PredictResponse {
     pub task: String,
     /// The prompt version that served every input of this request.
     pub prompt_version: u64,
+    /// That version's SHA-256 (as uploaded): a replica serving a stale copy shows here.
+    pub prompt_sha256: String,
     /// One per input, in input order.
     pub outputs: Vec<Output>,
 }
@@ -194,6 +196,7 @@ impl Service {
         Ok(PredictResponse {
             task: entry.info.task.clone(),
             prompt_version: entry.info.version,
+            prompt_sha256: entry.info.sha256.clone(),
             outputs,
         })
     }

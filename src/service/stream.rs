@@ -54,6 +54,8 @@ pub struct PredictStream {
     pub task: String,
     /// The prompt version serving every row.
     pub prompt_version: u64,
+    /// That version's SHA-256.
+    pub prompt_sha256: String,
     /// Rows in the request.
     pub rows: usize,
     events: SelectAll<RowEvents>,
@@ -95,6 +97,7 @@ impl PredictStream {
         Ok(PredictResponse {
             task: self.task,
             prompt_version: self.prompt_version,
+            prompt_sha256: self.prompt_sha256,
             outputs,
         })
     }
@@ -155,6 +158,7 @@ impl Service {
         Ok(PredictStream {
             task,
             prompt_version: entry.info.version,
+            prompt_sha256: entry.info.sha256.clone(),
             rows,
             events: stream::select_all(events),
             deadline: (!timeout.is_zero()).then(|| Instant::now() + timeout),

@@ -36,8 +36,8 @@ pub async fn authenticate(State(svc): State<Service>, mut req: Request, next: Ne
         }
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if path == "/metrics" && !caller.is_admin() {
-        return ApiError::from(svc.forbidden(&caller, "/metrics is for admin keys"))
+    if (path == "/metrics" || path == "/v1/fleet") && !caller.is_admin() {
+        return ApiError::from(svc.forbidden(&caller, &format!("{path} is for admin keys")))
             .into_response();
     }
     req.extensions_mut().insert(caller);

@@ -1,8 +1,9 @@
 //! Prompt ensembles (paper §6) over HTTP: `PUT`/`GET`/`DELETE /v1/ensembles/{name}`,
 //! `GET /v1/ensembles`, and `POST /v1/ensembles/{name}/predict` (see [`crate::service::ensembles`]).
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
@@ -107,11 +108,12 @@ pub struct EnsembleList {
 /// Creates or replaces an ensemble of served prompts. Stored atomically beside the prompts,
 /// versioned and audited like them.
 #[utoipa::path(put, path = "/v1/ensembles/{name}", tag = "ensembles",
-    params(EnsembleParam),
+    params(EnsembleParam, crate::service::fleet::WaitQuery),
     request_body = EnsembleRequest,
     responses(
         (status = 201, description = "Created (version 1 or past a deleted one)", body = EnsembleInfo),
         (status = 200, description = "Replaced (version + 1)", body = EnsembleInfo),
+        (status = 202, description = "Written, but with ?wait=fleet some live replicas did not serve it by the deadline (`fleet.behind`)", body = EnsembleInfo),
         JsonIn, BodyLimit, Keyed, Stored,
         (status = 400, description = "Malformed JSON or bad name", body = ErrorBody),
         (status = 403, description = "A name outside the tenant's patterns, a member it may not read, or over max_prompts ensembles", body = ErrorBody),
@@ -120,20 +122,18 @@ pub async fn put(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<crate::service::fleet::WaitQuery>, QueryRejection>,
     body: Result<JsonBody<EnsembleRequest>, ApiError>,
-) -> Result<(StatusCode, Json<EnsembleInfo>), ApiError> {
+) -> Result<Response, ApiError> {
     let name = super::prompts::task_name(path)?;
+    let wait = super::prompts::wait_query(query)?;
     let spec = body.map(|JsonBody(req)| EnsembleSpec {
         members: req.members,
         combine: req.combine,
     });
     let (info, created) = svc.put_ensemble(&caller, name, spec).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(info)))
+    let which = crate::store::fleet::Which::Ensembles;
+    Ok(super::prompts::written(&svc, info, created, wait, which).await)
 }
 
 /// Every served ensemble the caller may see (all of them on an open server or for an admin).

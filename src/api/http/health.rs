@@ -4,8 +4,9 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 
-use super::error::ErrorBody;
+use super::error::{ApiError, ErrorBody};
 use super::responses::Keyed;
+use crate::service::fleet::FleetView;
 use crate::service::Service;
 
 /// Body of `GET /healthz`.
@@ -79,4 +80,15 @@ pub async fn metrics(State(state): State<Service>) -> impl IntoResponse {
         )],
         state.metrics_text(),
     )
+}
+
+/// The replicas sharing this server's object store, with the manifest generations each has
+/// applied and when it last said so (an empty list for a folder store).
+#[utoipa::path(get, path = "/v1/fleet", tag = "health", responses(
+    (status = 200, description = "Replicas and what they serve", body = FleetView),
+    Keyed,
+    (status = 403, description = "Not an admin key", body = ErrorBody),
+    (status = 503, description = "The object store is unreachable", body = ErrorBody)))]
+pub async fn fleet(State(state): State<Service>) -> Result<Json<FleetView>, ApiError> {
+    Ok(Json(state.fleet().await?))
 }

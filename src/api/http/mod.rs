@@ -34,6 +34,7 @@ pub fn app(state: Service) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/v1/fleet", get(health::fleet))
         .route("/v1/prompts", get(prompts::list))
         .route(
             "/v1/prompts/{task}",

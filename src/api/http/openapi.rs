@@ -24,6 +24,7 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         health::healthz,
         health::readyz,
         health::metrics,
+        health::fleet,
         prompts::list,
         prompts::put,
         prompts::get_one,

@@ -1,7 +1,7 @@
 //! Prompt management: PUT (raw tensor file or PEFT multipart), GET, list, DELETE.
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -14,14 +14,59 @@ use super::params::TaskParam;
 use super::responses::{Keyed, Serving, Stored, TaskRead};
 use crate::catalog::prompts::PromptInfo;
 use crate::prompts::TaskName;
+use crate::service::fleet::{FleetWait, WaitQuery};
 use crate::service::prompts::{Upload, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::service::Service;
+use crate::store::fleet::Which;
 use crate::tenants::Caller;
 
 /// The `{task}` (or `{name}`) path segment, checked against the naming rule (400 otherwise).
 pub(crate) fn task_name(path: Result<Path<String>, PathRejection>) -> Result<TaskName, ApiError> {
     let Path(task) = path.map_err(|e| ApiError::malformed(e.body_text()))?;
     TaskName::parse(&task).map_err(ApiError::from)
+}
+
+/// A write's answer: what is served now and, with `?wait=fleet`, how the wait ended.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Written<T> {
+    /// What is served now.
+    #[serde(flatten)]
+    pub info: T,
+    /// With `?wait=fleet`: the manifest generation, the time waited, the replicas behind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetWait>,
+}
+
+/// `?wait=fleet[&wait_ms=N]`, checked (400 for anything else).
+pub(crate) fn wait_query(
+    query: Result<Query<WaitQuery>, QueryRejection>,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::malformed(e.body_text()))?;
+    Ok(query.deadline()?)
+}
+
+/// The answer to a write: 201 (new) or 200, or 202 when a wait for the fleet ended with
+/// replicas still behind.
+pub(crate) async fn written<T: serde::Serialize>(
+    svc: &Service,
+    info: T,
+    created: bool,
+    wait: Option<std::time::Duration>,
+    which: Which,
+) -> Response {
+    let fleet = match wait {
+        None => None,
+        Some(wait) => match svc.wait_fleet(which, wait).await {
+            Ok(w) => Some(w),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let status = match (&fleet, created) {
+        (Some(f), _) if !f.behind.is_empty() => StatusCode::ACCEPTED,
+        (_, true) => StatusCode::CREATED,
+        (_, false) => StatusCode::OK,
+    };
+    (status, Json(Written { info, fleet })).into_response()
 }
 
 /// Reads an upload: a raw tensor file, or multipart with PEFT's two files.
@@ -94,13 +139,14 @@ pub struct PromptFile(());
 /// content), or multipart with PEFT's `adapter_model.safetensors` and `adapter_config.json`.
 /// Validated, written atomically to the prompts folder, then served.
 #[utoipa::path(put, path = "/v1/prompts/{task}", tag = "prompts",
-    params(TaskParam),
+    params(TaskParam, WaitQuery),
     request_body(content(
         (PromptFile = "application/octet-stream"),
         (PeftUpload = "multipart/form-data"))),
     responses(
         (status = 201, description = "Created (version 1 or past a deleted one)", body = PromptInfo),
         (status = 200, description = "Replaced (version + 1)", body = PromptInfo),
+        (status = 202, description = "Written, but with ?wait=fleet some live replicas did not serve it by the deadline (`fleet.behind`)", body = PromptInfo),
         Keyed, Stored,
         (status = 400, description = "Not a prompt file, bad task name, bad multipart", body = ErrorBody),
         (status = 403, description = "Another tenant's task, or over max_prompts", body = ErrorBody),
@@ -110,8 +156,13 @@ pub async fn put(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
     req: Request,
 ) -> Response {
+    let wait = match wait_query(query) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let upload: Result<(TaskName, Upload), ApiError> = async {
         let task = task_name(path)?;
         svc.check_serving()?;
@@ -126,14 +177,7 @@ pub async fn put(
         Err(other) => return other.into_response(),
     };
     match svc.put_prompt(&caller, upload).await {
-        Ok((info, created)) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            (status, Json(info)).into_response()
-        }
+        Ok((info, created)) => written(&svc, info, created, wait, Which::Prompts).await,
         Err(e) => ApiError::from(e).into_response(),
     }
 }

@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         Command::Inspect(args) => promptd::cli::inspect::run(args),
         Command::Neighbors(args) => promptd::cli::neighbors::run(args),
         Command::Convert(args) => promptd::cli::convert::run(args),
+        Command::Store(args) => promptd::cli::store::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ mod load;
 pub mod neighbors;
 pub mod predict;
 pub mod serve;
+pub mod store;
 pub mod tune;
 
 use clap::{Parser, Subcommand};
@@ -49,6 +50,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Rewrite a model folder promptd can serve as sharded safetensors + tokenizer.json.
     Convert(convert::ConvertArgs),
+    /// Move prompts between a folder and an object store (push, pull), list and verify a store.
+    Store(store::StoreArgs),
 }
 
 /// Logs go to stderr so stdout carries only results.

@@ -67,6 +67,11 @@ impl Objects {
         &self.bucket
     }
 
+    /// The manifest itself (for changes of many names at once).
+    pub fn manifest_cell(&self) -> &ManifestCell {
+        &self.manifest
+    }
+
     /// The manifest as last read.
     pub fn last(&self) -> Arc<Manifest> {
         self.manifest.last()

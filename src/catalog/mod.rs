@@ -128,6 +128,11 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn scan(&self) -> Result<Scan<Self::Source>, CatalogError>;
     /// Reads and validates one stored item (blocking).
     fn load(&self, source: &Self::Source) -> Result<Self::Loaded, String>;
+    /// Reads and validates many stored items, one result each, in order (blocking). A store
+    /// over the network reads them concurrently.
+    fn load_all(&self, sources: &[Self::Source]) -> Vec<Result<Self::Loaded, String>> {
+        sources.iter().map(|s| self.load(s)).collect()
+    }
     /// The version the store holds for `name`, if any (blocking). Read before each write, so a
     /// writer that has not yet seen another replica's write still counts past it.
     fn stored_version(&self, name: &TaskName) -> Result<Option<u64>, CatalogError>;
@@ -399,11 +404,8 @@ impl<S: Store> Catalog<S> {
         report: &mut SyncReport,
     ) -> Result<usize, CatalogError> {
         let sources: Vec<S::Source> = chunk.iter().map(|(_, f)| f.source.clone()).collect();
-        let loaded: Vec<Result<S::Loaded, String>> = self
-            .blocking("load", move |s| {
-                sources.iter().map(|src| s.load(src)).collect()
-            })
-            .await?;
+        let loaded: Vec<Result<S::Loaded, String>> =
+            self.blocking("load", move |s| s.load_all(&sources)).await?;
         let mut ok = Vec::new();
         let mut found_ok = Vec::new();
         let mut weight = 0;

@@ -14,6 +14,7 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::prompts::dir::{newest, Fingerprint, PromptSource};
 use crate::prompts::store::{encode, parse_stored, Loaded, Store as Folder};
 use crate::prompts::{Prompt, PromptLimits, TaskName};
+use crate::store::objects::ObjectRef;
 
 /// What clients see about a prompt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -191,6 +192,33 @@ impl Store for PromptStore {
             }
             _ => Err("a source of another store".to_string()),
         }
+    }
+
+    fn load_all(&self, sources: &[Self::Source]) -> Vec<Result<Loaded, String>> {
+        let Backend::Bucket(shelf) = &self.backend else {
+            return sources.iter().map(|s| self.load(s)).collect();
+        };
+        let objects: Vec<&ObjectRef> = sources
+            .iter()
+            .filter_map(|s| match s {
+                Source::Object(o) => Some(o),
+                Source::File(_) => None,
+            })
+            .collect();
+        if objects.len() != sources.len() {
+            return sources.iter().map(|s| self.load(s)).collect();
+        }
+        shelf
+            .read_all(&objects)
+            .into_iter()
+            .zip(&objects)
+            .map(|(bytes, object)| {
+                let mut loaded =
+                    parse_stored(&bytes?, self.d_model, &self.limits).map_err(|e| e.to_string())?;
+                loaded.version = Some(object.version);
+                Ok(loaded)
+            })
+            .collect()
     }
 
     fn stored_version(&self, name: &TaskName) -> Result<Option<u64>, CatalogError> {

@@ -13,6 +13,9 @@ use crate::prompts::TaskName;
 use crate::store::objects::{ObjectRef, Objects, WriteRefused};
 use crate::store::{block_on, StoreError};
 
+/// Objects read at once while a sync loads many (a replica starting against a full store).
+pub const READ_AHEAD: usize = 32;
+
 /// Where one stored item lives: a folder's source, or an object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Source<F> {
@@ -116,6 +119,23 @@ impl Shelf {
     /// An object's bytes, checked against its hash.
     pub fn read(&self, object: &ObjectRef) -> Result<Bytes, String> {
         block_on(self.objects.read(&object.object)).map_err(|e| e.to_string())
+    }
+
+    /// Many objects' bytes, read [`READ_AHEAD`] at a time, each checked against its hash; one
+    /// result per object, in order.
+    pub fn read_all(&self, objects: &[&ObjectRef]) -> Vec<Result<Bytes, String>> {
+        use futures_util::StreamExt;
+        block_on(
+            futures_util::stream::iter(objects)
+                .map(|o| async move {
+                    self.objects
+                        .read(&o.object)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .buffered(READ_AHEAD)
+                .collect(),
+        )
     }
 
     /// The highest version `name` has had in the store.

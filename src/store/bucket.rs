@@ -92,6 +92,16 @@ impl Bucket {
     /// The bucket of `url` (`s3://bucket[/prefix]`), configured by the standard `AWS_*`
     /// variables (endpoint, region, credentials, `AWS_ALLOW_HTTP` for a plain-HTTP endpoint).
     pub fn open(url: &str, metrics: StoreMetrics) -> Result<Self, StoreError> {
+        Self::open_with(url, &[], metrics)
+    }
+
+    /// [`Bucket::open`] with `settings` (`aws_endpoint`, `aws_allow_http`, … as the `AWS_*`
+    /// variables are named, lower case) taking precedence over the environment.
+    pub fn open_with(
+        url: &str,
+        settings: &[(String, String)],
+        metrics: StoreMetrics,
+    ) -> Result<Self, StoreError> {
         let rest = url
             .strip_prefix("s3://")
             .ok_or_else(|| StoreError::Config(format!("{url:?} is not an s3:// URL")))?;
@@ -113,6 +123,13 @@ impl Bucket {
         }
         if !env("AWS_REGION") && !env("AWS_DEFAULT_REGION") {
             builder = builder.with_region("us-east-1");
+        }
+        for (key, value) in settings {
+            let key: AmazonS3ConfigKey = key
+                .to_ascii_lowercase()
+                .parse()
+                .map_err(|e| StoreError::Config(format!("{key}: {e}")))?;
+            builder = builder.with_config(key, value);
         }
         let inner = builder
             .with_retry(retry())

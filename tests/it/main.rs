@@ -13,6 +13,7 @@ mod cli_predict;
 mod demo;
 mod deploy;
 mod ensembles;
+mod fleet;
 mod grpc;
 mod hostile;
 mod inspect_convert;

@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: fixtures and a loaded engine.
 #![allow(dead_code)]
 pub mod inproc;
+pub mod seaweed;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -259,6 +260,24 @@ impl TestServer {
     /// Starts `promptd serve --model model --prompts prompts` plus `extra` flags and waits
     /// until /readyz answers 200.
     pub fn start(model: &Path, prompts: &Path, extra: &[&str]) -> Self {
+        let prompts = prompts.to_str().unwrap();
+        let args: Vec<&str> = ["--prompts", prompts]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        Self::start_with(model, &args, &[])
+    }
+
+    /// Starts `promptd serve --model model` plus `args` (which say where prompts are) with
+    /// the extra environment `env`, and waits until /readyz answers 200.
+    pub fn start_with(model: &Path, args: &[&str], env: &[(String, String)]) -> Self {
+        let server = Self::spawn(model, args, env);
+        server.wait_ready(std::time::Duration::from_secs(60));
+        server
+    }
+
+    /// Starts `promptd serve --model model` plus `args` without waiting for readiness.
+    pub fn spawn(model: &Path, args: &[&str], env: &[(String, String)]) -> Self {
         use std::io::BufRead;
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("stderr.log");
@@ -266,11 +285,10 @@ impl TestServer {
             .arg("serve")
             .arg("--model")
             .arg(model)
-            .arg("--prompts")
-            .arg(prompts)
             .args(["--addr", "127.0.0.1:0", "--watch-interval-ms", "200"])
             .args(["--grpc-addr", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("LD_LIBRARY_PATH")
             .stdout(std::process::Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -297,26 +315,36 @@ impl TestServer {
                 )
             })
             .to_string();
-        let server = Self {
+        Self {
             child,
             base,
             grpc,
             log,
             _log_dir: log_dir,
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        }
+    }
+
+    /// Waits until /readyz answers 200 (fails the test after `limit`, with the log).
+    pub fn wait_ready(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
         loop {
-            let ready = raw_http::blocking_get_status(&server.url("/readyz"));
+            let ready = raw_http::blocking_get_status(&self.url("/readyz"));
             if ready == Some(200) {
-                return server;
+                return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
                 "server not ready; log:\n{}",
-                server.logs()
+                self.logs()
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Full URL of `path`.

@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// process id.
     #[arg(long, env = "PROMPTD_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// With --store s3://…: a tuning job whose replica has not renewed its record for this long
+    /// is marked failed by another replica (renewed six times per lease).
+    #[arg(long, env = "PROMPTD_TUNE_LEASE_MS", default_value_t = crate::tune::jobs::STALE_AFTER_MS,
+          value_parser = clap::value_parser!(u64).range(600..))]
+    pub tune_lease_ms: u64,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed on stdout).
     #[arg(long, env = "PROMPTD_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
@@ -185,6 +190,7 @@ impl ServeArgs {
         config.store = store;
         config.store_poll = Duration::from_millis(self.store_poll_ms);
         config.replica_id = self.replica_id.clone();
+        config.tune_lease = Duration::from_millis(self.tune_lease_ms);
         config.device = self.device;
         config.dtype = self.dtype;
         config.policy = PolicyConfig {

@@ -27,6 +27,7 @@ use crate::prompts::PromptLimits;
 use crate::service::state::{TuneLimits, TuneService};
 use crate::service::{Lifecycle, Limits, Service};
 use crate::store::fleet::Fleet;
+use crate::store::jobs::RemoteJobs;
 use crate::store::objects::Objects;
 use crate::store::Bucket;
 use crate::tenants::Tenants;
@@ -64,6 +65,9 @@ pub struct ServerConfig {
     pub store_poll: Duration,
     /// This replica's id in the fleet (default: host name and process id).
     pub replica_id: Option<String>,
+    /// With a bucket: a running tuning job whose record is older than this has lost its
+    /// replica, and another replica marks it failed.
+    pub tune_lease: Duration,
     /// Where the model runs.
     pub device: DeviceSpec,
     /// The model's dtype.
@@ -103,6 +107,7 @@ impl ServerConfig {
             store: None,
             store_poll: Duration::from_secs(1),
             replica_id: None,
+            tune_lease: Duration::from_millis(crate::tune::jobs::STALE_AFTER_MS),
             device: DeviceSpec::Auto,
             dtype: DtypeSpec::Auto,
             policy: PolicyConfig::default(),
@@ -226,16 +231,36 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         // With a bucket, this replica's own files (tuning job records) stay in a local folder.
         std::fs::create_dir_all(&config.prompts).map_err(prompts_error)?;
     }
-    let tuning = Arc::new(TuneService {
-        jobs: JobTable::open(&config.prompts).map_err(|source| ServerError::TuneJobs {
+    let bucket = config
+        .store
+        .as_deref()
+        .map(|url| Bucket::open(url, metrics.store.clone()))
+        .transpose()?;
+    let replica = config.replica_id.clone().unwrap_or_else(|| match &bucket {
+        Some(_) => format!("{}-{}", replica_name(), std::process::id()),
+        None => replica_name(),
+    });
+    let jobs = JobTable::open_as(&config.prompts, replica.clone()).map_err(|source| {
+        ServerError::TuneJobs {
             path: config.prompts.clone(),
             source,
-        })?,
+        }
+    })?;
+    let remote = bucket
+        .as_ref()
+        .map(|b| Arc::new(RemoteJobs::new(b.clone(), config.tune_lease)));
+    if let Some(remote) = &remote {
+        let remote = remote.clone();
+        jobs.set_mirror(Box::new(move |status| remote.record(status.clone())));
+    }
+    let tuning = Arc::new(TuneService {
+        jobs,
         limits: TuneLimits {
             max_batch_size: config.tune.max_batch_size.max(1),
             ..config.tune
         },
         queue: TuneQueue::new(submitted, engine.waker()),
+        remote,
     });
     let (backend, ensemble_store, fleet) = match &config.store {
         None => {
@@ -246,12 +271,8 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
                 None,
             )
         }
-        Some(url) => {
-            let bucket = Bucket::open(url, metrics.store.clone())?;
-            let replica = config
-                .replica_id
-                .clone()
-                .unwrap_or_else(|| format!("{}-{}", replica_name(), std::process::id()));
+        Some(_) => {
+            let bucket = bucket.clone().expect("opened above");
             let shelf =
                 |kind, ext| Shelf::new(Objects::new(bucket.clone(), kind, ext, replica.clone()));
             (
@@ -361,12 +382,20 @@ pub async fn serve(
         };
         let fleet = state.fleet.clone();
         let metrics = state.metrics.clone();
+        let sweeper = state
+            .tuning
+            .remote
+            .clone()
+            .map(|r| (r, state.tuning.clone()));
         if let (Some(fleet), Ok(addr)) = (&fleet, http.local_addr()) {
             fleet.set_addr(addr.to_string());
         }
         tokio::spawn(async move {
             match load(&engine, &catalogs.0, &catalogs.1, &lifecycle).await {
                 Ok(()) => {
+                    if let Some((remote, tuning)) = sweeper {
+                        tokio::spawn(sweep_jobs(remote, tuning));
+                    }
                     let fleet = fleet.map(|f| (f, metrics));
                     watch(&catalogs.0, &catalogs.1, interval, fleet.as_ref()).await
                 }
@@ -553,6 +582,18 @@ pub async fn watch(
             if let Err(e) = fleet.beat(prompts.applied(), ens.applied()).await {
                 tracing::warn!("writing this replica's heartbeat failed: {e}");
             }
+        }
+    }
+}
+
+/// Fails, every lease, the tuning jobs whose replica stopped renewing their lease.
+async fn sweep_jobs(remote: Arc<RemoteJobs>, tuning: Arc<TuneService>) {
+    let mut tick = tokio::time::interval(remote.lease().max(Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = remote.sweep(tuning.jobs.replica()).await {
+            tracing::warn!("checking the fleet's tuning jobs: {e}");
         }
     }
 }

@@ -207,6 +207,8 @@ pub struct TuneService {
     pub limits: TuneLimits,
     /// Where jobs go to the engine thread.
     pub queue: crate::tune::scheduler::TuneQueue,
+    /// Every replica's job records, when a fleet shares an object store.
+    pub remote: Option<Arc<crate::store::jobs::RemoteJobs>>,
 }
 
 impl TuneService {

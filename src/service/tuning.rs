@@ -285,9 +285,12 @@ impl Service {
     ) {
         let jobs = &self.tuning.jobs;
         let mut finished = std::pin::pin!(finished);
-        let mut beat = tokio::time::interval(std::time::Duration::from_millis(
-            crate::tune::jobs::HEARTBEAT_MS,
-        ));
+        // A fleet's lease is renewed six times per lease; a folder's every HEARTBEAT_MS.
+        let every = match &self.tuning.remote {
+            Some(remote) => remote.lease() / 6,
+            None => std::time::Duration::from_millis(crate::tune::jobs::HEARTBEAT_MS),
+        };
+        let mut beat = tokio::time::interval(every);
         let done = loop {
             tokio::select! {
                 done = &mut finished => break done,
@@ -318,7 +321,11 @@ impl Service {
                     s.current_metric = done.current_metric;
                 }
                 if worse {
-                    match jobs.save_candidate(&job.snapshot().id, &done.rows) {
+                    let saved = match jobs.save_candidate(&job.snapshot().id, &done.rows) {
+                        Ok(()) => self.save_remote_candidate(&job.snapshot().id).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match saved {
                         Ok(()) => {
                             let mut s = job.status.lock();
                             s.state = JobState::Candidate;
@@ -365,6 +372,20 @@ impl Service {
         }
     }
 
+    /// Copies job `id`'s candidate prompt to the fleet's store (nothing without one).
+    async fn save_remote_candidate(&self, id: &str) -> Result<(), String> {
+        let Some(remote) = &self.tuning.remote else {
+            return Ok(());
+        };
+        let bytes = tokio::fs::read(self.tuning.jobs.candidate_path(id))
+            .await
+            .map_err(|e| e.to_string())?;
+        remote
+            .save_candidate(id, bytes)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Job `id`, if `caller` may see it (its own, or any for an admin).
     pub(super) fn visible(&self, caller: &Caller, id: &str) -> Result<Arc<Job>, Error> {
         let job = self
@@ -373,11 +394,35 @@ impl Service {
             .get(id)
             .ok_or_else(|| Error::UnknownJob(truncate(id)))?;
         let owner = job.status.lock().tenant.clone();
+        self.owned(caller, &owner)?;
+        Ok(job)
+    }
+
+    fn owned(&self, caller: &Caller, owner: &str) -> Result<(), Error> {
         if caller.is_admin() || owner == caller.name() {
-            Ok(job)
+            Ok(())
         } else {
             Err(self.forbidden(caller, "the tuning job belongs to another tenant"))
         }
+    }
+
+    /// Job `id` of another replica of the fleet, from the store, if `caller` may see it.
+    async fn remote_job(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        let unknown = || Error::UnknownJob(truncate(id));
+        let Some(remote) = &self.tuning.remote else {
+            return Err(unknown());
+        };
+        // Ids are promptd's own (`tj-<ms>-<n>`): anything else is no key in the store.
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') || id.len() > 64 {
+            return Err(unknown());
+        }
+        let status = remote
+            .get(id, self.tuning.jobs.replica())
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?
+            .ok_or_else(unknown)?;
+        self.owned(caller, &status.tenant)?;
+        Ok(status)
     }
 }
 
@@ -386,24 +431,51 @@ fn truncate(s: &str) -> String {
 }
 
 impl Service {
-    /// One tuning job's status (state, step, loss, dev metric, ETA), if the caller may see it.
-    pub fn tune_job(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
-        Ok(self.visible(caller, id)?.snapshot())
+    /// One tuning job's status (state, step, loss, dev metric, ETA), if the caller may see it:
+    /// a job of this replica, or of any replica of its fleet (its record in the store).
+    pub async fn tune_job(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        match self.visible(caller, id) {
+            Ok(job) => Ok(job.snapshot()),
+            Err(Error::UnknownJob(_)) => self.remote_job(caller, id).await,
+            Err(e) => Err(e),
+        }
     }
 
-    /// The caller's jobs (every job for an admin), oldest first. Shared by HTTP and gRPC.
-    pub fn list_tune_jobs(&self, caller: &Caller) -> Vec<JobStatus> {
+    /// The caller's jobs (every job for an admin), on every replica of the fleet, oldest
+    /// first. Shared by HTTP and gRPC.
+    pub async fn list_tune_jobs(&self, caller: &Caller) -> Result<Vec<JobStatus>, Error> {
         let mut jobs = self.tuning.jobs.all();
+        if let Some(remote) = &self.tuning.remote {
+            let mine: std::collections::HashSet<String> =
+                jobs.iter().map(|j| j.id.clone()).collect();
+            let others = remote
+                .list(self.tuning.jobs.replica())
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+            jobs.extend(others.into_iter().filter(|j| !mine.contains(&j.id)));
+            jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        }
         if !caller.is_admin() {
             jobs.retain(|j| j.tenant == caller.name());
         }
-        jobs
+        Ok(jobs)
     }
 
     /// Cancels a queued or running job: the engine stops it at its next step; nothing is
     /// installed.
-    pub fn cancel_tune(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
-        let job = self.visible(caller, id)?;
+    pub async fn cancel_tune(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
+        let job = match self.visible(caller, id) {
+            Err(Error::UnknownJob(_)) => {
+                let status = self.remote_job(caller, id).await?;
+                return Err(Error::Conflict(format!(
+                    "tuning job {} runs on replica {} ({}): cancel it there",
+                    status.id,
+                    status.replica,
+                    status.state.as_str()
+                )));
+            }
+            other => other?,
+        };
         let status = job.snapshot();
         if !status.state.is_active() {
             return Err(Error::Conflict(format!(
@@ -420,8 +492,16 @@ impl Service {
     /// task's next version.
     pub async fn promote_tune(&self, caller: &Caller, id: &str) -> Result<JobStatus, Error> {
         self.check_serving()?;
-        let job = self.visible(caller, id)?;
-        let status = job.snapshot();
+        // A job of this replica, or of another one of the fleet (record and candidate in the
+        // store).
+        let (job, status) = match self.visible(caller, id) {
+            Ok(job) => {
+                let status = job.snapshot();
+                (Some(job), status)
+            }
+            Err(Error::UnknownJob(_)) => (None, self.remote_job(caller, id).await?),
+            Err(e) => return Err(e),
+        };
         if status.state != JobState::Candidate {
             return Err(Error::Conflict(format!(
                 "tuning job {} is {}, not a candidate",
@@ -431,20 +511,49 @@ impl Service {
         }
         let task = TaskName::parse(&status.task)?;
         self.authorize_prompt_write(caller, &task)?;
-        let path = self.tuning.jobs.candidate_path(&status.id);
-        let bytes = tokio::fs::read(&path)
-            .await
-            .map_err(|e| Error::from_io(e.kind(), format!("reading the candidate prompt: {e}")))?;
+        let bytes = match (&job, &self.tuning.remote) {
+            (Some(_), _) => {
+                let path = self.tuning.jobs.candidate_path(&status.id);
+                tokio::fs::read(&path).await.map_err(|e| {
+                    Error::from_io(e.kind(), format!("reading the candidate prompt: {e}"))
+                })?
+            }
+            (None, Some(remote)) => remote
+                .candidate(&status.id)
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "job {}: its candidate prompt is missing from the store",
+                        status.id
+                    ))
+                })?
+                .to_vec(),
+            (None, None) => return Err(Error::UnknownJob(truncate(id))),
+        };
         let (info, _) = self
             .put_prompt(caller, Ok((task, Upload::Tensor(bytes))))
             .await?;
-        {
-            let mut s = job.status.lock();
-            s.state = JobState::Succeeded;
-            s.version = Some(info.version);
+        match job {
+            Some(job) => {
+                {
+                    let mut s = job.status.lock();
+                    s.state = JobState::Succeeded;
+                    s.version = Some(info.version);
+                }
+                self.tuning.jobs.persist(&job).map_err(records_error)?;
+                Ok(job.snapshot())
+            }
+            None => {
+                let mut status = status;
+                status.state = JobState::Succeeded;
+                status.version = Some(info.version);
+                if let Some(remote) = &self.tuning.remote {
+                    remote.record(status.clone());
+                }
+                Ok(status)
+            }
         }
-        self.tuning.jobs.persist(&job).map_err(records_error)?;
-        Ok(job.snapshot())
     }
 }
 

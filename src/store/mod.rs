@@ -11,6 +11,7 @@
 //! - `audit/<ms>-<replica>-<n>.json`: the audit log, one object per entry
 pub mod bucket;
 pub mod fleet;
+pub mod jobs;
 pub mod manifest;
 pub mod objects;
 

@@ -174,25 +174,33 @@ impl Job {
     }
 }
 
+/// Called with every record written (a fleet copies it to its object store).
+pub type Mirror = Box<dyn Fn(&JobStatus) + Send + Sync>;
+
 /// Every job this server knows, with their records on disk.
 pub struct JobTable {
     dir: PathBuf,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     next: AtomicU64,
     replica: String,
+    mirror: Mutex<Option<Arc<Mirror>>>,
 }
 
 impl JobTable {
     /// Opens `<prompts>/.tune-jobs`, loading every record; jobs that were queued or running
     /// when the server stopped are marked failed (and rewritten) with that reason.
     pub fn open(prompts_dir: &Path) -> Result<Self, TuneError> {
+        Self::open_as(prompts_dir, replica_name())
+    }
+
+    /// [`JobTable::open`] for the replica named `replica` (a fleet's replica id).
+    pub fn open_as(prompts_dir: &Path, replica: String) -> Result<Self, TuneError> {
         let dir = prompts_dir.join(JOBS_DIR);
         let io = |source| TuneError::Io {
             path: dir.clone(),
             source,
         };
         let mut jobs = HashMap::new();
-        let replica = replica_name();
         // Created with the first job: a server that never tunes leaves the folder as it was.
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
@@ -202,6 +210,7 @@ impl JobTable {
                     jobs: Mutex::new(jobs),
                     next: AtomicU64::new(0),
                     replica,
+                    mirror: Mutex::new(None),
                 })
             }
             Err(e) => return Err(io(e)),
@@ -239,7 +248,20 @@ impl JobTable {
             jobs: Mutex::new(jobs),
             next: AtomicU64::new(0),
             replica,
+            mirror: Mutex::new(None),
         })
+    }
+
+    /// Calls `mirror` with every record written from now on.
+    pub fn set_mirror(&self, mirror: Mirror) {
+        *self.mirror.lock() = Some(Arc::new(mirror));
+    }
+
+    fn mirrored(&self, status: &JobStatus) {
+        let mirror = self.mirror.lock().clone();
+        if let Some(m) = mirror {
+            m(status);
+        }
     }
 
     /// A new queued job for `task`, recorded on disk before it is returned.
@@ -276,6 +298,7 @@ impl JobTable {
             labels: Vec::new(),
         };
         write_record(&self.dir, &status)?;
+        self.mirrored(&status);
         let job = Arc::new(Job::new(status, Some(Curve::new(metric, total_steps))));
         self.jobs.lock().insert(id, job.clone());
         Ok(job)
@@ -352,7 +375,9 @@ impl JobTable {
             let text = serde_json::to_vec(&curve).map_err(|e| TuneError::Data(e.to_string()))?;
             write_atomic(&self.curve_path(&status.id), &text)?;
         }
-        write_record(&self.dir, &status)
+        write_record(&self.dir, &status)?;
+        self.mirrored(&status);
+        Ok(())
     }
 
     /// `job`'s curve so far: read back from its file the first time for a job recorded before

@@ -566,3 +566,106 @@ async fn a_replica_starts_empty_against_ten_thousand_prompts() {
     let (_, readyz) = get(&client, &r, "/readyz").await;
     assert_eq!(readyz["prompts"], N, "{readyz}");
 }
+
+fn tune_rows() -> Vec<Value> {
+    std::fs::read_to_string(super::common::fixtures().join("tune/t5-v1_1-tiny/train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuning_jobs_are_seen_fleet_wide_and_a_lost_replicas_job_fails() {
+    let s3 = Seaweed::start();
+    let url = s3.url("jobs");
+    let start = |id: &str| {
+        TestServer::start_with(
+            &model_dir(),
+            &[
+                "--store",
+                &url,
+                "--store-poll-ms",
+                "200",
+                "--replica-id",
+                id,
+                "--tune-lease-ms",
+                "3000",
+            ],
+            &s3.env(),
+        )
+    };
+    let (mut a, b) = (start("a"), start("b"));
+    let client = reqwest::Client::new();
+    let job_on = |server: &TestServer, task: &str, steps: u64| {
+        let (client, url) = (
+            client.clone(),
+            server.url(&format!("/v1/tasks/{task}/tune")),
+        );
+        async move {
+            let body = json!({"train": tune_rows(), "prompt_length": 4, "steps": steps});
+            let r = client.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status().as_u16(), 202);
+            let v: Value = r.json().await.unwrap();
+            v["job"].as_str().unwrap().to_string()
+        }
+    };
+
+    // A short job on b: a sees its record, and serves the prompt it installed.
+    let short = job_on(&b, "tuned", 3).await;
+    until(
+        Duration::from_secs(60),
+        "a sees b's job succeed",
+        || async {
+            get(&client, &a, &format!("/v1/tune-jobs/{short}")).await.1["state"] == "succeeded"
+        },
+    )
+    .await;
+    until(
+        Duration::from_secs(20),
+        "a serves the tuned prompt",
+        || async { get(&client, &a, "/v1/prompts/tuned").await.1["version"] == 1 },
+    )
+    .await;
+    let (_, list) = get(&client, &a, "/v1/tune-jobs").await;
+    assert!(
+        list["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == short),
+        "{list}"
+    );
+
+    // A long job on a: b shows it running, its step moving; a dies; b fails it with the reason.
+    let long = job_on(&a, "endless", 20_000).await;
+    until(
+        Duration::from_secs(60),
+        "b sees a's job take steps",
+        || async {
+            let (_, j) = get(&client, &b, &format!("/v1/tune-jobs/{long}")).await;
+            j["state"] == "running" && j["step"].as_u64().unwrap_or(0) > 0
+        },
+    )
+    .await;
+    let r = client
+        .delete(b.url(&format!("/v1/tune-jobs/{long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        409,
+        "a job of another replica is cancelled there"
+    );
+    tokio::task::block_in_place(|| a.kill9());
+    until(
+        Duration::from_secs(30),
+        "b marks the lost replica's job failed",
+        || async {
+            let (_, j) = get(&client, &b, &format!("/v1/tune-jobs/{long}")).await;
+            j["state"] == "failed" && j["error"].as_str().is_some_and(|e| e.contains("replica a"))
+        },
+    )
+    .await;
+}

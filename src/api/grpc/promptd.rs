@@ -276,7 +276,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::TuneJob>, Status> {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
-        let job = self.svc.tune_job(&caller, &id).map_err(status)?;
+        let job = self.svc.tune_job(&caller, &id).await.map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 
@@ -285,7 +285,7 @@ impl Promptd for GrpcApi {
         request: Request<proto::ListTuneJobsRequest>,
     ) -> Result<Response<proto::ListTuneJobsResponse>, Status> {
         let caller = self.caller(&request)?;
-        let jobs = self.svc.list_tune_jobs(&caller);
+        let jobs = self.svc.list_tune_jobs(&caller).await.map_err(status)?;
         Ok(Response::new(proto::ListTuneJobsResponse {
             jobs: jobs.into_iter().map(tune_job).collect(),
         }))
@@ -297,7 +297,7 @@ impl Promptd for GrpcApi {
     ) -> Result<Response<proto::TuneJob>, Status> {
         let caller = self.caller(&request)?;
         let id = request.into_inner().id;
-        let job = self.svc.cancel_tune(&caller, &id).map_err(status)?;
+        let job = self.svc.cancel_tune(&caller, &id).await.map_err(status)?;
         Ok(Response::new(tune_job(job)))
     }
 

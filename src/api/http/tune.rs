@@ -78,7 +78,7 @@ pub async fn get_one(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    Ok(Json(svc.tune_job(&caller, &id)?))
+    Ok(Json(svc.tune_job(&caller, &id).await?))
 }
 
 /// One tuning job's curves as an SVG picture, drawn now: training loss and dev metric against
@@ -107,14 +107,15 @@ pub async fn curve(
 /// The caller's tuning jobs (every job for an admin or an open server).
 #[utoipa::path(get, path = "/v1/tune-jobs", tag = "tuning", responses(
     (status = 200, description = "Jobs, oldest first", body = JobList),
-    Keyed))]
+    Keyed,
+    (status = 503, description = "The fleet's object store is unreachable", body = ErrorBody)))]
 pub async fn list(
     State(svc): State<Service>,
     Extension(caller): Extension<Caller>,
-) -> Json<JobList> {
-    Json(JobList {
-        jobs: svc.list_tune_jobs(&caller),
-    })
+) -> Result<Json<JobList>, ApiError> {
+    Ok(Json(JobList {
+        jobs: svc.list_tune_jobs(&caller).await?,
+    }))
 }
 
 /// Cancels a queued or running job (it stops at its next step; nothing is installed).
@@ -129,7 +130,10 @@ pub async fn cancel(
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<JobStatus>), ApiError> {
-    Ok((StatusCode::ACCEPTED, Json(svc.cancel_tune(&caller, &id)?)))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(svc.cancel_tune(&caller, &id).await?),
+    ))
 }
 
 /// Installs a candidate (a job whose prompt scored below the task's current one) as the

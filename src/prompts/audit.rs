@@ -29,10 +29,14 @@ pub struct AuditEntry {
     pub bytes: usize,
 }
 
-/// An append-only JSON-lines file, created with its first entry.
+/// Where entries go instead of a file (a fleet's object store: one object per entry).
+pub type AuditSink = Box<dyn Fn(&AuditEntry) -> std::io::Result<()> + Send + Sync>;
+
+/// An append-only JSON-lines file, created with its first entry (or a sink).
 pub struct AuditLog {
     path: PathBuf,
     file: Mutex<Option<File>>,
+    sink: Option<AuditSink>,
 }
 
 impl AuditLog {
@@ -50,7 +54,18 @@ impl AuditLog {
         Ok(Self {
             path: path.to_path_buf(),
             file: Mutex::new(None),
+            sink: None,
         })
+    }
+
+    /// A log whose entries go to `sink` (named `name` in messages). `record` blocks until
+    /// the sink has them.
+    pub fn to_sink(name: &str, sink: AuditSink) -> Self {
+        Self {
+            path: PathBuf::from(name),
+            file: Mutex::new(None),
+            sink: Some(sink),
+        }
     }
 
     /// Where the log is.
@@ -60,6 +75,9 @@ impl AuditLog {
 
     /// Appends one entry as a single write and syncs it.
     pub fn record(&self, entry: &AuditEntry) -> std::io::Result<()> {
+        if let Some(sink) = &self.sink {
+            return sink(entry);
+        }
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut slot = self.file.lock();

@@ -29,6 +29,7 @@ use crate::service::{Lifecycle, Limits, Service};
 use crate::store::fleet::Fleet;
 use crate::store::jobs::RemoteJobs;
 use crate::store::objects::Objects;
+use crate::store::records::{audit_sink, WatchedObject};
 use crate::store::Bucket;
 use crate::tenants::Tenants;
 use crate::tune::jobs::replica_name;
@@ -278,7 +279,11 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
             (
                 Backend::Bucket(shelf("prompts", "safetensors")),
                 EnsembleStore::in_bucket(shelf("ensembles", "json")),
-                Some(Arc::new(Fleet::new(bucket.clone(), replica, String::new()))),
+                Some(Arc::new(Fleet::new(
+                    bucket.clone(),
+                    replica.clone(),
+                    String::new(),
+                ))),
             )
         }
     };
@@ -291,26 +296,55 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         metrics.clone(),
     )));
     let batcher = Batcher::new(config.policy, config.decode, metrics.clone());
-    let tenants = match &config.tenants {
-        Some(path) => Tenants::load(path, config.prompt_limits.max_rows)?,
-        None => {
+    let remote_tenants = match config.tenants.as_ref().and_then(|p| p.to_str()) {
+        Some(url) if url.starts_with("s3://") => {
+            Some(Arc::new(WatchedObject::open(url, metrics.store.clone())?))
+        }
+        _ => None,
+    };
+    let tenants = match (&config.tenants, &remote_tenants) {
+        (Some(_), Some(object)) => {
+            // Read once before serving, on a thread and runtime of its own (this may run on
+            // any runtime), with a client of its own (its connections die with that runtime).
+            let o = WatchedObject::open(object.url(), metrics.store.clone())?;
+            let bytes = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| crate::store::StoreError::Config(e.to_string()))?
+                    .block_on(o.changed())
+            })
+            .join()
+            .map_err(|_| ServerError::Device("reading the tenants object panicked".into()))??
+            .unwrap_or_default();
+            Tenants::from_bytes(object.url(), bytes.to_vec(), config.prompt_limits.max_rows)?
+        }
+        (Some(path), None) => Tenants::load(path, config.prompt_limits.max_rows)?,
+        (None, _) => {
             let warning = "no --tenants file: the server is OPEN — anyone who can reach it may read, replace and delete every prompt";
             tracing::warn!("{warning}");
             eprintln!("promptd: WARNING: {warning}");
             Tenants::open()
         }
     };
-    let audit = match &config.audit_log {
-        AuditLogPath::Off => None,
-        AuditLogPath::File(path) => Some(path.clone()),
-        AuditLogPath::InPrompts => Some(config.prompts.join(".audit.jsonl")),
-    }
-    .map(|path| {
-        AuditLog::open(&path)
-            .map(Arc::new)
-            .map_err(|source| ServerError::Audit { path, source })
-    })
-    .transpose()?;
+    let audit = match (&config.audit_log, &bucket) {
+        // With a fleet's store, the default log is objects in it (`audit/`).
+        (AuditLogPath::InPrompts, Some(bucket)) => Some(Arc::new(AuditLog::to_sink(
+            &format!("{}/audit/", bucket.url()),
+            audit_sink(bucket.clone(), replica.clone()),
+        ))),
+        (audit, _) => match audit {
+            AuditLogPath::Off => None,
+            AuditLogPath::File(path) => Some(path.clone()),
+            AuditLogPath::InPrompts => Some(config.prompts.join(".audit.jsonl")),
+        }
+        .map(|path| {
+            AuditLog::open(&path)
+                .map(Arc::new)
+                .map_err(|source| ServerError::Audit { path, source })
+        })
+        .transpose()?,
+    };
     let lifecycle = Arc::new(Lifecycle::new(Some(metrics.ready.clone())));
     // Readiness follows the engine from the start (a model that fails to load fails it).
     tokio::spawn({
@@ -405,10 +439,22 @@ pub async fn serve(
             }
         })
     };
+    // A tenants object in a fleet's store is polled as often as the store's manifests.
+    let tenants_object = match config.tenants.as_ref().and_then(|p| p.to_str()) {
+        Some(url) if url.starts_with("s3://") => {
+            Some(WatchedObject::open(url, state.metrics.store.clone())?)
+        }
+        _ => None,
+    };
+    let tenants_every = match &tenants_object {
+        Some(_) => config.store_poll,
+        None => config.watch_interval,
+    };
     let tenant_watch = tokio::spawn(watch_tenants(
         state.tenants.clone(),
         state.metrics.clone(),
-        config.watch_interval,
+        tenants_every,
+        tenants_object,
     ));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -600,7 +646,12 @@ async fn sweep_jobs(remote: Arc<RemoteJobs>, tuning: Arc<TuneService>) {
 
 /// Reloads the tenants file when it changes (polled like the prompts folder) or on SIGHUP; a
 /// bad new version is logged and the previous tenants stay in force.
-pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interval: Duration) {
+pub async fn watch_tenants(
+    tenants: Arc<Tenants>,
+    metrics: Arc<Metrics>,
+    interval: Duration,
+    object: Option<WatchedObject>,
+) {
     if !tenants.enabled() {
         return;
     }
@@ -620,7 +671,18 @@ pub async fn watch_tenants(tenants: Arc<Tenants>, metrics: Arc<Metrics>, interva
             _ = tick.tick() => {}
             _ = hangup => tracing::info!("SIGHUP: reloading the tenants file"),
         }
-        match tenants.reload() {
+        let reloaded = match &object {
+            None => tenants.reload(),
+            Some(object) => match object.changed().await {
+                Ok(Some(bytes)) => tenants.apply(bytes.to_vec()),
+                Ok(None) => Ok(false),
+                Err(e) => {
+                    tracing::warn!("reading the tenants object: {e}; the tenants in force stay");
+                    Ok(false)
+                }
+            },
+        };
+        match reloaded {
             Ok(false) => {}
             Ok(true) => {
                 metrics.tenants_reload(TenantsReload::Loaded);

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod manifest;
 pub mod objects;
+pub mod records;
 
 use std::path::PathBuf;
 

@@ -254,6 +254,7 @@ pub struct Tenants {
     current: RwLock<Arc<TenantSet>>,
     limiters: parking_lot::Mutex<std::collections::HashMap<String, Arc<Limiter>>>,
     seen: parking_lot::Mutex<Option<Vec<u8>>>,
+    remote: bool,
 }
 
 impl Tenants {
@@ -265,6 +266,7 @@ impl Tenants {
             current: RwLock::new(Arc::new(TenantSet::default())),
             limiters: parking_lot::Mutex::new(std::collections::HashMap::new()),
             seen: parking_lot::Mutex::new(None),
+            remote: false,
         }
     }
 
@@ -279,9 +281,31 @@ impl Tenants {
         Ok(tenants)
     }
 
+    /// Tenants read from `bytes` (a file kept elsewhere, as an object store's object named
+    /// `name`); later versions come through [`Tenants::apply`].
+    pub fn from_bytes(
+        name: &str,
+        bytes: Vec<u8>,
+        max_prompt_length: usize,
+    ) -> Result<Self, TenantsError> {
+        let tenants = Self {
+            path: Some(PathBuf::from(name)),
+            max_prompt_length,
+            remote: true,
+            ..Self::open()
+        };
+        tenants.apply(bytes)?;
+        Ok(tenants)
+    }
+
     /// Whether a tenants file is in force.
     pub fn enabled(&self) -> bool {
         self.path.is_some()
+    }
+
+    /// Whether the file is kept elsewhere (read by the caller, given to [`Tenants::apply`]).
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     /// The tenants now in force.
@@ -292,13 +316,22 @@ impl Tenants {
     /// Re-reads the file if its bytes changed. Ok(true) when a new version took effect; on an
     /// error the previous tenants stay in force.
     pub fn reload(&self) -> Result<bool, TenantsError> {
-        let Some(path) = &self.path else {
+        let Some(path) = self.path.as_ref().filter(|_| !self.remote) else {
             return Ok(false);
         };
         let bytes = std::fs::read(path).map_err(|source| TenantsError::Io {
             path: path.clone(),
             source,
         })?;
+        self.apply(bytes)
+    }
+
+    /// Takes `bytes` as the tenants file's content now: Ok(true) when they changed and took
+    /// effect; on an error the previous tenants stay in force.
+    pub fn apply(&self, bytes: Vec<u8>) -> Result<bool, TenantsError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
         if self.seen.lock().as_deref() == Some(bytes.as_slice()) {
             return Ok(false);
         }

@@ -669,3 +669,136 @@ async fn tuning_jobs_are_seen_fleet_wide_and_a_lost_replicas_job_fails() {
     )
     .await;
 }
+
+/// A bucket handle from the test process itself, for what promptd does not write.
+fn test_bucket(s3: &Seaweed, url: &str) -> promptd::store::Bucket {
+    let settings: Vec<(String, String)> = s3
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_lowercase(), v))
+        .collect();
+    let metrics = promptd::metrics::Metrics::new(1);
+    promptd::store::Bucket::open_with(url, &settings, metrics.store.clone()).unwrap()
+}
+
+fn tenants_toml(keys: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = String::new();
+    for (name, key) in keys {
+        out.push_str(&format!(
+            "[[tenants]]\nname = \"{name}\"\nkey_sha256 = [\"{}\"]\ntasks = [\"{name}.*\"]\n\n",
+            promptd::tenants::hash_key(key)
+        ));
+    }
+    out.push_str(&format!(
+        "[[tenants]]\nname = \"ops\"\nadmin = true\nkey_sha256 = [\"{}\"]\n",
+        promptd::tenants::hash_key("ops-key")
+    ));
+    out.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_from_the_store_revoke_fleet_wide_and_the_audit_log_is_objects() {
+    use promptd::metrics::StoreOp;
+    use promptd::store::bucket::Write;
+    let s3 = Seaweed::start();
+    let root = test_bucket(&s3, "s3://promptd");
+    let put_tenants = |bytes: Vec<u8>| {
+        let root = root.clone();
+        async move {
+            root.put(
+                "auth/tenants.toml",
+                bytes.into(),
+                Write::Overwrite,
+                StoreOp::Record,
+            )
+            .await
+            .unwrap();
+        }
+    };
+    put_tenants(tenants_toml(&[("acme", "acme-key"), ("beta", "beta-key")])).await;
+    let url = s3.url("tenants");
+    let start = |id: &str| {
+        TestServer::start_with(
+            &model_dir(),
+            &[
+                "--store",
+                &url,
+                "--store-poll-ms",
+                "200",
+                "--replica-id",
+                id,
+                "--tenants",
+                "s3://promptd/auth/tenants.toml",
+            ],
+            &s3.env(),
+        )
+    };
+    let (a, b) = (start("a"), start("b"));
+    let client = reqwest::Client::new();
+    let r = client
+        .put(a.url("/v1/prompts/beta.task?wait=fleet"))
+        .bearer_auth("beta-key")
+        .body(npy_filled(2, 0.5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    for server in [&a, &b] {
+        let r = client
+            .get(server.url("/v1/prompts/beta.task"))
+            .bearer_auth("beta-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    // beta's key revoked in the store: refused on every replica within the poll bound.
+    let revoked = Instant::now();
+    put_tenants(tenants_toml(&[("acme", "acme-key")])).await;
+    for server in [&a, &b] {
+        until(
+            Duration::from_secs(10),
+            "the revoked key is refused",
+            || async {
+                let r = client
+                    .get(server.url("/v1/prompts"))
+                    .bearer_auth("beta-key")
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16() == 401
+            },
+        )
+        .await;
+    }
+    eprintln!(
+        "a revoked key stopped working on both replicas within {:?}",
+        revoked.elapsed()
+    );
+    let r = client
+        .get(b.url("/v1/prompts"))
+        .bearer_auth("acme-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // The upload's audit entry is an object of its own in the store.
+    let audit = test_bucket(&s3, &url).list("audit").await.unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    let bytes = test_bucket(&s3, &url)
+        .get(&audit[0].key, StoreOp::Record)
+        .await
+        .unwrap()
+        .unwrap();
+    let entry: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(
+        (
+            entry["tenant"].as_str(),
+            entry["task"].as_str(),
+            entry["action"].as_str()
+        ),
+        (Some("beta"), Some("beta.task"), Some("create"))
+    );
+}

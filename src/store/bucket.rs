@@ -14,7 +14,7 @@ use object_store::{
     RetryConfig, UpdateVersion,
 };
 
-use super::StoreError;
+use super::error::StoreError;
 use crate::metrics::{StoreMetrics, StoreOp, StoreOutcome};
 
 /// A bucket and key prefix, as `s3://bucket/prefix`.

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{Bucket, Write};
-use super::StoreError;
+use super::error::StoreError;
 use crate::metrics::StoreOp;
 use crate::tune::jobs::now_ms;
 

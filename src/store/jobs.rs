@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::bucket::{Bucket, Write};
-use super::StoreError;
+use super::error::StoreError;
 use crate::metrics::StoreOp;
 use crate::tune::jobs::{now_ms, JobState, JobStatus};
 

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::bucket::{Bucket, Fetched, Write};
-use super::StoreError;
+use super::error::StoreError;
 use crate::metrics::StoreOp;
 
 /// One name in the manifest.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::bucket::{Bucket, Write};
+use super::error::StoreError;
 use super::manifest::{Manifest, ManifestCell, ManifestEntry, Refused};
-use super::StoreError;
 use crate::metrics::StoreOp;
 use crate::prompts::store::sha256_hex;
 

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
+use super::block_on;
 use super::bucket::{Bucket, Fetched, Write};
-use super::{block_on, StoreError};
+use super::error::StoreError;
 use crate::metrics::{StoreMetrics, StoreOp};
 use crate::prompts::audit::{AuditEntry, AuditSink};
 

@@ -612,3 +612,105 @@ fn dockerfile_builds_like_make_and_runs_as_non_root() {
         );
     }
 }
+
+/// The objects of one deploy folder.
+fn objects_in(folder: &str) -> Vec<Value> {
+    objects()
+        .into_iter()
+        .filter(|(path, _)| path.parent().is_some_and(|p| p.ends_with(folder)))
+        .map(|(_, o)| o)
+        .collect()
+}
+
+#[test]
+fn the_object_store_deployment_matches_the_server() {
+    let objects = objects_in("kubernetes-s3");
+    let find = |kind: &str, name: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in deploy/kubernetes-s3"))
+            .clone()
+    };
+    let deployment = find("Deployment", "promptd");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["args"][0] == "serve")
+        .expect("a container running promptd serve")
+        .clone();
+    assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 3);
+    // No shared volume: the store is the shared state.
+    for v in pod["volumes"].as_array().into_iter().flatten() {
+        assert!(v.get("persistentVolumeClaim").is_none(), "{v:?}");
+    }
+    assert!(!objects.iter().any(|o| o["kind"] == "PersistentVolumeClaim"));
+    // Every flag is a real flag of `promptd serve`, and the store is a bucket.
+    let help = serve_help();
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for arg in &args[1..] {
+        let flag = arg.split('=').next().unwrap();
+        assert!(
+            help.contains(&format!("{flag} <")),
+            "{flag} is not a serve flag"
+        );
+    }
+    assert!(
+        args.iter().any(|a| a.starts_with("--store=s3://")),
+        "{args:?}"
+    );
+    // Credentials come from the Secret, the endpoint from a ConfigMap; both exist here.
+    let from: Vec<(String, String)> = container["envFrom"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            [("secretRef", "Secret"), ("configMapRef", "ConfigMap")]
+                .into_iter()
+                .filter_map(|(r, kind)| {
+                    Some((kind.to_string(), e[r]["name"].as_str()?.to_string()))
+                })
+        })
+        .collect();
+    let secret = from
+        .iter()
+        .find(|(k, _)| k == "Secret")
+        .expect("credentials from a Secret");
+    let s = find("Secret", &secret.1);
+    let keys = s["stringData"]
+        .as_object()
+        .or(s["data"].as_object())
+        .unwrap();
+    for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(keys.contains_key(key), "{key} missing from the Secret");
+    }
+    let store_env: Vec<String> = from
+        .iter()
+        .filter(|(k, _)| k == "ConfigMap")
+        .flat_map(|(_, name)| {
+            find("ConfigMap", name)["data"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        store_env.iter().any(|k| k == "AWS_ENDPOINT"),
+        "{store_env:?}"
+    );
+    for kind in ["HorizontalPodAutoscaler", "PodDisruptionBudget", "Service"] {
+        assert!(objects.iter().any(|o| o["kind"] == kind), "no {kind}");
+    }
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert!(container.get(probe).is_some(), "no {probe}");
+    }
+}

@@ -102,6 +102,7 @@ impl Promptd for GrpcApi {
         Ok(Response::new(proto::PredictResponse {
             task: answer.task,
             prompt_version: answer.prompt_version,
+            prompt_sha256: answer.prompt_sha256,
             outputs: answer
                 .outputs
                 .into_iter()
@@ -148,6 +149,7 @@ impl Promptd for GrpcApi {
                         .map(|m| proto::EnsembleMemberOutput {
                             task: m.task,
                             prompt_version: m.prompt_version,
+                            prompt_sha256: m.prompt_sha256,
                             answer: m.answer,
                             score: m.score,
                             text: m.text,

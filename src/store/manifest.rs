@@ -159,7 +159,7 @@ impl ManifestCell {
                 None => {
                     // Lost the race: another replica wrote first. Back off a little (jittered,
                     // growing) so the writers do not collide again in lockstep.
-                    let jitter = (crate::tune::jobs::now_ms() ^ u64::from(race) * 7919) % 20;
+                    let jitter = (crate::tune::jobs::now_ms() ^ (u64::from(race) * 7919)) % 20;
                     let wait = 5 * u64::from(race.min(10)) + jitter;
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }

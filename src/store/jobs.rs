@@ -64,11 +64,7 @@ impl RemoteJobs {
     pub async fn sweep(&self, me: &str) -> Result<(), StoreError> {
         let now = now_ms();
         for listed in self.bucket.list(DIR).await? {
-            let Some(id) = listed
-                .key
-                .strip_prefix(&format!("{DIR}/"))
-                .and_then(|k| k.strip_suffix(".json"))
-            else {
+            let Some(id) = record_id(&listed.key) else {
                 continue;
             };
             let old = now.saturating_sub(listed.modified_ms) > self.lease.as_millis() as u64;
@@ -109,11 +105,7 @@ impl RemoteJobs {
     pub async fn list(&self, me: &str) -> Result<Vec<JobStatus>, StoreError> {
         let mut out = Vec::new();
         for listed in self.bucket.list(DIR).await? {
-            let Some(id) = listed
-                .key
-                .strip_prefix(&format!("{DIR}/"))
-                .and_then(|k| k.strip_suffix(".json"))
-            else {
+            let Some(id) = record_id(&listed.key) else {
                 continue;
             };
             if let Some(status) = self.get(id, me).await? {
@@ -165,6 +157,13 @@ impl RemoteJobs {
             .get(&format!("{DIR}/{id}.safetensors"), StoreOp::Record)
             .await
     }
+}
+
+/// The job id of a record's key (`tune-jobs/<id>.json`); None for candidates and others.
+fn record_id(key: &str) -> Option<&str> {
+    key.strip_prefix(DIR)?
+        .strip_prefix('/')?
+        .strip_suffix(".json")
 }
 
 async fn put_record(bucket: &Bucket, status: &JobStatus) -> Result<(), StoreError> {

@@ -14,19 +14,22 @@ use super::common::{metric, npy_filled, TestServer};
 
 /// A replica of the fleet at `prefix`, polling every 200 ms.
 fn replica(s3: &Seaweed, prefix: &str, id: &str) -> TestServer {
+    replica_with(s3, prefix, id, &[])
+}
+
+/// [`replica`] with more flags.
+fn replica_with(s3: &Seaweed, prefix: &str, id: &str, extra: &[&str]) -> TestServer {
     let url = s3.url(prefix);
-    TestServer::start_with(
-        &model_dir(),
-        &[
-            "--store",
-            &url,
-            "--store-poll-ms",
-            "200",
-            "--replica-id",
-            id,
-        ],
-        &s3.env(),
-    )
+    let mut args = vec![
+        "--store",
+        &url,
+        "--store-poll-ms",
+        "200",
+        "--replica-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    TestServer::start_with(&model_dir(), &args, &s3.env())
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -168,24 +171,10 @@ async fn replicas_converge_and_a_write_can_wait_for_the_fleet() {
     assert_eq!(fleet["store"], s3.url("converge"));
 
     // Deletes travel too, and a re-created name counts past its last version.
-    assert_eq!(
-        client
-            .delete(a.url("/v1/ensembles/pair"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
-    assert_eq!(
-        client
-            .delete(b.url("/v1/prompts/alpha"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        204
-    );
+    for (server, path) in [(&a, "/v1/ensembles/pair"), (&b, "/v1/prompts/alpha")] {
+        let r = client.delete(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 204, "{path}");
+    }
     until(
         Duration::from_secs(20),
         "a drops alpha and b drops the ensemble",
@@ -578,23 +567,7 @@ fn tune_rows() -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tuning_jobs_are_seen_fleet_wide_and_a_lost_replicas_job_fails() {
     let s3 = Seaweed::start();
-    let url = s3.url("jobs");
-    let start = |id: &str| {
-        TestServer::start_with(
-            &model_dir(),
-            &[
-                "--store",
-                &url,
-                "--store-poll-ms",
-                "200",
-                "--replica-id",
-                id,
-                "--tune-lease-ms",
-                "3000",
-            ],
-            &s3.env(),
-        )
-    };
+    let start = |id: &str| replica_with(&s3, "jobs", id, &["--tune-lease-ms", "3000"]);
     let (mut a, b) = (start("a"), start("b"));
     let client = reqwest::Client::new();
     let job_on = |server: &TestServer, task: &str, steps: u64| {
@@ -717,22 +690,8 @@ async fn tenants_from_the_store_revoke_fleet_wide_and_the_audit_log_is_objects()
     };
     put_tenants(tenants_toml(&[("acme", "acme-key"), ("beta", "beta-key")])).await;
     let url = s3.url("tenants");
-    let start = |id: &str| {
-        TestServer::start_with(
-            &model_dir(),
-            &[
-                "--store",
-                &url,
-                "--store-poll-ms",
-                "200",
-                "--replica-id",
-                id,
-                "--tenants",
-                "s3://promptd/auth/tenants.toml",
-            ],
-            &s3.env(),
-        )
-    };
+    let tenants = ["--tenants", "s3://promptd/auth/tenants.toml"];
+    let start = |id: &str| replica_with(&s3, "tenants", id, &tenants);
     let (a, b) = (start("a"), start("b"));
     let client = reqwest::Client::new();
     let r = client

@@ -193,6 +193,15 @@ impl Service {
     ) -> Result<JobStatus, Error> {
         self.check_serving()?;
         self.authorize_prompt_write(caller, &task)?;
+        // A fleet's job lives in its store: refused while the store cannot be reached (its
+        // record and its prompt could not be written).
+        if let Some(shelf) = self.registry.shelf() {
+            shelf
+                .objects()
+                .poll()
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
+        }
         let service = self.tuning.clone();
         let mut max_len = self.registry.limits().max_rows;
         if let Caller::Tenant(t) = caller {

@@ -409,6 +409,19 @@ async fn a_store_outage_keeps_serving_refuses_writes_and_catches_up() {
     assert!(r.headers().contains_key("retry-after"));
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error_type"], "unavailable", "{body}");
+    let tune = json!({"train": tune_rows(), "prompt_length": 4, "steps": 2});
+    let r = client
+        .post(a.url("/v1/tasks/steady/tune"))
+        .json(&tune)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        503,
+        "a tuning start while the store is down"
+    );
+    assert!(r.headers().contains_key("retry-after"));
     until(Duration::from_secs(20), "promptd_store_up is 0", || async {
         let text = client
             .get(b.url("/metrics"))

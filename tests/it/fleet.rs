@@ -774,3 +774,70 @@ async fn tenants_from_the_store_revoke_fleet_wide_and_the_audit_log_is_objects()
         (Some("beta"), Some("beta.task"), Some("create"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_push_pull_ls_verify_round_trip() {
+    let s3 = Seaweed::start();
+    let url = s3.url("moved");
+    let dir = tempfile::tempdir().unwrap();
+    super::common::copy_dir(
+        &super::common::fixtures().join("prompts/t5-v1_1-tiny"),
+        dir.path(),
+    );
+    let ensemble = json!({"members": ["task00", "task01"], "combine": "vote", "version": 4});
+    std::fs::write(dir.path().join("pair.ensemble.json"), ensemble.to_string()).unwrap();
+    let folder = TestServer::start(&model_dir(), dir.path(), &[]);
+
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        store_cli(&s3, &["push", dir.path().to_str().unwrap(), &url])
+    });
+    assert!(ok, "{out}{err}");
+    // A second push of the same folder changes nothing.
+    let (ok, again, err) = tokio::task::block_in_place(|| {
+        store_cli(&s3, &["push", dir.path().to_str().unwrap(), &url])
+    });
+    assert!(ok && again.contains("0 new or changed"), "{again}{err}");
+    let (ok, listed, _) = store_cli(&s3, &["ls", &url, "--json"]);
+    assert!(ok);
+    let doc: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(doc["ensembles"]["entries"]["pair"]["version"], 4);
+    assert!(store_cli(&s3, &["verify", &url]).0);
+
+    // A replica on the store serves what the folder server serves.
+    let fleet = tokio::task::block_in_place(|| replica(&s3, "moved", "r"));
+    let client = reqwest::Client::new();
+    let strip = |v: Value, key: &str| -> Vec<Value> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                p.as_object_mut().unwrap().remove("loaded_at");
+                p
+            })
+            .collect()
+    };
+    let from_folder = strip(get(&client, &folder, "/v1/prompts").await.1, "prompts");
+    let from_store = strip(get(&client, &fleet, "/v1/prompts").await.1, "prompts");
+    assert_eq!(from_folder.len(), 24);
+    assert_eq!(from_store, from_folder);
+    assert_eq!(
+        get(&client, &fleet, "/v1/ensembles/pair").await.1["version"],
+        4
+    );
+
+    // Pulled back into a folder: the same prompts, versions and digests again.
+    let back = tempfile::tempdir().unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| {
+        store_cli(&s3, &["pull", &url, back.path().to_str().unwrap()])
+    });
+    assert!(ok, "{out}{err}");
+    let pulled = tokio::task::block_in_place(|| TestServer::start(&model_dir(), back.path(), &[]));
+    let from_pulled = strip(get(&client, &pulled, "/v1/prompts").await.1, "prompts");
+    assert_eq!(from_pulled, from_folder);
+    assert_eq!(
+        get(&client, &pulled, "/v1/ensembles/pair").await.1["version"],
+        4
+    );
+}

@@ -416,20 +416,12 @@ pub async fn serve(
         };
         let fleet = state.fleet.clone();
         let metrics = state.metrics.clone();
-        let sweeper = state
-            .tuning
-            .remote
-            .clone()
-            .map(|r| (r, state.tuning.clone()));
         if let (Some(fleet), Ok(addr)) = (&fleet, http.local_addr()) {
             fleet.set_addr(addr.to_string());
         }
         tokio::spawn(async move {
             match load(&engine, &catalogs.0, &catalogs.1, &lifecycle).await {
                 Ok(()) => {
-                    if let Some((remote, tuning)) = sweeper {
-                        tokio::spawn(sweep_jobs(remote, tuning));
-                    }
                     let fleet = fleet.map(|f| (f, metrics));
                     watch(&catalogs.0, &catalogs.1, interval, fleet.as_ref()).await
                 }
@@ -450,6 +442,11 @@ pub async fn serve(
         Some(_) => config.store_poll,
         None => config.watch_interval,
     };
+    let sweeper = state
+        .tuning
+        .remote
+        .clone()
+        .map(|remote| tokio::spawn(sweep_jobs(remote, state.tuning.clone())));
     let tenant_watch = tokio::spawn(watch_tenants(
         state.tenants.clone(),
         state.metrics.clone(),
@@ -519,6 +516,10 @@ pub async fn serve(
         fleet.leave().await;
     }
     tenant_watch.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+        let _ = sweeper.await;
+    }
     tuning
         .jobs
         .fail_active("the server shut down before the job ended");

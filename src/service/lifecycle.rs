@@ -116,6 +116,9 @@ impl Lifecycle {
     /// readiness. Returns when the engine has stopped.
     pub async fn follow_engine(&self, engine: EngineHandle) {
         let mut states = engine.subscribe();
+        // Only its states are followed: holding the handle would keep the engine thread from
+        // ending when the server lets go of it at shutdown.
+        drop(engine);
         loop {
             let state = states.borrow_and_update().clone();
             match state {

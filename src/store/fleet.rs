@@ -16,6 +16,9 @@ use crate::tune::jobs::now_ms;
 
 /// A replica writes its record at least this often, even when nothing changed.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+/// ... and at most this often when what it applied changes (a write storm would otherwise
+/// cost one store write per replica per poll).
+pub const HEARTBEAT_AT_MOST: Duration = Duration::from_millis(500);
 /// A replica whose record is older than this is not live (3 missed heartbeats).
 pub const LIVE_FOR: Duration = Duration::from_secs(15);
 /// Records older than this are removed by whoever lists the fleet.
@@ -125,16 +128,18 @@ impl Fleet {
         format!("replicas/{id}.json")
     }
 
-    /// Writes this replica's record when what it applied changed, or when the last one is
-    /// [`HEARTBEAT_EVERY`] old.
+    /// Writes this replica's record when what it applied changed (at most every
+    /// [`HEARTBEAT_AT_MOST`]), or when the last one is [`HEARTBEAT_EVERY`] old.
     pub async fn beat(&self, prompts: u64, ensembles: u64) -> Result<(), StoreError> {
         let now = now_ms();
         let due = match &*self.sent.lock() {
             None => true,
             Some(last) => {
-                last.prompts_generation != prompts
-                    || last.ensembles_generation != ensembles
-                    || now.saturating_sub(last.at_ms) >= HEARTBEAT_EVERY.as_millis() as u64
+                let age = now.saturating_sub(last.at_ms);
+                let changed =
+                    last.prompts_generation != prompts || last.ensembles_generation != ensembles;
+                (changed && age >= HEARTBEAT_AT_MOST.as_millis() as u64)
+                    || age >= HEARTBEAT_EVERY.as_millis() as u64
             }
         };
         if !due {

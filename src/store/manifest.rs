@@ -141,7 +141,7 @@ impl ManifestCell {
             change(&mut next).map_err(Refused::Change)?;
             next.generation = current.generation + 1;
             next.written_at_ms = crate::tune::jobs::now_ms();
-            let bytes = Bytes::from(serde_json::to_vec_pretty(&next).unwrap_or_default());
+            let bytes = Bytes::from(serde_json::to_vec(&next).unwrap_or_default());
             let write = match etag {
                 Some(etag) => Write::IfMatch(etag),
                 None => Write::Create,

@@ -7,9 +7,10 @@
 #
 #   scripts/bench-fleet.sh                 full run: --store-poll-ms 250 and 1000, 1,000 uploads over
 #                                          100 tasks + 100 ensemble writes at 10 writes/s, 8 clients,
-#                                          60 s idle window, 10,000-prompt cold start (~15 min)
+#                                          60 s idle window, 10,000-prompt cold start (~10 min on
+#                                          2 cores)
 #   scripts/bench-fleet.sh --quick         smoke run: 30 uploads, 6 ensemble writes, 10 s idle
-#                                          window, 200-prompt cold start (~2 min)
+#                                          window, 200-prompt cold start (~3 min)
 #   scripts/bench-fleet.sh --self-test     SeaweedFS start/ports/auth/stop only; needs no promptd
 #   scripts/bench-fleet.sh --model DIR --polls 250 --uploads 200 --idle-s 30 ...
 #
@@ -19,7 +20,10 @@
 # bench-common.sh does); the cold-start folder is bench-models/prompts-<d_model>-<count>
 # (git-ignored, reused). Every port is a free one, so it runs beside another SeaweedFS or server.
 # Writes target/bench-fleet/{summary.json,table.md}; prints the JSON, a markdown fragment for
-# BENCHMARKS.md and the CPU line. Run nothing else meanwhile (2 cores).
+# BENCHMARKS.md and the CPU line. Run nothing else meanwhile (2 cores). The binaries and the output
+# are under $CARGO_TARGET_DIR when it is set (else target/). Each replica runs with
+# OMP_NUM_THREADS = cores / replicas (--replica-threads): libtorch's default of one thread per
+# core in each of three processes on 2 cores cut the fleet's throughput about tenfold.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -27,6 +31,7 @@ weed="${PROMPTD_WEED:-.tools/seaweedfs-4.48/bin/weed}"
 [[ -x "$weed" ]] || scripts/provision-seaweedfs.sh >&2
 case " $* " in
   *" --self-test "*|*" -h "*|*" --help "*) ;;
-  *) [[ -x target/release/promptd && -x target/release/promptd-dev ]] || make build build-dev >&2 ;;
+  *) bin="${CARGO_TARGET_DIR:-target}/release"
+     [[ -x "$bin/promptd" && -x "$bin/promptd-dev" ]] || make build build-dev >&2 ;;
 esac
 exec python3 scripts/bench_fleet.py "$@"

@@ -7,7 +7,9 @@
 
 For each --store-poll-ms P in --polls, one fleet: a fresh SeaweedFS-backed prefix
 s3://promptd/fleet-pP and --replicas processes of target/release/promptd serving the same model
-from it. Then:
+from it, each with OMP_NUM_THREADS=--replica-threads (default: the cores divided among the
+replicas, at least 1: three replicas with libtorch's default of one thread per core each on a
+2-core machine served 1.0 rows/s where one thread each served 11.5). Then:
 
 1. Seed: --tasks prompts (version 1), written round-robin through the replicas; wait until every
    replica serves all of them.
@@ -28,15 +30,21 @@ from it. Then:
 5. Idle: load and watchers stopped, promptd_store_requests_total{op,outcome} read on every replica
    at t0 and t0 + --idle-s: S3 requests per replica per minute, by op.
 
+To tell where a missed target comes from, each fleet also reports (summary.json): the cores busy
+(/proc CPU time of SeaweedFS, the replicas and this script) before, during and after the storm;
+the store requests of the storm by op and outcome; each replica's mean of its own
+promptd_store_sync_lag_seconds over the storm; and every write in writes-p<P>.jsonl.
+
 Then once, cold start: --cold-prompts random prompts (promptd-dev make-prompts, kept in
 bench-models/ like the other benches) copied into s3://promptd/cold-N with `promptd store push`;
 process start to /readyz 200 of one fresh replica with --store, and of one with --prompts on the
 same folder (--cold-repeats each, interleaved).
 
-Prints one JSON summary, a markdown fragment for BENCHMARKS.md and the CPU line; writes both to
---out (summary.json, table.md). Every process it starts (SeaweedFS, replicas) is stopped on exit,
-on errors and on SIGINT/SIGTERM. Ports come from binding 127.0.0.1:0, so it can run beside
-another SeaweedFS or promptd. Standard library only.
+Prints one JSON summary, a markdown fragment for BENCHMARKS.md and the CPU line; writes them to
+--out (summary.json, table.md, writes-p<P>.jsonl). Every process it starts (SeaweedFS, replicas)
+is stopped on exit, on errors and on SIGINT/SIGTERM. Ports come from binding 127.0.0.1:0, so it
+can run beside another SeaweedFS or promptd. The binaries are $CARGO_TARGET_DIR/release/ (default
+target/release/) unless --bin/--dev say otherwise. Standard library only.
 """
 import argparse
 import array
@@ -65,6 +73,8 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where cargo put the release binaries (as cargo itself reads $CARGO_TARGET_DIR).
+TARGET = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
 BUCKET = "promptd"
 # The S3 settings every promptd process (and SeaweedFS, which makes this its admin identity) gets.
 S3_ENV = {
@@ -112,6 +122,14 @@ class Proc:
 
     def alive(self):
         return self.p.poll() is None
+
+    def signal(self):
+        """SIGTERM to its process group, without waiting (stop() waits)."""
+        if self.alive():
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def stop(self, timeout=20.0):
         """SIGTERM to its process group, SIGKILL after `timeout`; returns the exit status."""
@@ -446,6 +464,45 @@ def dist_ms(seconds):
             "max": round(max(ms), 1), "mean": round(statistics.fmean(ms), 1)}
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid`, all its threads (None without /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+class CpuMeter:
+    """CPU seconds of named processes (and of this script, every thread) between marks, as
+    cores busy: where the machine's time went in each window."""
+
+    def __init__(self, procs):
+        self.procs = procs  # name -> pid; this script is "bench"
+        self.marks = {}
+
+    def _now(self):
+        t = os.times()
+        out = {name: cpu_seconds(pid) for name, pid in self.procs.items()}
+        out["bench"] = t.user + t.system
+        return time.monotonic(), out
+
+    def mark(self, label):
+        self.marks[label] = self._now()
+
+    def cores(self, start, end):
+        """{name: cores busy} between marks `start` and `end` (replica* summed as replicas)."""
+        (t0, a), (t1, b) = self.marks[start], self.marks[end]
+        out = collections.Counter()
+        for name, v in b.items():
+            if v is not None and a.get(name) is not None:
+                out["replicas" if name.startswith("replica") else name] += (v - a[name]) / (t1 - t0)
+        out = {k: round(v, 2) for k, v in out.items()}
+        out["total"] = round(sum(out.values()), 2)
+        return out
+
+
 def cpu_line():
     try:
         with open("/proc/cpuinfo") as f:
@@ -459,14 +516,17 @@ def cpu_line():
 # The fleet
 
 class Replica:
-    def __init__(self, args, name, model, source_flags, log_path):
+    def __init__(self, args, name, model, source_flags, log_path, threads=None):
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [args.bin, "serve", "--model", model, *source_flags,
                "--addr", f"127.0.0.1:{self.port}", "--grpc-addr", "off", "--audit-log", "off",
                "--max-queue", "4096", *shlex.split(args.serve_args)]
-        self.proc = Proc(name, cmd, log_path, env={**S3_ENV, "AWS_ENDPOINT": args.s3_endpoint})
+        env = {**S3_ENV, "AWS_ENDPOINT": args.s3_endpoint}
+        if threads:  # libtorch's intra-op threads (its default: one per core, per process)
+            env["OMP_NUM_THREADS"] = str(threads)
+        self.proc = Proc(name, cmd, log_path, env=env)
 
     def wait_ready(self, timeout, every=0.01):
         """Polls /readyz until 200; seconds from process start."""
@@ -491,8 +551,26 @@ class Replica:
         samples = parse_metric(body.decode(), "promptd_store_requests_total")
         return {(dict(k).get("op", "?"), dict(k).get("outcome", "?")): v for k, v in samples.items()}
 
+    def sync_lag(self):
+        """(sum, count) of promptd_store_sync_lag_seconds: manifest written -> applied here."""
+        status, body = http_call("GET", f"{self.url}/metrics", timeout=10)
+        text = body.decode() if status == 200 else ""
+        total = parse_metric(text, "promptd_store_sync_lag_seconds_sum")
+        count = parse_metric(text, "promptd_store_sync_lag_seconds_count")
+        return sum(total.values()), sum(count.values())
+
     def stop(self):
         return self.proc.stop()
+
+
+def requests_delta(before, after):
+    """Store requests between two store_requests() readings of each replica, summed over the
+    replicas, as {"op/outcome": count} (zeros left out)."""
+    out = collections.Counter()
+    for a, b in zip(before, after):
+        for key in set(a) | set(b):
+            out[f"{key[0]}/{key[1]}"] += b.get(key, 0) - a.get(key, 0)
+    return {k: int(v) for k, v in sorted(out.items()) if v}
 
 
 class Watchers:
@@ -743,9 +821,10 @@ def run_fleet(args, model, d_model, poll_ms, work):
     log(f"fleet: {args.replicas} replicas on {store}, --store-poll-ms {poll_ms}")
     replicas = [Replica(args, f"replica{i}-p{poll_ms}", model,
                         ["--store", store, "--store-poll-ms", str(poll_ms)],
-                        os.path.join(work, f"replica{i}-p{poll_ms}.log"))
+                        os.path.join(work, f"replica{i}-p{poll_ms}.log"), args.replica_threads)
                 for i in range(args.replicas)]
     watchers = load = None
+    results = []  # the storm's writes, kept in writes-p<P>.jsonl
     try:
         ready_s = [round(r.wait_ready(args.ready_timeout_s), 2) for r in replicas]
         log(f"ready after {ready_s} s")
@@ -764,15 +843,22 @@ def run_fleet(args, model, d_model, poll_ms, work):
         log(f"seeded {len(tasks)} tasks")
 
         # 2. Baseline: load alone (after a warm-up).
+        cpu = CpuMeter({"seaweedfs": args.weed_pid,
+                        **{r.name: r.proc.p.pid for r in replicas}})
         load = Load(replicas, tasks, args.clients, args.max_new_tokens)
         time.sleep(args.warmup_s)
+        cpu.mark("before")
         before = load.measure(args.baseline_s)
+        cpu.mark("storm")
         log(f"baseline: {before:.1f} rows/s")
 
         # 3. The storm, under the same load.
         plan = write_plan(args, tasks, ensemble_names)
+        req0 = [r.store_requests() for r in replicas]
+        lag0 = [r.sync_lag() for r in replicas]
         results, storm_start = run_storm(args, replicas, plan, d_model, poll_ms)
         storm_end = max(r["ok_at"] for r in results)
+        cpu.mark("storm_end")
         during = load.rows_per_s(storm_start, storm_end)
         ok = [r for r in results if "version" in r]
         log(f"storm: {len(ok)}/{len(results)} writes ok in {storm_end - storm_start:.1f} s; "
@@ -782,8 +868,20 @@ def run_fleet(args, model, d_model, poll_ms, work):
         everything = [(r["kind"], r["name"], r["version"]) for r in ok]
         grace = max(10.0, 10 * poll_ms / 1000)
         all_seen = watchers.wait_for(everything, grace)
+        req1 = [r.store_requests() for r in replicas]
+        lag1 = [r.sync_lag() for r in replicas]
+        cpu.mark("after")
         after = load.measure(args.baseline_s)
+        cpu.mark("after_end")
         log(f"after: {after:.1f} rows/s")
+        cores = {"before": cpu.cores("before", "storm"), "storm": cpu.cores("storm", "storm_end"),
+                 "after": cpu.cores("after", "after_end")}
+        log(f"cores busy: {cores}")
+        storm_requests = requests_delta(req0, req1)
+        lags = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(lag0, lag1)]
+        server_lag_ms = [round(1000 * s_ / n, 1) if n else None for s_, n in lags]
+        log(f"store requests during the storm (all replicas): {storm_requests}; "
+            f"server's mean sync lag per replica: {server_lag_ms} ms")
         load_errors = load.stop()
         load = None
         watch = watchers.stop()
@@ -810,8 +908,13 @@ def run_fleet(args, model, d_model, poll_ms, work):
             load.stop()
         if watchers is not None:
             watchers.stop()
+        for r in replicas:  # all at once: each takes its own shutdown time
+            r.proc.signal()
         for r in replicas:
             r.stop()
+        with open(os.path.join(args.out, f"writes-p{poll_ms}.jsonl"), "w") as f:
+            for w in results:
+                f.write(json.dumps(w) + "\n")
 
     all_ttv = ttv["prompt"] + ttv["ensemble"]
     baseline = statistics.fmean([before, after])
@@ -850,6 +953,9 @@ def run_fleet(args, model, d_model, poll_ms, work):
             "max_met": bool(d["n"]) and not missing and d["max"] <= max_target,
         },
         "watchers": watch,
+        "cpu_cores_busy": cores,
+        "storm_store_requests": storm_requests,
+        "server_sync_lag_mean_ms": server_lag_ms,
         "throughput": {
             "rows_per_s_before": round(before, 2), "rows_per_s_storm": round(during, 2),
             "rows_per_s_after": round(after, 2),
@@ -910,7 +1016,8 @@ def markdown(args, fleets, cold):
              f"{args.replicas} replicas, {args.uploads} prompt uploads over {args.tasks} tasks and "
              f"{args.ensembles} ensemble writes over {args.ensemble_names} names at "
              f"{args.rate:g} writes/s round-robin; {args.clients} closed-loop predict clients "
-             f"(1 input, max_new_tokens {args.max_new_tokens}); a watcher per replica lists its "
+             f"(1 input, max_new_tokens {args.max_new_tokens}); OMP_NUM_THREADS "
+             f"{args.replica_threads or 'unset'} per replica; a watcher per replica lists its "
              f"prompts and ensembles every {args.watch_ms:g} ms{achieved}.", ""]
     if fleets:
         lines += ["| --store-poll-ms | writes ok | time to visible p50 | p99 (target) | max (target) "
@@ -921,7 +1028,7 @@ def markdown(args, fleets, cold):
             yes = lambda ok: "met" if ok else "**not met**"  # noqa: E731
             never = f"; {f['never_visible']['count']} never" if f["never_visible"]["count"] else ""
             idle = f["idle_s3_requests_per_min"]["per_replica"]
-            ops = sorted({op for r in idle for op in r})
+            ops = sorted({op for r in idle for op, v in r.items() if v})
             idle_txt = ", ".join(
                 f"{op} {statistics.fmean(r.get(op, 0) for r in idle):.1f}" for op in ops) or "none"
             baseline = statistics.fmean([th["rows_per_s_before"], th["rows_per_s_after"]])
@@ -1061,8 +1168,14 @@ def parse_args(argv=None):
     g.add_argument("--model", help="model folder (default: bench-models/<shape>, made if missing)")
     g.add_argument("--shape", default="small", choices=["small", "mini"],
                    help="promptd-dev make-model shape when --model is not given")
-    g.add_argument("--bin", default=os.path.join(ROOT, "target/release/promptd"))
-    g.add_argument("--dev", default=os.path.join(ROOT, "target/release/promptd-dev"))
+    g.add_argument("--bin", default=os.path.join(TARGET, "release", "promptd"),
+                   help="promptd binary (default: $CARGO_TARGET_DIR/release/promptd, else "
+                        "target/release/promptd)")
+    g.add_argument("--dev", default=os.path.join(TARGET, "release", "promptd-dev"),
+                   help="promptd-dev binary (built with --features dev-tools; same folder)")
+    g.add_argument("--replica-threads", type=int,
+                   help="OMP_NUM_THREADS of each fleet replica (default: cores // --replicas, "
+                        "at least 1; 0 leaves libtorch's default of one per core)")
     g.add_argument("--weed", default=os.environ.get("PROMPTD_WEED") or
                    os.path.join(ROOT, ".tools/seaweedfs-4.48/bin/weed"),
                    help="SeaweedFS binary (default: $PROMPTD_WEED, else scripts/provision-seaweedfs.sh's)")
@@ -1070,7 +1183,7 @@ def parse_args(argv=None):
     g.add_argument("--ready-timeout-s", type=float, default=600.0)
     g.add_argument("--visible-timeout-s", type=float, default=60.0,
                    help="how long seeded prompts may take to reach every replica")
-    g.add_argument("--out", default=os.path.join(ROOT, "target/bench-fleet"),
+    g.add_argument("--out", default=os.path.join(TARGET, "bench-fleet"),
                    help="summary.json, table.md, logs and SeaweedFS data (removed unless --keep)")
     g.add_argument("--keep", action="store_true", help="keep SeaweedFS data and logs")
     args = p.parse_args(argv)
@@ -1079,6 +1192,10 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.polls = [int(x) for x in str(args.polls).split(",") if x.strip()]
+    if args.replica_threads is None:
+        args.replica_threads = max(1, (os.cpu_count() or 1) // max(1, args.replicas))
+    if args.replica_threads < 0:
+        p.error("--replica-threads: 0 or more")
     positive = ["replicas", "tasks", "rate", "writers", "clients", "ensemble_names", "cold_prompts",
                 "cold_repeats", "prompt_length", "idle_s", "baseline_s", "watch_ms"]
     for k in positive:
@@ -1112,7 +1229,7 @@ def main(argv=None):
             return 0
         model, d_model = ensure_model(args)
         weed = Weed(args.weed, os.path.join(work, "seaweedfs"), os.path.join(work, "seaweedfs.log"))
-        args.s3_endpoint = weed.endpoint
+        args.s3_endpoint, args.weed_pid = weed.endpoint, weed.proc.p.pid
         log(f"SeaweedFS S3 on {weed.endpoint}: ready {weed.wait_ready():.2f} s after start")
         fleets = [] if args.skip_fleet else [run_fleet(args, model, d_model, p, work)
                                              for p in args.polls]
@@ -1133,7 +1250,8 @@ def main(argv=None):
         "config": {k: getattr(args, k) for k in
                    ("replicas", "uploads", "tasks", "ensembles", "ensemble_names", "rate", "writers",
                     "clients", "max_new_tokens", "baseline_s", "watch_ms", "idle_s",
-                    "cold_prompts", "cold_repeats", "prompt_length", "serve_args")},
+                    "cold_prompts", "cold_repeats", "prompt_length", "serve_args",
+                    "replica_threads", "polls")},
         "fleets": fleets,
         "cold_start": cold,
     }

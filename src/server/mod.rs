@@ -611,6 +611,7 @@ pub async fn watch(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beating: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         let synced = sync(registry, ensembles).await;
@@ -626,8 +627,15 @@ pub async fn watch(
                 metrics.store.sync_lag.observe(lag);
             }
             fleet.synced_now();
-            if let Err(e) = fleet.beat(prompts.applied(), ens.applied()).await {
-                tracing::warn!("writing this replica's heartbeat failed: {e}");
+            // Written beside the next poll, not before it: a slow store write must not stretch
+            // the poll cycle (one heartbeat in flight at a time).
+            if beating.as_ref().is_none_or(|b| b.is_finished()) {
+                let (fleet, applied) = (fleet.clone(), (prompts.applied(), ens.applied()));
+                beating = Some(tokio::spawn(async move {
+                    if let Err(e) = fleet.beat(applied.0, applied.1).await {
+                        tracing::warn!("writing this replica's heartbeat failed: {e}");
+                    }
+                }));
             }
         }
     }

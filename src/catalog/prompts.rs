@@ -147,6 +147,20 @@ impl PromptStore {
     }
 }
 
+impl PromptStore {
+    /// A prompt read from a store object, at the version the manifest gives it.
+    fn loaded_from(
+        &self,
+        bytes: Result<bytes::Bytes, String>,
+        object: &ObjectRef,
+    ) -> Result<Loaded, String> {
+        let mut loaded =
+            parse_stored(&bytes?, self.d_model, &self.limits).map_err(|e| e.to_string())?;
+        loaded.version = Some(object.version);
+        Ok(loaded)
+    }
+}
+
 impl Store for PromptStore {
     type Item = NewPrompt;
     type Loaded = Loaded;
@@ -184,11 +198,7 @@ impl Store for PromptStore {
                 .load(source, self.d_model, &self.limits)
                 .map_err(|e| e.to_string()),
             (Backend::Bucket(shelf), Source::Object(object)) => {
-                let bytes = shelf.read(object)?;
-                let mut loaded =
-                    parse_stored(&bytes, self.d_model, &self.limits).map_err(|e| e.to_string())?;
-                loaded.version = Some(object.version);
-                Ok(loaded)
+                self.loaded_from(shelf.read(object), object)
             }
             _ => Err("a source of another store".to_string()),
         }

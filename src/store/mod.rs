@@ -35,7 +35,7 @@ impl Location {
     /// `s3://…` is a bucket; anything else a folder.
     pub fn parse(text: &str) -> Self {
         if text.starts_with("s3://") {
-            Location::Bucket(text.trim_end_matches('/').to_string())
+            Location::Bucket(text.to_string())
         } else {
             Location::Folder(PathBuf::from(text))
         }

@@ -281,15 +281,7 @@ async fn a_corrupt_object_is_refused_and_the_previous_version_keeps_serving() {
     );
 
     // A version 2 whose object's bytes do not hash to its name, written behind promptd's back.
-    let metrics = promptd::metrics::Metrics::new(1);
-    let settings: Vec<(String, String)> = s3
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_lowercase(), v))
-        .collect();
-    let bucket =
-        promptd::store::Bucket::open_with(&s3.url("corrupt"), &settings, metrics.store.clone())
-            .unwrap();
+    let bucket = test_bucket(&s3, &s3.url("corrupt"));
     let objects = Objects::new(bucket.clone(), "prompts", "safetensors", "test".into());
     let good = promptd::prompts::store::encode(
         &promptd::prompts::Prompt::from_tensor_file(&npy_filled(3, 0.75), 48, &Default::default())
@@ -333,14 +325,7 @@ async fn a_corrupt_object_is_refused_and_the_previous_version_keeps_serving() {
         Duration::from_secs(20),
         "the corrupt object is counted",
         || async {
-            let text = client
-                .get(a.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = super::common::metrics(&client, &a).await;
             metric(&text, "promptd_store_corrupt_objects_total") >= 1.0
         },
     )
@@ -423,14 +408,7 @@ async fn a_store_outage_keeps_serving_refuses_writes_and_catches_up() {
     );
     assert!(r.headers().contains_key("retry-after"));
     until(Duration::from_secs(20), "promptd_store_up is 0", || async {
-        let text = client
-            .get(b.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = super::common::metrics(&client, &b).await;
         metric(&text, "promptd_store_up ") == 0.0
     })
     .await;
@@ -455,14 +433,7 @@ async fn a_store_outage_keeps_serving_refuses_writes_and_catches_up() {
         get(&client, &a, "/v1/prompts/steady").await.1["version"] == 2
     })
     .await;
-    let text = client
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = super::common::metrics(&client, &a).await;
     assert_eq!(metric(&text, "promptd_store_up "), 1.0);
 }
 

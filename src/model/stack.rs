@@ -3,7 +3,8 @@ use tch::{Kind, Tensor};
 
 use super::config::T5Config;
 use super::error::ModelError;
-use super::layers::{dropout, position_bias, Packed, T5Attention, T5LayerFF, T5LayerNorm};
+use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
+use super::packed::Packed;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::shelf::{Shelf, Source};
 use super::{Catalog, CatalogError, Found, Scan, Store, Stored, Versioned};
 use crate::engine::worker::EngineHandle;
-use crate::engine::{PromptRows, PromptSlot};
+use crate::engine::{PromptRows, PromptSlot, TaskWeights};
 use crate::metrics::{Metrics, ReloadResult};
 use crate::prompts::dir::{newest, Fingerprint, PromptSource};
 use crate::prompts::store::{encode, parse_stored, Loaded, Store as Folder};
@@ -267,10 +267,7 @@ impl Store for PromptStore {
         item: &NewPrompt,
         version: u64,
     ) -> Result<Entry, CatalogError> {
-        let mut slots = self
-            .engine
-            .register(vec![item.prompt.encoder.clone()])
-            .await?;
+        let mut slots = self.engine.register(vec![item.prompt.weights()]).await?;
         let slot = slots
             .pop()
             .ok_or(CatalogError::Stopped(
@@ -285,7 +282,7 @@ impl Store for PromptStore {
         items: Vec<(TaskName, Loaded, u64)>,
     ) -> Result<Vec<Result<Entry, String>>, CatalogError> {
         // The rows move to the engine; only what the entries need stays here.
-        let mut rows: Vec<PromptRows> = Vec::with_capacity(items.len());
+        let mut rows: Vec<TaskWeights> = Vec::with_capacity(items.len());
         let kept: Vec<(TaskName, u64, String, Prompt)> = items
             .into_iter()
             .map(|(task, mut loaded, version)| {
@@ -296,7 +293,10 @@ impl Store for PromptStore {
                     values: Vec::new(),
                 };
                 let encoder = std::mem::replace(&mut loaded.prompt.encoder, empty);
-                rows.push(encoder);
+                rows.push(TaskWeights {
+                    rows: encoder,
+                    adapter: loaded.prompt.adapter.as_ref().map(|a| a.weights.clone()),
+                });
                 (task, version, loaded.sha256, loaded.prompt)
             })
             .collect();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::limits::RowLimitArgs;
 use crate::engine::{DeviceSpec, DtypeSpec, Engine, PromptSlot, RowInput, RowOutput};
+use crate::model::adapters::ModelShape;
 use crate::model::T5Tokenizer;
 use crate::prompts::dir::classify;
 use crate::prompts::{load_prompt_dir, PromptLimits};
@@ -95,6 +96,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
     if let Some(dir) = &args.prompts {
         let limits = PromptLimits {
             max_rows: args.rows.max_prompt_length,
+            shape: Some(ModelShape::of(&engine.model().config)),
             ..PromptLimits::default()
         };
         let loaded = load_prompt_dir(dir, d_model, &limits).map_err(|e| e.to_string())?;
@@ -106,7 +108,7 @@ pub fn run(args: PredictArgs) -> Result<(), String> {
         }
         for (task, prompt) in &loaded.prompts {
             let slot = engine
-                .register_prompt(&prompt.encoder)
+                .register_task(&prompt.weights())
                 .map_err(|e| e.to_string())?;
             slots.insert(task.to_string(), slot);
         }

@@ -105,6 +105,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES",
           default_value_t = Limits::default().max_prompt_bytes)]
     pub max_prompt_bytes: usize,
+    /// Highest rank a LoRA adapter may have (uploads above it are refused).
+    #[arg(long, env = "PROMPTD_MAX_LORA_RANK",
+          default_value_t = PromptLimits::default().max_lora_rank as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_lora_rank: u32,
     /// Longest URL (path and query) in bytes; longer ones get 414.
     #[arg(long, env = "PROMPTD_MAX_URI_BYTES",
           default_value_t = Limits::default().max_uri_bytes)]
@@ -216,6 +221,8 @@ impl ServeArgs {
         config.prompt_limits = PromptLimits {
             max_rows: self.rows.max_prompt_length,
             max_file_bytes: self.max_prompt_bytes,
+            max_lora_rank: self.max_lora_rank as usize,
+            shape: None,
         };
         config.tune = self.tune.tune_limits();
         config.tune_share = self.tune_share;

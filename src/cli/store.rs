@@ -155,6 +155,8 @@ fn folder_prompts(dir: &Path) -> Result<(Vec<Item>, Vec<String>), String> {
     let limits = PromptLimits {
         max_rows: usize::MAX,
         max_file_bytes: usize::MAX,
+        max_lora_rank: usize::MAX,
+        shape: None,
     };
     let (mut items, mut skipped) = (Vec::new(), Vec::new());
     for (name, found) in scan(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
@@ -307,6 +309,8 @@ async fn pull(c: &Catalogs, dir: &Path, concurrency: usize) -> Result<(), String
     let limits = PromptLimits {
         max_rows: usize::MAX,
         max_file_bytes: usize::MAX,
+        max_lora_rank: usize::MAX,
+        shape: None,
     };
     let mut count = (0, 0);
     for (name, entry, bytes) in read_all(&c.prompts, &prompts, concurrency)

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tch::{Device, Kind, Tensor};
 
+use super::adapters::AdapterSlot;
 use crate::model::ModelError;
 
 /// A matrix of prompt rows, f32, row-major: what the engine serves for a task.
@@ -27,13 +28,16 @@ pub struct Region {
     pub len: i64,
 }
 
-/// A prompt's place in the bank. Its rows are freed when the last holder drops it, so a
-/// queued or running batch keeps the rows it references alive.
+/// A task's place in the banks: its prompt rows (maybe none) and its adapter (maybe none).
+/// Both are freed when the last holder drops it, so a queued or running batch keeps what it
+/// references alive.
 #[derive(Debug)]
 pub struct PromptSlot {
     region: Region,
     vocab_size: i64,
     released: Arc<Mutex<Vec<Region>>>,
+    /// The task's adapter in the adapter bank.
+    pub adapter: Option<AdapterSlot>,
 }
 
 impl PromptSlot {
@@ -42,9 +46,14 @@ impl PromptSlot {
         self.region.len as usize
     }
 
-    /// Whether the slot holds no rows (never for a registered prompt).
+    /// Whether the slot holds no rows (a task served by its adapter alone).
     pub fn is_empty(&self) -> bool {
         self.region.len == 0
+    }
+
+    /// The adapter index rows of this task gather (0: none).
+    pub fn adapter_index(&self) -> i64 {
+        self.adapter.as_ref().map_or(0, AdapterSlot::index)
     }
 
     /// The virtual token ids that stand for this prompt's rows.
@@ -56,7 +65,9 @@ impl PromptSlot {
 
 impl Drop for PromptSlot {
     fn drop(&mut self) {
-        self.released.lock().push(self.region);
+        if self.region.len > 0 {
+            self.released.lock().push(self.region);
+        }
     }
 }
 
@@ -129,6 +140,23 @@ impl PromptBank {
 
     /// Copies `rows` into a free region and returns its slot.
     pub fn insert(&mut self, rows: &PromptRows) -> Result<Arc<PromptSlot>, ModelError> {
+        self.insert_task(rows, None)
+    }
+
+    /// [`PromptBank::insert`] for a task that may also have an adapter (and then no rows).
+    pub fn insert_task(
+        &mut self,
+        rows: &PromptRows,
+        adapter: Option<AdapterSlot>,
+    ) -> Result<Arc<PromptSlot>, ModelError> {
+        if rows.rows == 0 && adapter.is_some() {
+            return Ok(Arc::new(PromptSlot {
+                region: Region { offset: 0, len: 0 },
+                vocab_size: self.vocab_size,
+                released: self.released.clone(),
+                adapter,
+            }));
+        }
         if rows.cols as i64 != self.d_model || rows.rows == 0 {
             return Err(ModelError::Config(format!(
                 "prompt [{}, {}] does not fit a bank of width {}",
@@ -154,6 +182,7 @@ impl PromptBank {
             region,
             vocab_size: self.vocab_size,
             released: self.released.clone(),
+            adapter,
         }))
     }
 

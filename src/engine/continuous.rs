@@ -319,16 +319,16 @@ impl Running {
 
     /// One decode step for every live row; rows that finish are answered and leave their
     /// slot. A failed step fails every live row (the batch's caches can no longer be trusted).
-    pub fn step(&mut self, model: &T5Model) {
+    pub fn step(&mut self, engine: &Engine) {
         if self.live == 0 {
             return;
         }
-        if let Err(e) = guarded(|| self.step_inner(model)) {
+        if let Err(e) = guarded(|| self.step_inner(engine)) {
             self.fail_all(&e);
         }
     }
 
-    fn step_inner(&mut self, model: &T5Model) -> Result<(), EngineError> {
+    fn step_inner(&mut self, engine: &Engine) -> Result<(), EngineError> {
         #[cfg(debug_assertions)]
         if crate::fault::take(&crate::fault::PANIC_STEPS) {
             panic!("injected fault: a decode step panicked");
@@ -339,7 +339,9 @@ impl Running {
                 "live rows without decoder state".into(),
             ));
         };
-        let logits = model.decode_step(tokens, state)?;
+        let logits = engine
+            .model()
+            .decode_step(tokens, state, engine.adapters().tables())?;
         let next = self.choose(&logits)?;
         let picked = self.logprobs(&logits, &next)?;
         let next_host: Vec<i64> = {
@@ -532,7 +534,7 @@ impl Engine {
             .unzip();
         let mut passes = running.admit(self, joining, u64::MAX).passes;
         while !running.is_empty() {
-            running.step(self.model());
+            running.step(self);
         }
         let work = running.take_work();
         let outputs: Vec<RowResult> = replies
@@ -588,14 +590,17 @@ fn prepare(engine: &mut Engine, rows: &[RowInput]) -> Result<Fresh, EngineError>
     } else {
         let steps = rows.iter().map(|r| r.max_new_tokens).max().unwrap_or(1) as i64;
         let model = engine.model();
+        let ad = encoded.adapt(engine.adapters().tables());
         if picked.len() == rows.len() {
-            Some(model.start_decoder(&encoded.out, &encoded.mask, steps)?)
+            Some(model.start_decoder(&encoded.out, &encoded.mask, steps, ad.as_ref())?)
         } else {
             let idx = Tensor::f_from_slice(&picked)?.f_to_device(encoded.out.device())?;
+            let ad = ad.map(|ad| ad.select(&idx)).transpose()?;
             Some(model.start_decoder(
                 &encoded.out.f_index_select(0, &idx)?,
                 &encoded.mask.f_index_select(0, &idx)?,
                 steps,
+                ad.as_ref(),
             )?)
         }
     };

@@ -3,6 +3,7 @@
 //! decoding and label scoring. There is one decoder, [`continuous::Running`]: a batch run to
 //! its end ([`Engine::run_rows`], static batching) is a running batch that admits rows only
 //! once.
+pub mod adapters;
 pub mod bank;
 pub mod continuous;
 pub mod device;
@@ -15,6 +16,7 @@ pub mod score;
 pub mod side;
 pub mod worker;
 
+pub use adapters::{AdapterBank, AdapterSlot, TaskWeights};
 pub use bank::{PromptBank, PromptRows, PromptSlot};
 /// The batcher's contract with the engine thread (continuous batching).
 pub use continuous::{Admitted, DecodeWork, Joining, RowResult};

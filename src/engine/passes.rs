@@ -5,11 +5,13 @@ use std::sync::Arc;
 
 use tch::Tensor;
 
+use super::adapters::{AdapterBank, TaskWeights};
 use super::bank::{PromptBank, PromptRows, PromptSlot};
 use super::error::EngineError;
 use super::neighbors;
 use super::rows::{BatchStats, RowInput};
 use super::score::{self, LabelPair};
+use crate::model::adapters::{Adapt, AdapterTables};
 use crate::model::profile::{span, Family};
 use crate::model::{ModelError, T5Model};
 
@@ -21,12 +23,24 @@ pub(crate) struct Encoded {
     pub mask: Tensor,
     /// S: the longest row's encoder positions.
     pub width: usize,
+    /// Each row's adapter index [B] (None: no row has an adapter).
+    pub adapters: Option<Tensor>,
 }
 
-/// The model plus its prompt bank.
+impl Encoded {
+    /// The rows' adapters over `tables` (None without any).
+    pub fn adapt<'a>(&self, tables: &'a AdapterTables) -> Option<Adapt<'a>> {
+        self.adapters
+            .as_ref()
+            .map(|index| Adapt::new(tables, index.shallow_clone()))
+    }
+}
+
+/// The model plus its prompt and adapter banks.
 pub struct Engine {
     model: T5Model,
     bank: PromptBank,
+    adapters: AdapterBank,
     /// Set by the static runs ([`Engine::run_rows`], in continuous.rs).
     pub(super) last_stats: BatchStats,
 }
@@ -42,6 +56,7 @@ impl Engine {
             opts.kind,
         )?;
         Ok(Self {
+            adapters: AdapterBank::new(opts.device, opts.kind),
             model,
             bank,
             last_stats: BatchStats::default(),
@@ -56,6 +71,11 @@ impl Engine {
     /// The prompt bank.
     pub fn bank(&self) -> &PromptBank {
         &self.bank
+    }
+
+    /// The adapter bank.
+    pub fn adapters(&self) -> &AdapterBank {
+        &self.adapters
     }
 
     /// Cost of the last successful batch.
@@ -87,6 +107,16 @@ impl Engine {
             panic!("injected fault: registering a prompt panicked");
         }
         self.bank.insert(rows)
+    }
+
+    /// Registers a task: its prompt rows into the prompt bank and its adapter (if any) into
+    /// the adapter bank; both live while the slot does.
+    pub fn register_task(&mut self, task: &TaskWeights) -> Result<Arc<PromptSlot>, ModelError> {
+        let Some(adapter) = &task.adapter else {
+            return self.register_prompt(&task.rows);
+        };
+        let slot = self.adapters.insert(adapter)?;
+        self.bank.insert_task(&task.rows, Some(slot))
     }
 
     /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
@@ -121,8 +151,25 @@ impl Engine {
             let _span = span(Family::Gather);
             self.bank.embed(self.model.shared(), &ids)?
         };
-        let out = self.model.encode(&embeds, &mask)?;
-        Ok(Encoded { out, mask, width })
+        self.adapters.reclaim()?;
+        let index: Vec<i64> = rows
+            .iter()
+            .map(|r| r.prompt.as_ref().map_or(0, |p| p.adapter_index()))
+            .collect();
+        let adapters = if index.iter().any(|&i| i != 0) {
+            Some(Tensor::f_from_slice(&index)?.f_to_device(opts.device)?)
+        } else {
+            None
+        };
+        let mut encoded = Encoded {
+            out: Tensor::new(),
+            mask,
+            width,
+            adapters,
+        };
+        let ad = encoded.adapt(self.adapters.tables());
+        encoded.out = self.model.encode(&embeds, &encoded.mask, ad.as_ref())?;
+        Ok(encoded)
     }
 
     /// Each row's label log-likelihoods: None without labels, empty when the row was cancelled.
@@ -142,7 +189,7 @@ impl Engine {
             })
             .collect();
         let mut scores =
-            score::score_labels(&self.model, &encoded.out, &encoded.mask, &pairs)?.into_iter();
+            score::score_labels(&self.model, encoded, self.adapters.tables(), &pairs)?.into_iter();
         Ok(rows
             .iter()
             .map(|row| match (row.labels.is_empty(), row.is_cancelled()) {

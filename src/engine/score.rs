@@ -1,6 +1,8 @@
 //! Rank classification: log-likelihood of each candidate label (its tokens then `</s>`).
 use tch::{Kind, Tensor};
 
+use super::passes::Encoded;
+use crate::model::adapters::AdapterTables;
 use crate::model::{ModelError, T5Model};
 
 /// Label pairs scored per decoder pass; bounds the [pairs, T, vocab] logits tensor.
@@ -15,26 +17,26 @@ pub struct LabelPair<'a> {
 }
 
 /// Sum of log p(target) under teacher forcing for each pair, in order.
-pub fn score_labels(
+pub(crate) fn score_labels(
     model: &T5Model,
-    encoder_out: &Tensor,
-    mask: &Tensor,
+    encoded: &Encoded,
+    tables: &AdapterTables,
     pairs: &[LabelPair],
 ) -> Result<Vec<f64>, ModelError> {
     let mut scores = Vec::with_capacity(pairs.len());
     for chunk in pairs.chunks(PAIRS_PER_PASS) {
-        scores.extend(score_chunk(model, encoder_out, mask, chunk)?);
+        scores.extend(score_chunk(model, encoded, tables, chunk)?);
     }
     Ok(scores)
 }
 
 fn score_chunk(
     model: &T5Model,
-    encoder_out: &Tensor,
-    mask: &Tensor,
+    encoded: &Encoded,
+    tables: &AdapterTables,
     pairs: &[LabelPair],
 ) -> Result<Vec<f64>, ModelError> {
-    let device = encoder_out.device();
+    let device = encoded.out.device();
     let cfg = &model.config;
     let t = pairs
         .iter()
@@ -60,8 +62,12 @@ fn score_chunk(
     let shape = [n as i64, t as i64];
     let rows: Vec<i64> = pairs.iter().map(|p| p.row as i64).collect();
     let rows = Tensor::f_from_slice(&rows)?.f_to_device(device)?;
-    let enc = encoder_out.f_index_select(0, &rows)?;
-    let enc_mask = mask.f_index_select(0, &rows)?;
+    let enc = encoded.out.f_index_select(0, &rows)?;
+    let enc_mask = encoded.mask.f_index_select(0, &rows)?;
+    let ad = encoded
+        .adapt(tables)
+        .map(|ad| ad.select(&rows))
+        .transpose()?;
     let inputs = Tensor::f_from_slice(&inputs)?
         .f_view(shape)?
         .f_to_device(device)?;
@@ -71,7 +77,7 @@ fn score_chunk(
     let weights = Tensor::f_from_slice(&weights)?
         .f_view(shape)?
         .f_to_device(device)?;
-    let logits = model.decode_full(&inputs, &enc, &enc_mask)?;
+    let logits = model.decode_full(&inputs, &enc, &enc_mask, ad.as_ref())?;
     let logp = logits.f_log_softmax(-1, Kind::Float)?;
     let picked = logp
         .f_gather(-1, &targets.f_unsqueeze(-1)?, false)?

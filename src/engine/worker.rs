@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
-use super::bank::{PromptRows, PromptSlot};
+use super::adapters::TaskWeights;
+use super::bank::PromptSlot;
 use super::continuous::{Admitted, Joining, Running};
 use super::error::{guarded, EngineError};
 use super::passes::Engine;
@@ -46,7 +47,7 @@ pub enum EngineState {
 
 enum Job {
     Register {
-        prompts: Vec<PromptRows>,
+        prompts: Vec<TaskWeights>,
         reply: oneshot::Sender<Vec<Result<Arc<PromptSlot>, EngineError>>>,
     },
     Join {
@@ -177,13 +178,13 @@ fn engine_thread(
             Some(Job::Wake) => {}
             Some(Job::Register { prompts, reply }) => {
                 // Like every job, inside guarded(): a panic fails this job, not the thread.
-                let rows = prompts.iter().map(|p| p.rows).sum();
+                let rows = prompts.iter().map(|p| p.rows.rows).sum();
                 if let Err(e) = guarded(|| Ok(engine.reserve_prompt_rows(rows)?)) {
                     tracing::warn!(rows, "could not reserve prompt bank rows: {e}");
                 }
                 let slots = prompts
                     .iter()
-                    .map(|p| guarded(|| Ok(engine.register_prompt(p)?)))
+                    .map(|p| guarded(|| Ok(engine.register_task(p)?)))
                     .collect();
                 let _ = reply.send(slots);
             }
@@ -205,7 +206,7 @@ fn engine_thread(
             }
             None => {}
         }
-        running.step(engine.model());
+        running.step(&engine);
         side.note_serving(serving.elapsed(), busy);
         if side.may_step(idle) {
             side.step(&mut engine);
@@ -294,10 +295,10 @@ impl EngineHandle {
         EngineWaker(Arc::downgrade(&self.jobs))
     }
 
-    /// Writes prompts' encoder rows into the bank; one result per prompt, in order.
+    /// Writes tasks' prompt rows and adapters into the banks; one result per task, in order.
     pub async fn register(
         &self,
-        prompts: Vec<PromptRows>,
+        prompts: Vec<TaskWeights>,
     ) -> Result<Vec<Result<Arc<PromptSlot>, EngineError>>, WorkerError> {
         let (reply, rx) = oneshot::channel();
         self.jobs

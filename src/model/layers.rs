@@ -1,6 +1,7 @@
 //! T5 modules, one struct per Hugging Face module, weight names as in its state dict.
 use tch::{Kind, Tensor};
 
+use super::adapters::{adapt_input, adapt_output, Adapt, Module, Part, Site};
 use super::config::{Activation, T5Config};
 use super::error::ModelError;
 use super::packed::Packed;
@@ -57,6 +58,22 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> 
     super::matmul::linear(x, weight, TRAINING.with(|t| t.get()))
 }
 
+/// `x @ weight.T` at `site`, through the rows' adapters (IA3 on its input, LoRA and IA3 on
+/// its output); plain [`linear`] without them.
+fn project(
+    x: &Tensor,
+    weight: &Tensor,
+    site: Site,
+    ad: Option<&Adapt>,
+) -> Result<Tensor, ModelError> {
+    if ad.is_none() {
+        return linear(x, weight);
+    }
+    let x = adapt_input(ad, site, x.shallow_clone())?;
+    let y = linear(&x, weight)?;
+    adapt_output(ad, site, &x, y)
+}
+
 fn activate(act: Activation, x: &Tensor) -> Result<Tensor, ModelError> {
     let _span = span(Family::Activation);
     Ok(match act {
@@ -84,11 +101,18 @@ pub struct T5LayerFF {
     dense: DenseReluDense,
     act: Activation,
     layer_norm: T5LayerNorm,
+    /// (decoder, block): where adapters find this layer.
+    at: (bool, usize),
 }
 
 impl T5LayerFF {
     /// Loads `<prefix>.DenseReluDense.*` and `<prefix>.layer_norm`.
-    pub fn load(w: &dyn WeightSource, prefix: &str, cfg: &T5Config) -> Result<Self, ModelError> {
+    pub fn load(
+        w: &dyn WeightSource,
+        prefix: &str,
+        cfg: &T5Config,
+        at: (bool, usize),
+    ) -> Result<Self, ModelError> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let p = format!("{prefix}.DenseReluDense");
         let dense = if cfg.is_gated() {
@@ -107,6 +131,7 @@ impl T5LayerFF {
             dense,
             act: cfg.activation()?,
             layer_norm: T5LayerNorm::load(w, &format!("{prefix}.layer_norm"), cfg)?,
+            at,
         })
     }
 
@@ -121,23 +146,44 @@ impl T5LayerFF {
         self.layer_norm.collect(out);
     }
 
+    /// `x @ weight.T` at `module` of this layer, through the rows' adapters.
+    fn project(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        module: Module,
+        ad: Option<&Adapt>,
+    ) -> Result<Tensor, ModelError> {
+        project(x, weight, self.site(module), ad)
+    }
+
+    fn site(&self, module: Module) -> Site {
+        Site {
+            decoder: self.at.0,
+            layer: self.at.1,
+            part: Part::FeedForward,
+            module,
+        }
+    }
+
     /// x + FF(norm(x)); `drop` is the training dropout (0 when serving).
-    pub fn forward(&self, x: &Tensor, drop: f64) -> Result<Tensor, ModelError> {
+    pub fn forward(&self, x: &Tensor, drop: f64, ad: Option<&Adapt>) -> Result<Tensor, ModelError> {
         let h = self.layer_norm.forward(x)?;
         let out = match &self.dense {
             DenseReluDense::Act { wi, wo } => {
-                let inner = dropout(activate(self.act, &linear(&h, wi)?)?, drop)?;
-                linear(&inner, wo)?
+                let up = self.project(&h, wi, Module::Wi, ad)?;
+                let inner = dropout(activate(self.act, &up)?, drop)?;
+                self.project(&inner, wo, Module::Wo, ad)?
             }
             DenseReluDense::Gated { wi_0, wi_1, wo } => {
-                let gate = activate(self.act, &linear(&h, wi_0)?)?;
-                let up = linear(&h, wi_1)?;
+                let gate = activate(self.act, &self.project(&h, wi_0, Module::Wi0, ad)?)?;
+                let up = self.project(&h, wi_1, Module::Wi1, ad)?;
                 let gated = {
                     let _span = span(Family::Activation);
                     gate.f_mul(&up)?
                 };
                 let inner = dropout(gated, drop)?;
-                linear(&inner, wo)?
+                self.project(&inner, wo, Module::Wo, ad)?
             }
         };
         Ok(x.f_add(&dropout(out, drop)?)?)
@@ -155,6 +201,8 @@ pub struct T5Attention {
     d_kv: i64,
     /// `relative_attention_bias.weight` [num_buckets, n_heads], first block only.
     pub relative_attention_bias: Option<Tensor>,
+    /// (decoder, block, part): where adapters find this layer.
+    at: (bool, usize, Part),
 }
 
 impl T5Attention {
@@ -164,6 +212,7 @@ impl T5Attention {
         prefix: &str,
         cfg: &T5Config,
         has_bias: bool,
+        at: (bool, usize, Part),
     ) -> Result<Self, ModelError> {
         let inner = cfg.num_heads * cfg.d_kv;
         let d = cfg.d_model;
@@ -184,6 +233,7 @@ impl T5Attention {
             n_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             relative_attention_bias,
+            at,
         })
     }
 
@@ -195,6 +245,24 @@ impl T5Attention {
                 .iter()
                 .map(Tensor::shallow_clone),
         );
+    }
+
+    /// `x @ weight.T` at `module` of this layer, through the rows' adapters.
+    fn project(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        module: Module,
+        ad: Option<&Adapt>,
+    ) -> Result<Tensor, ModelError> {
+        let (decoder, layer, part) = self.at;
+        let site = Site {
+            decoder,
+            layer,
+            part,
+            module,
+        };
+        project(x, weight, site, ad)
     }
 
     /// [B, T, d] → [B, H, T, d_kv]
@@ -215,18 +283,23 @@ impl T5Attention {
         &self,
         x: &Tensor,
         rows: &Packed,
+        ad: Option<&Adapt>,
     ) -> Result<(Tensor, Tensor), ModelError> {
         Ok((
-            self.unpack(linear(x, &self.k)?, rows)?,
-            self.unpack(linear(x, &self.v)?, rows)?,
+            self.unpack(self.project(x, &self.k, Module::K, ad)?, rows)?,
+            self.unpack(self.project(x, &self.v, Module::V, ad)?, rows)?,
         ))
     }
 
     /// Projects keys and values of `x` (for a cache or for cross-attention).
-    pub fn key_values(&self, x: &Tensor) -> Result<(Tensor, Tensor), ModelError> {
+    pub fn key_values(
+        &self,
+        x: &Tensor,
+        ad: Option<&Adapt>,
+    ) -> Result<(Tensor, Tensor), ModelError> {
         Ok((
-            self.split_heads(&linear(x, &self.k)?)?,
-            self.split_heads(&linear(x, &self.v)?)?,
+            self.split_heads(&self.project(x, &self.k, Module::K, ad)?)?,
+            self.split_heads(&self.project(x, &self.v, Module::V, ad)?)?,
         ))
     }
 
@@ -239,10 +312,11 @@ impl T5Attention {
         x: &Tensor,
         rows: &Packed,
         bias: &Tensor,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let inner = self.n_heads * self.d_kv;
-        let q = self.unpack(linear(x, &self.q)?, rows)?;
-        let (k, v) = self.key_values_packed(x, rows)?;
+        let q = self.unpack(self.project(x, &self.q, Module::Q, ad)?, rows)?;
+        let (k, v) = self.key_values_packed(x, rows, ad)?;
         let attended = {
             let _span = span(Family::Attention);
             fused(&q, &k, &v, bias)?
@@ -254,7 +328,7 @@ impl T5Attention {
                 .f_reshape([rows.batch * rows.width, inner])?
                 .f_index_select(0, &rows.positions)?
         };
-        linear(&out, &self.o)
+        self.project(&out, &self.o, Module::O, ad)
     }
 
     /// Attention of `x` over (keys, values) with an additive `bias` broadcastable to [B, H, T, S];
@@ -266,9 +340,10 @@ impl T5Attention {
         values: &Tensor,
         bias: &Tensor,
         drop: f64,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = self.split_heads(&linear(x, &self.q)?)?;
+        let q = self.split_heads(&self.project(x, &self.q, Module::Q, ad)?)?;
         let grads = q.requires_grad() || keys.requires_grad() || values.requires_grad();
         let attention = span(Family::Attention);
         let attended = if drop == 0.0 && !grads && !TRAINING.with(|t| t.get()) {
@@ -291,7 +366,7 @@ impl T5Attention {
         let out = attended
             .f_transpose(1, 2)?
             .f_reshape([b, t, self.n_heads * self.d_kv])?;
-        linear(&out, &self.o)
+        self.project(&out, &self.o, Module::O, ad)
     }
 }
 

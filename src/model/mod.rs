@@ -1,10 +1,12 @@
 //! Frozen T5 from a Hugging Face directory (config.json; safetensors or pytorch_model.bin;
 //! tokenizer.json or spiece.model).
+pub mod adapters;
 pub mod config;
 mod error;
 pub mod host;
 pub mod layers;
 pub mod matmul;
+pub mod packed;
 pub mod pickle;
 pub mod profile;
 pub mod random;

@@ -1,6 +1,7 @@
 //! `T5Block` and `T5Stack` (encoder and decoder), with the decoder's KV cache kept outside.
 use tch::{Kind, Tensor};
 
+use super::adapters::{Adapt, Part};
 use super::config::T5Config;
 use super::error::ModelError;
 use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
@@ -151,20 +152,36 @@ impl T5Block {
         prefix: &str,
         cfg: &T5Config,
         is_decoder: bool,
-        first: bool,
+        index: usize,
     ) -> Result<Self, ModelError> {
-        let self_attn =
-            T5Attention::load(w, &format!("{prefix}.layer.0.SelfAttention"), cfg, first)?;
+        let first = index == 0;
+        let self_attn = T5Attention::load(
+            w,
+            &format!("{prefix}.layer.0.SelfAttention"),
+            cfg,
+            first,
+            (is_decoder, index, Part::SelfAttention),
+        )?;
         let self_norm = T5LayerNorm::load(w, &format!("{prefix}.layer.0.layer_norm"), cfg)?;
         let (cross, ff_index) = if is_decoder {
-            let attn =
-                T5Attention::load(w, &format!("{prefix}.layer.1.EncDecAttention"), cfg, false)?;
+            let attn = T5Attention::load(
+                w,
+                &format!("{prefix}.layer.1.EncDecAttention"),
+                cfg,
+                false,
+                (is_decoder, index, Part::CrossAttention),
+            )?;
             let norm = T5LayerNorm::load(w, &format!("{prefix}.layer.1.layer_norm"), cfg)?;
             (Some((attn, norm)), 2)
         } else {
             (None, 1)
         };
-        let ff = T5LayerFF::load(w, &format!("{prefix}.layer.{ff_index}"), cfg)?;
+        let ff = T5LayerFF::load(
+            w,
+            &format!("{prefix}.layer.{ff_index}"),
+            cfg,
+            (is_decoder, index),
+        )?;
         Ok(Self {
             self_attn,
             self_norm,
@@ -197,18 +214,19 @@ impl T5Block {
         self_bias: &Tensor,
         cross: Option<(&(Tensor, Tensor), &Tensor)>,
         drop: f64,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
-        let (k, v) = self.self_attn.key_values(&h)?;
-        let attended = self.self_attn.attend(&h, &k, &v, self_bias, drop)?;
+        let (k, v) = self.self_attn.key_values(&h, ad)?;
+        let attended = self.self_attn.attend(&h, &k, &v, self_bias, drop, ad)?;
         let mut x = clamp_half(x.f_add(&dropout(attended, drop)?)?)?;
         if let Some(((ck, cv), cross_bias)) = cross {
             let (attn, norm) = self.cross_part()?;
             let h = norm.forward(&x)?;
-            let attended = attn.attend(&h, ck, cv, cross_bias, drop)?;
+            let attended = attn.attend(&h, ck, cv, cross_bias, drop, ad)?;
             x = clamp_half(x.f_add(&dropout(attended, drop)?)?)?;
         }
-        clamp_half(self.ff.forward(&x, drop)?)
+        clamp_half(self.ff.forward(&x, drop, ad)?)
     }
 
     /// Encoder block over packed rows `x` [N, d] (serving: no dropout).
@@ -217,11 +235,12 @@ impl T5Block {
         x: &Tensor,
         rows: &Packed,
         bias: &Tensor,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
-        let attended = self.self_attn.attend_packed(&h, rows, bias)?;
+        let attended = self.self_attn.attend_packed(&h, rows, bias, ad)?;
         let x = clamp_half(x.f_add(&attended)?)?;
-        clamp_half(self.ff.forward(&x, 0.0)?)
+        clamp_half(self.ff.forward(&x, 0.0, ad)?)
     }
 
     /// Decoder block for the newest position only, writing its keys/values into `cache` at
@@ -233,9 +252,10 @@ impl T5Block {
         cross_bias: &Tensor,
         cache: &mut LayerCache,
         cols: Columns,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
-        let (k_new, v_new) = self.self_attn.key_values(&h)?;
+        let (k_new, v_new) = self.self_attn.key_values(&h, ad)?;
         let (k, v) = {
             let _span = span(Family::KvCache);
             if cache.self_kv.is_none() {
@@ -253,12 +273,13 @@ impl T5Block {
                 vb.f_narrow(2, cols.first, attended)?,
             )
         };
-        let mut x = clamp_half(x.f_add(&self.self_attn.attend(&h, &k, &v, self_bias, 0.0)?)?)?;
+        let attended = self.self_attn.attend(&h, &k, &v, self_bias, 0.0, ad)?;
+        let mut x = clamp_half(x.f_add(&attended)?)?;
         let (attn, norm) = self.cross_part()?;
         let h = norm.forward(&x)?;
         let (ck, cv) = &cache.cross_kv;
-        x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias, 0.0)?)?)?;
-        clamp_half(self.ff.forward(&x, 0.0)?)
+        x = clamp_half(x.f_add(&attn.attend(&h, ck, cv, cross_bias, 0.0, ad)?)?)?;
+        clamp_half(self.ff.forward(&x, 0.0, ad)?)
     }
 }
 
@@ -283,7 +304,7 @@ impl T5Stack {
             ("encoder", cfg.num_layers)
         };
         let blocks = (0..layers)
-            .map(|i| T5Block::load(w, &format!("{name}.block.{i}"), cfg, is_decoder, i == 0))
+            .map(|i| T5Block::load(w, &format!("{name}.block.{i}"), cfg, is_decoder, i as usize))
             .collect::<Result<Vec<_>, _>>()?;
         let final_layer_norm = T5LayerNorm::load(w, &format!("{name}.final_layer_norm"), cfg)?;
         Ok(Self {
@@ -325,7 +346,13 @@ impl T5Stack {
 
     /// Encoder forward: `x` [B, S, d] embeddings, `mask_bias` [B, 1, 1, S] additive; `drop` is
     /// the training dropout (0 when serving).
-    pub fn encode(&self, x: &Tensor, mask_bias: &Tensor, drop: f64) -> Result<Tensor, ModelError> {
+    pub fn encode(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        drop: f64,
+        ad: Option<&Adapt>,
+    ) -> Result<Tensor, ModelError> {
         let s = x.size()[1];
         let position = self.position_bias(0, s, s, x)?;
         let bias = {
@@ -334,7 +361,7 @@ impl T5Stack {
         };
         let mut h = dropout(x.shallow_clone(), drop)?;
         for block in &self.blocks {
-            h = block.forward(&h, &bias, None, drop)?;
+            h = block.forward(&h, &bias, None, drop, ad)?;
         }
         dropout(self.final_layer_norm.forward(&h)?, drop)
     }
@@ -352,12 +379,14 @@ impl T5Stack {
         x: &Tensor,
         mask: &Tensor,
         mask_bias: &Tensor,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let (batch, width, d) = x.size3()?;
         let rows = match Packed::of(mask)? {
             Some(rows) if !x.requires_grad() => rows,
-            _ => return self.encode(x, mask_bias, 0.0),
+            _ => return self.encode(x, mask_bias, 0.0, ad),
         };
+        let ad = ad.map(|a| a.packed(&rows)).transpose()?;
         let position = self.position_bias(0, width, width, x)?;
         let bias = {
             let _span = span(Family::PositionBias);
@@ -365,20 +394,24 @@ impl T5Stack {
         };
         let mut h = rows.pack(x)?;
         for block in &self.blocks {
-            h = block.forward_packed(&h, &rows, &bias)?;
+            h = block.forward_packed(&h, &rows, &bias, ad.as_ref())?;
         }
         let h = self.final_layer_norm.forward(&h)?;
         Ok(rows.unpack(&h)?.f_view([batch, width, d])?)
     }
 
     /// Cross-attention keys/values of every decoder block over the encoder output.
-    pub fn cross_caches(&self, encoder_out: &Tensor) -> Result<Vec<LayerCache>, ModelError> {
+    pub fn cross_caches(
+        &self,
+        encoder_out: &Tensor,
+        ad: Option<&Adapt>,
+    ) -> Result<Vec<LayerCache>, ModelError> {
         self.blocks
             .iter()
             .map(|b| {
                 Ok(LayerCache {
                     self_kv: None,
-                    cross_kv: b.cross_part()?.0.key_values(encoder_out)?,
+                    cross_kv: b.cross_part()?.0.key_values(encoder_out, ad)?,
                 })
             })
             .collect()
@@ -390,18 +423,23 @@ impl T5Stack {
         &self,
         encoder_out: &Tensor,
         mask: &Tensor,
+        ad: Option<&Adapt>,
     ) -> Result<Vec<LayerCache>, ModelError> {
         let rows = match Packed::of(mask)? {
             Some(rows) if !encoder_out.requires_grad() => rows,
-            _ => return self.cross_caches(encoder_out),
+            _ => return self.cross_caches(encoder_out, ad),
         };
+        let ad = ad.map(|a| a.packed(&rows)).transpose()?;
         let h = rows.pack(encoder_out)?;
         self.blocks
             .iter()
             .map(|b| {
                 Ok(LayerCache {
                     self_kv: None,
-                    cross_kv: b.cross_part()?.0.key_values_packed(&h, &rows)?,
+                    cross_kv: b
+                        .cross_part()?
+                        .0
+                        .key_values_packed(&h, &rows, ad.as_ref())?,
                 })
             })
             .collect()
@@ -415,6 +453,7 @@ impl T5Stack {
         caches: &[LayerCache],
         cross_bias: &Tensor,
         drop: f64,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let t = x.size()[1];
         let device = x.device();
@@ -425,7 +464,7 @@ impl T5Stack {
         let bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
         let mut h = dropout(x.shallow_clone(), drop)?;
         for (block, cache) in self.blocks.iter().zip(caches) {
-            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)), drop)?;
+            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)), drop, ad)?;
         }
         dropout(self.final_layer_norm.forward(&h)?, drop)
     }
@@ -439,10 +478,11 @@ impl T5Stack {
         caches: &mut [LayerCache],
         cross_bias: &Tensor,
         cols: Columns,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let mut h = x.shallow_clone();
         for (block, cache) in self.blocks.iter().zip(caches.iter_mut()) {
-            h = block.step(&h, self_bias, cross_bias, cache, cols)?;
+            h = block.step(&h, self_bias, cross_bias, cache, cols, ad)?;
         }
         self.final_layer_norm.forward(&h)
     }
@@ -483,9 +523,9 @@ mod tests {
             .collect();
         let mask = Tensor::from_slice(&mask).view([b, s]);
         let bias = model.mask_bias(&mask).unwrap();
-        let padded = model.encoder.encode(&embeds, &bias, 0.0).unwrap();
+        let padded = model.encoder.encode(&embeds, &bias, 0.0, None).unwrap();
         // 33% padding: the packed path runs.
-        let packed = model.encode(&embeds, &mask).unwrap();
+        let packed = model.encode(&embeds, &mask, None).unwrap();
         let real = mask.unsqueeze(-1).to_kind(Kind::Float);
         let diff = ((&padded - &packed) * &real).abs().max().double_value(&[]);
         assert!(diff < 1e-5, "{diff}");
@@ -500,7 +540,11 @@ mod tests {
         for (i, &len) in lengths.iter().enumerate() {
             let one = embeds.narrow(0, i as i64, 1).narrow(1, 0, len);
             let alone = model
-                .encode(&one, &Tensor::ones([1, len], (Kind::Int64, Device::Cpu)))
+                .encode(
+                    &one,
+                    &Tensor::ones([1, len], (Kind::Int64, Device::Cpu)),
+                    None,
+                )
                 .unwrap();
             let batched = packed.narrow(0, i as i64, 1).narrow(1, 0, len);
             let diff = (&alone - &batched).abs().max().double_value(&[]);

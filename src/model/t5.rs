@@ -3,6 +3,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
+use super::adapters::{Adapt, AdapterTables};
 use super::config::T5Config;
 use super::error::ModelError;
 use super::profile::{span, Family};
@@ -59,6 +60,8 @@ pub struct DecoderState {
     first: i64,
     /// Steps since the batch started: the absolute column the next step writes.
     pub step: i64,
+    /// Each row's adapter index [B] (int64; None: no row has an adapter).
+    adapters: Option<Tensor>,
 }
 
 impl DecoderState {
@@ -78,8 +81,24 @@ impl DecoderState {
                 .as_ref()
                 .map(|p| p.f_index_select(0, keep))
                 .transpose()?,
+            adapters: self
+                .adapters
+                .as_ref()
+                .map(|a| a.f_index_select(0, keep))
+                .transpose()?,
             ..*self
         })
+    }
+
+    /// Each row's adapter index, zeros where the state has none.
+    fn adapter_index(&self) -> Result<Tensor, ModelError> {
+        match &self.adapters {
+            Some(a) => Ok(a.shallow_clone()),
+            None => Ok(Tensor::f_zeros(
+                [self.rows()],
+                (Kind::Int64, self.cross_bias.device()),
+            )?),
+        }
     }
 
     /// Rows in the batch.
@@ -149,6 +168,13 @@ impl DecoderState {
         } else {
             None
         };
+        let adapters = match (&self.adapters, &fresh.adapters) {
+            (None, None) => None,
+            _ => Some(Tensor::f_cat(
+                &[self.adapter_index()?, fresh.adapter_index()?],
+                0,
+            )?),
+        };
         let caches = self
             .caches
             .into_iter()
@@ -164,6 +190,7 @@ impl DecoderState {
         )?;
         let longer = |a: Tensor, b: Tensor| if a.size()[3] >= b.size()[3] { a } else { b };
         Ok(Self {
+            adapters,
             caches,
             cross_bias,
             self_bias: longer(self.self_bias, fresh.self_bias),
@@ -217,6 +244,11 @@ impl DecoderState {
             let mut all = all;
             let _ = all.f_index_copy_(0, &idx, &pad)?;
             self.self_pad = Some(all);
+        }
+        if self.adapters.is_some() || fresh.adapters.is_some() {
+            let mut all = self.adapter_index()?;
+            let _ = all.f_index_copy_(0, &idx, &fresh.adapter_index()?)?;
+            self.adapters = Some(all);
         }
         if fresh.self_bias.size()[3] > self.self_bias.size()[3] {
             self.self_bias = fresh.self_bias;
@@ -388,11 +420,17 @@ impl T5Model {
         Ok(zeros.f_masked_fill(&masked, min_value(self.opts.kind))?)
     }
 
-    /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S]; padding positions cost
-    /// no projection or feed-forward work (`T5Stack::encode_packed`) and come out as zeros.
-    pub fn encode(&self, embeds: &Tensor, mask: &Tensor) -> Result<Tensor, ModelError> {
+    /// Encoder over input embeddings [B, S, d] and a 0/1 mask [B, S], each row through its
+    /// adapter in `ad`; padding positions cost no projection or feed-forward work
+    /// (`T5Stack::encode_packed`) and come out as zeros.
+    pub fn encode(
+        &self,
+        embeds: &Tensor,
+        mask: &Tensor,
+        ad: Option<&Adapt>,
+    ) -> Result<Tensor, ModelError> {
         self.encoder
-            .encode_packed(embeds, mask, &self.mask_bias(mask)?)
+            .encode_packed(embeds, mask, &self.mask_bias(mask)?, ad)
     }
 
     /// Hugging Face's seq2seq training loss: the mean cross-entropy over every target token of
@@ -415,10 +453,11 @@ impl T5Model {
         let decoder_ids = shifted.f_masked_fill(&shifted.f_eq(-100)?, self.config.pad_id())?;
         let mask_bias = self.mask_bias(mask)?;
         let h = super::layers::training(|| -> Result<Tensor, ModelError> {
-            let encoder_out = self.encoder.encode(embeds, &mask_bias, drop)?;
-            let caches = self.decoder.cross_caches(&encoder_out)?;
+            let encoder_out = self.encoder.encode(embeds, &mask_bias, drop, None)?;
+            let caches = self.decoder.cross_caches(&encoder_out, None)?;
             let x = self.embed(&decoder_ids)?;
-            self.decoder.decode_full(&x, &caches, &mask_bias, drop)
+            self.decoder
+                .decode_full(&x, &caches, &mask_bias, drop, None)
         })?;
         // Cross-entropy in f32 whatever the weights' dtype (bf16 logits lose the loss's digits).
         let logits = self.logits(&h)?.f_to_kind(Kind::Float)?;
@@ -432,17 +471,19 @@ impl T5Model {
         )?)
     }
 
-    /// Starts decoding up to `max_steps` tokens: cross-attention keys/values and the decoder's
-    /// position bias are computed once here.
+    /// Starts decoding up to `max_steps` tokens, each row through its adapter in `ad`:
+    /// cross-attention keys/values and the decoder's position bias are computed once here.
     pub fn start_decoder(
         &self,
         encoder_out: &Tensor,
         mask: &Tensor,
         max_steps: i64,
+        ad: Option<&Adapt>,
     ) -> Result<DecoderState, ModelError> {
         let steps = max_steps.max(1);
         Ok(DecoderState {
-            caches: self.decoder.cross_caches_packed(encoder_out, mask)?,
+            adapters: ad.map(|a| a.index().shallow_clone()),
+            caches: self.decoder.cross_caches_packed(encoder_out, mask, ad)?,
             cross_bias: self.mask_bias(mask)?,
             self_bias: self
                 .decoder
@@ -469,12 +510,18 @@ impl T5Model {
         Ok(())
     }
 
-    /// One greedy step: `tokens` [B] (the previous token of each row) → logits [B, vocab].
+    /// One greedy step: `tokens` [B] (the previous token of each row) → logits [B, vocab];
+    /// rows with adapters read them from `tables`.
     pub fn decode_step(
         &self,
         tokens: &Tensor,
         state: &mut DecoderState,
+        tables: &AdapterTables,
     ) -> Result<Tensor, ModelError> {
+        let ad = state
+            .adapters
+            .as_ref()
+            .map(|index| Adapt::new(tables, index.shallow_clone()));
         let x = self.embed(&tokens.f_unsqueeze(1)?)?;
         state.reserve(1)?;
         let attended = state.step + 1 - state.first;
@@ -496,25 +543,32 @@ impl T5Model {
                 bias.f_add(&pad.f_narrow(3, cols.first, attended)?)?
             }
         };
-        let h = self
-            .decoder
-            .decode_step(&x, &bias, &mut state.caches, &state.cross_bias, cols)?;
+        let h = self.decoder.decode_step(
+            &x,
+            &bias,
+            &mut state.caches,
+            &state.cross_bias,
+            cols,
+            ad.as_ref(),
+        )?;
         state.step += 1;
         self.logits(&h.f_squeeze_dim(1)?)
     }
 
-    /// Teacher-forced decoder over `decoder_ids` [B, T] → logits [B, T, vocab].
+    /// Teacher-forced decoder over `decoder_ids` [B, T] → logits [B, T, vocab], each row
+    /// through its adapter in `ad`.
     pub fn decode_full(
         &self,
         decoder_ids: &Tensor,
         encoder_out: &Tensor,
         mask: &Tensor,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
-        let caches = self.decoder.cross_caches(encoder_out)?;
+        let caches = self.decoder.cross_caches(encoder_out, ad)?;
         let x = self.embed(decoder_ids)?;
         let h = self
             .decoder
-            .decode_full(&x, &caches, &self.mask_bias(mask)?, 0.0)?;
+            .decode_full(&x, &caches, &self.mask_bias(mask)?, 0.0, ad)?;
         self.logits(&h)
     }
 

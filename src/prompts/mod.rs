@@ -7,6 +7,7 @@
 //!   `num_virtual_tokens * num_transformer_submodules` rows: the first `num_virtual_tokens`
 //!   are the encoder prompt (what PEFT's own `generate()` uses), the rest are decoder rows,
 //!   kept but not served.
+pub mod adapter;
 pub mod audit;
 pub mod dir;
 pub mod ensembles;

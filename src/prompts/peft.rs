@@ -1,6 +1,7 @@
 //! PEFT prompt-tuning adapters: `adapter_config.json` + `adapter_model.safetensors`.
 use serde::Deserialize;
 
+use super::adapter::{is_adapter, parse_adapter};
 use super::error::PromptError;
 use super::prompt::{check_matrix, parse_tensor_file, Prompt, PromptLimits};
 use crate::engine::PromptRows;
@@ -27,7 +28,7 @@ impl AdapterConfig {
             Some("PROMPT_TUNING") | Some("P_TUNING") | None => {}
             Some(other) => {
                 return Err(PromptError::Adapter(format!(
-                    "peft_type {other:?} is not a soft prompt; expected PROMPT_TUNING"
+                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, LORA and IA3"
                 )))
             }
         }
@@ -53,6 +54,34 @@ impl Prompt {
         d_model: usize,
         limits: &PromptLimits,
     ) -> Result<Self, PromptError> {
+        #[derive(Deserialize)]
+        struct Kind {
+            peft_type: Option<String>,
+        }
+        let kind: Kind =
+            serde_json::from_slice(config).map_err(|e| PromptError::Adapter(e.to_string()))?;
+        if is_adapter(kind.peft_type.as_deref()) {
+            if weights.len() > limits.max_file_bytes {
+                return Err(PromptError::Format(format!(
+                    "adapter_model.safetensors is {} bytes; the limit is {}",
+                    weights.len(),
+                    limits.max_file_bytes
+                )));
+            }
+            let adapter =
+                parse_adapter(config, weights, limits.shape.as_ref(), limits.max_lora_rank)?;
+            let prompt = Prompt {
+                encoder: PromptRows {
+                    rows: 0,
+                    cols: d_model,
+                    values: Vec::new(),
+                },
+                decoder: None,
+                adapter: Some(adapter),
+            };
+            prompt.validate(d_model, limits)?;
+            return Ok(prompt);
+        }
         let cfg = AdapterConfig::parse(config)?;
         if let Some(dim) = cfg.token_dim {
             if dim != d_model {
@@ -85,7 +114,11 @@ impl Prompt {
             cols: all.cols,
             values: all.values[split..].to_vec(),
         });
-        let prompt = Prompt { encoder, decoder };
+        let prompt = Prompt {
+            encoder,
+            decoder,
+            adapter: None,
+        };
         prompt.validate(d_model, limits)?;
         Ok(prompt)
     }

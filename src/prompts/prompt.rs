@@ -1,8 +1,10 @@
 //! A validated prompt: the limits it is checked against, and a bare tensor file read as one.
+use super::adapter::Adapter;
 use super::error::PromptError;
 use super::tensor::RawTensor;
 use super::{npy, tensor};
-use crate::engine::PromptRows;
+use crate::engine::{PromptRows, TaskWeights};
+use crate::model::adapters::ModelShape;
 
 /// Limits every prompt is checked against.
 #[derive(Debug, Clone, Copy)]
@@ -11,6 +13,11 @@ pub struct PromptLimits {
     pub max_rows: usize,
     /// Maximum size in bytes of one prompt file.
     pub max_file_bytes: usize,
+    /// Highest LoRA rank an adapter may have (`--max-lora-rank`).
+    pub max_lora_rank: usize,
+    /// The model LoRA and IA3 adapters must fit (None: only their own consistency is
+    /// checked, as without a model).
+    pub shape: Option<ModelShape>,
 }
 
 impl Default for PromptLimits {
@@ -18,17 +25,21 @@ impl Default for PromptLimits {
         Self {
             max_rows: 512,
             max_file_bytes: 64 << 20,
+            max_lora_rank: 64,
+            shape: None,
         }
     }
 }
 
-/// A validated soft prompt for one task.
+/// A validated task: a soft prompt, or a LoRA or IA3 adapter (then with no prompt rows).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
-    /// Rows prepended to the encoder input.
+    /// Rows prepended to the encoder input (none for an adapter).
     pub encoder: PromptRows,
     /// Decoder rows of a PEFT seq2seq adapter (kept, not served).
     pub decoder: Option<PromptRows>,
+    /// A LoRA or IA3 adapter.
+    pub adapter: Option<Adapter>,
 }
 
 impl Prompt {
@@ -43,6 +54,7 @@ impl Prompt {
         let prompt = Prompt {
             encoder: rows,
             decoder: None,
+            adapter: None,
         };
         prompt.validate(d_model, limits)?;
         Ok(prompt)
@@ -58,10 +70,18 @@ impl Prompt {
         self.encoder.rows == 0
     }
 
+    /// What the engine serves for it.
+    pub fn weights(&self) -> TaskWeights {
+        TaskWeights {
+            rows: self.encoder.clone(),
+            adapter: self.adapter.as_ref().map(|a| a.weights.clone()),
+        }
+    }
+
     /// Checks width, row count and finiteness.
     pub fn validate(&self, d_model: usize, limits: &PromptLimits) -> Result<(), PromptError> {
         let enc = &self.encoder;
-        if enc.rows == 0 {
+        if enc.rows == 0 && self.adapter.is_none() {
             return Err(PromptError::Invalid(
                 "prompt has 0 rows; need at least 1".into(),
             ));

@@ -2,6 +2,8 @@
 //! `<task>.safetensors` (encoder rows as `prompt_embeddings`, PEFT decoder rows as
 //! `decoder_prompt_embeddings`, version and upload hash in the header metadata) through a
 //! hidden temporary file, fsync and rename, so a reader sees the old file or the new one.
+//! A LoRA or IA3 task is stored the same way: its PEFT tensors under their PEFT names, and
+//! its `adapter_config.json` in the header metadata.
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -25,6 +27,8 @@ pub const VERSION_KEY: &str = "promptd.version";
 /// Header metadata key of the uploaded file's SHA-256.
 pub const SHA256_KEY: &str = "promptd.sha256";
 const DECODER_KEY: &str = "decoder_prompt_embeddings";
+/// Header metadata key of a LoRA or IA3 task's `adapter_config.json`.
+pub const ADAPTER_CONFIG_KEY: &str = "promptd.adapter_config";
 const TEMP_MARK: &str = ".tmp-";
 
 /// A prompt read from the store with what its file says about itself.
@@ -253,13 +257,16 @@ pub fn parse_stored(
             limits.max_file_bytes
         )));
     }
-    let mut prompt = Prompt::from_tensor_file(bytes, d_model, limits)?;
     let meta = SafeTensors::read_metadata(bytes)
         .ok()
         .and_then(|(_, m)| m.metadata().clone())
         .unwrap_or_default();
     let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
-    let decoder = if is_safetensors(bytes) {
+    let mut prompt = match meta.get(ADAPTER_CONFIG_KEY) {
+        Some(config) => Prompt::from_peft(config.as_bytes(), bytes, d_model, limits)?,
+        None => Prompt::from_tensor_file(bytes, d_model, limits)?,
+    };
+    let decoder = if is_safetensors(bytes) && prompt.adapter.is_none() {
         safetensors_tensor(bytes, DECODER_KEY)?
     } else {
         None
@@ -283,6 +290,27 @@ pub fn parse_stored(
 /// left out for a content-addressed object, whose version the manifest holds).
 pub fn encode(prompt: &Prompt, version: Option<u64>, sha256: &str) -> io::Result<Vec<u8>> {
     let invalid = |e: safetensors::SafeTensorError| io::Error::new(io::ErrorKind::InvalidData, e);
+    let mut meta = HashMap::from([(SHA256_KEY.to_string(), sha256.to_string())]);
+    if let Some(version) = version {
+        meta.insert(VERSION_KEY.to_string(), version.to_string());
+    }
+    if let Some(adapter) = &prompt.adapter {
+        meta.insert(ADAPTER_CONFIG_KEY.to_string(), adapter.config.clone());
+        let bytes: Vec<Vec<u8>> = adapter
+            .tensors
+            .iter()
+            .map(|(_, t)| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let mut views = Vec::with_capacity(bytes.len());
+        for ((name, t), data) in adapter.tensors.iter().zip(&bytes) {
+            let shape = t.shape.iter().map(|&d| d as usize).collect();
+            views.push((
+                name.as_str(),
+                TensorView::new(Dtype::F32, shape, data).map_err(invalid)?,
+            ));
+        }
+        return safetensors::tensor::serialize(views, Some(meta)).map_err(invalid);
+    }
     let enc = rows_bytes(&prompt.encoder);
     let dec = prompt.decoder.as_ref().map(rows_bytes);
     let mut tensors = vec![(
@@ -299,10 +327,6 @@ pub fn encode(prompt: &Prompt, version: Option<u64>, sha256: &str) -> io::Result
             DECODER_KEY,
             TensorView::new(Dtype::F32, vec![d.rows, d.cols], bytes).map_err(invalid)?,
         ));
-    }
-    let mut meta = HashMap::from([(SHA256_KEY.to_string(), sha256.to_string())]);
-    if let Some(version) = version {
-        meta.insert(VERSION_KEY.to_string(), version.to_string());
     }
     safetensors::tensor::serialize(tensors, Some(meta)).map_err(invalid)
 }

@@ -127,7 +127,7 @@ pub fn safetensors_tensor(bytes: &[u8], name: &str) -> Result<Option<RawTensor>,
     read_view(&st, name).map(Some)
 }
 
-fn read_view(st: &SafeTensors<'_>, name: &str) -> Result<RawTensor, PromptError> {
+pub(super) fn read_view(st: &SafeTensors<'_>, name: &str) -> Result<RawTensor, PromptError> {
     let view = st
         .tensor(name)
         .map_err(|e| PromptError::Format(format!("safetensors: {e}")))?;

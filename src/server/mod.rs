@@ -20,6 +20,7 @@ use crate::catalog::shelf::Shelf;
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::{Metrics, TenantsReload};
+use crate::model::adapters::ModelShape;
 use crate::model::{T5Config, T5Tokenizer};
 use crate::prompts::audit::AuditLog;
 use crate::prompts::store::Store;
@@ -292,7 +293,10 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         backend,
         engine.clone(),
         model_config.d_model as usize,
-        config.prompt_limits,
+        PromptLimits {
+            shape: Some(ModelShape::of(&model_config)),
+            ..config.prompt_limits
+        },
         metrics.clone(),
     )));
     let batcher = Batcher::new(config.policy, config.decode, metrics.clone());

@@ -211,11 +211,11 @@ fn rows_joining_a_running_batch_match_transformers() {
             // A small token budget splits some waves into several encoder passes.
             running.admit(&mut loaded.engine, joining, 200);
             for _ in 0..(wave % 3) {
-                running.step(loaded.engine.model());
+                running.step(&loaded.engine);
             }
             if next.peek().is_none() {
                 while !running.is_empty() {
-                    running.step(loaded.engine.model());
+                    running.step(&loaded.engine);
                 }
             }
         }

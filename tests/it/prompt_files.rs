@@ -16,6 +16,7 @@ fn limits() -> PromptLimits {
     PromptLimits {
         max_rows: 100,
         max_file_bytes: 1 << 20,
+        ..PromptLimits::default()
     }
 }
 

@@ -525,7 +525,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
                     .passes
                     .len() as u64;
             }
-            running.step(engine.model());
+            running.step(&engine);
             waiting.retain_mut(|(counted, rx)| match rx.try_recv() {
                 Ok(out) => {
                     if *counted {

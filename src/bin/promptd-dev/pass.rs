@@ -206,7 +206,7 @@ fn profile(engine: &mut Engine, rows: &[RowInput], repeats: usize) -> Result<Val
         add(0, t.elapsed().as_secs_f64(), profile::take());
         let t = Instant::now();
         while !running.is_empty() {
-            running.step(engine.model());
+            running.step(engine);
             steps += 1;
         }
         let families = profile::take();

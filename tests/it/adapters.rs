@@ -1,0 +1,217 @@
+//! LoRA and IA3 adapters against PEFT (fixtures from scripts/make_adapter_fixtures.py): each
+//! row alone, every kind mixed in one batch, and PEFT's own mixed `adapter_names` batch.
+use crate::common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use common::{fixtures, load, model_names, Loaded};
+use promptd::engine::{PromptSlot, RowInput, RowOutput};
+use promptd::model::adapters::ModelShape;
+use promptd::prompts::dir::{load_source, PromptSource};
+use promptd::prompts::{Prompt, PromptLimits};
+
+/// One line of expected/adapters/<model>.jsonl.
+#[derive(Debug, Clone, Deserialize)]
+struct Case {
+    adapter: Option<String>,
+    #[serde(default)]
+    task_index: Option<usize>,
+    input: String,
+    input_ids: Vec<i64>,
+    max_new_tokens: usize,
+    token_ids: Vec<i64>,
+    #[serde(default)]
+    labels: Vec<String>,
+    #[serde(default)]
+    scores: Vec<f64>,
+    /// PEFT's scores recomputed in float64.
+    #[serde(default)]
+    scores_f64: Vec<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Batch { batch: Vec<Case> },
+    One(Case),
+}
+
+/// Kinds promptd mixes in a pass today (prefix tuning and multitask prompts are other lines).
+fn served(case: &Case) -> bool {
+    let name = case.adapter.as_deref().unwrap_or("");
+    case.task_index.is_none() && (name.is_empty() || name.starts_with("lora") || name == "ia3")
+}
+
+fn lines(model: &str) -> (Vec<Case>, Vec<Case>) {
+    let path = fixtures().join(format!("expected/adapters/{model}.jsonl"));
+    let (mut cases, mut batch) = (Vec::new(), Vec::new());
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        match serde_json::from_str(line).unwrap() {
+            Line::Batch { batch: b } => batch = b,
+            Line::One(c) => cases.push(c),
+        }
+    }
+    cases.retain(served);
+    assert!(cases.len() >= 16 && !batch.is_empty(), "{model}: fixtures");
+    (cases, batch)
+}
+
+fn adapter(model: &str, name: &str, loaded: &Loaded) -> Prompt {
+    let limits = PromptLimits {
+        shape: Some(ModelShape::of(&loaded.engine.model().config)),
+        ..PromptLimits::default()
+    };
+    let dir = fixtures().join("adapters").join(model).join(name);
+    let d_model = loaded.engine.model().config.d_model as usize;
+    load_source(&PromptSource::PeftDir(dir), d_model, &limits).unwrap()
+}
+
+struct Adapters {
+    loaded: Loaded,
+    slots: BTreeMap<String, Arc<PromptSlot>>,
+}
+
+impl Adapters {
+    fn new(model: &str) -> Self {
+        let mut loaded = load(model);
+        let dir = fixtures().join("adapters").join(model);
+        let mut slots = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if name.starts_with("lora") || name == "ia3" {
+                let prompt = adapter(model, &name, &loaded);
+                let slot = loaded.engine.register_task(&prompt.weights()).unwrap();
+                slots.insert(name, slot);
+            }
+        }
+        assert!(slots.len() >= 5, "{model}: adapters");
+        Self { loaded, slots }
+    }
+
+    fn row(&self, case: &Case) -> RowInput {
+        let tok = &self.loaded.tokenizer;
+        assert_eq!(tok.encode(&case.input).unwrap(), case.input_ids);
+        RowInput {
+            prompt: case.adapter.as_ref().map(|a| self.slots[a].clone()),
+            input_ids: case.input_ids.clone(),
+            max_new_tokens: case.max_new_tokens,
+            labels: case.labels.iter().map(|l| tok.encode(l).unwrap()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn run(&mut self, cases: &[&Case]) -> Vec<RowOutput> {
+        let rows: Vec<RowInput> = cases.iter().map(|c| self.row(c)).collect();
+        self.loaded.engine.run_batch(&rows).unwrap()
+    }
+}
+
+fn assert_peft(case: &Case, out: &RowOutput, what: &str) {
+    assert_eq!(
+        out.token_ids, case.token_ids,
+        "{what}: tokens of {:?} on {:?}",
+        case.adapter, case.input
+    );
+    if !case.labels.is_empty() {
+        let got = out.scores.as_ref().expect("scores");
+        assert_eq!(got.len(), case.scores_f64.len());
+        for ((g, w), x) in got.iter().zip(&case.scores).zip(&case.scores_f64) {
+            // Within 1e-3 of PEFT's f32, or at least as close to the exact (f64) score as
+            // PEFT's own f32 is (random adapters make some logits large enough that its
+            // rounding alone passes 1e-3).
+            assert!(
+                (g - w).abs() <= 1e-3 || (g - x).abs() <= (w - x).abs() + 1e-5,
+                "{what}: {:?} label score {g} vs PEFT {w} (f64: {x})",
+                case.adapter
+            );
+        }
+    }
+}
+
+#[test]
+fn each_adapter_row_alone_matches_peft() {
+    for model in model_names() {
+        let mut a = Adapters::new(&model);
+        let (cases, _) = lines(&model);
+        for case in &cases {
+            let out = a.run(&[case]);
+            assert_peft(case, &out[0], &format!("{model} alone"));
+        }
+    }
+}
+
+#[test]
+fn one_batch_of_every_kind_equals_rows_alone_and_peft() {
+    for model in model_names() {
+        let mut a = Adapters::new(&model);
+        let (cases, _) = lines(&model);
+        // Soft-prompt rows of the same model join the batch too.
+        let prompts = common::cases(&model);
+        let soft: Vec<RowInput> = prompts.iter().take(12).map(|c| a.loaded.row(c)).collect();
+        let mut rows: Vec<RowInput> = cases.iter().rev().map(|c| a.row(c)).collect();
+        rows.extend(soft.iter().cloned());
+        let out = a.loaded.engine.run_batch(&rows).unwrap();
+        for (case, got) in cases.iter().rev().zip(&out) {
+            assert_peft(case, got, &format!("{model} mixed"));
+            let alone = a.run(&[case]);
+            assert_eq!(alone[0].token_ids, got.token_ids);
+            if let (Some(x), Some(y)) = (&alone[0].scores, &got.scores) {
+                for (x, y) in x.iter().zip(y) {
+                    // f32 rounding grows with the score (sums of large log-probabilities).
+                    assert!(
+                        (x - y).abs() < 1e-4 + 2e-5 * x.abs(),
+                        "batched {y} vs alone {x}"
+                    );
+                }
+            }
+        }
+        for (case, got) in prompts.iter().take(12).zip(&out[cases.len()..]) {
+            common::assert_matches(case, got, &format!("{model} soft prompt beside adapters"));
+        }
+    }
+}
+
+#[test]
+fn peft_mixed_adapter_names_batch() {
+    for model in model_names() {
+        let mut a = Adapters::new(&model);
+        let (_, batch) = lines(&model);
+        assert!(batch.iter().any(|c| c.adapter.is_none()));
+        let refs: Vec<&Case> = batch.iter().collect();
+        let out = a.run(&refs);
+        for (case, got) in batch.iter().zip(&out) {
+            assert_peft(case, got, &format!("{model} adapter_names batch"));
+        }
+    }
+}
+
+#[test]
+fn adapters_change_the_output() {
+    // Guards the fixtures' power: with adapters ignored, rows would equal the base model's.
+    for model in model_names() {
+        let mut a = Adapters::new(&model);
+        let (cases, _) = lines(&model);
+        for name in a.slots.keys().cloned().collect::<Vec<_>>() {
+            let mine: Vec<&Case> = cases
+                .iter()
+                .filter(|c| c.adapter.as_deref() == Some(&name))
+                .collect();
+            let bare: Vec<Case> = mine
+                .iter()
+                .map(|c| Case {
+                    adapter: None,
+                    ..(*c).clone()
+                })
+                .collect();
+            let with = a.run(&mine);
+            let without = a.run(&bare.iter().collect::<Vec<_>>());
+            assert!(
+                with.iter().zip(&without).any(|(x, y)| x != y),
+                "{model}: adapter {name} changed nothing"
+            );
+        }
+    }
+}

@@ -11,16 +11,51 @@ use super::{Catalog, CatalogError, Found, Scan, Store, Stored, Versioned};
 use crate::engine::worker::EngineHandle;
 use crate::engine::{PromptRows, PromptSlot, TaskWeights};
 use crate::metrics::{Metrics, ReloadResult};
+use crate::prompts::adapter::AdapterKind;
 use crate::prompts::dir::{newest, Fingerprint, PromptSource};
 use crate::prompts::store::{encode, parse_stored, Loaded, Store as Folder};
 use crate::prompts::{Prompt, PromptLimits, TaskName};
 use crate::store::objects::ObjectRef;
+
+/// What serves a task.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A soft prompt (prompt tuning, P-tuning, a multitask prompt).
+    Prompt,
+    /// A LoRA adapter.
+    Lora,
+    /// An IA3 adapter.
+    Ia3,
+}
+
+/// What an adapter task changes.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct AdapterInfo {
+    /// The largest LoRA rank (LoRA only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    /// The module names it changes (`q`, `v`, `wo`, …).
+    pub modules: Vec<String>,
+    /// The linear layers it changes.
+    pub layers: usize,
+    /// Parameters it holds.
+    pub parameters: usize,
+}
 
 /// What clients see about a prompt.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PromptInfo {
     /// Task name.
     pub task: String,
+    /// What serves the task.
+    pub kind: TaskKind,
+    /// A LoRA or IA3 task's adapter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterInfo>,
+    /// What the upload holds that is not served, as PEFT itself does not use it at inference.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// Encoder prompt rows (virtual tokens).
     pub prompt_length: usize,
     /// Row width.
@@ -132,9 +167,27 @@ impl PromptStore {
         prompt: &Prompt,
         slot: Arc<PromptSlot>,
     ) -> Entry {
+        let (kind, adapter) = match &prompt.adapter {
+            None => (TaskKind::Prompt, None),
+            Some(a) => (
+                match a.kind {
+                    AdapterKind::Lora => TaskKind::Lora,
+                    AdapterKind::Ia3 => TaskKind::Ia3,
+                },
+                Some(AdapterInfo {
+                    rank: a.rank(),
+                    modules: a.modules().into_iter().map(String::from).collect(),
+                    layers: a.weights.lora.len() + a.weights.ia3.len(),
+                    parameters: a.weights.parameters(),
+                }),
+            ),
+        };
         Entry {
             info: PromptInfo {
                 task: task.to_string(),
+                kind,
+                adapter,
+                notes: prompt.notes(),
                 prompt_length: prompt.encoder.rows,
                 d_model: self.d_model,
                 version,

@@ -371,9 +371,11 @@ fn ia3(
         let (input, len) = match t.shape.as_slice() {
             &[1, n] => (true, n as usize),
             &[n, 1] => (false, n as usize),
-            other => return Err(PromptError::Invalid(format!(
+            other => {
+                return Err(PromptError::Invalid(format!(
                 "adapter tensor `{name}` has shape {other:?}; IA3 vectors are [1, in] or [out, 1]"
-            ))),
+            )))
+            }
         };
         if let Some((inputs, outputs)) = model_dims(&site, shape, name)? {
             let want = if input { inputs } else { outputs };

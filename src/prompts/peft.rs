@@ -60,6 +60,14 @@ impl Prompt {
         }
         let kind: Kind =
             serde_json::from_slice(config).map_err(|e| PromptError::Adapter(e.to_string()))?;
+        match kind.peft_type.as_deref() {
+            None | Some("PROMPT_TUNING" | "P_TUNING" | "LORA" | "IA3") => {}
+            Some(other) => {
+                return Err(PromptError::Adapter(format!(
+                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, LORA and IA3"
+                )))
+            }
+        }
         if is_adapter(kind.peft_type.as_deref()) {
             if weights.len() > limits.max_file_bytes {
                 return Err(PromptError::Format(format!(

@@ -70,6 +70,19 @@ impl Prompt {
         self.encoder.rows == 0
     }
 
+    /// What the upload holds that is not served, because PEFT does not use it at inference
+    /// either (said in the upload's answer and by `promptd inspect`).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if let Some(d) = &self.decoder {
+            notes.push(format!(
+                "the adapter's decoder half ({} rows of num_transformer_submodules: 2) is stored but not served: PEFT's generate() feeds only the encoder half",
+                d.rows
+            ));
+        }
+        notes
+    }
+
     /// What the engine serves for it.
     pub fn weights(&self) -> TaskWeights {
         TaskWeights {

@@ -222,6 +222,12 @@ impl Service {
             .registry
             .get(task.as_str())
             .ok_or_else(|| Error::UnknownTask(task.to_string()))?;
+        if entry.slot.is_empty() {
+            return Err(Error::Invalid(format!(
+                "task {task} is served by a {:?} adapter, not a soft prompt: it has no prompt rows to read as words",
+                entry.info.kind
+            )));
+        }
         let labels = match ask.labels {
             Some(list) => (list, "query"),
             None => {

@@ -5,7 +5,7 @@ use crate::common;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use common::inproc::{build_state, call, defaults, get, predict_req, setup};
+use common::inproc::{build_state, call, defaults, get, multipart_put, predict_req, setup};
 use common::{f32_bytes, fixtures, npy_bytes, snapshot, st_bytes};
 use promptd::api::app;
 use promptd::service::Service;
@@ -27,26 +27,7 @@ fn npy_f32(rows: usize, cols: usize, f: impl Fn(usize) -> f32) -> Vec<u8> {
 }
 
 fn multipart(parts: &[(&str, Vec<u8>)]) -> Request<Body> {
-    let boundary = "promptd-test-boundary";
-    let mut body = Vec::new();
-    for (name, data) in parts {
-        body.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        body.extend_from_slice(data);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    Request::put("/v1/prompts/keep")
-        .header(
-            header::CONTENT_TYPE,
-            format!("multipart/form-data; boundary={boundary}"),
-        )
-        .body(Body::from(body))
-        .unwrap()
+    multipart_put("keep", parts)
 }
 
 async fn keep_answer(state: &Service) -> Value {
@@ -222,7 +203,7 @@ async fn prompt_life_cycle_put_get_list_replace_delete() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(
         r.body,
-        json!({"task": "fresh", "prompt_length": 3, "d_model": D, "version": 1,
+        json!({"task": "fresh", "kind": "prompt", "prompt_length": 3, "d_model": D, "version": 1,
                "sha256": sha256(&first), "loaded_at": r.body["loaded_at"]})
     );
     assert!(s.dir.path().join("fresh.safetensors").is_file());

@@ -5,6 +5,7 @@
 //! tests/faults.rs (process-wide fault switches), tests/fair_share.rs (measures on idle cores).
 mod common;
 
+mod adapter_api;
 mod adapters;
 mod api;
 #[cfg(feature = "dev-tools")]

@@ -62,6 +62,30 @@ pub async fn setup(configure: impl FnOnce(&mut ServerConfig), run_batcher: bool)
     Setup { state, dir }
 }
 
+/// `PUT /v1/prompts/{task}` as multipart/form-data, one file part per (name, bytes).
+pub fn multipart_put(task: &str, parts: &[(&str, Vec<u8>)]) -> Request<Body> {
+    let boundary = "promptd-test-boundary";
+    let mut body = Vec::new();
+    for (name, data) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    Request::put(format!("/v1/prompts/{task}"))
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
 /// Leaves the defaults as they are.
 pub fn defaults(_: &mut ServerConfig) {}
 

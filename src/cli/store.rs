@@ -165,7 +165,9 @@ fn folder_prompts(dir: &Path) -> Result<(Vec<Item>, Vec<String>), String> {
             TaskName::parse(&name).map_err(|e| e.to_string())?;
             let weights = match &found.source {
                 PromptSource::TensorFile(p) => p.clone(),
-                PromptSource::PeftDir(d) => d.join("adapter_model.safetensors"),
+                PromptSource::PeftDir(d) | PromptSource::PeftTask(d, _) => {
+                    d.join("adapter_model.safetensors")
+                }
             };
             let bytes = std::fs::read(&weights).map_err(|e| e.to_string())?;
             let d_model = width(&bytes)?;

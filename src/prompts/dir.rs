@@ -29,6 +29,8 @@ pub enum PromptSource {
     TensorFile(PathBuf),
     /// `<task>/adapter_config.json` + `<task>/adapter_model.safetensors`
     PeftDir(PathBuf),
+    /// Task `t` of a multitask adapter folder `<name>/` (served as `<name>.<t>`).
+    PeftTask(PathBuf, usize),
 }
 
 /// Identity of a prompt source on disk: length, mtime and inode of each of its files.
@@ -74,7 +76,9 @@ impl PromptSource {
     /// The file or folder.
     pub fn path(&self) -> &Path {
         match self {
-            PromptSource::TensorFile(p) | PromptSource::PeftDir(p) => p,
+            PromptSource::TensorFile(p)
+            | PromptSource::PeftDir(p)
+            | PromptSource::PeftTask(p, _) => p,
         }
     }
 }
@@ -89,13 +93,28 @@ pub fn scan(dir: &Path) -> io::Result<HashMap<String, Vec<Found>>> {
         };
         let files = match &source {
             PromptSource::TensorFile(p) => vec![p.clone()],
-            PromptSource::PeftDir(d) => vec![
+            PromptSource::PeftDir(d) | PromptSource::PeftTask(d, _) => vec![
                 d.join("adapter_config.json"),
                 d.join("adapter_model.safetensors"),
             ],
         };
         // A file removed or half-present between listing and stat shows up next scan.
         let fingerprint = Fingerprint::of(&files).unwrap_or_default();
+        if let PromptSource::PeftDir(d) = &source {
+            // A multitask adapter is one task per prompt it holds.
+            let tasks = std::fs::read(d.join("adapter_config.json"))
+                .ok()
+                .and_then(|config| super::multitask::task_count(&config));
+            if let Some(tasks) = tasks {
+                for t in 0..tasks {
+                    out.entry(format!("{task}.{t}")).or_default().push(Found {
+                        source: PromptSource::PeftTask(d.clone(), t),
+                        fingerprint: fingerprint.clone(),
+                    });
+                }
+                continue;
+            }
+        }
         out.entry(task).or_default().push(Found {
             source,
             fingerprint,
@@ -159,7 +178,7 @@ pub fn load_source(
         PromptSource::TensorFile(path) => {
             Prompt::from_tensor_file(&read_capped(path, limits)?, d_model, limits)
         }
-        PromptSource::PeftDir(dir) => {
+        PromptSource::PeftDir(dir) | PromptSource::PeftTask(dir, _) => {
             let config = read_capped(&dir.join("adapter_config.json"), limits)?;
             let weights_path = dir.join("adapter_model.safetensors");
             if !weights_path.is_file() {
@@ -174,7 +193,20 @@ pub fn load_source(
                 ));
             }
             let weights = read_capped(&weights_path, limits)?;
-            Prompt::from_peft(&config, &weights, d_model, limits)
+            match source {
+                PromptSource::PeftTask(_, t) => {
+                    let mut all = Prompt::from_peft_tasks(&config, &weights, d_model, limits)?;
+                    if *t >= all.len() {
+                        return Err(PromptError::Invalid(format!(
+                            "{} holds {} task prompts, not task {t}",
+                            dir.display(),
+                            all.len()
+                        )));
+                    }
+                    Ok(all.swap_remove(*t))
+                }
+                _ => Prompt::from_peft(&config, &weights, d_model, limits),
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod audit;
 pub mod dir;
 pub mod ensembles;
 mod error;
+pub mod multitask;
 mod name;
 pub mod npy;
 pub mod peft;

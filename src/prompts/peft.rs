@@ -3,6 +3,7 @@ use serde::Deserialize;
 
 use super::adapter::{is_adapter, parse_adapter};
 use super::error::PromptError;
+use super::multitask::{task_prompts, MULTITASK};
 use super::prompt::{check_matrix, parse_tensor_file, Prompt, PromptLimits};
 use crate::engine::PromptRows;
 
@@ -47,6 +48,19 @@ impl AdapterConfig {
 }
 
 impl Prompt {
+    /// Every prompt of a PEFT adapter: one, or a multitask adapter's one per task.
+    pub fn from_peft_tasks(
+        config: &[u8],
+        weights: &[u8],
+        d_model: usize,
+        limits: &PromptLimits,
+    ) -> Result<Vec<Self>, PromptError> {
+        if super::multitask::task_count(config).is_some() {
+            return task_prompts(config, weights, d_model, limits);
+        }
+        Ok(vec![Self::from_peft(config, weights, d_model, limits)?])
+    }
+
     /// A PEFT adapter: the first `num_virtual_tokens` rows feed the encoder, the rest are decoder rows.
     pub fn from_peft(
         config: &[u8],
@@ -62,9 +76,14 @@ impl Prompt {
             serde_json::from_slice(config).map_err(|e| PromptError::Adapter(e.to_string()))?;
         match kind.peft_type.as_deref() {
             None | Some("PROMPT_TUNING" | "P_TUNING" | "LORA" | "IA3") => {}
+            Some(MULTITASK) => {
+                return Err(PromptError::Adapter(format!(
+                    "a {MULTITASK} adapter holds one prompt per task: it is served as tasks <name>.0, <name>.1, … (upload it, or put its folder in the prompts folder)"
+                )))
+            }
             Some(other) => {
                 return Err(PromptError::Adapter(format!(
-                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, LORA and IA3"
+                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, {MULTITASK}, LORA and IA3"
                 )))
             }
         }

@@ -102,7 +102,7 @@ impl Store {
                 let bytes = fs::read(path).map_err(|e| PromptError::io(path, e))?;
                 parse_stored(&bytes, d_model, limits)
             }
-            PromptSource::PeftDir(dir) => {
+            PromptSource::PeftDir(dir) | PromptSource::PeftTask(dir, _) => {
                 let prompt = load_source(source, d_model, limits)?;
                 let weights = dir.join("adapter_model.safetensors");
                 let bytes = fs::read(&weights).map_err(|e| PromptError::io(&weights, e))?;

@@ -44,8 +44,9 @@ impl Upload {
         self.len() == 0
     }
 
-    /// Parses and validates the prompt; returns it with the SHA-256 of the weights file.
-    fn parse(self, d_model: usize, limits: &PromptLimits) -> Result<(Prompt, String), Error> {
+    /// Parses and validates the prompts (one, or a multitask adapter's one per task); returns
+    /// them with the SHA-256 of the weights file.
+    fn parse(self, d_model: usize, limits: &PromptLimits) -> Result<(Vec<Prompt>, String), Error> {
         match self {
             Upload::Tensor(bytes) => {
                 if bytes.is_empty() {
@@ -54,11 +55,11 @@ impl Upload {
                     ));
                 }
                 let prompt = Prompt::from_tensor_file(&bytes, d_model, limits)?;
-                Ok((prompt, sha256_hex(&bytes)))
+                Ok((vec![prompt], sha256_hex(&bytes)))
             }
             Upload::Peft { weights, config } => {
-                let prompt = Prompt::from_peft(&config, &weights, d_model, limits)?;
-                Ok((prompt, sha256_hex(&weights)))
+                let prompts = Prompt::from_peft_tasks(&config, &weights, d_model, limits)?;
+                Ok((prompts, sha256_hex(&weights)))
             }
         }
     }
@@ -164,24 +165,38 @@ impl Service {
         }
         .await;
         self.metrics.prompt_upload(match &result {
-            Ok((_, true)) => UploadResult::Created,
-            Ok((_, false)) => UploadResult::Replaced,
+            Ok(stored) if stored[0].1 => UploadResult::Created,
+            Ok(_) => UploadResult::Replaced,
             Err(e) if !e.is_server_fault() => UploadResult::Invalid,
             Err(_) => UploadResult::Error,
         });
-        match &result {
-            Ok((info, created)) => {
-                tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, tenant = caller.name(), "prompt stored");
-                let action = if *created {
-                    ChangeAction::Create
-                } else {
-                    ChangeAction::Replace
-                };
-                self.audit_prompt(caller, info, action, bytes).await;
+        let stored = match result {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::info!(error = %e, tenant = caller.name(), "prompt upload refused");
+                return Err(e);
             }
-            Err(e) => tracing::info!(error = %e, tenant = caller.name(), "prompt upload refused"),
+        };
+        for (info, created) in &stored {
+            tracing::info!(task = %info.task, version = info.version, sha256 = %info.sha256, tenant = caller.name(), "prompt stored");
+            let action = if *created {
+                ChangeAction::Create
+            } else {
+                ChangeAction::Replace
+            };
+            self.audit_prompt(caller, info, action, bytes).await;
         }
-        result
+        let names: Vec<&str> = stored.iter().map(|(i, _)| i.task.as_str()).collect();
+        let (mut first, created) = stored[0].clone();
+        if names.len() > 1 {
+            first.notes.push(format!(
+                "a multitask adapter: its {} task prompts are the tasks {} (this answer describes {})",
+                names.len(),
+                names.join(", "),
+                names[0]
+            ));
+        }
+        Ok((first, created))
     }
 
     /// Stores an upload the caller may write (the checks are done): parse, validate, store.
@@ -190,20 +205,37 @@ impl Service {
         caller: &Caller,
         task: TaskName,
         upload: Upload,
-    ) -> Result<(PromptInfo, bool), Error> {
+    ) -> Result<Vec<(PromptInfo, bool)>, Error> {
         let d_model = self.registry.d_model();
         let mut limits = *self.registry.limits();
         if let Caller::Tenant(t) = caller {
             limits.max_rows = limits.max_rows.min(t.max_prompt_length);
         }
-        let (prompt, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
+        let (prompts, sha256) = tokio::task::spawn_blocking(move || upload.parse(d_model, &limits))
             .await
             .map_err(|e| Error::task_failed("parsing the upload", e))??;
-        let (entry, created) = self
-            .registry
-            .put(task, NewPrompt { prompt, sha256 })
-            .await?;
-        Ok((entry.info.clone(), created))
+        let named: Vec<(TaskName, Prompt)> = if prompts.len() == 1 {
+            prompts.into_iter().map(|p| (task.clone(), p)).collect()
+        } else {
+            // A multitask adapter: task `t` is `<task>.<t>`, each checked like an upload of its own.
+            let mut named = Vec::with_capacity(prompts.len());
+            for (t, prompt) in prompts.into_iter().enumerate() {
+                let name = TaskName::parse(&format!("{task}.{t}"))?;
+                self.authorize_prompt_write(caller, &name)?;
+                named.push((name, prompt));
+            }
+            named
+        };
+        let mut stored = Vec::with_capacity(named.len());
+        for (name, prompt) in named {
+            let new = NewPrompt {
+                prompt,
+                sha256: sha256.clone(),
+            };
+            let (entry, created) = self.registry.put(name, new).await?;
+            stored.push((entry.info.clone(), created));
+        }
+        Ok(stored)
     }
 
     /// Every served prompt `caller` may see (all of them on an open server or for an admin),

@@ -29,13 +29,18 @@ fn upload(task: &str, config: &[u8], weights: &[u8]) -> axum::http::Request<axum
     )
 }
 
-/// PEFT's greedy tokens for the first cases of `adapter` in the fixtures: (input, tokens).
+/// PEFT's greedy tokens for the cases of `adapter` (`<name>` or a multitask `<name>.<t>`) in
+/// the fixtures: (input, tokens, max_new_tokens).
 fn peft_cases(adapter: &str) -> Vec<(String, Vec<i64>, usize)> {
+    let (name, index) = match adapter.split_once('.') {
+        Some((n, t)) => (n, json!(t.parse::<u64>().unwrap())),
+        None => (adapter, Value::Null),
+    };
     let text = std::fs::read_to_string(fixtures().join(format!("expected/adapters/{MODEL}.jsonl")))
         .unwrap();
     text.lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["adapter"] == json!(adapter))
+        .filter(|v| v["adapter"] == json!(name) && v["task_index"] == index)
         .map(|v| {
             (
                 v["input"].as_str().unwrap().to_string(),
@@ -75,15 +80,30 @@ async fn lora_and_ia3_upload_answer_as_peft_and_reload_from_the_folder() {
         assert_eq!(r.body["prompt_length"], json!(0));
         assert_answers_as_peft(&s.state, task, adapter).await;
     }
+    // A multitask adapter: one upload, one task per prompt.
+    let (config, weights) = adapter_files("multitask");
+    let r = call(&s.state, upload("mt", &config, &weights)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["task"], json!("mt.0"));
+    assert!(
+        r.body["notes"].to_string().contains("mt.0, mt.1, mt.2"),
+        "{}",
+        r.body
+    );
+    for t in 0..3 {
+        assert_answers_as_peft(&s.state, &format!("mt.{t}"), &format!("multitask.{t}")).await;
+    }
     let info = call(&s.state, get("/v1/prompts/lq")).await;
     assert_eq!(info.body["adapter"]["rank"], json!(4));
     assert_eq!(info.body["adapter"]["modules"], json!(["q", "v"]));
     // An adapter folder dropped into the prompts folder is served too.
-    let src = fixtures().join("adapters").join(MODEL).join("lora-all");
-    let dst = s.dir.path().join("folder-lora");
-    std::fs::create_dir(&dst).unwrap();
-    for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        std::fs::copy(src.join(f), dst.join(f)).unwrap();
+    for (name, folder) in [("lora-all", "folder-lora"), ("multitask", "folder-mt")] {
+        let src = fixtures().join("adapters").join(MODEL).join(name);
+        let dst = s.dir.path().join(folder);
+        std::fs::create_dir(&dst).unwrap();
+        for f in ["adapter_config.json", "adapter_model.safetensors"] {
+            std::fs::copy(src.join(f), dst.join(f)).unwrap();
+        }
     }
     // A second server over the same folder: the stored adapters and the folder one load.
     let again = build_state(s.dir.path(), defaults);
@@ -99,6 +119,8 @@ async fn lora_and_ia3_upload_answer_as_peft_and_reload_from_the_folder() {
     assert_answers_as_peft(&again, "lq", "lora-qv").await;
     assert_answers_as_peft(&again, "ia", "ia3").await;
     assert_answers_as_peft(&again, "folder-lora", "lora-all").await;
+    assert_answers_as_peft(&again, "folder-mt.2", "multitask.2").await;
+    assert_answers_as_peft(&again, "mt.1", "multitask.1").await;
     // Nearest words describe soft prompts only.
     let r = call(&again, get("/v1/prompts/lq/neighbors")).await;
     assert!(r.status.is_client_error(), "{}: {}", r.status, r.body);

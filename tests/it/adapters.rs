@@ -1,5 +1,6 @@
-//! LoRA and IA3 adapters against PEFT (fixtures from scripts/make_adapter_fixtures.py): each
-//! row alone, every kind mixed in one batch, and PEFT's own mixed `adapter_names` batch.
+//! LoRA, IA3 and multitask-prompt adapters against PEFT (fixtures from
+//! scripts/make_adapter_fixtures.py): each row alone, every kind mixed in one batch, and PEFT's
+//! own mixed `adapter_names` batch.
 use crate::common;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use common::{fixtures, load, model_names, Loaded};
 use promptd::engine::{PromptSlot, RowInput, RowOutput};
 use promptd::model::adapters::ModelShape;
 use promptd::prompts::dir::{load_source, PromptSource};
-use promptd::prompts::{Prompt, PromptLimits};
+use promptd::prompts::{multitask, Prompt, PromptLimits};
 
 /// One line of expected/adapters/<model>.jsonl.
 #[derive(Debug, Clone, Deserialize)]
@@ -39,10 +40,20 @@ enum Line {
     One(Case),
 }
 
-/// Kinds promptd mixes in a pass today (prefix tuning and multitask prompts are other lines).
+/// The kinds mixed in a pass here (prefix tuning has its own lines).
 fn served(case: &Case) -> bool {
-    let name = case.adapter.as_deref().unwrap_or("");
-    case.task_index.is_none() && (name.is_empty() || name.starts_with("lora") || name == "ia3")
+    case.adapter.as_deref() != Some("prefix")
+}
+
+impl Case {
+    /// The task serving this case: the adapter, or a multitask adapter's `<name>.<t>`.
+    fn task(&self) -> Option<String> {
+        let name = self.adapter.clone()?;
+        Some(match self.task_index {
+            Some(t) => format!("{name}.{t}"),
+            None => name,
+        })
+    }
 }
 
 fn lines(model: &str) -> (Vec<Case>, Vec<Case>) {
@@ -59,14 +70,31 @@ fn lines(model: &str) -> (Vec<Case>, Vec<Case>) {
     (cases, batch)
 }
 
-fn adapter(model: &str, name: &str, loaded: &Loaded) -> Prompt {
+/// A fixture adapter's prompts (one, or a multitask adapter's one per task) read as a prompts
+/// folder holding it reads them.
+fn adapter(model: &str, name: &str, loaded: &Loaded) -> Vec<(String, Prompt)> {
     let limits = PromptLimits {
         shape: Some(ModelShape::of(&loaded.engine.model().config)),
         ..PromptLimits::default()
     };
     let dir = fixtures().join("adapters").join(model).join(name);
     let d_model = loaded.engine.model().config.d_model as usize;
-    load_source(&PromptSource::PeftDir(dir), d_model, &limits).unwrap()
+    let config = std::fs::read(dir.join("adapter_config.json")).unwrap();
+    match multitask::task_count(&config) {
+        None => vec![(
+            name.to_string(),
+            load_source(&PromptSource::PeftDir(dir), d_model, &limits).unwrap(),
+        )],
+        Some(n) => (0..n)
+            .map(|t| {
+                let source = PromptSource::PeftTask(dir.clone(), t);
+                (
+                    format!("{name}.{t}"),
+                    load_source(&source, d_model, &limits).unwrap(),
+                )
+            })
+            .collect(),
+    }
 }
 
 struct Adapters {
@@ -81,13 +109,15 @@ impl Adapters {
         let mut slots = BTreeMap::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if name.starts_with("lora") || name == "ia3" {
-                let prompt = adapter(model, &name, &loaded);
+            if name == "prefix" {
+                continue;
+            }
+            for (task, prompt) in adapter(model, &name, &loaded) {
                 let slot = loaded.engine.register_task(&prompt.weights()).unwrap();
-                slots.insert(name, slot);
+                slots.insert(task, slot);
             }
         }
-        assert!(slots.len() >= 5, "{model}: adapters");
+        assert!(slots.len() >= 8, "{model}: adapters");
         Self { loaded, slots }
     }
 
@@ -95,7 +125,7 @@ impl Adapters {
         let tok = &self.loaded.tokenizer;
         assert_eq!(tok.encode(&case.input).unwrap(), case.input_ids);
         RowInput {
-            prompt: case.adapter.as_ref().map(|a| self.slots[a].clone()),
+            prompt: case.task().map(|a| self.slots[&a].clone()),
             input_ids: case.input_ids.clone(),
             max_new_tokens: case.max_new_tokens,
             labels: case.labels.iter().map(|l| tok.encode(l).unwrap()).collect(),
@@ -197,12 +227,13 @@ fn adapters_change_the_output() {
         for name in a.slots.keys().cloned().collect::<Vec<_>>() {
             let mine: Vec<&Case> = cases
                 .iter()
-                .filter(|c| c.adapter.as_deref() == Some(&name))
+                .filter(|c| c.task().as_deref() == Some(&name))
                 .collect();
             let bare: Vec<Case> = mine
                 .iter()
                 .map(|c| Case {
                     adapter: None,
+                    task_index: None,
                     ..(*c).clone()
                 })
                 .collect();

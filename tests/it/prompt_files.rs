@@ -215,8 +215,12 @@ fn peft_adapter_splits_encoder_and_decoder_rows() {
         (adapter_config(3, 3), "must be 1 or 2"),
         (adapter_config(0, 2), "at least 1"),
         (
+            adapter_config(3, 2).replace("PROMPT_TUNING", "LOHA"),
+            "not supported",
+        ),
+        (
             adapter_config(3, 2).replace("PROMPT_TUNING", "LORA"),
-            "not a soft prompt",
+            "r (the LoRA rank) is missing",
         ),
         (
             adapter_config(3, 2).replace(&format!("\"token_dim\": {D}"), "\"token_dim\": 4"),

@@ -109,6 +109,26 @@ def greedy(model, input_ids, max_new_tokens, **extra):
     return trim(out[0].tolist())
 
 
+def greedy_forward(model, input_ids, max_new_tokens):
+    """Greedy decoding by PEFT's forward over the whole decoder sequence at every step.
+
+    For prefix tuning, PEFT 0.21's generate() on transformers 5.x does not apply the prefix:
+    the cache PEFT passes as `past_key_values` is ignored in favour of the new `cache`
+    argument (use_cache=True), or injected at the first step only (use_cache=False). Its
+    forward() applies it (decoder self-attention keys and values, positions after the prefix),
+    as training does; these tokens are that model's greedy output."""
+    ids = [0]
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=torch.tensor([input_ids]),
+                           attention_mask=torch.ones(1, len(input_ids), dtype=torch.long),
+                           decoder_input_ids=torch.tensor([ids])).logits
+            ids.append(int(logits[0, -1].argmax()))
+            if ids[-1] == 1:
+                break
+    return trim(ids)
+
+
 def trim(ids):
     ids = ids[1:]  # decoder_start_token_id
     if 1 in ids:
@@ -189,8 +209,10 @@ def main():
                     text = sentence(rng, n_words)
                     ids = tok.encode(text).ids
                     max_new = rng.choice([3, 8, 16])
+                    tokens = (greedy_forward(model, ids, max_new) if adapter == "prefix"
+                              else greedy(model, ids, max_new, **extra))
                     line = {"adapter": adapter, "task_index": task, "input": text, "input_ids": ids,
-                            "max_new_tokens": max_new, "token_ids": greedy(model, ids, max_new, **extra)}
+                            "max_new_tokens": max_new, "token_ids": tokens}
                     if c % 2 == 0:
                         line["labels"] = rng.sample(LABELS, 3)
                         line["scores"] = label_scores(model, ids, line["labels"], tok, task)

@@ -27,6 +27,8 @@ pub enum TaskKind {
     Lora,
     /// An IA3 adapter.
     Ia3,
+    /// A prefix-tuning adapter.
+    Prefix,
 }
 
 /// What an adapter task changes.
@@ -173,11 +175,14 @@ impl PromptStore {
                 match a.kind {
                     AdapterKind::Lora => TaskKind::Lora,
                     AdapterKind::Ia3 => TaskKind::Ia3,
+                    AdapterKind::Prefix => TaskKind::Prefix,
                 },
                 Some(AdapterInfo {
                     rank: a.rank(),
                     modules: a.modules().into_iter().map(String::from).collect(),
-                    layers: a.weights.lora.len() + a.weights.ia3.len(),
+                    layers: a.weights.lora.len()
+                        + a.weights.ia3.len()
+                        + a.weights.prefix.as_ref().map_or(0, |p| p.layers.len()),
                     parameters: a.weights.parameters(),
                 }),
             ),

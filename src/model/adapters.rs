@@ -199,6 +199,8 @@ pub struct ModelShape {
     pub d_model: usize,
     /// Attention width (heads × d_kv).
     pub inner: usize,
+    /// Attention heads.
+    pub heads: usize,
     /// Feed-forward width.
     pub d_ff: usize,
     /// Gated feed-forward (`wi_0`, `wi_1`) rather than `wi`.
@@ -215,6 +217,7 @@ impl ModelShape {
         Self {
             d_model: cfg.d_model as usize,
             inner: (cfg.num_heads * cfg.d_kv) as usize,
+            heads: cfg.num_heads as usize,
             d_ff: cfg.d_ff as usize,
             gated: cfg.is_gated(),
             encoder_layers: cfg.num_layers as usize,
@@ -251,29 +254,57 @@ pub struct Ia3Scale {
     pub values: Vec<f32>,
 }
 
-/// What an adapter changes in the frozen model's linear layers.
+/// Prefix keys and values of every decoder block's self-attention (prefix tuning).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixWeights {
+    /// Prefix positions P.
+    pub len: usize,
+    /// Attention heads.
+    pub heads: usize,
+    /// Per-head width.
+    pub head_dim: usize,
+    /// For each decoder block: keys and values, each [heads, P, head_dim] row-major.
+    pub layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// What an adapter changes in the frozen model.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AdapterWeights {
     /// LoRA updates.
     pub lora: Vec<LoraFactors>,
     /// IA3 scales.
     pub ia3: Vec<Ia3Scale>,
+    /// A decoder self-attention prefix.
+    pub prefix: Option<PrefixWeights>,
 }
 
 impl AdapterWeights {
     /// Whether it changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.lora.is_empty() && self.ia3.is_empty()
+        self.lora.is_empty() && self.ia3.is_empty() && self.prefix.is_none()
     }
 
     /// Parameters it holds.
     pub fn parameters(&self) -> usize {
+        let prefix = self
+            .prefix
+            .as_ref()
+            .map_or(0, |p| p.layers.iter().map(|(k, v)| k.len() + v.len()).sum());
         self.lora
             .iter()
             .map(|l| l.a.len() + l.b.len())
             .sum::<usize>()
             + self.ia3.iter().map(|s| s.values.len()).sum::<usize>()
+            + prefix
     }
+}
+
+/// The prefix of each row of a batch, per decoder block (rows without one have length 0).
+pub struct PrefixRows {
+    /// Each row's prefix length [B] (int64).
+    pub lens: Tensor,
+    /// Per decoder block: keys and values [B, H, longest prefix, d_kv], zeros past a row's.
+    pub kv: Vec<(Tensor, Tensor)>,
 }
 
 /// One site's LoRA table: A.T [capacity, in, r] and (scaled) B.T [capacity, r, out].
@@ -286,6 +317,8 @@ struct LoraTable {
 pub struct AdapterTables {
     lora: HashMap<Site, LoraTable>,
     ia3: HashMap<(Site, bool), Tensor>,
+    /// Prefixes by adapter index: length, and per decoder block keys and values [H, P, d_kv].
+    prefix: HashMap<i64, (i64, Vec<(Tensor, Tensor)>)>,
     capacity: i64,
     device: Device,
     kind: Kind,
@@ -309,6 +342,7 @@ impl AdapterTables {
         Self {
             lora: HashMap::new(),
             ia3: HashMap::new(),
+            prefix: HashMap::new(),
             capacity: 1,
             device,
             kind,
@@ -322,7 +356,45 @@ impl AdapterTables {
 
     /// Whether no adapter was ever written.
     pub fn is_empty(&self) -> bool {
-        self.lora.is_empty() && self.ia3.is_empty()
+        self.lora.is_empty() && self.ia3.is_empty() && self.prefix.is_empty()
+    }
+
+    /// The prefixes of rows with adapters `index` [B] (None when none of them has one).
+    pub fn prefix_rows(&self, index: &Tensor) -> Result<Option<PrefixRows>, ModelError> {
+        if self.prefix.is_empty() {
+            return Ok(None);
+        }
+        let rows: Vec<i64> = Vec::try_from(index.f_to_device(Device::Cpu)?)?;
+        let found: Vec<Option<&(i64, Vec<(Tensor, Tensor)>)>> =
+            rows.iter().map(|i| self.prefix.get(i)).collect();
+        let Some((_, first)) = found.iter().flatten().next() else {
+            return Ok(None);
+        };
+        let width = found.iter().flatten().map(|(p, _)| *p).max().unwrap_or(0);
+        let lens: Vec<i64> = found.iter().map(|f| f.map_or(0, |(p, _)| *p)).collect();
+        let mut kv = Vec::with_capacity(first.len());
+        for layer in 0..first.len() {
+            let (h, d) = (first[layer].0.size()[0], first[layer].0.size()[2]);
+            let zeros = Tensor::f_zeros([h, width, d], (self.kind, self.device))?;
+            let pick = |value: bool| -> Result<Tensor, ModelError> {
+                let per_row = found
+                    .iter()
+                    .map(|f| match f {
+                        Some((_, layers)) => {
+                            let (k, v) = &layers[layer];
+                            grow(if value { v } else { k }, 1, width, 0.0)
+                        }
+                        None => Ok(zeros.shallow_clone()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(Tensor::f_stack(&per_row, 0)?)
+            };
+            kv.push((pick(false)?, pick(true)?));
+        }
+        Ok(Some(PrefixRows {
+            lens: Tensor::f_from_slice(&lens)?.f_to_device(self.device)?,
+            kv,
+        }))
     }
 
     /// Bytes the tables take on the device.
@@ -333,6 +405,11 @@ impl AdapterTables {
             .map(|t| size(&t.a) + size(&t.b))
             .sum::<i64>()
             + self.ia3.values().map(size).sum::<i64>()
+            + self
+                .prefix
+                .values()
+                .flat_map(|(_, layers)| layers.iter().map(|(k, v)| size(k) + size(v)))
+                .sum::<i64>()
     }
 
     /// Makes room for indices below `capacity`.
@@ -386,6 +463,23 @@ impl AdapterTables {
             put(&table.b, &b, 0)?;
             self.lora.insert(f.site, table);
         }
+        if let Some(p) = &w.prefix {
+            let (h, len, d) = (p.heads as i64, p.len as i64, p.head_dim as i64);
+            let layers = p
+                .layers
+                .iter()
+                .map(|(k, v)| {
+                    let t = |x: &[f32]| -> Result<Tensor, ModelError> {
+                        Ok(Tensor::f_from_slice(x)?
+                            .f_view([h, len, d])?
+                            .f_to_kind(self.kind)?
+                            .f_to_device(self.device)?)
+                    };
+                    Ok((t(k)?, t(v)?))
+                })
+                .collect::<Result<Vec<_>, ModelError>>()?;
+            self.prefix.insert(index, (len, layers));
+        }
         for s in &w.ia3 {
             let key = (s.site, s.input);
             let dim = s.values.len() as i64;
@@ -403,6 +497,7 @@ impl AdapterTables {
 
     /// Resets `index` to "no adapter".
     pub fn clear(&mut self, index: i64) -> Result<(), ModelError> {
+        self.prefix.remove(&index);
         for t in self.lora.values_mut() {
             let _ = t.a.f_select(0, index)?.f_zero_()?;
             let _ = t.b.f_select(0, index)?.f_zero_()?;
@@ -437,6 +532,11 @@ impl<'a> Adapt<'a> {
     /// Each row's adapter index [B].
     pub fn index(&self) -> &Tensor {
         &self.index
+    }
+
+    /// The rows' decoder prefixes (None when none has one).
+    pub fn prefix(&self) -> Result<Option<PrefixRows>, ModelError> {
+        self.tables.prefix_rows(&self.index)
     }
 
     /// The same rows, for activations packed as `rows` ([N, …]).

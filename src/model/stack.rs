@@ -4,7 +4,9 @@ use tch::{Kind, Tensor};
 use super::adapters::{Adapt, Part};
 use super::config::T5Config;
 use super::error::ModelError;
-use super::layers::{dropout, position_bias, T5Attention, T5LayerFF, T5LayerNorm};
+use super::layers::{
+    dropout, position_bias, relative_position_bucket, T5Attention, T5LayerFF, T5LayerNorm,
+};
 use super::packed::Packed;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
@@ -17,6 +19,9 @@ pub struct LayerCache {
     pub self_kv: Option<(Tensor, Tensor)>,
     /// Cross-attention keys and values over the encoder output [B, H, S, d_kv].
     pub cross_kv: (Tensor, Tensor),
+    /// Self-attention prefix keys and values [B, H, P, d_kv] (prefix tuning; zeros past a
+    /// row's own prefix, which the bias masks).
+    pub prefix_kv: Option<(Tensor, Tensor)>,
 }
 
 /// Where a decode step reads and writes a [`LayerCache`]'s self-attention buffers.
@@ -51,12 +56,56 @@ impl LayerCache {
         Ok(Self {
             self_kv: self.self_kv.as_ref().map(pick).transpose()?,
             cross_kv: pick(&self.cross_kv)?,
+            prefix_kv: self.prefix_kv.as_ref().map(pick).transpose()?,
         })
+    }
+
+    /// This cache's prefix widened to `width` positions, zeros for a cache without one
+    /// (`like` gives the shape of a prefix).
+    fn prefix_or_zeros(
+        &self,
+        like: &(Tensor, Tensor),
+        width: i64,
+    ) -> Result<(Tensor, Tensor), ModelError> {
+        match &self.prefix_kv {
+            Some((k, v)) => Ok((pad_dim2(k, width)?, pad_dim2(v, width)?)),
+            None => {
+                let mut shape = like.0.size();
+                shape[0] = self.cross_kv.0.size()[0];
+                shape[2] = width;
+                let z = Tensor::f_zeros(shape.as_slice(), (like.0.kind(), like.0.device()))?;
+                Ok((z.shallow_clone(), z))
+            }
+        }
+    }
+
+    /// The widest prefix of `self` and `other`, and one prefix to shape zeros on.
+    fn prefix_shape<'a>(&'a self, other: &'a LayerCache) -> Option<(&'a (Tensor, Tensor), i64)> {
+        let like = self.prefix_kv.as_ref().or(other.prefix_kv.as_ref())?;
+        let width = [&self.prefix_kv, &other.prefix_kv]
+            .iter()
+            .filter_map(|p| p.as_ref().map(|(k, _)| k.size()[2]))
+            .max()
+            .unwrap_or(0);
+        Some((like, width))
     }
 
     /// Appends `fresh`'s rows (no self-attention keys yet) after this cache's: they get zero
     /// self-attention columns (masked by the caller) and cross keys padded to `enc_len`.
     pub fn append(self, fresh: LayerCache, enc_len: i64) -> Result<Self, ModelError> {
+        let prefix_kv = match self.prefix_shape(&fresh) {
+            None => None,
+            Some((like, width)) => {
+                let (a, b) = (
+                    self.prefix_or_zeros(like, width)?,
+                    fresh.prefix_or_zeros(like, width)?,
+                );
+                Some((
+                    Tensor::f_cat(&[a.0, b.0], 0)?,
+                    Tensor::f_cat(&[a.1, b.1], 0)?,
+                ))
+            }
+        };
         let (ck, cv) = &self.cross_kv;
         let (fk, fv) = &fresh.cross_kv;
         let cross_kv = (
@@ -75,13 +124,24 @@ impl LayerCache {
                 ))
             }
         };
-        Ok(Self { self_kv, cross_kv })
+        Ok(Self {
+            self_kv,
+            cross_kv,
+            prefix_kv,
+        })
     }
 
     /// Writes `fresh`'s rows (no self-attention keys yet) over the rows `slots` in place: their
     /// cross keys (padded to this cache's encoder length, which must cover theirs) and zeroed
     /// self-attention columns. The other rows are not touched.
     pub fn place(&mut self, fresh: &LayerCache, slots: &Tensor) -> Result<(), ModelError> {
+        if let Some((like, width)) = self.prefix_shape(fresh) {
+            let mut mine = self.prefix_or_zeros(like, width)?;
+            let theirs = fresh.prefix_or_zeros(like, width)?;
+            let _ = mine.0.f_index_copy_(0, slots, &theirs.0)?;
+            let _ = mine.1.f_index_copy_(0, slots, &theirs.1)?;
+            self.prefix_kv = Some(mine);
+        }
         let width = self.cross_kv.0.size()[2];
         let (ck, cv) = &mut self.cross_kv;
         let _ = ck.f_index_copy_(0, slots, &pad_dim2(&fresh.cross_kv.0, width)?)?;
@@ -124,6 +184,21 @@ impl LayerCache {
             self.self_kv = Some((moved(k)?, moved(v)?));
         }
         Ok(())
+    }
+}
+
+/// Self-attention keys and values after a row prefix's (prefix tuning), if any.
+fn with_prefix(
+    prefix: Option<&(Tensor, Tensor)>,
+    k: Tensor,
+    v: Tensor,
+) -> Result<(Tensor, Tensor), ModelError> {
+    match prefix {
+        None => Ok((k, v)),
+        Some((pk, pv)) => Ok((
+            Tensor::f_cat(&[pk.shallow_clone(), k], 2)?,
+            Tensor::f_cat(&[pv.shallow_clone(), v], 2)?,
+        )),
     }
 }
 
@@ -212,15 +287,23 @@ impl T5Block {
         &self,
         x: &Tensor,
         self_bias: &Tensor,
-        cross: Option<(&(Tensor, Tensor), &Tensor)>,
+        cross: Option<(&LayerCache, &Tensor)>,
         drop: f64,
         ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let h = self.self_norm.forward(x)?;
         let (k, v) = self.self_attn.key_values(&h, ad)?;
+        let prefix = cross.and_then(|(cache, _)| cache.prefix_kv.as_ref());
+        let (k, v) = with_prefix(prefix, k, v)?;
         let attended = self.self_attn.attend(&h, &k, &v, self_bias, drop, ad)?;
         let mut x = clamp_half(x.f_add(&dropout(attended, drop)?)?)?;
-        if let Some(((ck, cv), cross_bias)) = cross {
+        if let Some((
+            LayerCache {
+                cross_kv: (ck, cv), ..
+            },
+            cross_bias,
+        )) = cross
+        {
             let (attn, norm) = self.cross_part()?;
             let h = norm.forward(&x)?;
             let attended = attn.attend(&h, ck, cv, cross_bias, drop, ad)?;
@@ -268,10 +351,11 @@ impl T5Block {
             kb.f_narrow(2, cols.write, 1)?.f_copy_(&k_new)?;
             vb.f_narrow(2, cols.write, 1)?.f_copy_(&v_new)?;
             let attended = cols.write + 1 - cols.first;
-            (
+            let (k, v) = (
                 kb.f_narrow(2, cols.first, attended)?,
                 vb.f_narrow(2, cols.first, attended)?,
-            )
+            );
+            with_prefix(cache.prefix_kv.as_ref(), k, v)?
         };
         let attended = self.self_attn.attend(&h, &k, &v, self_bias, 0.0, ad)?;
         let mut x = clamp_half(x.f_add(&attended)?)?;
@@ -412,6 +496,7 @@ impl T5Stack {
                 Ok(LayerCache {
                     self_kv: None,
                     cross_kv: b.cross_part()?.0.key_values(encoder_out, ad)?,
+                    prefix_kv: None,
                 })
             })
             .collect()
@@ -440,6 +525,7 @@ impl T5Stack {
                         .cross_part()?
                         .0
                         .key_values_packed(&h, &rows, ad.as_ref())?,
+                    prefix_kv: None,
                 })
             })
             .collect()
@@ -454,19 +540,71 @@ impl T5Stack {
         cross_bias: &Tensor,
         drop: f64,
         ad: Option<&Adapt>,
+        prefix_lens: Option<&Tensor>,
     ) -> Result<Tensor, ModelError> {
-        let t = x.size()[1];
+        let (b, t) = (x.size()[0], x.size()[1]);
         let device = x.device();
         // Causal: key position > query position is masked.
         let future = Tensor::f_ones([t, t], (Kind::Bool, device))?.f_triu(1)?;
         let causal = Tensor::f_zeros([t, t], (x.kind(), device))?
             .f_masked_fill(&future, min_value(x.kind()))?;
-        let bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
+        let mut bias = self.position_bias(0, t, t, x)?.f_add(&causal)?;
+        let prefix = caches.first().and_then(|c| c.prefix_kv.as_ref());
+        if let (Some((pk, _)), Some(lens)) = (prefix, prefix_lens) {
+            let query = Tensor::f_arange(t, (Kind::Int64, device))?
+                .f_unsqueeze(0)?
+                .f_expand([b, t], false)?;
+            let before = self.prefix_bias(lens, &query, pk.size()[2], x)?;
+            let heads = bias.size()[1];
+            bias = Tensor::f_cat(&[before, bias.f_expand([b, heads, t, t], false)?], 3)?;
+        }
         let mut h = dropout(x.shallow_clone(), drop)?;
         for (block, cache) in self.blocks.iter().zip(caches) {
-            h = block.forward(&h, &bias, Some((&cache.cross_kv, cross_bias)), drop, ad)?;
+            h = block.forward(&h, &bias, Some((cache, cross_bias)), drop, ad)?;
         }
         dropout(self.final_layer_norm.forward(&h)?, drop)
+    }
+
+    /// The additive bias [B, H, T, width] of rows' prefix keys (prefix tuning) for queries
+    /// at row positions `query` [B, T]: as transformers places a prefix of P_b positions
+    /// before the decoder's tokens, prefix key i of row b is at relative position
+    /// i − (P_b + q); keys past a row's own prefix are masked. `lens` [B] holds P_b.
+    pub fn prefix_bias(
+        &self,
+        lens: &Tensor,
+        query: &Tensor,
+        width: i64,
+        like: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let _span = span(Family::PositionBias);
+        let device = lens.device();
+        let keys = Tensor::f_arange(width, (Kind::Int64, device))?.f_view([1, 1, width])?;
+        let lens = lens.f_view([-1, 1, 1])?;
+        let rel = keys.f_sub(&lens.f_add(&query.f_unsqueeze(-1)?)?)?; // [B, T, width]
+        let (b, t) = (rel.size()[0], rel.size()[1]);
+        let values = match self
+            .blocks
+            .first()
+            .and_then(|b| b.self_attn.relative_attention_bias.as_ref())
+        {
+            Some(table) => {
+                let buckets = relative_position_bucket(
+                    &rel,
+                    false,
+                    self.cfg.relative_attention_num_buckets,
+                    self.cfg.relative_attention_max_distance,
+                )?;
+                Tensor::f_embedding(table, &buckets, -1, false, false)?.f_permute([0, 3, 1, 2])?
+            }
+            None => Tensor::f_zeros(
+                [b, self.cfg.num_heads, t, width],
+                (like.kind(), like.device()),
+            )?,
+        };
+        let past = keys.f_ge_tensor(&lens)?.f_unsqueeze(1)?; // [B, 1, 1, width]
+        Ok(values
+            .f_to_kind(like.kind())?
+            .f_masked_fill(&past, min_value(like.kind()))?)
     }
 
     /// Decoder for one new position of every row; `x` [B, 1, d], `self_bias` [B or 1, H, 1,

@@ -62,6 +62,9 @@ pub struct DecoderState {
     pub step: i64,
     /// Each row's adapter index [B] (int64; None: no row has an adapter).
     adapters: Option<Tensor>,
+    /// Rows with a decoder prefix (prefix tuning): each row's prefix length [B] and the step
+    /// it started at [B] (int64); the prefix keys live in the caches.
+    prefix: Option<(Tensor, Tensor)>,
 }
 
 impl DecoderState {
@@ -86,8 +89,37 @@ impl DecoderState {
                 .as_ref()
                 .map(|a| a.f_index_select(0, keep))
                 .transpose()?,
+            prefix: self
+                .prefix
+                .as_ref()
+                .map(|(lens, start)| -> Result<_, ModelError> {
+                    Ok((
+                        lens.f_index_select(0, keep)?,
+                        start.f_index_select(0, keep)?,
+                    ))
+                })
+                .transpose()?,
             ..*self
         })
+    }
+
+    /// Each row's prefix length and start step, zeros where the state has none.
+    fn prefix_rows(&self) -> Result<(Tensor, Tensor), ModelError> {
+        match &self.prefix {
+            Some((lens, start)) => Ok((lens.shallow_clone(), start.shallow_clone())),
+            None => {
+                let zeros =
+                    Tensor::f_zeros([self.rows()], (Kind::Int64, self.cross_bias.device()))?;
+                Ok((zeros.shallow_clone(), zeros))
+            }
+        }
+    }
+
+    /// A fresh state's prefix lengths, its rows starting at this state's step.
+    fn newcomers_prefix(&self, fresh: &DecoderState) -> Result<(Tensor, Tensor), ModelError> {
+        let (lens, _) = fresh.prefix_rows()?;
+        let start = lens.f_full_like(self.step)?;
+        Ok((lens, start))
     }
 
     /// Each row's adapter index, zeros where the state has none.
@@ -168,6 +200,17 @@ impl DecoderState {
         } else {
             None
         };
+        let prefix = match (&self.prefix, &fresh.prefix) {
+            (None, None) => None,
+            _ => {
+                let (lens, start) = self.prefix_rows()?;
+                let (new_lens, new_start) = self.newcomers_prefix(&fresh)?;
+                Some((
+                    Tensor::f_cat(&[lens, new_lens], 0)?,
+                    Tensor::f_cat(&[start, new_start], 0)?,
+                ))
+            }
+        };
         let adapters = match (&self.adapters, &fresh.adapters) {
             (None, None) => None,
             _ => Some(Tensor::f_cat(
@@ -191,6 +234,7 @@ impl DecoderState {
         let longer = |a: Tensor, b: Tensor| if a.size()[3] >= b.size()[3] { a } else { b };
         Ok(Self {
             adapters,
+            prefix,
             caches,
             cross_bias,
             self_bias: longer(self.self_bias, fresh.self_bias),
@@ -244,6 +288,13 @@ impl DecoderState {
             let mut all = all;
             let _ = all.f_index_copy_(0, &idx, &pad)?;
             self.self_pad = Some(all);
+        }
+        if self.prefix.is_some() || fresh.prefix.is_some() {
+            let (mut lens, mut start) = self.prefix_rows()?;
+            let (new_lens, new_start) = self.newcomers_prefix(&fresh)?;
+            let _ = lens.f_index_copy_(0, &idx, &new_lens)?;
+            let _ = start.f_index_copy_(0, &idx, &new_start)?;
+            self.prefix = Some((lens, start));
         }
         if self.adapters.is_some() || fresh.adapters.is_some() {
             let mut all = self.adapter_index()?;
@@ -300,6 +351,29 @@ impl DecoderState {
         self.base = self.first;
         Ok(())
     }
+}
+
+/// Puts the rows' decoder prefixes (prefix tuning) into `caches`; returns each row's prefix
+/// length and start step (0), or None when no row has one.
+fn with_prefix(
+    caches: &mut [LayerCache],
+    ad: Option<&Adapt>,
+) -> Result<Option<(Tensor, Tensor)>, ModelError> {
+    let Some(rows) = ad.map(Adapt::prefix).transpose()?.flatten() else {
+        return Ok(None);
+    };
+    if rows.kv.len() != caches.len() {
+        return Err(ModelError::Config(format!(
+            "a prefix of {} decoder blocks for a decoder of {}",
+            rows.kv.len(),
+            caches.len()
+        )));
+    }
+    for (cache, kv) in caches.iter_mut().zip(rows.kv) {
+        cache.prefix_kv = Some(kv);
+    }
+    let start = rows.lens.f_zeros_like()?;
+    Ok(Some((rows.lens, start)))
 }
 
 /// Pads the last dimension of `t` to `len` with `value`.
@@ -457,7 +531,7 @@ impl T5Model {
             let caches = self.decoder.cross_caches(&encoder_out, None)?;
             let x = self.embed(&decoder_ids)?;
             self.decoder
-                .decode_full(&x, &caches, &mask_bias, drop, None)
+                .decode_full(&x, &caches, &mask_bias, drop, None, None)
         })?;
         // Cross-entropy in f32 whatever the weights' dtype (bf16 logits lose the loss's digits).
         let logits = self.logits(&h)?.f_to_kind(Kind::Float)?;
@@ -481,9 +555,12 @@ impl T5Model {
         ad: Option<&Adapt>,
     ) -> Result<DecoderState, ModelError> {
         let steps = max_steps.max(1);
+        let mut caches = self.decoder.cross_caches_packed(encoder_out, mask, ad)?;
+        let prefix = with_prefix(&mut caches, ad)?;
         Ok(DecoderState {
             adapters: ad.map(|a| a.index().shallow_clone()),
-            caches: self.decoder.cross_caches_packed(encoder_out, mask, ad)?,
+            prefix,
+            caches,
             cross_bias: self.mask_bias(mask)?,
             self_bias: self
                 .decoder
@@ -543,6 +620,20 @@ impl T5Model {
                 bias.f_add(&pad.f_narrow(3, cols.first, attended)?)?
             }
         };
+        let prefix = state.caches.first().and_then(|c| c.prefix_kv.as_ref());
+        let bias = match (&state.prefix, prefix) {
+            (Some((lens, start)), Some((pk, _))) => {
+                let rows = lens.size()[0];
+                let query = start.f_neg()?.f_add_scalar(state.step)?.f_unsqueeze(1)?;
+                let before = self
+                    .decoder
+                    .prefix_bias(lens, &query, pk.size()[2], &bias)?;
+                let heads = before.size()[1];
+                let after = bias.f_expand([rows, heads, 1, attended], false)?;
+                Tensor::f_cat(&[before, after], 3)?
+            }
+            _ => bias,
+        };
         let h = self.decoder.decode_step(
             &x,
             &bias,
@@ -564,11 +655,13 @@ impl T5Model {
         mask: &Tensor,
         ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
-        let caches = self.decoder.cross_caches(encoder_out, ad)?;
+        let mut caches = self.decoder.cross_caches(encoder_out, ad)?;
+        let prefix = with_prefix(&mut caches, ad)?;
         let x = self.embed(decoder_ids)?;
+        let lens = prefix.as_ref().map(|(lens, _)| lens);
         let h = self
             .decoder
-            .decode_full(&x, &caches, &self.mask_bias(mask)?, 0.0, ad)?;
+            .decode_full(&x, &caches, &self.mask_bias(mask)?, 0.0, ad, lens)?;
         self.logits(&h)
     }
 

@@ -13,7 +13,9 @@ use serde_json::Value;
 
 use super::error::PromptError;
 use super::tensor::{read_view, RawTensor};
-use crate::model::adapters::{AdapterWeights, Ia3Scale, LoraFactors, ModelShape, Site};
+use crate::model::adapters::{
+    AdapterWeights, Ia3Scale, LoraFactors, ModelShape, PrefixWeights, Site,
+};
 
 /// Which kind of adapter a task is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -23,6 +25,8 @@ pub enum AdapterKind {
     Lora,
     /// Learned scales of activations.
     Ia3,
+    /// Learned keys and values before the decoder's own (prefix tuning).
+    Prefix,
 }
 
 /// A validated LoRA or IA3 adapter.
@@ -53,9 +57,9 @@ impl Adapter {
     }
 }
 
-/// Whether a config names a LoRA or IA3 adapter.
+/// Whether a config names a LoRA, IA3 or prefix-tuning adapter.
 pub fn is_adapter(peft_type: Option<&str>) -> bool {
-    matches!(peft_type, Some("LORA") | Some("IA3"))
+    matches!(peft_type, Some("LORA" | "IA3" | "PREFIX_TUNING"))
 }
 
 /// PEFT's `target_modules` (or `feedforward_modules`): names, or one regular expression.
@@ -107,6 +111,16 @@ struct Config {
     target_modules: Option<Targets>,
     #[serde(default)]
     bias: Option<String>,
+    #[serde(default)]
+    num_virtual_tokens: Option<usize>,
+    #[serde(default)]
+    num_layers: Option<usize>,
+    #[serde(default)]
+    token_dim: Option<usize>,
+    #[serde(default)]
+    num_attention_heads: Option<usize>,
+    #[serde(default)]
+    num_transformer_submodules: Option<usize>,
     #[serde(flatten)]
     rest: BTreeMap<String, Value>,
 }
@@ -198,6 +212,7 @@ pub fn parse_adapter(
     let weights = match cfg.peft_type.as_str() {
         "LORA" => lora(&cfg, &tensors, shape, max_rank)?,
         "IA3" => ia3(&tensors, shape)?,
+        "PREFIX_TUNING" => prefix(&cfg, &tensors, shape)?,
         other => {
             return Err(PromptError::Adapter(format!(
                 "peft_type {other:?} is not a LoRA or IA3 adapter"
@@ -212,10 +227,10 @@ pub fn parse_adapter(
             "adapter_model.safetensors holds no adapter tensors".into(),
         ));
     }
-    let kind = if cfg.peft_type == "LORA" {
-        AdapterKind::Lora
-    } else {
-        AdapterKind::Ia3
+    let kind = match cfg.peft_type.as_str() {
+        "LORA" => AdapterKind::Lora,
+        "IA3" => AdapterKind::Ia3,
+        _ => AdapterKind::Prefix,
     };
     Ok(Adapter {
         kind,
@@ -396,6 +411,96 @@ fn ia3(
     Ok(out)
 }
 
+/// A prefix-tuning adapter as PEFT applies it to T5 at inference: `prompt_embeddings`
+/// [P, num_layers·2·token_dim] read as num_layers·2 slots of keys or values; PEFT doubles the
+/// slots for the cross-attention, gives decoder block j the four slots from 4j (wrapping), and
+/// then discards the cross-attention pair, so block j's self-attention gets keys from slot
+/// 4j mod 2L and values from 4j+1 mod 2L (blocks may share slots). The encoder gets nothing.
+fn prefix(
+    cfg: &Config,
+    tensors: &[(String, RawTensor)],
+    shape: Option<&ModelShape>,
+) -> Result<AdapterWeights, PromptError> {
+    let field = |v: Option<usize>, name: &str| {
+        v.filter(|&n| n > 0)
+            .ok_or_else(|| PromptError::Adapter(format!("{name} is missing or 0")))
+    };
+    let p = field(cfg.num_virtual_tokens, "num_virtual_tokens")?;
+    let layers = field(cfg.num_layers, "num_layers")?;
+    let width = field(cfg.token_dim, "token_dim")?;
+    let heads = field(cfg.num_attention_heads, "num_attention_heads")?;
+    match cfg.num_transformer_submodules {
+        None | Some(2) => {}
+        Some(n) => {
+            return Err(PromptError::Adapter(format!(
+                "num_transformer_submodules is {n}; a T5 (encoder-decoder) prefix has 2"
+            )))
+        }
+    }
+    if width % heads != 0 {
+        return Err(PromptError::Adapter(format!(
+            "token_dim {width} is not a multiple of num_attention_heads {heads}"
+        )));
+    }
+    let head_dim = width / heads;
+    let [(name, t)] = tensors else {
+        return Err(PromptError::Invalid(format!(
+            "a prefix adapter holds one tensor (prompt_embeddings), found {}",
+            tensors.len()
+        )));
+    };
+    check_finite(name, t)?;
+    if t.shape != [p as u64, (layers * 2 * width) as u64] {
+        return Err(PromptError::Invalid(format!(
+            "`{name}` has shape {:?}; adapter_config.json implies [{p}, {}] (num_virtual_tokens, num_layers x 2 x token_dim)",
+            t.shape,
+            layers * 2 * width
+        )));
+    }
+    let decoder_layers = match shape {
+        Some(s) => {
+            if heads != s.heads || head_dim * s.heads != s.inner {
+                return Err(PromptError::Adapter(format!(
+                    "num_attention_heads {heads} and token_dim {width} give heads of width {head_dim}; the model has {} heads of width {}",
+                    s.heads,
+                    s.inner / s.heads.max(1)
+                )));
+            }
+            if s.decoder_layers > layers {
+                return Err(PromptError::Adapter(format!(
+                    "num_layers is {layers} but the model has {} decoder blocks: PEFT itself has no prefix for the last ones and cannot run this adapter on this model",
+                    s.decoder_layers
+                )));
+            }
+            s.decoder_layers
+        }
+        None => layers,
+    };
+    // Slot s of row i starts at i·(2L·width) + s·width; one slot is [P, heads, head_dim].
+    let slot = |s: usize| -> Vec<f32> {
+        let mut out = Vec::with_capacity(p * width);
+        for h in 0..heads {
+            for i in 0..p {
+                let at = i * layers * 2 * width + s * width + h * head_dim;
+                out.extend_from_slice(&t.values[at..at + head_dim]);
+            }
+        }
+        out
+    };
+    let kv = (0..decoder_layers)
+        .map(|j| (slot(4 * j % (2 * layers)), slot((4 * j + 1) % (2 * layers))))
+        .collect();
+    Ok(AdapterWeights {
+        prefix: Some(PrefixWeights {
+            len: p,
+            heads,
+            head_dim,
+            layers: kv,
+        }),
+        ..AdapterWeights::default()
+    })
+}
+
 /// Every name in a `target_modules` list must match some linear layer of the model.
 fn check_targets(
     targets: &Targets,
@@ -441,6 +546,51 @@ fn check_targets(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_slots_follow_peft_and_wrap_past_the_encoder_depth() {
+        // 4 layers of slots, one head of width 2, one prefix position: slot s holds s.
+        let (layers, width) = (4usize, 2usize);
+        let values: Vec<f32> = (0..layers * 2 * width)
+            .map(|i| (i / width) as f32)
+            .collect();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let weights = safetensors::tensor::serialize(
+            [(
+                "prompt_embeddings",
+                safetensors::tensor::TensorView::new(
+                    safetensors::Dtype::F32,
+                    vec![1, layers * 2 * width],
+                    &bytes,
+                )
+                .unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let config = br#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 1, "num_layers": 4,
+            "token_dim": 2, "num_attention_heads": 1, "num_transformer_submodules": 2}"#;
+        let shape = ModelShape {
+            d_model: 2,
+            inner: 2,
+            heads: 1,
+            d_ff: 4,
+            gated: false,
+            encoder_layers: 4,
+            decoder_layers: 4,
+        };
+        let a = parse_adapter(config, &weights, Some(&shape), 64).unwrap();
+        let p = a.weights.prefix.as_ref().unwrap();
+        let slots: Vec<(f32, f32)> = p.layers.iter().map(|(k, v)| (k[0], v[0])).collect();
+        assert_eq!(slots, vec![(0.0, 1.0), (4.0, 5.0), (0.0, 1.0), (4.0, 5.0)]);
+        // More decoder blocks than the prefix has layers: PEFT cannot run it, refused.
+        let deeper = ModelShape {
+            decoder_layers: 5,
+            ..shape
+        };
+        let err = parse_adapter(config, &weights, Some(&deeper), 64).unwrap_err();
+        assert!(err.to_string().contains("num_layers is 4"), "{err}");
+    }
 
     #[test]
     fn target_lists_match_peft_suffix_rule() {

@@ -75,7 +75,7 @@ impl Prompt {
         let kind: Kind =
             serde_json::from_slice(config).map_err(|e| PromptError::Adapter(e.to_string()))?;
         match kind.peft_type.as_deref() {
-            None | Some("PROMPT_TUNING" | "P_TUNING" | "LORA" | "IA3") => {}
+            None | Some("PROMPT_TUNING" | "P_TUNING" | "LORA" | "IA3" | "PREFIX_TUNING") => {}
             Some(MULTITASK) => {
                 return Err(PromptError::Adapter(format!(
                     "a {MULTITASK} adapter holds one prompt per task: it is served as tasks <name>.0, <name>.1, … (upload it, or put its folder in the prompts folder)"
@@ -83,7 +83,7 @@ impl Prompt {
             }
             Some(other) => {
                 return Err(PromptError::Adapter(format!(
-                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, {MULTITASK}, LORA and IA3"
+                    "peft_type {other:?} is not supported; promptd serves PROMPT_TUNING, P_TUNING, {MULTITASK}, PREFIX_TUNING, LORA and IA3"
                 )))
             }
         }

@@ -74,6 +74,16 @@ impl Prompt {
     /// either (said in the upload's answer and by `promptd inspect`).
     pub fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
+        if let Some(p) = self
+            .adapter
+            .as_ref()
+            .and_then(|a| a.weights.prefix.as_ref())
+        {
+            notes.push(format!(
+                "a prefix of {} positions reaches only the decoder's self-attention: PEFT discards its cross-attention copy at inference and gives the encoder nothing",
+                p.len
+            ));
+        }
         if let Some(d) = &self.decoder {
             notes.push(format!(
                 "the adapter's decoder half ({} rows of num_transformer_submodules: 2) is stored but not served: PEFT's generate() feeds only the encoder half",

@@ -72,7 +72,11 @@ async fn assert_answers_as_peft(state: &promptd::service::Service, task: &str, a
 #[tokio::test]
 async fn lora_and_ia3_upload_answer_as_peft_and_reload_from_the_folder() {
     let s = setup(defaults, true).await;
-    for (task, adapter, kind) in [("lq", "lora-qv", "lora"), ("ia", "ia3", "ia3")] {
+    for (task, adapter, kind) in [
+        ("lq", "lora-qv", "lora"),
+        ("ia", "ia3", "ia3"),
+        ("pf", "prefix", "prefix"),
+    ] {
         let (config, weights) = adapter_files(adapter);
         let r = call(&s.state, upload(task, &config, &weights)).await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);

@@ -1,4 +1,4 @@
-//! LoRA, IA3 and multitask-prompt adapters against PEFT (fixtures from
+//! LoRA, IA3, prefix-tuning and multitask-prompt adapters against PEFT (fixtures from
 //! scripts/make_adapter_fixtures.py): each row alone, every kind mixed in one batch, and PEFT's
 //! own mixed `adapter_names` batch.
 use crate::common;
@@ -9,7 +9,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use common::{fixtures, load, model_names, Loaded};
-use promptd::engine::{PromptSlot, RowInput, RowOutput};
+use promptd::engine::continuous::Running;
+use promptd::engine::{Joining, PromptSlot, RowInput, RowOutput};
 use promptd::model::adapters::ModelShape;
 use promptd::prompts::dir::{load_source, PromptSource};
 use promptd::prompts::{multitask, Prompt, PromptLimits};
@@ -40,11 +41,6 @@ enum Line {
     One(Case),
 }
 
-/// The kinds mixed in a pass here (prefix tuning has its own lines).
-fn served(case: &Case) -> bool {
-    case.adapter.as_deref() != Some("prefix")
-}
-
 impl Case {
     /// The task serving this case: the adapter, or a multitask adapter's `<name>.<t>`.
     fn task(&self) -> Option<String> {
@@ -65,7 +61,6 @@ fn lines(model: &str) -> (Vec<Case>, Vec<Case>) {
             Line::One(c) => cases.push(c),
         }
     }
-    cases.retain(served);
     assert!(cases.len() >= 16 && !batch.is_empty(), "{model}: fixtures");
     (cases, batch)
 }
@@ -109,9 +104,6 @@ impl Adapters {
         let mut slots = BTreeMap::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().into_owned();
-            if name == "prefix" {
-                continue;
-            }
             for (task, prompt) in adapter(model, &name, &loaded) {
                 let slot = loaded.engine.register_task(&prompt.weights()).unwrap();
                 slots.insert(task, slot);
@@ -243,6 +235,53 @@ fn adapters_change_the_output() {
                 with.iter().zip(&without).any(|(x, y)| x != y),
                 "{model}: adapter {name} changed nothing"
             );
+        }
+    }
+}
+
+#[test]
+fn adapter_rows_joining_a_running_batch_match_peft() {
+    // Rows of every kind join a batch already decoding (their slots reused, the batch
+    // compacted), so each adapter's per-row state follows its row.
+    for model in model_names() {
+        let mut a = Adapters::new(&model);
+        let (cases, _) = lines(&model);
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        order.sort_by_key(|&i| (i * 7919) % cases.len());
+        let mut running = Running::new(a.loaded.engine.model());
+        let (mut waiting, mut joined_while_running) = (Vec::new(), 0);
+        let mut next = order.into_iter().peekable();
+        let mut wave = 0;
+        while next.peek().is_some() || !running.is_empty() {
+            wave += 1;
+            let mut joining = Vec::new();
+            for i in next.by_ref().take(1 + wave % 4) {
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                joining.push(Joining {
+                    row: a.row(&cases[i]),
+                    reply,
+                });
+                waiting.push((i, rx));
+            }
+            if !joining.is_empty() && !running.is_empty() {
+                joined_while_running += 1;
+            }
+            running.admit(&mut a.loaded.engine, joining, 200);
+            for _ in 0..(wave % 3) {
+                running.step(&a.loaded.engine);
+            }
+            if next.peek().is_none() {
+                while !running.is_empty() {
+                    running.step(&a.loaded.engine);
+                }
+            }
+        }
+        assert!(joined_while_running > 5, "rows must join a running batch");
+        let work = running.take_work();
+        assert!(work.reused_slots > 0 && work.compactions > 0, "{work:?}");
+        for (i, mut rx) in waiting {
+            let out = rx.try_recv().expect("answered").expect("no error");
+            assert_peft(&cases[i], &out, &format!("{model} continuous batch"));
         }
     }
 }

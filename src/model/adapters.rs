@@ -307,6 +307,9 @@ pub struct PrefixRows {
     pub kv: Vec<(Tensor, Tensor)>,
 }
 
+/// A resident prefix: its length, and per decoder block keys and values [H, P, d_kv].
+type PrefixTable = (i64, Vec<(Tensor, Tensor)>);
+
 /// One site's LoRA table: A.T [capacity, in, r] and (scaled) B.T [capacity, r, out].
 struct LoraTable {
     a: Tensor,
@@ -318,7 +321,7 @@ pub struct AdapterTables {
     lora: HashMap<Site, LoraTable>,
     ia3: HashMap<(Site, bool), Tensor>,
     /// Prefixes by adapter index: length, and per decoder block keys and values [H, P, d_kv].
-    prefix: HashMap<i64, (i64, Vec<(Tensor, Tensor)>)>,
+    prefix: HashMap<i64, PrefixTable>,
     capacity: i64,
     device: Device,
     kind: Kind,
@@ -365,8 +368,7 @@ impl AdapterTables {
             return Ok(None);
         }
         let rows: Vec<i64> = Vec::try_from(index.f_to_device(Device::Cpu)?)?;
-        let found: Vec<Option<&(i64, Vec<(Tensor, Tensor)>)>> =
-            rows.iter().map(|i| self.prefix.get(i)).collect();
+        let found: Vec<Option<&PrefixTable>> = rows.iter().map(|i| self.prefix.get(i)).collect();
         let Some((_, first)) = found.iter().flatten().next() else {
             return Ok(None);
         };

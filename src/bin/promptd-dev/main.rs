@@ -16,6 +16,9 @@ struct Cli {
     /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn or blas.
     #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::Onednn)]
     cpu_matmul: promptd::model::CpuMatmul,
+    /// How many LoRAs are applied in one batch: gathered (BGMV) or grouped (SGMV).
+    #[arg(long, global = true, value_enum, default_value_t = promptd::model::adapters::LoraKernel::Gathered)]
+    lora_kernel: promptd::model::adapters::LoraKernel,
     /// What to run.
     #[command(subcommand)]
     command: Command,
@@ -82,6 +85,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     promptd::cli::init_tracing(false);
     promptd::model::set_cpu_matmul(cli.cpu_matmul);
+    promptd::model::adapters::set_lora_kernel(cli.lora_kernel);
     let result = match cli.command {
         Command::MakeModel(a) => random::make_model(RandomModel {
             out: a.out,

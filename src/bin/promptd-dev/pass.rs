@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use promptd::engine::{DeviceSpec, DtypeSpec, Engine, PromptRows, RowInput};
+use promptd::model::adapters::ModelShape;
 use promptd::model::random::Shape;
 use promptd::model::{ModelOptions, T5Config, T5Model, T5Tokenizer};
 use promptd::prompts::{load_prompt_dir, PromptLimits};
@@ -242,11 +243,19 @@ fn rows_from_file(
     let dir = args.model.as_ref().expect("clap: --rows requires --model");
     let config = engine.model().config.clone();
     let tokenizer = T5Tokenizer::from_dir(dir, config.eos_ids()[0]).map_err(|e| e.to_string())?;
+    let limits = PromptLimits {
+        shape: Some(ModelShape::of(&config)),
+        ..PromptLimits::default()
+    };
     let loaded = match &args.prompts {
-        Some(dir) => Some(
-            load_prompt_dir(dir, config.d_model as usize, &PromptLimits::default())
-                .map_err(|e| e.to_string())?,
-        ),
+        Some(dir) => {
+            let loaded = load_prompt_dir(dir, config.d_model as usize, &limits)
+                .map_err(|e| e.to_string())?;
+            if let Some((path, e)) = loaded.errors.first() {
+                return Err(format!("{}: {e}", path.display()));
+            }
+            Some(loaded)
+        }
         None => None,
     };
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -265,7 +274,7 @@ fn rows_from_file(
                     .and_then(|l| l.prompts.get(&name))
                     .ok_or_else(|| format!("no prompt for task {task} (--prompts)"))?;
                 let slot = engine
-                    .register_prompt(&prompt.encoder)
+                    .register_task(&prompt.weights())
                     .map_err(|e| e.to_string())?;
                 slots.insert(task.to_string(), slot.clone());
                 Some(slot)

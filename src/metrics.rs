@@ -49,6 +49,16 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Prompts currently served.
     pub prompts_loaded: IntGauge,
+    /// LoRA, IA3 and prefix adapters on the device.
+    pub adapters_resident: IntGauge,
+    /// Adapters registered (on the device or waiting in host memory).
+    pub adapters_registered: IntGauge,
+    /// Bytes of the adapters on the device.
+    pub adapter_resident_bytes: IntGauge,
+    /// Adapters loaded onto the device.
+    pub adapter_loads: IntCounter,
+    /// Adapters moved off the device (least recently used, to fit --adapter-memory-mb).
+    pub adapter_evictions: IntCounter,
     /// Prompt uploads and deletes by result.
     prompt_uploads: IntCounterVec,
     /// Prompt changes picked up from the folder by result.
@@ -327,6 +337,17 @@ fn strs<T: Copy>(all: &[T], f: fn(T) -> &'static str) -> Vec<&'static str> {
 }
 
 impl Metrics {
+    /// Publishes the adapter bank's state (the counters move by what the bank counted since).
+    pub fn adapter_bank(&self, stats: &crate::engine::AdapterStats) {
+        self.adapters_resident.set(stats.resident as i64);
+        self.adapters_registered.set(stats.registered as i64);
+        self.adapter_resident_bytes.set(stats.resident_bytes as i64);
+        self.adapter_loads
+            .inc_by(stats.loads.saturating_sub(self.adapter_loads.get()));
+        self.adapter_evictions
+            .inc_by(stats.evictions.saturating_sub(self.adapter_evictions.get()));
+    }
+
     /// A fresh registry with every metric registered.
     pub fn new(max_task_labels: usize) -> Self {
         let registry = Registry::new();
@@ -385,6 +406,26 @@ impl Metrics {
                 "1 while the server is ready to serve, else 0",
             ),
             prompts_loaded: r.gauge("promptd_prompts_loaded", "Prompts currently served"),
+            adapters_resident: r.gauge(
+                "promptd_adapters_resident",
+                "LoRA, IA3 and prefix adapters on the device",
+            ),
+            adapters_registered: r.gauge(
+                "promptd_adapters_registered",
+                "Adapters registered, on the device or waiting in host memory",
+            ),
+            adapter_resident_bytes: r.gauge(
+                "promptd_adapter_resident_bytes",
+                "Bytes of the adapters on the device (--adapter-memory-mb)",
+            ),
+            adapter_loads: r.counter(
+                "promptd_adapter_loads_total",
+                "Adapters loaded onto the device",
+            ),
+            adapter_evictions: r.counter(
+                "promptd_adapter_evictions_total",
+                "Adapters moved off the device to fit --adapter-memory-mb",
+            ),
             prompt_uploads: r.closed_counters(
                 "promptd_prompt_uploads_total",
                 "Prompt uploads and deletes through the API by result",

@@ -361,6 +361,7 @@ impl Batcher {
         }
         if let Ok((admitted, elapsed)) = engine.join(rows).await {
             self.metrics.batch_duration.observe(elapsed.as_secs_f64());
+            self.metrics.adapter_bank(&admitted.adapters);
             for pass in &admitted.passes {
                 self.metrics.batch_size.observe(pass.rows as f64);
                 self.metrics.batch_tasks.observe(pass.tasks as f64);
@@ -458,6 +459,7 @@ mod tests {
             device: tch::Device::Cpu,
             kind: tch::Kind::Float,
             max_batch_tokens: 4096,
+            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
         };
         let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
         engine.ready().await.unwrap();

@@ -105,6 +105,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PROMPTD_MAX_PROMPT_BYTES",
           default_value_t = Limits::default().max_prompt_bytes)]
     pub max_prompt_bytes: usize,
+    /// Device memory for LoRA, IA3 and prefix adapters, in MiB: the least recently used are
+    /// moved off when full (they stay in host memory and load again when a row needs them).
+    #[arg(long, env = "PROMPTD_ADAPTER_MEMORY_MB",
+          default_value_t = crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB)]
+    pub adapter_memory_mb: usize,
     /// Highest rank a LoRA adapter may have (uploads above it are refused).
     #[arg(long, env = "PROMPTD_MAX_LORA_RANK",
           default_value_t = PromptLimits::default().max_lora_rank as u32,
@@ -218,6 +223,7 @@ impl ServeArgs {
             max_uri_bytes: self.max_uri_bytes,
             max_header_bytes: self.max_header_bytes,
         };
+        config.adapter_memory_mb = self.adapter_memory_mb;
         config.prompt_limits = PromptLimits {
             max_rows: self.rows.max_prompt_length,
             max_file_bytes: self.max_prompt_bytes,

@@ -51,9 +51,9 @@ impl PromptSlot {
         self.region.len == 0
     }
 
-    /// The adapter index rows of this task gather (0: none).
-    pub fn adapter_index(&self) -> i64 {
-        self.adapter.as_ref().map_or(0, AdapterSlot::index)
+    /// The bank id of the task's adapter, if it has one.
+    pub fn adapter_id(&self) -> Option<u64> {
+        self.adapter.as_ref().map(AdapterSlot::id)
     }
 
     /// The virtual token ids that stand for this prompt's rows.

@@ -4,9 +4,12 @@
 //! self-attention columns from before it joined and the encoder padding of longer rows are
 //! masked, and T5's decoder position bias depends only on key − query, which is the same for
 //! every row when the caches are right-aligned.
+use std::collections::HashSet;
+
 use tch::{Kind, Tensor};
 use tokio::sync::oneshot;
 
+use super::adapters::AdapterStats;
 use super::error::{guarded, EngineError};
 use super::passes::Engine;
 use super::rows::{
@@ -38,6 +41,8 @@ pub struct Admitted {
     pub live_tasks: usize,
     /// Cost of each encoder pass the admission ran (decode fields are zero).
     pub passes: Vec<BatchStats>,
+    /// The adapter bank after the admission.
+    pub adapters: AdapterStats,
 }
 
 /// A row being decoded.
@@ -163,6 +168,13 @@ impl Running {
         count_tasks(self.lives().map(|l| &l.row))
     }
 
+    /// The adapters rows decoding now use (they stay on the device).
+    fn live_adapters(&self) -> HashSet<u64> {
+        self.lives()
+            .filter_map(|l| l.row.prompt.as_ref()?.adapter_id())
+            .collect()
+    }
+
     fn lives(&self) -> impl Iterator<Item = &Live> {
         self.slots.iter().flatten()
     }
@@ -185,7 +197,8 @@ impl Running {
         for group in split_by_token_budget(&lengths, max_batch_tokens) {
             let group: Vec<Joining> = rest.by_ref().take(group.len()).collect();
             let rows: Vec<RowInput> = group.iter().map(|j| j.row.clone()).collect();
-            match guarded(|| prepare(engine, &rows)) {
+            let live = self.live_adapters();
+            match guarded(|| prepare(engine, &rows, &live)) {
                 Ok(fresh) => {
                     admitted.passes.push(fresh.stats.clone());
                     self.join(engine.model(), fresh, group);
@@ -199,7 +212,9 @@ impl Running {
                         "encoder pass failed, retrying rows alone: {e}"
                     );
                     for one in group {
-                        match guarded(|| prepare(engine, std::slice::from_ref(&one.row))) {
+                        let live = self.live_adapters();
+                        let alone = std::slice::from_ref(&one.row);
+                        match guarded(|| prepare(engine, alone, &live)) {
                             Ok(fresh) => {
                                 admitted.passes.push(fresh.stats.clone());
                                 self.join(engine.model(), fresh, vec![one]);
@@ -214,6 +229,7 @@ impl Running {
         }
         admitted.live_rows = self.len();
         admitted.live_tasks = self.tasks();
+        admitted.adapters = engine.adapters().stats();
         admitted
     }
 
@@ -575,8 +591,12 @@ impl Engine {
 }
 
 /// Encoder pass and label scores of a group; decoder state for its rows that generate.
-fn prepare(engine: &mut Engine, rows: &[RowInput]) -> Result<Fresh, EngineError> {
-    let encoded = engine.encode_rows(rows)?;
+fn prepare(
+    engine: &mut Engine,
+    rows: &[RowInput],
+    live: &HashSet<u64>,
+) -> Result<Fresh, EngineError> {
+    let encoded = engine.encode_rows(rows, live)?;
     let scores = engine.score_rows(rows, &encoded)?;
     let decoding: Vec<bool> = rows
         .iter()

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod bank;
 pub mod continuous;
 pub mod device;
+mod encoded;
 mod error;
 pub mod neighbors;
 mod passes;
@@ -14,9 +15,10 @@ mod rows;
 pub mod sampling;
 pub mod score;
 pub mod side;
+mod task;
 pub mod worker;
 
-pub use adapters::{AdapterBank, AdapterSlot, TaskWeights};
+pub use adapters::{AdapterBank, AdapterSlot, AdapterStats};
 pub use bank::{PromptBank, PromptRows, PromptSlot};
 /// The batcher's contract with the engine thread (continuous batching).
 pub use continuous::{Admitted, DecodeWork, Joining, RowResult};
@@ -29,3 +31,4 @@ pub use rows::{
     RowInput, RowOutput,
 };
 pub use sampling::{Sampling, StreamToken, TokenLogprob, TokenSender};
+pub use task::TaskWeights;

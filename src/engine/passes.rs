@@ -1,40 +1,21 @@
 //! The engine proper: the model plus its prompt bank, and the passes over them that the decoder
 //! ([`super::continuous`]) builds on: one encoder pass over `[prompt rows ; input]`, label
 //! scoring, prompt registration and nearest tokens.
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use tch::Tensor;
 
-use super::adapters::{AdapterBank, TaskWeights};
+use super::adapters::{AdapterBank, DEFAULT_ADAPTER_MEMORY_MB};
 use super::bank::{PromptBank, PromptRows, PromptSlot};
+use super::encoded::Encoded;
 use super::error::EngineError;
 use super::neighbors;
 use super::rows::{BatchStats, RowInput};
 use super::score::{self, LabelPair};
-use crate::model::adapters::{Adapt, AdapterTables};
+use super::task::TaskWeights;
 use crate::model::profile::{span, Family};
 use crate::model::{ModelError, T5Model};
-
-/// Encoder output of a group of rows.
-pub(crate) struct Encoded {
-    /// [B, S, d]
-    pub out: Tensor,
-    /// 0/1 [B, S]
-    pub mask: Tensor,
-    /// S: the longest row's encoder positions.
-    pub width: usize,
-    /// Each row's adapter index [B] (None: no row has an adapter).
-    pub adapters: Option<Tensor>,
-}
-
-impl Encoded {
-    /// The rows' adapters over `tables` (None without any).
-    pub fn adapt<'a>(&self, tables: &'a AdapterTables) -> Option<Adapt<'a>> {
-        self.adapters
-            .as_ref()
-            .map(|index| Adapt::new(tables, index.shallow_clone()))
-    }
-}
 
 /// The model plus its prompt and adapter banks.
 pub struct Engine {
@@ -56,7 +37,7 @@ impl Engine {
             opts.kind,
         )?;
         Ok(Self {
-            adapters: AdapterBank::new(opts.device, opts.kind),
+            adapters: AdapterBank::new(opts.device, opts.kind, DEFAULT_ADAPTER_MEMORY_MB << 20),
             model,
             bank,
             last_stats: BatchStats::default(),
@@ -115,12 +96,22 @@ impl Engine {
         let Some(adapter) = &task.adapter else {
             return self.register_prompt(&task.rows);
         };
-        let slot = self.adapters.insert(adapter)?;
+        let slot = self.adapters.register(adapter.clone())?;
         self.bank.insert_task(&task.rows, Some(slot))
     }
 
-    /// One encoder pass over `[prompt rows ; input]` for every row (right-padded).
-    pub(crate) fn encode_rows(&mut self, rows: &[RowInput]) -> Result<Encoded, EngineError> {
+    /// The adapter bank, to budget.
+    pub fn adapters_mut(&mut self) -> &mut AdapterBank {
+        &mut self.adapters
+    }
+
+    /// One encoder pass over `[prompt rows ; input]` for every row (right-padded); the rows'
+    /// adapters are loaded first, keeping those of `live` (ids the running batch uses).
+    pub(crate) fn encode_rows(
+        &mut self,
+        rows: &[RowInput],
+        live: &HashSet<u64>,
+    ) -> Result<Encoded, EngineError> {
         #[cfg(debug_assertions)]
         if crate::fault::take(&crate::fault::PANIC_PASSES) {
             panic!("injected fault: forward pass panicked");
@@ -152,10 +143,19 @@ impl Engine {
             self.bank.embed(self.model.shared(), &ids)?
         };
         self.adapters.reclaim()?;
-        let index: Vec<i64> = rows
+        let mut pinned = live.clone();
+        pinned.extend(rows.iter().filter_map(|r| r.prompt.as_ref()?.adapter_id()));
+        // A lowered budget takes effect here: what no row needs leaves first.
+        self.adapters.fit(0, &pinned)?;
+        let index = rows
             .iter()
-            .map(|r| r.prompt.as_ref().map_or(0, |p| p.adapter_index()))
-            .collect();
+            .map(
+                |r| match r.prompt.as_ref().and_then(|p| p.adapter.as_ref()) {
+                    Some(a) => self.adapters.ensure(a, &pinned),
+                    None => Ok(0),
+                },
+            )
+            .collect::<Result<Vec<i64>, ModelError>>()?;
         let adapters = if index.iter().any(|&i| i != 0) {
             Some(Tensor::f_from_slice(&index)?.f_to_device(opts.device)?)
         } else {

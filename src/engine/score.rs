@@ -1,7 +1,7 @@
 //! Rank classification: log-likelihood of each candidate label (its tokens then `</s>`).
 use tch::{Kind, Tensor};
 
-use super::passes::Encoded;
+use super::encoded::Encoded;
 use crate::model::adapters::AdapterTables;
 use crate::model::{ModelError, T5Model};
 

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind};
 use tokio::sync::{oneshot, watch};
 
-use super::adapters::TaskWeights;
 use super::bank::PromptSlot;
 use super::continuous::{Admitted, Joining, Running};
 use super::error::{guarded, EngineError};
 use super::passes::Engine;
 use super::side::SideWork;
+use super::task::TaskWeights;
 use crate::model::{ModelOptions, T5Model};
 
 /// What the engine thread needs to start.
@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub kind: Kind,
     /// Padded encoder positions per forward pass.
     pub max_batch_tokens: u64,
+    /// Device memory for adapters, in bytes (`--adapter-memory-mb`); the rest wait in host memory.
+    pub adapter_memory: usize,
 }
 
 /// Engine life cycle, published on a watch channel.
@@ -130,7 +132,10 @@ fn engine_thread(
     };
     let engine = T5Model::load(&cfg.model_dir, opts).and_then(Engine::new);
     let mut engine = match engine {
-        Ok(e) => e,
+        Ok(mut e) => {
+            e.adapters_mut().set_budget(cfg.adapter_memory);
+            e
+        }
         Err(e) => {
             tracing::error!("model failed to load: {e}");
             state.send_replace(EngineState::Failed(e.to_string()));

@@ -17,6 +17,7 @@ use crate::batcher::{Batcher, Decode, PolicyConfig};
 use crate::catalog::ensembles::{EnsembleStore, Ensembles};
 use crate::catalog::prompts::{Backend, PromptStore, Registry};
 use crate::catalog::shelf::Shelf;
+use crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB;
 use crate::engine::worker::{self, EngineConfig};
 use crate::engine::{DeviceSpec, DtypeSpec};
 use crate::metrics::{Metrics, TenantsReload};
@@ -57,6 +58,8 @@ pub enum AuditLogPath {
 pub struct ServerConfig {
     /// Hugging Face T5 folder.
     pub model: PathBuf,
+    /// Device memory for LoRA, IA3 and prefix adapters, in MiB (the rest wait in host memory).
+    pub adapter_memory_mb: usize,
     /// Prompts folder (loaded at start, uploads written there, watched). With a bucket
     /// (`store`), only this replica's own files are kept here (tuning job records).
     pub prompts: PathBuf,
@@ -116,6 +119,7 @@ impl ServerConfig {
             decode: Decode::default(),
             limits: Limits::default(),
             prompt_limits: PromptLimits::default(),
+            adapter_memory_mb: DEFAULT_ADAPTER_MEMORY_MB,
             tune: TuneLimits::default(),
             tune_share: 0.25,
             tenants: None,
@@ -222,6 +226,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         device,
         kind,
         max_batch_tokens: config.policy.max_batch_tokens,
+        adapter_memory: config.adapter_memory_mb << 20,
     };
     let (engine, engine_thread) =
         worker::spawn(engine_config, Box::new(scheduler)).map_err(ServerError::EngineThread)?;

@@ -359,6 +359,7 @@ mod tests {
             device: Device::Cpu,
             kind: Kind::Float,
             max_batch_tokens: 4096,
+            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
         };
         let (engine, thread) = worker::spawn(config, Box::new(scheduler)).unwrap();
         (TuneQueue::new(submitted, engine.waker()), engine, thread)

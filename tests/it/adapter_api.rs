@@ -84,6 +84,15 @@ async fn lora_and_ia3_upload_answer_as_peft_and_reload_from_the_folder() {
         assert_eq!(r.body["prompt_length"], json!(0));
         assert_answers_as_peft(&s.state, task, adapter).await;
     }
+    let m = s.state.metrics.render();
+    for line in [
+        "promptd_adapters_registered 3",
+        "promptd_adapters_resident 3",
+        "promptd_adapter_loads_total 3",
+        "promptd_adapter_evictions_total 0",
+    ] {
+        assert!(m.contains(line), "{line} in\n{m}");
+    }
     // A multitask adapter: one upload, one task per prompt.
     let (config, weights) = adapter_files("multitask");
     let r = call(&s.state, upload("mt", &config, &weights)).await;

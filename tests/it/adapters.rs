@@ -285,3 +285,40 @@ fn adapter_rows_joining_a_running_batch_match_peft() {
         }
     }
 }
+
+#[test]
+fn a_tiny_adapter_budget_moves_adapters_on_and_off_without_changing_answers() {
+    let model = &model_names()[1];
+    let mut a = Adapters::new(model);
+    let (cases, _) = lines(model);
+    let want: Vec<RowOutput> = cases.iter().map(|c| a.run(&[c])[0].clone()).collect();
+    let before = a.loaded.engine.adapters().stats();
+    assert_eq!(before.evictions, 0, "the default budget holds them all");
+    // One byte: every pass keeps only its own rows' adapters on the device (over the budget,
+    // since live rows never lose theirs), so each row alone loads its adapter again.
+    a.loaded.engine.adapters_mut().set_budget(1);
+    for (case, want) in cases.iter().zip(&want) {
+        let got = a.run(&[case]);
+        assert_eq!(got[0].token_ids, want.token_ids, "{:?}", case.adapter);
+        assert_eq!(got[0].scores, want.scores);
+    }
+    let after = a.loaded.engine.adapters().stats();
+    // Every adapter left and came back at least once.
+    assert!(after.evictions >= 5, "{after:?}");
+    assert!(after.loads >= before.loads + 5, "{after:?}");
+    assert!(after.resident <= 1, "{after:?}");
+    assert_eq!(after.registered, before.registered);
+    // A batch of every kind at once: all of its adapters load together.
+    let out = a.run(&cases.iter().collect::<Vec<_>>());
+    for ((case, got), want) in cases.iter().zip(&out).zip(&want) {
+        assert_eq!(got.token_ids, want.token_ids, "{:?}", case.adapter);
+    }
+    // Dropping a task's slot takes its adapter off the device at the next pass.
+    let registered = a.loaded.engine.adapters().stats().registered;
+    a.slots.remove("lora-qv");
+    a.run(&[&cases[0]]);
+    assert_eq!(
+        a.loaded.engine.adapters().stats().registered,
+        registered - 1
+    );
+}

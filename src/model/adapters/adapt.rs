@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tch::{Device, Tensor};
 
+use super::sites::Site;
 use super::tables::{AdapterTables, LoraTable};
 use super::weights::PrefixRows;
-use super::Site;
 use crate::model::error::ModelError;
 use crate::model::packed::Packed;
 use crate::model::profile::{span, Family};

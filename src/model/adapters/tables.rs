@@ -3,8 +3,8 @@ use std::collections::HashMap;
 
 use tch::{Device, Kind, Tensor};
 
+use super::sites::Site;
 use super::weights::{AdapterWeights, PrefixRows};
-use super::Site;
 use crate::model::error::ModelError;
 
 /// A resident prefix: its length, and per decoder block keys and values [H, P, d_kv].

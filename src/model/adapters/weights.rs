@@ -1,7 +1,7 @@
 //! What one adapter changes in the frozen model, as read from its files.
 use tch::Tensor;
 
-use super::Site;
+use super::sites::Site;
 
 /// A LoRA update of one layer: `x @ A.T @ B.T`, the scaling folded into `b`.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,8 +11,12 @@ use crate::model::{T5Config, T5Model, T5Tokenizer, TokenizerSource};
 /// Arguments of `promptd inspect`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InspectArgs {
-    /// Hugging Face T5 directory.
+    /// Hugging Face T5 directory, or a PEFT adapter folder (adapter_config.json +
+    /// adapter_model.safetensors).
     pub model: PathBuf,
+    /// For an adapter folder: the model whose shapes it must fit.
+    #[arg(long)]
+    pub for_model: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -170,7 +174,7 @@ fn dtype_name(kind: tch::Kind) -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
@@ -228,6 +232,20 @@ fn text(r: &Report) -> String {
 
 /// Prints the report; exits non-zero when the model cannot be served.
 pub fn run(args: InspectArgs) -> Result<(), String> {
+    if super::inspect_adapter::is_adapter_dir(&args.model) {
+        let r = super::inspect_adapter::report(&args.model, args.for_model.as_deref());
+        let body = if args.json {
+            serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"
+        } else {
+            super::inspect_adapter::text(&r)
+        };
+        std::io::Write::write_all(&mut std::io::stdout().lock(), body.as_bytes())
+            .map_err(|e| format!("stdout: {e}"))?;
+        return match r.can_serve {
+            true => Ok(()),
+            false => Err(format!("cannot serve {}", args.model.display())),
+        };
+    }
     let r = report(&args.model);
     let body = if args.json {
         serde_json::to_string_pretty(&r).map_err(|e| e.to_string())? + "\n"

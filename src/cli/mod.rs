@@ -1,6 +1,7 @@
 //! Command-line entry points.
 pub mod convert;
 pub mod inspect;
+pub mod inspect_adapter;
 pub mod keys;
 pub mod limits;
 mod load;

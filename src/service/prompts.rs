@@ -190,7 +190,7 @@ impl Service {
         let (mut first, created) = stored[0].clone();
         if names.len() > 1 {
             first.notes.push(format!(
-                "a multitask adapter: its {} task prompts are the tasks {} (this answer describes {})",
+                "a multitask adapter: its {} task prompts are the tasks {} (this answer describes {}); the decoder half of each is not served, as PEFT's generate() uses only the encoder half",
                 names.len(),
                 names.join(", "),
                 names[0]

@@ -184,3 +184,41 @@ fn the_commands_run() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("can serve:    no"));
 }
+
+#[test]
+fn inspect_reads_every_adapter_kind_and_says_what_is_not_served() {
+    use promptd::cli::inspect_adapter::report as adapter_report;
+    let adapters = common::fixtures().join("adapters/t5-v1_1-tiny");
+    let model = common::fixtures().join("models/t5-v1_1-tiny");
+    let other = common::fixtures().join("models/t5-v1_0-tiny");
+    let r = adapter_report(&adapters.join("lora-all"), Some(&model));
+    assert!(r.can_serve, "{:?}", r.reason);
+    assert_eq!((r.kind, r.rank), (Some("lora"), Some(2)));
+    assert_eq!(r.modules, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"]);
+    let r = adapter_report(&adapters.join("prefix"), Some(&model));
+    assert_eq!(r.kind, Some("prefix"));
+    assert!(
+        r.notes[0].contains("only the decoder's self-attention"),
+        "{:?}",
+        r.notes
+    );
+    let r = adapter_report(&adapters.join("multitask"), None);
+    assert_eq!(
+        (r.kind, r.tasks, r.prompt_length),
+        (Some("prompt"), 3, Some(4))
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("decoder half")),
+        "{:?}",
+        r.notes
+    );
+    let r = adapter_report(
+        &common::fixtures().join("prompts/t5-v1_1-tiny/task00"),
+        Some(&model),
+    );
+    assert!(r.notes[0].contains("decoder half"), "{:?}", r.notes);
+    // Another model's shapes: refused, with the layer named.
+    let r = adapter_report(&adapters.join("lora-qv"), Some(&other));
+    assert!(!r.can_serve);
+    assert!(r.reason.unwrap().contains("SelfAttention.q"));
+}

@@ -174,7 +174,7 @@ fn dtype_name(kind: tch::Kind) -> String {
     }
 }
 
-pub(super) fn human(bytes: u64) -> String {
+fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut unit = 0;

@@ -148,9 +148,10 @@ pub fn text(r: &AdapterReport) -> String {
         );
     }
     out += &format!(
-        "parameters:   {} ({} in f32)\n",
+        "parameters:   {} ({:.3} MB in f32, {:.3} MB in bf16)\n",
         r.parameters,
-        super::inspect::human(r.parameters as u64 * 4)
+        r.parameters as f64 * 4e-6,
+        r.parameters as f64 * 2e-6
     );
     for n in &r.notes {
         out += &format!("not served:   {n}\n");

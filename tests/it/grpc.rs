@@ -112,6 +112,33 @@ fn put(file: Vec<u8>, config: Option<Vec<u8>>) -> PutPromptRequest {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_put_prompt_takes_a_lora_adapter_and_says_its_kind() {
+    let server = start(|_| {}).await;
+    let mut grpc = client(&server).await;
+    let dir = common::fixtures().join("adapters/t5-v1_1-tiny/lora-qv");
+    let read = |n: &str| std::fs::read(dir.join(n)).unwrap();
+    let mut req = put(
+        read("adapter_model.safetensors"),
+        Some(read("adapter_config.json")),
+    );
+    req.task = "grpc-lora".into();
+    let stored = grpc.put_prompt(req).await.unwrap().into_inner();
+    let info = stored.prompt.unwrap();
+    assert!(stored.created);
+    assert_eq!((info.kind.as_str(), info.lora_rank), ("lora", Some(4)));
+    assert_eq!(info.modules, ["q", "v"]);
+    assert!(info.adapter_parameters > 0);
+    let got = grpc
+        .get_prompt(GetPromptRequest {
+            task: "grpc-lora".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kind, "lora");
+}
+
+#[tokio::test]
 async fn grpc_put_prompt_creates_then_replaces_and_http_sees_the_same_version() {
     let server = start(|_| {}).await;
     let prompts = &server.prompts;

@@ -47,7 +47,17 @@ fn task(name: &str) -> Result<TaskName, Status> {
 }
 
 fn info(p: PromptInfo) -> proto::PromptInfo {
+    let kind = serde_json::to_value(p.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    let adapter = p.adapter.as_ref();
     proto::PromptInfo {
+        kind,
+        lora_rank: adapter.and_then(|a| a.rank).map(|r| r as u64),
+        modules: adapter.map(|a| a.modules.clone()).unwrap_or_default(),
+        adapter_parameters: adapter.map_or(0, |a| a.parameters as u64),
+        notes: p.notes,
         task: p.task,
         prompt_length: p.prompt_length as u64,
         d_model: p.d_model as u64,

@@ -111,6 +111,19 @@ panels.append(panel("Errors", "reqps", [
     q(f"sum by (status) (rate(promptd_requests_total{ERR}[{RATE}]))", "HTTP {{status}}"),
     q(f"sum by (error_type) (rate(promptd_batch_errors_total{SEL}[{RATE}]))", "batch {{error_type}}")], 0, y, 24))
 y += 8
+panels.append(row("Adapters (LoRA, IA3, prefix)", y)); y += 1
+panels.append(panel("Adapters on the device and registered", "short", [
+    q(f"max(promptd_adapters_resident{SEL})", "on the device"),
+    q(f"max(promptd_adapters_registered{SEL})", "registered")], 0, y, 8,
+    description="Registered adapters not on the device wait in host memory and load when a row needs them."))
+panels.append(panel("Adapter memory on the device", "bytes", [
+    q(f"promptd_adapter_resident_bytes{SEL}", "{{pod}}")], 8, y, 8,
+    description="Bounded by --adapter-memory-mb (exceeded only while every resident adapter has a decoding row)."))
+panels.append(panel("Adapter loads and evictions", "ops", [
+    q(f"sum(rate(promptd_adapter_loads_total{SEL}[{RATE}]))", "loads"),
+    q(f"sum(rate(promptd_adapter_evictions_total{SEL}[{RATE}]))", "evictions")], 16, y, 8,
+    description="Evictions that keep pace with loads mean the working set does not fit --adapter-memory-mb."))
+y += 8
 panels.append(row("Prompt tuning", y)); y += 1
 panels.append(panel("Tuning jobs by state", "short", [
     q(f"sum by (state) (promptd_tune_jobs{SEL})", "{{state}}")], 0, y, 8, stack=True))

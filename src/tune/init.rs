@@ -81,7 +81,14 @@ pub fn read_init_file(path: &std::path::Path, d_model: usize) -> Result<PromptRo
         max_rows: usize::MAX,
         ..PromptLimits::default()
     };
-    Ok(load_source(&source, d_model, &limits)?.encoder)
+    let prompt = load_source(&source, d_model, &limits)?;
+    if prompt.adapter.is_some() {
+        return Err(TuneError::Settings(format!(
+            "{} is a LoRA, IA3 or prefix adapter: a prompt's tuning starts from a soft prompt",
+            path.display()
+        )));
+    }
+    Ok(prompt.encoder)
 }
 
 /// Builds the initial P [rows, d_model] as f32 values.

@@ -133,6 +133,60 @@ async fn replicas_converge_and_a_write_can_wait_for_the_fleet() {
         (json!(2), json!(4))
     );
 
+    // A LoRA adapter travels the same way and answers the same on every replica.
+    let dir = super::common::fixtures().join("adapters/t5-v1_1-tiny/lora-qv");
+    let expected = std::fs::read_to_string(
+        super::common::fixtures().join("expected/adapters/t5-v1_1-tiny.jsonl"),
+    )
+    .unwrap();
+    let case: Value = expected
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["adapter"] == json!("lora-qv"))
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "adapter_config.json",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(dir.join("adapter_config.json")).unwrap(),
+            )
+            .file_name("adapter_config.json"),
+        )
+        .part(
+            "adapter_model.safetensors",
+            reqwest::multipart::Part::bytes(
+                std::fs::read(dir.join("adapter_model.safetensors")).unwrap(),
+            )
+            .file_name("adapter_model.safetensors"),
+        );
+    let r = client
+        .put(a.url("/v1/prompts/lora?wait=fleet&wait_ms=20000"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (body["kind"].clone(), body["fleet"]["behind"].clone()),
+        (json!("lora"), json!([]))
+    );
+    let mut answers = Vec::new();
+    for server in [&a, &b] {
+        let r: Value = client
+            .post(server.url("/v1/tasks/lora/predict"))
+            .json(&json!({"inputs": [case["input"]], "max_new_tokens": case["max_new_tokens"]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answers.push(r["outputs"][0]["token_ids"].clone());
+    }
+    assert_eq!(answers[0], case["token_ids"], "PEFT's tokens on a");
+    assert_eq!(answers[1], case["token_ids"], "PEFT's tokens on b");
+
     // Ensembles travel the same way.
     let (status, _) = put(&client, &a, "/v1/prompts/beta", npy_filled(2, 0.3)).await;
     assert_eq!(status, 201);

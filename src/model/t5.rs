@@ -509,13 +509,15 @@ impl T5Model {
 
     /// Hugging Face's seq2seq training loss: the mean cross-entropy over every target token of
     /// `labels` [B, T] (padding is -100), teacher-forced from the labels shifted right, with
-    /// training dropout `drop` (0 turns it off). Differentiable in `embeds` [B, S, d].
+    /// training dropout `drop` (0 turns it off), each row through its adapter in `ad`.
+    /// Differentiable in `embeds` [B, S, d] and in the tensors `ad`'s tables were built from.
     pub fn seq2seq_loss(
         &self,
         embeds: &Tensor,
         mask: &Tensor,
         labels: &Tensor,
         drop: f64,
+        ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
         let (rows, len) = (labels.size()[0], labels.size()[1]);
         let start = Tensor::f_full(
@@ -527,11 +529,11 @@ impl T5Model {
         let decoder_ids = shifted.f_masked_fill(&shifted.f_eq(-100)?, self.config.pad_id())?;
         let mask_bias = self.mask_bias(mask)?;
         let h = super::layers::training(|| -> Result<Tensor, ModelError> {
-            let encoder_out = self.encoder.encode(embeds, &mask_bias, drop, None)?;
-            let caches = self.decoder.cross_caches(&encoder_out, None)?;
+            let encoder_out = self.encoder.encode(embeds, &mask_bias, drop, ad)?;
+            let caches = self.decoder.cross_caches(&encoder_out, ad)?;
             let x = self.embed(&decoder_ids)?;
             self.decoder
-                .decode_full(&x, &caches, &mask_bias, drop, None, None)
+                .decode_full(&x, &caches, &mask_bias, drop, ad, None)
         })?;
         // Cross-entropy in f32 whatever the weights' dtype (bf16 logits lose the loss's digits).
         let logits = self.logits(&h)?.f_to_kind(Kind::Float)?;

@@ -402,7 +402,7 @@ impl Tuner {
             let embeds = Tensor::f_cat(&[prompt, model.embed(&batch.input_ids)?], 1)?;
             let ones = Tensor::f_ones([b, p], (Kind::Int64, opts.device))?;
             let mask = Tensor::f_cat(&[ones, batch.mask.shallow_clone()], 1)?;
-            let loss = model.seq2seq_loss(&embeds, &mask, &batch.labels, self.dropout)?;
+            let loss = model.seq2seq_loss(&embeds, &mask, &batch.labels, self.dropout, None)?;
             let value = loss.f_double_value(&[])?;
             let mut grads = Tensor::f_run_backward(&[&loss], &[&self.prompt], false, false)?;
             Ok((value, grads.remove(0), batch.tokens))

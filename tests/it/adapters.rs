@@ -322,3 +322,127 @@ fn a_tiny_adapter_budget_moves_adapters_on_and_off_without_changing_answers() {
         registered - 1
     );
 }
+
+/// PEFT's loss and gradients for a LoRA on the tuning fixtures' batch
+/// (scripts/make_lora_grad_fixtures.py): what tuning a LoRA will start from.
+#[derive(Deserialize)]
+struct LoraGrads {
+    loss_f64: f64,
+    grads: BTreeMap<String, Vec<f64>>,
+    grads_f64: BTreeMap<String, Vec<f64>>,
+}
+
+/// |a - b| and |b| (Euclidean) over flat values.
+fn distance(a: &[f64], b: &[f64]) -> (f64, f64) {
+    let diff = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
+    (diff.sqrt(), b.iter().map(|y| y * y).sum::<f64>().sqrt())
+}
+
+#[test]
+fn lora_loss_and_gradients_match_peft() {
+    use promptd::model::adapters::{AdapterTables, Site};
+    use tch::{Kind, Tensor};
+    for model in model_names() {
+        let loaded = load(&model);
+        let t5 = loaded.engine.model();
+        let dir = fixtures().join("tune").join(&model);
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let want: LoraGrads =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("lora/grad.json")).unwrap())
+                .unwrap();
+        let bytes = std::fs::read(dir.join("lora/adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let tensor = |name: &str| {
+            let view = st.tensor(name).unwrap();
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            Tensor::from_slice(&values)
+                .view(shape.as_slice())
+                .set_requires_grad(true)
+        };
+        // rank 4, alpha 8: scaling 2.
+        let mut params = Vec::new();
+        for name in st.names() {
+            if let Some(path) = name.strip_suffix(".lora_A.weight") {
+                let b = format!("{path}.lora_B.weight");
+                params.push((
+                    Site::parse(path).unwrap(),
+                    tensor(name),
+                    tensor(&b),
+                    name.to_string(),
+                    b,
+                ));
+            }
+        }
+        let factors: Vec<_> = params
+            .iter()
+            .map(|(s, a, b, _, _)| (*s, a, b, 2.0))
+            .collect();
+        let tables =
+            AdapterTables::trainable_lora(&factors, tch::Device::Cpu, Kind::Float).unwrap();
+        let pad = |rows: &serde_json::Value, fill: i64| -> Tensor {
+            let rows: Vec<Vec<i64>> = serde_json::from_value(rows.clone()).unwrap();
+            let width = rows.iter().map(Vec::len).max().unwrap();
+            let flat: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r.iter().copied().chain(std::iter::repeat(fill)).take(width))
+                .collect();
+            Tensor::from_slice(&flat).view([rows.len() as i64, width as i64])
+        };
+        let ids = pad(&expected["input_ids"], 0);
+        let labels = pad(&expected["labels"], -100);
+        let mask = pad(
+            &serde_json::Value::from(
+                expected["input_ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| vec![1i64; r.as_array().unwrap().len()])
+                    .collect::<Vec<_>>(),
+            ),
+            0,
+        );
+        let rows = ids.size()[0];
+        let ad = promptd::model::adapters::Adapt::new(
+            &tables,
+            Tensor::ones([rows], (Kind::Int64, tch::Device::Cpu)),
+        );
+        let loss = tch::with_grad(|| {
+            let embeds = t5.embed(&ids).unwrap();
+            t5.seq2seq_loss(&embeds, &mask, &labels, 0.0, Some(&ad))
+                .unwrap()
+        });
+        assert!(loss.requires_grad(), "{model}: the loss has no gradient");
+        let got = loss.double_value(&[]);
+        assert!(
+            (got - want.loss_f64).abs() <= 1e-4 * want.loss_f64.abs(),
+            "{model}: loss {got} vs PEFT {}",
+            want.loss_f64
+        );
+        let inputs: Vec<&Tensor> = params.iter().flat_map(|(_, a, b, _, _)| [a, b]).collect();
+        let grads = tch::with_grad(|| Tensor::run_backward(&[&loss], &inputs, false, false));
+        let names = params.iter().flat_map(|(_, _, _, a, b)| [a, b]);
+        let mut worst = 0f64;
+        for (name, grad) in names.zip(&grads) {
+            let got: Vec<f64> = Vec::try_from(grad.flatten(0, -1).to_kind(Kind::Double)).unwrap();
+            // Within 1e-4 (relative) of PEFT's f32 gradient, or as close to the exact (f64)
+            // one as PEFT's own f32 gradient is.
+            let (to_peft, norm) = distance(&got, &want.grads[name]);
+            let (to_exact, exact) = distance(&got, &want.grads_f64[name]);
+            let (peft_to_exact, _) = distance(&want.grads[name], &want.grads_f64[name]);
+            worst = worst.max(to_peft / norm);
+            assert!(
+                to_peft <= 1e-4 * norm || to_exact <= (1.5 * peft_to_exact).max(1e-4 * exact),
+                "{model}: {name}: {to_peft} from PEFT's (|g| {norm}), {to_exact} from f64 (PEFT's f32: {peft_to_exact})"
+            );
+        }
+        assert_eq!(grads.len(), want.grads_f64.len());
+        eprintln!("{model}: loss {got}, gradients within {worst:.1e} (relative) of PEFT's");
+    }
+}

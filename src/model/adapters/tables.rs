@@ -52,6 +52,28 @@ impl AdapterTables {
         }
     }
 
+    /// Tables holding one LoRA at index 1 (index 0: none) built from its factor tensors
+    /// `(site, A [r, in], B [out, r], scaling)` by differentiable ops, so a loss through them
+    /// has gradients in A and B (tuning a LoRA).
+    pub fn trainable_lora(
+        factors: &[(Site, &Tensor, &Tensor, f64)],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
+        let mut tables = Self::new(device, kind);
+        tables.capacity = 2;
+        for (site, a, b, scaling) in factors {
+            let a_t = a.f_to_kind(kind)?.f_tr()?;
+            let b_t = b.f_to_kind(kind)?.f_mul_scalar(*scaling)?.f_tr()?;
+            let table = LoraTable {
+                a: Tensor::f_stack(&[a_t.f_zeros_like()?, a_t], 0)?,
+                b: Tensor::f_stack(&[b_t.f_zeros_like()?, b_t], 0)?,
+            };
+            tables.lora.insert(*site, table);
+        }
+        Ok(tables)
+    }
+
     /// Adapter indices the tables hold (index 0 included).
     pub fn capacity(&self) -> i64 {
         self.capacity

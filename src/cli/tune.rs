@@ -12,11 +12,13 @@ use crate::engine::{DeviceSpec, DtypeSpec, Engine};
 use crate::model::T5Tokenizer;
 use crate::tune::init::read_init_file;
 use crate::tune::metric::label_set;
-use crate::tune::output::{curve_path, write_curve, write_json, write_peft_dir, write_prompt_file};
+use crate::tune::output::{
+    curve_path, write_atomic, write_curve, write_json, write_peft_dir, write_prompt_file,
+};
 use crate::tune::tuner::Duration;
 use crate::tune::{
-    evaluate, load_jsonl, Curve, EvalSet, InitSpec, Metric, OptimizerKind, OptimizerSettings,
-    TuneError, TuneSettings, Tuner,
+    evaluate, load_jsonl, Curve, EvalSet, InitSpec, LoraSpec, Metric, OptimizerKind,
+    OptimizerSettings, TuneError, TuneSettings, Tuner,
 };
 
 /// Model and device flags shared by `tune` and `eval`.
@@ -99,7 +101,20 @@ pub struct TuneArgs {
     /// Seed of the data order, the initial prompt and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Where to write the prompt (safetensors, the format the server accepts).
+    /// What to tune: a soft prompt, or a LoRA on the frozen model's linear layers.
+    #[arg(long, value_enum, default_value_t = TuneMethod::Prompt)]
+    pub method: TuneMethod,
+    /// LoRA rank (`--method lora`).
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
+    /// LoRA alpha: the update is scaled by alpha / rank (`--method lora`).
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
+    /// Layers a LoRA changes, PEFT's `target_modules` names (`--method lora`).
+    #[arg(long, value_delimiter = ',', default_value = "q,v")]
+    pub lora_targets: Vec<String>,
+    /// Where to write the result: a prompt file (safetensors, the format the server accepts),
+    /// or for `--method lora` a PEFT adapter folder (the server and PEFT load it as it is).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
@@ -196,7 +211,21 @@ fn settings_from(args: &TuneArgs) -> TuneSettings {
         dropout: args.dropout,
         seed: args.seed,
         max_batch_tokens: args.model.max_batch_tokens,
+        lora: (args.method == TuneMethod::Lora).then(|| LoraSpec {
+            rank: args.lora_rank,
+            alpha: args.lora_alpha,
+            targets: args.lora_targets.clone(),
+        }),
     }
+}
+
+/// What `promptd tune` trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TuneMethod {
+    /// A soft prompt (prompt tuning).
+    Prompt,
+    /// A LoRA (low-rank updates of the targeted linear layers), written as a PEFT adapter.
+    Lora,
 }
 
 fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
@@ -236,6 +265,7 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
     tracing::info!(
         steps = tuner.total_steps(),
         prompt_length = tuner.current_rows().map(|r| r.rows).unwrap_or_default(),
+        lora_parameters = tuner.lora().map(|l| l.len()).unwrap_or_default(),
         train = train.len(),
         dev = dev.len(),
         "tuning started (Ctrl-C saves the best prompt so far)"
@@ -261,12 +291,7 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
     // A diverged run's current P is not finite: only a dev-selected best is worth keeping.
     let keep = outcome.is_ok() || tuner.best().is_some();
     if keep {
-        let rows = tuner.best_rows().map_err(|e| e.to_string())?;
-        write_prompt_file(&args.out, &rows).map_err(|e| e.to_string())?;
-        if let Some(dir) = &args.peft_dir {
-            write_peft_dir(dir, &rows, &engine.model().config, &args.model.model)
-                .map_err(|e| e.to_string())?;
-        }
+        write_result(&args, &tuner, &engine).map_err(|e| e.to_string())?;
     }
     if let Some(path) = &args.report {
         write_json(path, &report).map_err(|e| e.to_string())?;
@@ -302,6 +327,28 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
             tuner.step(),
             args.out.display()
         ));
+    }
+    Ok(())
+}
+
+/// Writes the run's result: the prompt (and its PEFT folder), or the LoRA's PEFT folder.
+fn write_result(args: &TuneArgs, tuner: &Tuner, engine: &Engine) -> Result<(), TuneError> {
+    let Some(layout) = tuner.lora() else {
+        let rows = tuner.best_rows()?;
+        write_prompt_file(&args.out, &rows)?;
+        if let Some(dir) = &args.peft_dir {
+            write_peft_dir(dir, &rows, &engine.model().config, &args.model.model)?;
+        }
+        return Ok(());
+    };
+    let (config, weights) = layout.peft_files(&tuner.best_values()?, &args.model.model)?;
+    for dir in std::iter::once(&args.out).chain(&args.peft_dir) {
+        std::fs::create_dir_all(dir).map_err(|source| TuneError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        write_atomic(&dir.join("adapter_model.safetensors"), &weights)?;
+        write_atomic(&dir.join("adapter_config.json"), &config)?;
     }
     Ok(())
 }

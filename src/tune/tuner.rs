@@ -1,5 +1,6 @@
 //! One tuning run as a step-at-a-time state machine: P, the optimizer, the data order and the
 //! history (loss curve, dev metric curve, best P).
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -8,10 +9,12 @@ use tch::{Kind, Tensor};
 use super::data::{tokenize, Batch, Example, TokenizedExample};
 use super::error::TuneError;
 use super::init::{initial_prompt, read_init_file, InitSpec};
+use super::lora::{LoraLayout, LoraSpec};
 use super::metric::{label_set, ChunkedEval, EvalOutcome, EvalSet, Metric};
 use super::optim::{Optimizer, OptimizerKind, OptimizerSettings};
 use super::rng::Rng;
-use crate::engine::Engine;
+use crate::engine::{Engine, TaskWeights};
+use crate::model::adapters::{Adapt, ModelShape};
 use crate::model::{T5Model, T5Tokenizer};
 use crate::prompts::PromptRows;
 
@@ -58,6 +61,8 @@ pub struct TuneSettings {
     pub seed: u64,
     /// Padded encoder tokens per evaluation pass.
     pub max_batch_tokens: u64,
+    /// Tune a LoRA with this rank, alpha and targets instead of a prompt (`--method lora`).
+    pub lora: Option<LoraSpec>,
 }
 
 impl TuneSettings {
@@ -78,6 +83,7 @@ impl TuneSettings {
             dropout: None,
             seed: 0,
             max_batch_tokens: 32768,
+            lora: None,
         }
     }
 
@@ -199,7 +205,10 @@ pub struct Tuner {
     settings: TuneSettings,
     train: Vec<TokenizedExample>,
     dev: Option<EvalSet>,
+    /// The trained parameters: P [rows, d], or a LoRA's factors, flat ([`LoraLayout`]).
     prompt: Tensor,
+    /// Where a LoRA run's factors sit in `prompt` (None: a prompt run).
+    lora: Option<LoraLayout>,
     optimizer: Optimizer,
     rng: Rng,
     order: Vec<usize>,
@@ -260,25 +269,24 @@ impl Tuner {
             truncated,
         } = prepared;
         let d = model.config.d_model as usize;
-        let rows = match (&settings.init, settings.prompt_length) {
-            (InitSpec::File(path), given) => {
-                let file_rows = read_init_file(path, d)?.rows;
-                if given.is_some_and(|g| g != file_rows) {
-                    return Err(TuneError::Settings(format!(
-                        "--prompt-length {} differs from the {file_rows} rows of {}",
-                        given.unwrap_or_default(),
-                        path.display()
-                    )));
-                }
-                file_rows
-            }
-            (_, given) => given.unwrap_or(DEFAULT_PROMPT_LENGTH),
-        };
         let mut rng = Rng::new(settings.seed);
-        let values = initial_prompt(&settings.init, model, tokenizer, rows, &labels, &mut rng)?;
         let device = model.options().device;
+        let lora = settings
+            .lora
+            .clone()
+            .map(|spec| LoraLayout::new(spec, &ModelShape::of(&model.config)))
+            .transpose()?;
+        let (values, shape) = match &lora {
+            Some(layout) => (layout.init(&mut rng), vec![layout.len() as i64]),
+            None => {
+                let rows = prompt_rows(&settings, d)?;
+                let values =
+                    initial_prompt(&settings.init, model, tokenizer, rows, &labels, &mut rng)?;
+                (values, vec![rows as i64, d as i64])
+            }
+        };
         let prompt = Tensor::f_from_slice(&values)?
-            .f_view([rows as i64, d as i64])?
+            .f_view(shape.as_slice())?
             .f_to_device(device)?
             .set_requires_grad(true);
         let per_epoch = train_rows.len().div_ceil(settings.batch_size);
@@ -296,6 +304,7 @@ impl Tuner {
             train: train_rows,
             dev,
             prompt,
+            lora,
             optimizer,
             rng,
             step: 0,
@@ -393,6 +402,21 @@ impl Tuner {
             let opts = model.options();
             let batch = Batch::new(rows, model.config.pad_id(), opts.device)?;
             let b = rows.len() as i64;
+            if let Some(layout) = &self.lora {
+                let tables = layout.tables(&self.prompt, opts.kind)?;
+                let ad = Adapt::new(&tables, Tensor::f_ones([b], (Kind::Int64, opts.device))?);
+                let embeds = model.embed(&batch.input_ids)?;
+                let loss = model.seq2seq_loss(
+                    &embeds,
+                    &batch.mask,
+                    &batch.labels,
+                    self.dropout,
+                    Some(&ad),
+                )?;
+                let value = loss.f_double_value(&[])?;
+                let mut grads = Tensor::f_run_backward(&[&loss], &[&self.prompt], false, false)?;
+                return Ok((value, grads.remove(0), batch.tokens));
+            }
             let (p, d) = (self.prompt.size()[0], self.prompt.size()[1]);
             let prompt = self
                 .prompt
@@ -519,10 +543,9 @@ impl Tuner {
         let (eval, _) = match &mut self.pending {
             Some(p) => p,
             None => {
-                let rows = self.current_rows()?;
-                let slot = engine.register_prompt(&rows)?;
-                self.pending
-                    .insert((ChunkedEval::new(Some(slot)), rows.values))
+                let values = self.current_values()?;
+                let slot = engine.register_task(&self.task_weights(&values))?;
+                self.pending.insert((ChunkedEval::new(Some(slot)), values))
             }
         };
         let Some(outcome) =
@@ -550,8 +573,51 @@ impl Tuner {
         self.dev.as_ref()
     }
 
+    /// The trained parameters as they are now, flat.
+    fn current_values(&self) -> Result<Vec<f32>, TuneError> {
+        Ok(Vec::<f32>::try_from(
+            self.prompt
+                .f_detach()?
+                .f_to_device(tch::Device::Cpu)?
+                .f_flatten(0, -1)?,
+        )?)
+    }
+
+    /// What the engine serves for flat parameter `values`: prompt rows or a LoRA.
+    fn task_weights(&self, values: &[f32]) -> TaskWeights {
+        match &self.lora {
+            Some(layout) => TaskWeights {
+                rows: PromptRows {
+                    rows: 0,
+                    cols: self.prompt.size()[0] as usize,
+                    values: Vec::new(),
+                },
+                adapter: Some(Arc::new(layout.weights(values))),
+            },
+            None => TaskWeights::from(PromptRows {
+                rows: self.prompt.size()[0] as usize,
+                cols: self.prompt.size()[1] as usize,
+                values: values.to_vec(),
+            }),
+        }
+    }
+
+    /// A LoRA run's layout (None: a prompt run).
+    pub fn lora(&self) -> Option<&LoraLayout> {
+        self.lora.as_ref()
+    }
+
+    /// The parameters to keep, flat: the best on dev so far, or (without dev) the current ones.
+    pub fn best_values(&self) -> Result<Vec<f32>, TuneError> {
+        match &self.best {
+            Some((_, _, values)) => Ok(values.clone()),
+            None => self.current_values(),
+        }
+    }
+
     /// P as it is now.
     pub fn current_rows(&self) -> Result<PromptRows, TuneError> {
+        self.no_rows_for_lora()?;
         let size = self.prompt.size();
         let values = Vec::<f32>::try_from(
             self.prompt
@@ -566,8 +632,18 @@ impl Tuner {
         })
     }
 
+    fn no_rows_for_lora(&self) -> Result<(), TuneError> {
+        match self.lora {
+            Some(_) => Err(TuneError::Settings(
+                "a LoRA run has factors, not prompt rows".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The P to keep: the best on dev so far, or (without dev) the current one.
     pub fn best_rows(&self) -> Result<PromptRows, TuneError> {
+        self.no_rows_for_lora()?;
         match &self.best {
             Some((_, _, values)) => Ok(PromptRows {
                 rows: self.prompt.size()[0] as usize,
@@ -614,7 +690,10 @@ impl Tuner {
         json!({
             "settings": self.settings.to_json(),
             "seed": self.settings.seed,
-            "prompt_length": self.prompt.size()[0],
+            "method": if self.lora.is_some() { "lora" } else { "prompt" },
+            "prompt_length": if self.lora.is_some() { None } else { Some(self.prompt.size()[0]) },
+            "lora_rank": self.lora.as_ref().map(|l| l.spec().rank),
+            "lora_parameters": self.lora.as_ref().map(LoraLayout::len),
             "train_rows": self.train.len(),
             "dev_rows": self.dev.as_ref().map_or(0, EvalSet::len),
             "truncated_rows": self.truncated,
@@ -633,4 +712,22 @@ impl Tuner {
             "early_stopped": self.step < self.total_steps && self.finished(),
         })
     }
+}
+
+/// Rows of P: the init file's, else `--prompt-length`, else the default.
+fn prompt_rows(settings: &TuneSettings, d: usize) -> Result<usize, TuneError> {
+    Ok(match (&settings.init, settings.prompt_length) {
+        (InitSpec::File(path), given) => {
+            let file_rows = read_init_file(path, d)?.rows;
+            if given.is_some_and(|g| g != file_rows) {
+                return Err(TuneError::Settings(format!(
+                    "--prompt-length {} differs from the {file_rows} rows of {}",
+                    given.unwrap_or_default(),
+                    path.display()
+                )));
+            }
+            file_rows
+        }
+        (_, given) => given.unwrap_or(DEFAULT_PROMPT_LENGTH),
+    })
 }

@@ -388,3 +388,74 @@ fn tuning_teaches_the_frozen_model_a_task_it_cannot_do_without_a_prompt() {
         "tuned prompt reached only {best} (majority class {majority})"
     );
 }
+
+#[test]
+fn tune_method_lora_writes_a_peft_lora_promptd_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, report) = (tmp.path().join("lora"), tmp.path().join("report.json"));
+    let train = tune_dir().join("train.jsonl");
+    let (ok, _, err) = promptd(&[
+        "tune",
+        "--model",
+        s(&model_dir()),
+        "--train",
+        s(&train),
+        "--method",
+        "lora",
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q,v,wo",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.01",
+        "--batch-size",
+        "6",
+        "--steps",
+        "20",
+        "--out",
+        s(&out),
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        (report["method"].as_str(), report["lora_rank"].as_u64()),
+        (Some("lora"), Some(4))
+    );
+    let losses: Vec<f64> = report["train_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.last().unwrap() < &(losses[0] * 0.9),
+        "the LoRA learns the batch: {losses:?}"
+    );
+    // A PEFT LoRA folder: the config PEFT reads, and promptd loads it as a LoRA task.
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["target_modules"], serde_json::json!(["q", "v", "wo"]));
+    let limits = PromptLimits {
+        shape: Some(promptd::model::adapters::ModelShape::of(
+            &promptd::model::T5Config::from_dir(&model_dir()).unwrap(),
+        )),
+        ..PromptLimits::default()
+    };
+    let task = load_source(&PromptSource::PeftDir(out.clone()), 48, &limits).unwrap();
+    let adapter = task.adapter.expect("a LoRA");
+    assert_eq!(adapter.rank(), Some(4));
+    assert_eq!(adapter.modules(), ["q", "v", "wo"]);
+    // B starts at zero (PEFT's init) and moved (no dev set: the last step's factors are kept).
+    assert!(adapter
+        .weights
+        .lora
+        .iter()
+        .any(|f| f.b.iter().any(|v| *v != 0.0)));
+}

@@ -10,7 +10,9 @@ make_tune_fixtures.py), writes tests/fixtures/tune/<model>/lora/:
   grad.json                                         PEFT's training loss on the batch (eval mode:
                                                     no dropout; labels padded with -100), in
                                                     float32 and float64, and dLoss/d(each tensor),
-                                                    by its saved name, as flat lists (both runs)
+                                                    by its saved name, as flat lists (both runs);
+                                                    `adam_step`: each tensor after one
+                                                    torch.optim.Adam(lr=0.01) step (float32)
 Usage: python3 scripts/make_lora_grad_fixtures.py
 Needs: torch, transformers, peft, safetensors (pip).
 """
@@ -38,16 +40,20 @@ def batch(expected):
 
 
 def loss_and_grads(model_dir, adapter_dir, dtype, ids, mask, labels):
+    """PEFT's loss and gradients, and the factors after one torch.optim.Adam(lr=0.01) step."""
     base = T5ForConditionalGeneration.from_pretrained(model_dir).to(dtype).eval()
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=True).to(dtype).eval()
     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
-    grads = {}
+    grads, params = {}, {}
     for name, p in model.named_parameters():
         if p.requires_grad:
             key = name.replace(".default", "")
             grads[key] = p.grad.double().flatten().tolist()
-    return float(loss), grads
+            params[key] = p
+    torch.optim.Adam(list(params.values()), lr=0.01).step()
+    stepped = {k: p.detach().double().flatten().tolist() for k, p in params.items()}
+    return float(loss), grads, stepped
 
 
 def main():
@@ -76,10 +82,11 @@ def main():
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
         ids, mask, labels = batch(expected)
-        loss32, grads32 = loss_and_grads(model_dir, out, torch.float32, ids, mask, labels)
-        loss64, grads64 = loss_and_grads(model_dir, out, torch.float64, ids, mask, labels)
+        loss32, grads32, adam32 = loss_and_grads(model_dir, out, torch.float32, ids, mask, labels)
+        loss64, grads64, _ = loss_and_grads(model_dir, out, torch.float64, ids, mask, labels)
         with open(os.path.join(out, "grad.json"), "w") as f:
-            json.dump({"loss": loss32, "loss_f64": loss64, "grads": grads32, "grads_f64": grads64}, f)
+            json.dump({"loss": loss32, "loss_f64": loss64, "grads": grads32, "grads_f64": grads64,
+                       "adam_step": adam32}, f)
         print(f"{name}: loss {loss32:.6f}, {len(grads64)} tensors")
 
 

@@ -149,6 +149,50 @@ impl LoraLayout {
         }
     }
 
+    /// PEFT's name of each factor tensor (`base_model.model.<layer>.lora_A.weight`, then B) and
+    /// its range in the flat values.
+    fn named_ranges(&self) -> impl Iterator<Item = (String, std::ops::Range<usize>)> + '_ {
+        let r = self.spec.rank;
+        self.sites
+            .iter()
+            .flat_map(move |&(site, inputs, outputs, at)| {
+                let path = format!("base_model.model.{}", site.path());
+                [
+                    (format!("{path}.lora_A.weight"), at..at + r * inputs),
+                    (
+                        format!("{path}.lora_B.weight"),
+                        at + r * inputs..at + r * (inputs + outputs),
+                    ),
+                ]
+            })
+    }
+
+    /// Flat values from factor tensors by PEFT's names (a PEFT LoRA of this layout).
+    pub fn pack(&self, named: &HashMap<String, Vec<f32>>) -> Result<Vec<f32>, TuneError> {
+        let mut out = vec![0f32; self.len];
+        for (name, range) in self.named_ranges() {
+            match named.get(&name) {
+                Some(v) if v.len() == range.len() => out[range].copy_from_slice(v),
+                Some(v) => {
+                    return Err(TuneError::Data(format!(
+                        "{name} has {} values; this layout has {}",
+                        v.len(),
+                        range.len()
+                    )))
+                }
+                None => return Err(TuneError::Data(format!("no tensor {name}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Factor tensors by PEFT's names from flat values.
+    pub fn unpack(&self, values: &[f32]) -> Vec<(String, Vec<f32>)> {
+        self.named_ranges()
+            .map(|(name, range)| (name, values[range].to_vec()))
+            .collect()
+    }
+
     /// The PEFT adapter folder's two files for flat `values`: adapter_config.json and
     /// adapter_model.safetensors (PEFT's names, B unscaled).
     pub fn peft_files(

@@ -332,6 +332,23 @@ struct LoraGrads {
     grads_f64: BTreeMap<String, Vec<f64>>,
 }
 
+/// The tuning fixtures' batch (expected.json): ids and mask right-padded with 0, labels with -100.
+fn tuning_batch(expected: &serde_json::Value) -> (tch::Tensor, tch::Tensor, tch::Tensor) {
+    let rows =
+        |key: &str| -> Vec<Vec<i64>> { serde_json::from_value(expected[key].clone()).unwrap() };
+    let pad = |rows: &[Vec<i64>], fill: i64| {
+        let width = rows.iter().map(Vec::len).max().unwrap();
+        let flat: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().copied().chain(std::iter::repeat(fill)).take(width))
+            .collect();
+        tch::Tensor::from_slice(&flat).view([rows.len() as i64, width as i64])
+    };
+    let ids = rows("input_ids");
+    let ones: Vec<Vec<i64>> = ids.iter().map(|r| vec![1; r.len()]).collect();
+    (pad(&ids, 0), pad(&ones, 0), pad(&rows("labels"), -100))
+}
+
 /// |a - b| and |b| (Euclidean) over flat values.
 fn distance(a: &[f64], b: &[f64]) -> (f64, f64) {
     let diff = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum::<f64>();
@@ -386,28 +403,7 @@ fn lora_loss_and_gradients_match_peft() {
             .collect();
         let tables =
             AdapterTables::trainable_lora(&factors, tch::Device::Cpu, Kind::Float).unwrap();
-        let pad = |rows: &serde_json::Value, fill: i64| -> Tensor {
-            let rows: Vec<Vec<i64>> = serde_json::from_value(rows.clone()).unwrap();
-            let width = rows.iter().map(Vec::len).max().unwrap();
-            let flat: Vec<i64> = rows
-                .iter()
-                .flat_map(|r| r.iter().copied().chain(std::iter::repeat(fill)).take(width))
-                .collect();
-            Tensor::from_slice(&flat).view([rows.len() as i64, width as i64])
-        };
-        let ids = pad(&expected["input_ids"], 0);
-        let labels = pad(&expected["labels"], -100);
-        let mask = pad(
-            &serde_json::Value::from(
-                expected["input_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| vec![1i64; r.as_array().unwrap().len()])
-                    .collect::<Vec<_>>(),
-            ),
-            0,
-        );
+        let (ids, mask, labels) = tuning_batch(&expected);
         let rows = ids.size()[0];
         let ad = promptd::model::adapters::Adapt::new(
             &tables,
@@ -444,5 +440,84 @@ fn lora_loss_and_gradients_match_peft() {
         }
         assert_eq!(grads.len(), want.grads_f64.len());
         eprintln!("{model}: loss {got}, gradients within {worst:.1e} (relative) of PEFT's");
+    }
+}
+
+#[test]
+fn one_adam_step_on_a_lora_equals_pytorchs() {
+    // The factors of the grad fixtures' LoRA, flat as `promptd tune --method lora` keeps them:
+    // PEFT's loss, its gradients through the layout's views, then one step of promptd's Adam,
+    // against torch.optim.Adam(lr=0.01) on PEFT's parameters.
+    use promptd::model::adapters::ModelShape;
+    use promptd::tune::optim::Optimizer;
+    use promptd::tune::{LoraLayout, LoraSpec, OptimizerKind, OptimizerSettings};
+    use tch::{Kind, Tensor};
+    #[derive(Deserialize)]
+    struct Stepped {
+        adam_step: BTreeMap<String, Vec<f64>>,
+    }
+    for model in model_names() {
+        let loaded = load(&model);
+        let t5 = loaded.engine.model();
+        let dir = fixtures().join("tune").join(&model);
+        let want: Stepped =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("lora/grad.json")).unwrap())
+                .unwrap();
+        let bytes = std::fs::read(dir.join("lora/adapter_model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let named: std::collections::HashMap<String, Vec<f32>> = st
+            .names()
+            .into_iter()
+            .map(|n| {
+                let data = st.tensor(n).unwrap().data().to_vec();
+                let values = data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                (n.to_string(), values)
+            })
+            .collect();
+        let spec = LoraSpec {
+            rank: 4,
+            alpha: 8.0,
+            targets: vec!["q".into(), "v".into()],
+        };
+        let layout = LoraLayout::new(spec, &ModelShape::of(&t5.config)).unwrap();
+        let mut theta = Tensor::from_slice(&layout.pack(&named).unwrap()).set_requires_grad(true);
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
+                .unwrap();
+        let (ids, mask, labels) = tuning_batch(&expected);
+        let rows = ids.size()[0] as usize;
+        let grad = tch::with_grad(|| {
+            let tables = layout.tables(&theta, Kind::Float).unwrap();
+            let index = Tensor::ones([rows as i64], (Kind::Int64, tch::Device::Cpu));
+            let ad = promptd::model::adapters::Adapt::new(&tables, index);
+            let embeds = t5.embed(&ids).unwrap();
+            let loss = t5
+                .seq2seq_loss(&embeds, &mask, &labels, 0.0, Some(&ad))
+                .unwrap();
+            Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0)
+        });
+        let settings = OptimizerSettings {
+            lr: 0.01,
+            ..OptimizerSettings::defaults(OptimizerKind::Adam)
+        };
+        let mut adam = Optimizer::new(settings, &theta).unwrap();
+        adam.step(&mut theta, &grad).unwrap();
+        let after: Vec<f32> = Vec::try_from(theta.detach()).unwrap();
+        let mut worst = 0f64;
+        for (name, got) in layout.unpack(&after) {
+            let want = &want.adam_step[&name];
+            for (g, w) in got.iter().zip(want) {
+                worst = worst.max((*g as f64 - w).abs());
+            }
+        }
+        // A first Adam step moves each value by about lr·sign(g): 1e-5 is a thousandth of it.
+        assert!(
+            worst <= 1e-5,
+            "{model}: largest difference from PyTorch's step {worst}"
+        );
+        eprintln!("{model}: one Adam step within {worst:.1e} of PyTorch's");
     }
 }

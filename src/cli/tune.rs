@@ -9,16 +9,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
 use crate::engine::{DeviceSpec, DtypeSpec, Engine};
+use crate::model::adapters::ModelShape;
 use crate::model::T5Tokenizer;
-use crate::tune::init::read_init_file;
+use crate::prompts::dir::{load_source, PromptSource};
+use crate::prompts::PromptLimits;
+use crate::tune::metric::evaluate_slot;
 use crate::tune::metric::label_set;
 use crate::tune::output::{
     curve_path, write_atomic, write_curve, write_json, write_peft_dir, write_prompt_file,
 };
 use crate::tune::tuner::Duration;
 use crate::tune::{
-    evaluate, load_jsonl, Curve, EvalSet, InitSpec, LoraSpec, Metric, OptimizerKind,
-    OptimizerSettings, TuneError, TuneSettings, Tuner,
+    load_jsonl, Curve, EvalSet, InitSpec, LoraSpec, Metric, OptimizerKind, OptimizerSettings,
+    TuneError, TuneSettings, Tuner,
 };
 
 /// Model and device flags shared by `tune` and `eval`.
@@ -391,9 +394,28 @@ pub fn run_eval(args: EvalArgs) -> Result<(), String> {
     let data = load_jsonl(&args.data).map_err(|e| e.to_string())?;
     let (mut engine, tokenizer) = load_engine(&args.model)?;
     let d_model = engine.model().config.d_model as usize;
-    let prompt = match args.prompt.as_str() {
+    // A prompt file or folder, or any PEFT adapter (LoRA, IA3, prefix) checked against the model.
+    let slot = match args.prompt.as_str() {
         "none" => None,
-        path => Some(read_init_file(Path::new(path), d_model).map_err(|e| e.to_string())?),
+        path => {
+            let path = Path::new(path);
+            let source = if path.is_dir() {
+                PromptSource::PeftDir(path.to_path_buf())
+            } else {
+                PromptSource::TensorFile(path.to_path_buf())
+            };
+            let limits = PromptLimits {
+                max_rows: usize::MAX,
+                shape: Some(ModelShape::of(&engine.model().config)),
+                ..PromptLimits::default()
+            };
+            let task = load_source(&source, d_model, &limits).map_err(|e| e.to_string())?;
+            Some(
+                engine
+                    .register_task(&task.weights())
+                    .map_err(|e| e.to_string())?,
+            )
+        }
     };
     let labels = label_set(&args.labels, data.iter());
     let set = EvalSet::new(
@@ -406,10 +428,10 @@ pub fn run_eval(args: EvalArgs) -> Result<(), String> {
         args.text_prefix.as_deref(),
     )
     .map_err(|e| e.to_string())?;
-    let outcome = evaluate(
+    let outcome = evaluate_slot(
         &mut engine,
         &tokenizer,
-        prompt.as_ref(),
+        slot,
         &set,
         args.model.max_batch_tokens,
     )

@@ -10,27 +10,30 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use promptd::engine::{Engine, PromptRows, PromptSlot, RowInput};
+use promptd::engine::{Engine, PromptSlot, RowInput};
+use promptd::model::adapters::ModelShape;
 use promptd::model::{ModelOptions, T5Model, T5Tokenizer};
 use promptd::prompts::{load_prompt_dir, PromptLimits};
-use promptd::tune::{evaluate, load_jsonl, EvalSet, Metric};
+use promptd::tune::metric::evaluate_slot;
+use promptd::tune::{load_jsonl, EvalSet, Metric};
 use serde_json::{json, Value};
 
 /// The served demo tasks with their held-out (test split, 500 reviews) accuracy floors: the
 /// accuracy README and BENCHMARKS publish for the committed prompts (scripts/demo_study.py, in
 /// the comments), less 3 to 4 points, so a regressed model or prompt fails here.
-const FLOORS: [(&str, f64); 6] = [
+const FLOORS: [(&str, f64); 7] = [
     ("sentiment", 0.97), // published 100.0
     ("aspects", 0.94),   // 97.6
     ("rating", 0.97),    // 99.8
     ("name", 0.97),      // 100.0
     ("translate", 0.60), // 63.8
     ("verdict", 0.96),   // 99.6
+    ("dish", 0.96),      // 99.6 (a LoRA: prompts/dish/)
 ];
 
 /// README's example sentence and each task's answer to it.
 const SENTENCE: &str = "at the night owl the bread was cold but the waitress was lovely, 3 stars";
-const ANSWERS: [(&str, &str); 6] = [
+const ANSWERS: [(&str, &str); 7] = [
     ("sentiment", "mixed"),
     ("aspects", "food service"),
     ("rating", "3"),
@@ -40,6 +43,7 @@ const ANSWERS: [(&str, &str); 6] = [
         "zu the night owl bapo gu zofo ligete pedu bapo tuku zofo da, 3 kume",
     ),
     ("verdict", "fine"),
+    ("dish", "bread"),
 ];
 
 fn repo() -> PathBuf {
@@ -57,7 +61,6 @@ fn data(task: &str, split: &str) -> PathBuf {
 struct Demo {
     engine: Engine,
     tokenizer: T5Tokenizer,
-    prompts: HashMap<String, PromptRows>,
     slots: HashMap<String, Arc<PromptSlot>>,
 }
 
@@ -74,18 +77,19 @@ fn demo() -> Demo {
     .unwrap();
     let tokenizer = T5Tokenizer::from_dir(&dir, 1).unwrap();
     let d_model = model.config.d_model as usize;
+    let limits = PromptLimits {
+        shape: Some(ModelShape::of(&model.config)),
+        ..PromptLimits::default()
+    };
     let mut engine = Engine::new(model).unwrap();
-    let found =
-        load_prompt_dir(&repo().join("prompts"), d_model, &PromptLimits::default()).unwrap();
+    let found = load_prompt_dir(&repo().join("prompts"), d_model, &limits).unwrap();
     assert!(found.errors.is_empty(), "{:?}", found.errors);
-    let mut prompts = HashMap::new();
     let mut slots = HashMap::new();
     for (task, p) in found.prompts {
         slots.insert(
             task.to_string(),
-            engine.register_prompt(&p.encoder).unwrap(),
+            engine.register_task(&p.weights()).unwrap(),
         );
-        prompts.insert(task.to_string(), p.encoder);
     }
     for (task, _) in FLOORS {
         assert!(slots.contains_key(task), "prompts/ has no {task} prompt");
@@ -93,7 +97,6 @@ fn demo() -> Demo {
     Demo {
         engine,
         tokenizer,
-        prompts,
         slots,
     }
 }
@@ -110,15 +113,8 @@ fn accuracy(demo: &mut Demo, task: &str, prompt: Option<&str>, path: &Path) -> f
         None,
     )
     .unwrap();
-    let rows = prompt.map(|t| demo.prompts[t].clone());
-    let out = evaluate(
-        &mut demo.engine,
-        &demo.tokenizer,
-        rows.as_ref(),
-        &set,
-        32768,
-    )
-    .unwrap();
+    let slot = prompt.map(|t| demo.slots[t].clone());
+    let out = evaluate_slot(&mut demo.engine, &demo.tokenizer, slot, &set, 32768).unwrap();
     assert_eq!(out.total, examples.len(), "{task}");
     out.value
 }
@@ -200,6 +196,15 @@ fn one_mixed_batch_over_every_demo_task_answers_each_row_as_alone() {
 async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
     let prompts = tempfile::tempdir().unwrap();
     for task in ANSWERS.map(|(t, _)| t) {
+        let folder = repo().join(format!("prompts/{task}"));
+        if folder.is_dir() {
+            // A PEFT adapter folder (dish's LoRA).
+            std::fs::create_dir(prompts.path().join(task)).unwrap();
+            for f in ["adapter_config.json", "adapter_model.safetensors"] {
+                std::fs::copy(folder.join(f), prompts.path().join(task).join(f)).unwrap();
+            }
+            continue;
+        }
         std::fs::copy(
             repo().join(format!("prompts/{task}.safetensors")),
             prompts.path().join(format!("{task}.safetensors")),
@@ -241,7 +246,7 @@ async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
     let at_most_four = common::metric(&text, "promptd_batch_tasks_bucket{le=\"4\"}");
     assert!(
         passes - at_most_four >= 1.0,
-        "no pass held more than 4 of the 6 tasks:\n{text}"
+        "no pass held more than 4 of the 7 tasks:\n{text}"
     );
     server.stop().await.unwrap();
 }

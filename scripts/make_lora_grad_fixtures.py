@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""LoRA gradient fixtures (committed; tests never run this): groundwork for `--method lora`.
+"""LoRA and IA3 gradient fixtures (committed; tests never run this): `--method lora|ia3`.
 
 For each tiny model, over the 6-row batch of tests/fixtures/tune/<model>/expected.json (made by
 make_tune_fixtures.py), writes tests/fixtures/tune/<model>/lora/:
@@ -13,6 +13,8 @@ make_tune_fixtures.py), writes tests/fixtures/tune/<model>/lora/:
                                                     by its saved name, as flat lists (both runs);
                                                     `adam_step`: each tensor after one
                                                     torch.optim.Adam(lr=0.01) step (float32)
+and tests/fixtures/tune/<model>/ia3/ the same for an IA3 adapter (k, v and wo's input, PEFT's T5
+default) with seeded vectors 1 + 0.1·N(0, 1) (so the model differs from the frozen one).
 Usage: python3 scripts/make_lora_grad_fixtures.py
 Needs: torch, transformers, peft, safetensors (pip).
 """
@@ -24,7 +26,7 @@ import torch
 from transformers import T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import IA3Config, LoraConfig, PeftModel, TaskType, get_peft_model
 
 warnings.filterwarnings("ignore")
 hf_logging.set_verbosity_error()
@@ -56,38 +58,52 @@ def loss_and_grads(model_dir, adapter_dir, dtype, ids, mask, labels):
     return float(loss), grads, stepped
 
 
+def kinds():
+    """(folder, PEFT config, seed base, initial value of a random draw)."""
+    lora = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, lora_alpha=8, lora_dropout=0.0,
+                      target_modules=["q", "v"])
+    ia3 = IA3Config(task_type=TaskType.SEQ_2_SEQ_LM, target_modules=["k", "v", "wo"],
+                    feedforward_modules=["wo"])
+    return [("lora", lora, 500, lambda x: 0.05 * x), ("ia3", ia3, 600, lambda x: 1.0 + 0.1 * x)]
+
+
 def main():
     torch.set_num_threads(1)
-    for m_index, name in enumerate(["t5-v1_0-tiny", "t5-v1_1-tiny"]):
-        model_dir = os.path.join(ROOT, "models", name)
-        out = os.path.join(ROOT, "tune", name, "lora")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(ROOT, "tune", name, "expected.json")) as f:
-            expected = json.load(f)
-        cfg = LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, lora_alpha=8, lora_dropout=0.0,
-                         target_modules=["q", "v"])
-        peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(model_dir), cfg)
-        gen = torch.Generator().manual_seed(500 + m_index)
-        with torch.no_grad():
-            for pname, p in peft_model.named_parameters():
-                if p.requires_grad:
-                    p.copy_((0.05 * torch.randn(p.shape, generator=gen)).to(torch.bfloat16).float())
-        peft_model.save_pretrained(out)
-        os.remove(os.path.join(out, "README.md"))
-        with open(os.path.join(out, "adapter_config.json")) as f:
-            config = json.load(f)
-        config["target_modules"] = sorted(config["target_modules"])
-        config["base_model_name_or_path"] = name
-        with open(os.path.join(out, "adapter_config.json"), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
-        ids, mask, labels = batch(expected)
-        loss32, grads32, adam32 = loss_and_grads(model_dir, out, torch.float32, ids, mask, labels)
-        loss64, grads64, _ = loss_and_grads(model_dir, out, torch.float64, ids, mask, labels)
-        with open(os.path.join(out, "grad.json"), "w") as f:
-            json.dump({"loss": loss32, "loss_f64": loss64, "grads": grads32, "grads_f64": grads64,
-                       "adam_step": adam32}, f)
-        print(f"{name}: loss {loss32:.6f}, {len(grads64)} tensors")
+    for (kind, cfg, seed, draw) in kinds():
+        for m_index, name in enumerate(["t5-v1_0-tiny", "t5-v1_1-tiny"]):
+            write(kind, cfg, seed + m_index, draw, name)
+
+
+def write(kind, cfg, seed, draw, name):
+    model_dir = os.path.join(ROOT, "models", name)
+    out = os.path.join(ROOT, "tune", name, kind)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(ROOT, "tune", name, "expected.json")) as f:
+        expected = json.load(f)
+    peft_model = get_peft_model(T5ForConditionalGeneration.from_pretrained(model_dir), cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, p in peft_model.named_parameters():
+            if p.requires_grad:
+                p.copy_(draw(torch.randn(p.shape, generator=gen)).to(torch.bfloat16).float())
+    peft_model.save_pretrained(out)
+    os.remove(os.path.join(out, "README.md"))
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        config = json.load(f)
+    config["target_modules"] = sorted(config["target_modules"])
+    if "feedforward_modules" in config:
+        config["feedforward_modules"] = sorted(config["feedforward_modules"])
+    config["base_model_name_or_path"] = name
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    ids, mask, labels = batch(expected)
+    loss32, grads32, adam32 = loss_and_grads(model_dir, out, torch.float32, ids, mask, labels)
+    loss64, grads64, _ = loss_and_grads(model_dir, out, torch.float64, ids, mask, labels)
+    with open(os.path.join(out, "grad.json"), "w") as f:
+        json.dump({"loss": loss32, "loss_f64": loss64, "grads": grads32, "grads_f64": grads64,
+                   "adam_step": adam32}, f)
+    print(f"{name} {kind}: loss {loss32:.6f}, {len(grads64)} tensors")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ use crate::prompts::PromptLimits;
 use crate::tune::metric::evaluate_slot;
 use crate::tune::metric::label_set;
 use crate::tune::output::{
-    curve_path, write_atomic, write_curve, write_json, write_peft_dir, write_prompt_file,
+    curve_path, write_adapter_dir, write_curve, write_json, write_peft_dir, write_prompt_file,
 };
-use crate::tune::tuner::Duration;
+use crate::tune::tuner::{Duration, Tuned};
 use crate::tune::{
-    load_jsonl, Curve, EvalSet, InitSpec, LoraSpec, Metric, OptimizerKind, OptimizerSettings,
-    TuneError, TuneSettings, Tuner,
+    load_jsonl, AdapterSpec, Curve, EvalSet, Ia3Spec, InitSpec, LoraSpec, Metric, OptimizerKind,
+    OptimizerSettings, TuneError, TuneSettings, Tuner,
 };
 
 /// Model and device flags shared by `tune` and `eval`.
@@ -104,7 +104,7 @@ pub struct TuneArgs {
     /// Seed of the data order, the initial prompt and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// What to tune: a soft prompt, or a LoRA on the frozen model's linear layers.
+    /// What to tune: a soft prompt, or a LoRA or IA3 adapter on the frozen model's linear layers.
     #[arg(long, value_enum, default_value_t = TuneMethod::Prompt)]
     pub method: TuneMethod,
     /// LoRA rank (`--method lora`).
@@ -116,8 +116,14 @@ pub struct TuneArgs {
     /// Layers a LoRA changes, PEFT's `target_modules` names (`--method lora`).
     #[arg(long, value_delimiter = ',', default_value = "q,v")]
     pub lora_targets: Vec<String>,
+    /// Layers IA3 scales, PEFT's `target_modules` names (`--method ia3`; PEFT's T5 default).
+    #[arg(long, value_delimiter = ',', default_value = "k,v,wo")]
+    pub ia3_targets: Vec<String>,
+    /// The targets whose input IA3 scales (PEFT's `feedforward_modules`); the others' output.
+    #[arg(long, value_delimiter = ',', default_value = "wo")]
+    pub ia3_feedforward: Vec<String>,
     /// Where to write the result: a prompt file (safetensors, the format the server accepts),
-    /// or for `--method lora` a PEFT adapter folder (the server and PEFT load it as it is).
+    /// or for `--method lora|ia3` a PEFT adapter folder (the server and PEFT load it as it is).
     #[arg(long)]
     pub out: PathBuf,
     /// Also write a PEFT adapter folder (adapter_config.json + adapter_model.safetensors).
@@ -214,11 +220,18 @@ fn settings_from(args: &TuneArgs) -> TuneSettings {
         dropout: args.dropout,
         seed: args.seed,
         max_batch_tokens: args.model.max_batch_tokens,
-        lora: (args.method == TuneMethod::Lora).then(|| LoraSpec {
-            rank: args.lora_rank,
-            alpha: args.lora_alpha,
-            targets: args.lora_targets.clone(),
-        }),
+        adapter: match args.method {
+            TuneMethod::Prompt => None,
+            TuneMethod::Lora => Some(AdapterSpec::Lora(LoraSpec {
+                rank: args.lora_rank,
+                alpha: args.lora_alpha,
+                targets: args.lora_targets.clone(),
+            })),
+            TuneMethod::Ia3 => Some(AdapterSpec::Ia3(Ia3Spec {
+                targets: args.ia3_targets.clone(),
+                feedforward: args.ia3_feedforward.clone(),
+            })),
+        },
     }
 }
 
@@ -229,6 +242,8 @@ pub enum TuneMethod {
     Prompt,
     /// A LoRA (low-rank updates of the targeted linear layers), written as a PEFT adapter.
     Lora,
+    /// IA3 (learned scales of the targeted layers), written as a PEFT adapter.
+    Ia3,
 }
 
 fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
@@ -268,7 +283,7 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
     tracing::info!(
         steps = tuner.total_steps(),
         prompt_length = tuner.current_rows().map(|r| r.rows).unwrap_or_default(),
-        lora_parameters = tuner.lora().map(|l| l.len()).unwrap_or_default(),
+        adapter_parameters = tuner.adapter().map(|l| l.len()).unwrap_or_default(),
         train = train.len(),
         dev = dev.len(),
         "tuning started (Ctrl-C saves the best prompt so far)"
@@ -334,24 +349,21 @@ pub fn run_tune(args: TuneArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes the run's result: the prompt (and its PEFT folder), or the LoRA's PEFT folder.
+/// Writes the run's result: the prompt (and its PEFT folder), or the adapter's PEFT folder.
 fn write_result(args: &TuneArgs, tuner: &Tuner, engine: &Engine) -> Result<(), TuneError> {
-    let Some(layout) = tuner.lora() else {
-        let rows = tuner.best_rows()?;
-        write_prompt_file(&args.out, &rows)?;
-        if let Some(dir) = &args.peft_dir {
-            write_peft_dir(dir, &rows, &engine.model().config, &args.model.model)?;
+    match tuner.best_output(&args.model.model.display().to_string())? {
+        Tuned::Rows(rows) => {
+            write_prompt_file(&args.out, &rows)?;
+            if let Some(dir) = &args.peft_dir {
+                write_peft_dir(dir, &rows, &engine.model().config, &args.model.model)?;
+            }
         }
-        return Ok(());
-    };
-    let (config, weights) = layout.peft_files(&tuner.best_values()?, &args.model.model)?;
-    for dir in std::iter::once(&args.out).chain(&args.peft_dir) {
-        std::fs::create_dir_all(dir).map_err(|source| TuneError::Io {
-            path: dir.clone(),
-            source,
-        })?;
-        write_atomic(&dir.join("adapter_model.safetensors"), &weights)?;
-        write_atomic(&dir.join("adapter_config.json"), &config)?;
+        Tuned::Adapter { config, weights } => {
+            let files = (config, weights);
+            for dir in std::iter::once(&args.out).chain(&args.peft_dir) {
+                write_adapter_dir(dir, &files)?;
+            }
+        }
     }
     Ok(())
 }

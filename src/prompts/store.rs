@@ -243,6 +243,20 @@ fn rows_bytes(rows: &PromptRows) -> Vec<u8> {
     rows.values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// promptd's header metadata of a safetensors file (empty for other files).
+fn metadata(bytes: &[u8]) -> HashMap<String, String> {
+    SafeTensors::read_metadata(bytes)
+        .ok()
+        .and_then(|(_, m)| m.metadata().clone())
+        .unwrap_or_default()
+}
+
+/// The `adapter_config.json` a safetensors file carries in its metadata (an adapter as promptd
+/// stores it, or as `promptd tune` writes its weights), if any.
+pub fn embedded_adapter_config(bytes: &[u8]) -> Option<String> {
+    metadata(bytes).remove(ADAPTER_CONFIG_KEY)
+}
+
 /// Reads a prompt file as stored (a `.safetensors` or `.npy` prompt, with promptd's metadata
 /// when promptd wrote it: version, upload digest, PEFT decoder rows).
 pub fn parse_stored(
@@ -257,10 +271,7 @@ pub fn parse_stored(
             limits.max_file_bytes
         )));
     }
-    let meta = SafeTensors::read_metadata(bytes)
-        .ok()
-        .and_then(|(_, m)| m.metadata().clone())
-        .unwrap_or_default();
+    let meta = metadata(bytes);
     let version = meta.get(VERSION_KEY).and_then(|v| v.parse().ok());
     let mut prompt = match meta.get(ADAPTER_CONFIG_KEY) {
         Some(config) => Prompt::from_peft(config.as_bytes(), bytes, d_model, limits)?,

@@ -8,7 +8,7 @@ use super::state::Service;
 use crate::catalog::prompts::{NewPrompt, PromptInfo};
 use crate::metrics::{ChangeAction, Rejection, UploadResult};
 use crate::prompts::audit::{now_ms, AuditEntry};
-use crate::prompts::store::sha256_hex;
+use crate::prompts::store::{embedded_adapter_config, sha256_hex};
 use crate::prompts::{Prompt, PromptLimits, TaskName};
 use crate::tenants::Caller;
 
@@ -53,6 +53,13 @@ impl Upload {
                     return Err(Error::Malformed(
                         "empty body: send a .safetensors or .npy prompt file, or multipart with adapter_model.safetensors and adapter_config.json".into(),
                     ));
+                }
+                // An adapter's weights with its config in the metadata (what promptd stores,
+                // and what `promptd tune` writes) is that adapter.
+                if let Some(config) = embedded_adapter_config(&bytes) {
+                    let prompts =
+                        Prompt::from_peft_tasks(config.as_bytes(), &bytes, d_model, limits)?;
+                    return Ok((prompts, sha256_hex(&bytes)));
                 }
                 let prompt = Prompt::from_tensor_file(&bytes, d_model, limits)?;
                 Ok((vec![prompt], sha256_hex(&bytes)))

@@ -12,13 +12,16 @@ use tokio::sync::oneshot;
 use super::error::Error;
 use super::prompts::Upload;
 use super::state::{Service, TuneLimits};
-use crate::prompts::TaskName;
+use crate::prompts::{PromptLimits, TaskName};
 use crate::tenants::Caller;
 use crate::tune::jobs::{now_ms, Job, JobState, JobStatus, JobTable};
 use crate::tune::output::prompt_file_bytes;
 use crate::tune::scheduler::{TuneFinished, TuneWork};
-use crate::tune::tuner::{Duration, Prepared};
-use crate::tune::{Example, InitSpec, Metric, OptimizerKind, OptimizerSettings, TuneSettings};
+use crate::tune::tuner::{Duration, Prepared, Tuned};
+use crate::tune::{
+    AdapterLayout, AdapterSpec, Example, Ia3Spec, InitSpec, LoraSpec, Metric, OptimizerKind,
+    OptimizerSettings, TuneSettings,
+};
 
 /// Body of `POST /v1/tasks/{task}/tune`; absent fields take `promptd tune`'s defaults.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -65,7 +68,24 @@ pub struct TuneRequest {
     pub dropout: Option<f64>,
     /// Seed (default 0).
     pub seed: Option<u64>,
+    /// What to tune: prompt | lora | ia3 (default prompt). An adapter is installed as the
+    /// task's next version, a PEFT adapter like an uploaded one.
+    pub method: Option<String>,
+    /// LoRA rank (method lora; default 8, at most the server's --max-lora-rank).
+    #[serde(default, deserialize_with = "super::rows::count")]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha: the update is scaled by alpha / rank (method lora; default 16).
+    pub lora_alpha: Option<f64>,
+    /// Layers a LoRA changes, PEFT's target_modules names (method lora; default q, v).
+    pub lora_targets: Option<Vec<String>>,
+    /// Layers IA3 scales (method ia3; default k, v, wo).
+    pub ia3_targets: Option<Vec<String>>,
+    /// The IA3 targets whose input is scaled, PEFT's feedforward_modules (default wo).
+    pub ia3_feedforward: Option<Vec<String>>,
 }
+
+/// Most module names a tuning request may list as targets.
+const MAX_TARGETS: usize = 64;
 
 /// Longest `text:` initial prompt accepted over HTTP (it is tokenized on the engine thread).
 const MAX_INIT_TEXT_BYTES: usize = 64 << 10;
@@ -84,13 +104,83 @@ fn parse_enum<T: std::str::FromStr<Err = String>>(
     }
 }
 
+/// The adapter a request tunes (None: a prompt), checked against the served model.
+fn adapter_spec(req: &TuneRequest, prompts: &PromptLimits) -> Result<Option<AdapterSpec>, Error> {
+    let method = req.method.as_deref().unwrap_or("prompt");
+    let lora_fields =
+        req.lora_rank.is_some() || req.lora_alpha.is_some() || req.lora_targets.is_some();
+    let ia3_fields = req.ia3_targets.is_some() || req.ia3_feedforward.is_some();
+    let prompt_fields = req.prompt_length.is_some() || req.init.is_some();
+    let names = |v: &Option<Vec<String>>, default: &[&str]| -> Result<Vec<String>, Error> {
+        let list = match v {
+            Some(list) => list.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        };
+        if list.is_empty()
+            || list.len() > MAX_TARGETS
+            || list.iter().any(|t| t.is_empty() || t.len() > 256)
+        {
+            return Err(invalid(format!(
+                "targets must name 1..={MAX_TARGETS} modules (q, k, v, o, wi, wi_0, wi_1, wo)"
+            )));
+        }
+        Ok(list)
+    };
+    let spec = match method {
+        "prompt" if lora_fields || ia3_fields => {
+            return Err(invalid("lora_* and ia3_* fields need `method` lora or ia3"))
+        }
+        "prompt" => return Ok(None),
+        "lora" | "ia3" if prompt_fields => {
+            return Err(invalid(format!(
+                "`prompt_length` and `init` are for method prompt, not {method}"
+            )))
+        }
+        "lora" if ia3_fields => return Err(invalid("ia3_* fields need method ia3")),
+        "ia3" if lora_fields => return Err(invalid("lora_* fields need method lora")),
+        "lora" => {
+            let rank = req.lora_rank.unwrap_or(8);
+            if rank == 0 || rank > prompts.max_lora_rank {
+                return Err(invalid(format!(
+                    "lora_rank {rank} is outside 1..={} (--max-lora-rank)",
+                    prompts.max_lora_rank
+                )));
+            }
+            AdapterSpec::Lora(LoraSpec {
+                rank,
+                alpha: req.lora_alpha.unwrap_or(16.0),
+                targets: names(&req.lora_targets, &["q", "v"])?,
+            })
+        }
+        "ia3" => AdapterSpec::Ia3(Ia3Spec {
+            targets: names(&req.ia3_targets, &["k", "v", "wo"])?,
+            feedforward: match &req.ia3_feedforward {
+                Some(f) if f.is_empty() => Vec::new(),
+                f => names(f, &["wo"])?,
+            },
+        }),
+        other => {
+            return Err(invalid(format!(
+                "method {:?}: expected prompt, lora or ia3",
+                truncate(other)
+            )))
+        }
+    };
+    if let Some(shape) = &prompts.shape {
+        AdapterLayout::new(spec.clone(), shape).map_err(|e| invalid(e.to_string()))?;
+    }
+    Ok(Some(spec))
+}
+
 /// Checks a request against the caps and turns it into settings.
 fn settings(
     req: &TuneRequest,
     limits: &TuneLimits,
+    prompts: &PromptLimits,
     max_prompt_length: usize,
     max_labels: usize,
 ) -> Result<TuneSettings, Error> {
+    let adapter = adapter_spec(req, prompts)?;
     if req.train.is_empty() {
         return Err(invalid(
             "`train` needs at least one {\"input\", \"target\"} row",
@@ -177,6 +267,10 @@ fn settings(
     s.metric = metric;
     s.dropout = req.dropout;
     s.seed = req.seed.unwrap_or(0);
+    if adapter.is_some() {
+        s.prompt_length = None;
+    }
+    s.adapter = adapter;
     s.validate().map_err(|e| invalid(e.to_string()))?;
     Ok(s)
 }
@@ -207,7 +301,13 @@ impl Service {
         if let Caller::Tenant(t) = caller {
             max_len = max_len.min(t.max_prompt_length);
         }
-        let settings = settings(&req, &service.limits, max_len, self.limits.row.max_labels)?;
+        let settings = settings(
+            &req,
+            &service.limits,
+            self.registry.limits(),
+            max_len,
+            self.limits.row.max_labels,
+        )?;
         let total = match settings.duration {
             Duration::Steps(n) => n,
             Duration::Epochs(e) => e.saturating_mul(req.train.len().div_ceil(settings.batch_size)),
@@ -244,8 +344,16 @@ impl Service {
                 &settings.metric.to_string(),
             )
             .map_err(records_error)?;
-        if labels.len() <= super::neighbors::MAX_REPORT_LABELS {
-            job.status.lock().labels = labels;
+        {
+            let mut s = job.status.lock();
+            s.method = settings
+                .adapter
+                .as_ref()
+                .map_or("prompt", AdapterSpec::method)
+                .to_string();
+            if labels.len() <= super::neighbors::MAX_REPORT_LABELS {
+                s.labels = labels;
+            }
         }
         let current = self.registry.get(task.as_str()).map(|e| e.slot.clone());
         let (done, finished) = oneshot::channel();
@@ -268,6 +376,15 @@ impl Service {
         );
         tracing::info!(job = %status.id, task = %status.task, tenant = caller.name(), steps = total, "tuning job accepted");
         Ok(status)
+    }
+}
+
+/// A candidate as one file: the prompt file, or the adapter's weights (whose metadata holds
+/// its config), which an upload of that file alone reads back.
+fn candidate_bytes(tuned: &Tuned) -> Result<Vec<u8>, crate::tune::TuneError> {
+    match tuned {
+        Tuned::Rows(rows) => prompt_file_bytes(rows),
+        Tuned::Adapter { weights, .. } => Ok(weights.clone()),
     }
 }
 
@@ -330,7 +447,9 @@ impl Service {
                     s.current_metric = done.current_metric;
                 }
                 if worse {
-                    let saved = match jobs.save_candidate(&job.snapshot().id, &done.rows) {
+                    let saved = match candidate_bytes(&done.tuned)
+                        .and_then(|bytes| jobs.save_candidate(&job.snapshot().id, &bytes))
+                    {
                         Ok(()) => self.save_remote_candidate(&job.snapshot().id).await,
                         Err(e) => Err(e.to_string()),
                     };
@@ -345,23 +464,21 @@ impl Service {
                     let _ = jobs.persist(&job);
                     return;
                 }
-                self.install(&caller, &task, &job, &done.rows).await;
+                self.install(&caller, &task, &job, done.tuned).await;
             }
         }
     }
 
-    /// Stores `rows` as `task`'s next version through the upload path.
-    async fn install(
-        &self,
-        caller: &Caller,
-        task: &TaskName,
-        job: &Job,
-        rows: &crate::prompts::PromptRows,
-    ) {
+    /// Stores a job's prompt or adapter as `task`'s next version through the upload path.
+    async fn install(&self, caller: &Caller, task: &TaskName, job: &Job, tuned: Tuned) {
         let jobs = &self.tuning.jobs;
-        let stored = match prompt_file_bytes(rows) {
-            Ok(bytes) => self
-                .put_prompt(caller, Ok((task.clone(), Upload::Tensor(bytes))))
+        let upload = match tuned {
+            Tuned::Rows(rows) => prompt_file_bytes(&rows).map(Upload::Tensor),
+            Tuned::Adapter { config, weights } => Ok(Upload::Peft { weights, config }),
+        };
+        let stored = match upload {
+            Ok(upload) => self
+                .put_prompt(caller, Ok((task.clone(), upload)))
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
@@ -586,12 +703,26 @@ mod tests {
         )
         .unwrap();
         assert!(req.dropout.unwrap() < 1.0);
-        let s = settings(&req, &TuneLimits::default(), 100, 10).unwrap();
+        let s = settings(
+            &req,
+            &TuneLimits::default(),
+            &PromptLimits::default(),
+            100,
+            10,
+        )
+        .unwrap();
         assert_eq!(s.dropout, req.dropout);
         let req: TuneRequest =
             serde_json::from_str(r#"{"train": [{"input": "a", "target": "b"}], "dropout": 1.0}"#)
                 .unwrap();
-        let e = settings(&req, &TuneLimits::default(), 100, 10).unwrap_err();
+        let e = settings(
+            &req,
+            &TuneLimits::default(),
+            &PromptLimits::default(),
+            100,
+            10,
+        )
+        .unwrap_err();
         assert_eq!(e.error_type(), "validation");
     }
 }

@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::curve::Curve;
 use super::error::TuneError;
-use super::output::{prompt_file_bytes, write_atomic};
-use crate::prompts::PromptRows;
+use super::output::write_atomic;
 
 /// Folder of job records inside the prompts folder (hidden: never read as a prompt).
 pub const JOBS_DIR: &str = ".tune-jobs";
@@ -114,6 +113,13 @@ pub struct JobStatus {
     /// enough to be a label set (what `GET /v1/prompts/{task}/neighbors` looks for).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// What the job tunes: prompt, lora or ia3 (records from before adapters: prompt).
+    #[serde(default = "prompt_method")]
+    pub method: String,
+}
+
+fn prompt_method() -> String {
+    "prompt".into()
 }
 
 /// A running job's record is rewritten at least this often; a record of another replica's
@@ -296,6 +302,7 @@ impl JobTable {
             replica: self.replica.clone(),
             heartbeat_ms: now_ms(),
             labels: Vec::new(),
+            method: prompt_method(),
         };
         write_record(&self.dir, &status)?;
         self.mirrored(&status);
@@ -401,8 +408,8 @@ impl JobTable {
     }
 
     /// Keeps a candidate prompt next to its job's record.
-    pub fn save_candidate(&self, id: &str, rows: &PromptRows) -> Result<(), TuneError> {
-        write_atomic(&self.candidate_path(id), &prompt_file_bytes(rows)?)
+    pub fn save_candidate(&self, id: &str, bytes: &[u8]) -> Result<(), TuneError> {
+        write_atomic(&self.candidate_path(id), bytes)
     }
 
     /// The candidate prompt file of job `id`.

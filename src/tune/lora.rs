@@ -3,15 +3,22 @@
 //! optimizer, gradient accumulation, the best snapshot) is unchanged, and an elementwise
 //! optimizer (Adam, SGD) steps exactly as it would per matrix. The loss runs through tables
 //! built from views into it ([`AdapterTables::trainable_lora`]), so gradients reach A and B.
-use std::collections::HashMap;
-use std::path::Path;
-
 use serde_json::json;
 use tch::{Kind, Tensor};
 
 use super::error::TuneError;
+use super::peft::peft_adapter_files;
 use super::rng::Rng;
 use crate::model::adapters::{AdapterTables, AdapterWeights, LoraFactors, ModelShape, Site};
+use crate::prompts::PromptRows;
+
+/// Whether one of `names` (module names like `q`, or paths ending in one) names the layer at
+/// `path`: PEFT's `target_modules` rule for a list.
+pub(super) fn targets(names: &[String], path: &str) -> bool {
+    names
+        .iter()
+        .any(|t| path == t || path.ends_with(&format!(".{t}")))
+}
 
 /// What a LoRA run trains (`promptd tune --method lora`).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,11 +56,9 @@ impl LoraLayout {
         let mut len = 0;
         for site in Site::all(shape) {
             let path = site.path();
-            let targeted = spec
-                .targets
-                .iter()
-                .any(|t| path == *t || path.ends_with(&format!(".{t}")));
-            if let (true, Some((inputs, outputs))) = (targeted, site.dims(shape)) {
+            if let (true, Some((inputs, outputs))) =
+                (targets(&spec.targets, &path), site.dims(shape))
+            {
                 sites.push((site, inputs, outputs, len));
                 len += spec.rank * (inputs + outputs);
             }
@@ -151,7 +156,9 @@ impl LoraLayout {
 
     /// PEFT's name of each factor tensor (`base_model.model.<layer>.lora_A.weight`, then B) and
     /// its range in the flat values.
-    fn named_ranges(&self) -> impl Iterator<Item = (String, std::ops::Range<usize>)> + '_ {
+    pub(super) fn named_ranges(
+        &self,
+    ) -> impl Iterator<Item = (String, std::ops::Range<usize>)> + '_ {
         let r = self.spec.rank;
         self.sites
             .iter()
@@ -167,63 +174,25 @@ impl LoraLayout {
             })
     }
 
-    /// Flat values from factor tensors by PEFT's names (a PEFT LoRA of this layout).
-    pub fn pack(&self, named: &HashMap<String, Vec<f32>>) -> Result<Vec<f32>, TuneError> {
-        let mut out = vec![0f32; self.len];
-        for (name, range) in self.named_ranges() {
-            match named.get(&name) {
-                Some(v) if v.len() == range.len() => out[range].copy_from_slice(v),
-                Some(v) => {
-                    return Err(TuneError::Data(format!(
-                        "{name} has {} values; this layout has {}",
-                        v.len(),
-                        range.len()
-                    )))
-                }
-                None => return Err(TuneError::Data(format!("no tensor {name}"))),
-            }
-        }
-        Ok(out)
-    }
-
-    /// Factor tensors by PEFT's names from flat values.
-    pub fn unpack(&self, values: &[f32]) -> Vec<(String, Vec<f32>)> {
-        self.named_ranges()
-            .map(|(name, range)| (name, values[range].to_vec()))
-            .collect()
-    }
-
     /// The PEFT adapter folder's two files for flat `values`: adapter_config.json and
     /// adapter_model.safetensors (PEFT's names, B unscaled).
     pub fn peft_files(
         &self,
         values: &[f32],
-        base_model: &Path,
+        base_model: &str,
     ) -> Result<(Vec<u8>, Vec<u8>), TuneError> {
         let r = self.spec.rank;
-        let mut names = Vec::new();
-        let mut data: Vec<(Vec<usize>, Vec<u8>)> = Vec::new();
-        for &(site, inputs, outputs, at) in &self.sites {
-            let path = format!("base_model.model.{}", site.path());
-            let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-            names.push(format!("{path}.lora_A.weight"));
-            data.push((vec![r, inputs], bytes(&values[at..at + r * inputs])));
-            names.push(format!("{path}.lora_B.weight"));
-            data.push((
-                vec![outputs, r],
-                bytes(&values[at + r * inputs..at + r * (inputs + outputs)]),
-            ));
+        let mut tensors = Vec::with_capacity(self.sites.len() * 2);
+        for (name, range) in self.named_ranges() {
+            let rows = if name.ends_with(".lora_A.weight") {
+                r
+            } else {
+                range.len() / r
+            };
+            let values = values[range].to_vec();
+            let cols = values.len() / rows;
+            tensors.push((name, PromptRows { rows, cols, values }));
         }
-        let invalid = |e: safetensors::SafeTensorError| TuneError::Data(e.to_string());
-        let mut views = Vec::with_capacity(names.len());
-        for (name, (shape, bytes)) in names.iter().zip(&data) {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .map_err(invalid)?;
-            views.push((name.as_str(), view));
-        }
-        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let weights = safetensors::tensor::serialize(views, Some(meta)).map_err(invalid)?;
         let mut modules: Vec<&str> = self.sites.iter().map(|(s, ..)| s.module.name()).collect();
         modules.sort_unstable();
         modules.dedup();
@@ -241,10 +210,8 @@ impl LoraLayout {
             "modules_to_save": null,
             "init_lora_weights": true,
             "inference_mode": true,
-            "base_model_name_or_path": base_model.display().to_string(),
+            "base_model_name_or_path": (!base_model.is_empty()).then_some(base_model),
         });
-        let config =
-            serde_json::to_vec_pretty(&config).map_err(|e| TuneError::Data(e.to_string()))?;
-        Ok((config, weights))
+        peft_adapter_files(tensors, &config)
     }
 }

@@ -6,11 +6,11 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
 
 use super::curve::Curve;
 use super::error::TuneError;
+use super::peft::safetensors_bytes;
 use crate::model::T5Config;
 use crate::prompts::tensor::PEFT_KEY;
 use crate::prompts::PromptRows;
@@ -45,27 +45,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TuneError> {
         let _ = fs::remove_file(&temp);
     }
     result.map_err(io_err(path))
-}
-
-fn safetensors_bytes(
-    tensors: Vec<(&str, &PromptRows)>,
-    meta: HashMap<String, String>,
-) -> Result<Vec<u8>, TuneError> {
-    let data: Vec<(&str, Vec<u8>, [usize; 2])> = tensors
-        .iter()
-        .map(|(name, rows)| {
-            let bytes = rows.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (*name, bytes, [rows.rows, rows.cols])
-        })
-        .collect();
-    let views = data
-        .iter()
-        .map(|(name, bytes, shape)| {
-            TensorView::new(Dtype::F32, shape.to_vec(), bytes).map(|v| (*name, v))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TuneError::Data(e.to_string()))?;
-    safetensors::tensor::serialize(views, Some(meta)).map_err(|e| TuneError::Data(e.to_string()))
 }
 
 /// The prompt as a bare safetensors file (`prompt_embeddings`, f32 [rows, d_model]): what
@@ -120,6 +99,16 @@ pub fn write_peft_dir(
     let text = serde_json::to_vec_pretty(&adapter).map_err(|e| TuneError::Data(e.to_string()))?;
     write_atomic(&dir.join("adapter_model.safetensors"), &weights)?;
     write_atomic(&dir.join("adapter_config.json"), &text)
+}
+
+/// Writes a PEFT adapter folder from its two files ([`peft_adapter_files`]).
+pub fn write_adapter_dir(
+    dir: &Path,
+    (config, weights): &(Vec<u8>, Vec<u8>),
+) -> Result<(), TuneError> {
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    write_atomic(&dir.join("adapter_model.safetensors"), weights)?;
+    write_atomic(&dir.join("adapter_config.json"), config)
 }
 
 /// Where a report's curve picture goes: the report's path with an `.svg` extension

@@ -13,12 +13,11 @@ use tokio::sync::oneshot;
 use super::error::TuneError;
 use super::jobs::{now_ms, Job, JobState};
 use super::metric::ChunkedEval;
-use super::tuner::{Prepared, TuneSettings, Tuner};
+use super::tuner::{Prepared, TuneSettings, Tuned, Tuner};
 use crate::engine::side::SideWork;
 use crate::engine::worker::{EngineWaker, WorkerError};
 use crate::engine::{guarded, Engine, EngineError, PromptSlot};
 use crate::model::T5Tokenizer;
-use crate::prompts::PromptRows;
 
 /// A job handed to the engine thread.
 pub struct TuneWork {
@@ -46,8 +45,8 @@ pub struct TuneFinished {
 
 /// What a successful job produced.
 pub struct FinishedPrompt {
-    /// The best prompt (by dev metric; the last one without dev).
-    pub rows: PromptRows,
+    /// The best prompt or adapter (by dev metric; the last one without dev).
+    pub tuned: Tuned,
     /// Its dev metric.
     pub best_metric: Option<f64>,
     /// The task's served prompt's dev metric (None: no served prompt or no dev).
@@ -282,9 +281,10 @@ fn micro_step(active: &mut Active, engine: &mut Engine) -> StepResult {
             }
             _ => None,
         };
-        let rows = tuner.best_rows()?;
+        // The served model's path is not known here: the config leaves it out.
+        let tuned = tuner.best_output("")?;
         return Ok(Some(Some(Ok(FinishedPrompt {
-            rows,
+            tuned,
             best_metric: tuner.best().map(|(_, m)| m),
             current_metric: current,
         }))));

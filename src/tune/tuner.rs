@@ -6,10 +6,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tch::{Kind, Tensor};
 
+use super::adapter::{AdapterLayout, AdapterSpec};
 use super::data::{tokenize, Batch, Example, TokenizedExample};
 use super::error::TuneError;
 use super::init::{initial_prompt, read_init_file, InitSpec};
-use super::lora::{LoraLayout, LoraSpec};
 use super::metric::{label_set, ChunkedEval, EvalOutcome, EvalSet, Metric};
 use super::optim::{Optimizer, OptimizerKind, OptimizerSettings};
 use super::rng::Rng;
@@ -61,8 +61,8 @@ pub struct TuneSettings {
     pub seed: u64,
     /// Padded encoder tokens per evaluation pass.
     pub max_batch_tokens: u64,
-    /// Tune a LoRA with this rank, alpha and targets instead of a prompt (`--method lora`).
-    pub lora: Option<LoraSpec>,
+    /// Tune an adapter (a LoRA, IA3) instead of a prompt (`--method lora|ia3`).
+    pub adapter: Option<AdapterSpec>,
 }
 
 impl TuneSettings {
@@ -83,7 +83,7 @@ impl TuneSettings {
             dropout: None,
             seed: 0,
             max_batch_tokens: 32768,
-            lora: None,
+            adapter: None,
         }
     }
 
@@ -136,6 +136,15 @@ impl TuneSettings {
             "max_target_tokens": self.max_target_tokens,
             "dropout": self.dropout,
             "seed": self.seed,
+            "method": self.adapter.as_ref().map_or("prompt", AdapterSpec::method),
+            "lora": match &self.adapter {
+                Some(AdapterSpec::Lora(s)) => json!({"rank": s.rank, "alpha": s.alpha, "targets": s.targets}),
+                _ => Value::Null,
+            },
+            "ia3": match &self.adapter {
+                Some(AdapterSpec::Ia3(s)) => json!({"targets": s.targets, "feedforward": s.feedforward}),
+                _ => Value::Null,
+            },
         })
     }
 }
@@ -200,15 +209,28 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
+/// What a run produced: prompt rows, or a PEFT adapter's two files.
+pub enum Tuned {
+    /// A soft prompt.
+    Rows(PromptRows),
+    /// adapter_config.json and adapter_model.safetensors (the config also in its metadata).
+    Adapter {
+        /// adapter_config.json.
+        config: Vec<u8>,
+        /// adapter_model.safetensors.
+        weights: Vec<u8>,
+    },
+}
+
 /// A tuning run in progress.
 pub struct Tuner {
     settings: TuneSettings,
     train: Vec<TokenizedExample>,
     dev: Option<EvalSet>,
-    /// The trained parameters: P [rows, d], or a LoRA's factors, flat ([`LoraLayout`]).
+    /// The trained parameters: P [rows, d], or an adapter's tensors, flat ([`AdapterLayout`]).
     prompt: Tensor,
     /// Where a LoRA run's factors sit in `prompt` (None: a prompt run).
-    lora: Option<LoraLayout>,
+    adapter: Option<AdapterLayout>,
     optimizer: Optimizer,
     rng: Rng,
     order: Vec<usize>,
@@ -271,12 +293,12 @@ impl Tuner {
         let d = model.config.d_model as usize;
         let mut rng = Rng::new(settings.seed);
         let device = model.options().device;
-        let lora = settings
-            .lora
+        let adapter = settings
+            .adapter
             .clone()
-            .map(|spec| LoraLayout::new(spec, &ModelShape::of(&model.config)))
+            .map(|spec| AdapterLayout::new(spec, &ModelShape::of(&model.config)))
             .transpose()?;
-        let (values, shape) = match &lora {
+        let (values, shape) = match &adapter {
             Some(layout) => (layout.init(&mut rng), vec![layout.len() as i64]),
             None => {
                 let rows = prompt_rows(&settings, d)?;
@@ -304,7 +326,7 @@ impl Tuner {
             train: train_rows,
             dev,
             prompt,
-            lora,
+            adapter,
             optimizer,
             rng,
             step: 0,
@@ -402,7 +424,7 @@ impl Tuner {
             let opts = model.options();
             let batch = Batch::new(rows, model.config.pad_id(), opts.device)?;
             let b = rows.len() as i64;
-            if let Some(layout) = &self.lora {
+            if let Some(layout) = &self.adapter {
                 let tables = layout.tables(&self.prompt, opts.kind)?;
                 let ad = Adapt::new(&tables, Tensor::f_ones([b], (Kind::Int64, opts.device))?);
                 let embeds = model.embed(&batch.input_ids)?;
@@ -585,7 +607,7 @@ impl Tuner {
 
     /// What the engine serves for flat parameter `values`: prompt rows or a LoRA.
     fn task_weights(&self, values: &[f32]) -> TaskWeights {
-        match &self.lora {
+        match &self.adapter {
             Some(layout) => TaskWeights {
                 rows: PromptRows {
                     rows: 0,
@@ -602,9 +624,21 @@ impl Tuner {
         }
     }
 
-    /// A LoRA run's layout (None: a prompt run).
-    pub fn lora(&self) -> Option<&LoraLayout> {
-        self.lora.as_ref()
+    /// An adapter run's layout (None: a prompt run).
+    pub fn adapter(&self) -> Option<&AdapterLayout> {
+        self.adapter.as_ref()
+    }
+
+    /// What the run produced so far: the best prompt rows, or the best adapter's PEFT files
+    /// (`base_model` goes into its config).
+    pub fn best_output(&self, base_model: &str) -> Result<Tuned, TuneError> {
+        match &self.adapter {
+            None => Ok(Tuned::Rows(self.best_rows()?)),
+            Some(layout) => {
+                let (config, weights) = layout.peft_files(&self.best_values()?, base_model)?;
+                Ok(Tuned::Adapter { config, weights })
+            }
+        }
     }
 
     /// The parameters to keep, flat: the best on dev so far, or (without dev) the current ones.
@@ -617,7 +651,7 @@ impl Tuner {
 
     /// P as it is now.
     pub fn current_rows(&self) -> Result<PromptRows, TuneError> {
-        self.no_rows_for_lora()?;
+        self.no_rows_for_adapter()?;
         let size = self.prompt.size();
         let values = Vec::<f32>::try_from(
             self.prompt
@@ -632,18 +666,19 @@ impl Tuner {
         })
     }
 
-    fn no_rows_for_lora(&self) -> Result<(), TuneError> {
-        match self.lora {
-            Some(_) => Err(TuneError::Settings(
-                "a LoRA run has factors, not prompt rows".into(),
-            )),
+    fn no_rows_for_adapter(&self) -> Result<(), TuneError> {
+        match &self.adapter {
+            Some(a) => Err(TuneError::Settings(format!(
+                "a {} run has an adapter, not prompt rows",
+                a.method()
+            ))),
             None => Ok(()),
         }
     }
 
     /// The P to keep: the best on dev so far, or (without dev) the current one.
     pub fn best_rows(&self) -> Result<PromptRows, TuneError> {
-        self.no_rows_for_lora()?;
+        self.no_rows_for_adapter()?;
         match &self.best {
             Some((_, _, values)) => Ok(PromptRows {
                 rows: self.prompt.size()[0] as usize,
@@ -690,10 +725,10 @@ impl Tuner {
         json!({
             "settings": self.settings.to_json(),
             "seed": self.settings.seed,
-            "method": if self.lora.is_some() { "lora" } else { "prompt" },
-            "prompt_length": if self.lora.is_some() { None } else { Some(self.prompt.size()[0]) },
-            "lora_rank": self.lora.as_ref().map(|l| l.spec().rank),
-            "lora_parameters": self.lora.as_ref().map(LoraLayout::len),
+            "method": self.adapter.as_ref().map_or("prompt", AdapterLayout::method),
+            "prompt_length": if self.adapter.is_some() { None } else { Some(self.prompt.size()[0]) },
+            "lora_rank": self.adapter.as_ref().and_then(AdapterLayout::rank),
+            "adapter_parameters": self.adapter.as_ref().map(AdapterLayout::len),
             "train_rows": self.train.len(),
             "dev_rows": self.dev.as_ref().map_or(0, EvalSet::len),
             "truncated_rows": self.truncated,

@@ -443,81 +443,120 @@ fn lora_loss_and_gradients_match_peft() {
     }
 }
 
-#[test]
-fn one_adam_step_on_a_lora_equals_pytorchs() {
-    // The factors of the grad fixtures' LoRA, flat as `promptd tune --method lora` keeps them:
-    // PEFT's loss, its gradients through the layout's views, then one step of promptd's Adam,
-    // against torch.optim.Adam(lr=0.01) on PEFT's parameters.
+/// The grad fixture of `kind` (lora, ia3) on `model`, through `layout` as `promptd tune` keeps
+/// it (one flat tensor): PEFT's loss, its gradients by PEFT's names, and one step of
+/// promptd's Adam against torch.optim.Adam(lr=0.01) on PEFT's parameters.
+fn flat_adapter_matches_peft(model: &str, kind: &str, spec: promptd::tune::AdapterSpec) {
     use promptd::model::adapters::ModelShape;
     use promptd::tune::optim::Optimizer;
-    use promptd::tune::{LoraLayout, LoraSpec, OptimizerKind, OptimizerSettings};
+    use promptd::tune::{AdapterLayout, OptimizerKind, OptimizerSettings};
     use tch::{Kind, Tensor};
     #[derive(Deserialize)]
-    struct Stepped {
+    struct Fixture {
+        loss_f64: f64,
+        grads: BTreeMap<String, Vec<f64>>,
+        grads_f64: BTreeMap<String, Vec<f64>>,
         adam_step: BTreeMap<String, Vec<f64>>,
     }
+    let loaded = load(model);
+    let t5 = loaded.engine.model();
+    let dir = fixtures().join("tune").join(model);
+    let want: Fixture =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(kind).join("grad.json")).unwrap())
+            .unwrap();
+    let bytes = std::fs::read(dir.join(kind).join("adapter_model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let named: std::collections::HashMap<String, Vec<f32>> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let data = st.tensor(n).unwrap().data().to_vec();
+            let values = data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (n.to_string(), values)
+        })
+        .collect();
+    let layout = AdapterLayout::new(spec, &ModelShape::of(&t5.config)).unwrap();
+    assert_eq!(layout.unpack(&vec![0.0; layout.len()]).len(), named.len());
+    let mut theta = Tensor::from_slice(&layout.pack(&named).unwrap()).set_requires_grad(true);
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let (ids, mask, labels) = tuning_batch(&expected);
+    let rows = ids.size()[0];
+    let (loss, grad) = tch::with_grad(|| {
+        let tables = layout.tables(&theta, Kind::Float).unwrap();
+        let index = Tensor::ones([rows], (Kind::Int64, tch::Device::Cpu));
+        let ad = promptd::model::adapters::Adapt::new(&tables, index);
+        let embeds = t5.embed(&ids).unwrap();
+        let loss = t5
+            .seq2seq_loss(&embeds, &mask, &labels, 0.0, Some(&ad))
+            .unwrap();
+        let grad = Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0);
+        (loss.double_value(&[]), grad)
+    });
+    assert!(
+        (loss - want.loss_f64).abs() <= 1e-4 * want.loss_f64.abs(),
+        "{model} {kind}: loss {loss} vs PEFT {}",
+        want.loss_f64
+    );
+    let grads: Vec<f32> = Vec::try_from(&grad).unwrap();
+    let mut worst_grad = 0f64;
+    for (name, got) in layout.unpack(&grads) {
+        let got: Vec<f64> = got.iter().map(|v| *v as f64).collect();
+        // Within 1e-4 (relative) of PEFT's f32 gradient, or as close to the exact (f64) one as
+        // PEFT's own f32 gradient is.
+        let (to_peft, norm) = distance(&got, &want.grads[&name]);
+        let (to_exact, exact) = distance(&got, &want.grads_f64[&name]);
+        let (peft_to_exact, _) = distance(&want.grads[&name], &want.grads_f64[&name]);
+        worst_grad = worst_grad.max(to_peft / norm);
+        assert!(
+            to_peft <= 1e-4 * norm || to_exact <= (1.5 * peft_to_exact).max(1e-4 * exact),
+            "{model} {kind}: {name}: {to_peft} from PEFT's (|g| {norm}), {to_exact} from f64 (PEFT's f32: {peft_to_exact})"
+        );
+    }
+    let settings = OptimizerSettings {
+        lr: 0.01,
+        ..OptimizerSettings::defaults(OptimizerKind::Adam)
+    };
+    let mut adam = Optimizer::new(settings, &theta).unwrap();
+    adam.step(&mut theta, &grad).unwrap();
+    let after: Vec<f32> = Vec::try_from(theta.detach()).unwrap();
+    let mut worst = 0f64;
+    for (name, got) in layout.unpack(&after) {
+        let want = &want.adam_step[&name];
+        for (g, w) in got.iter().zip(want) {
+            worst = worst.max((*g as f64 - w).abs());
+        }
+    }
+    // A first Adam step moves each value by about lr·sign(g): 1e-5 is a thousandth of it.
+    assert!(
+        worst <= 1e-5,
+        "{model} {kind}: largest difference from PyTorch's step {worst}"
+    );
+    eprintln!(
+        "{model} {kind}: loss {loss}, gradients within {worst_grad:.1e}, one Adam step within {worst:.1e} of PEFT + PyTorch"
+    );
+}
+
+#[test]
+fn one_adam_step_on_a_lora_equals_pytorchs() {
     for model in model_names() {
-        let loaded = load(&model);
-        let t5 = loaded.engine.model();
-        let dir = fixtures().join("tune").join(&model);
-        let want: Stepped =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("lora/grad.json")).unwrap())
-                .unwrap();
-        let bytes = std::fs::read(dir.join("lora/adapter_model.safetensors")).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let named: std::collections::HashMap<String, Vec<f32>> = st
-            .names()
-            .into_iter()
-            .map(|n| {
-                let data = st.tensor(n).unwrap().data().to_vec();
-                let values = data
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                (n.to_string(), values)
-            })
-            .collect();
-        let spec = LoraSpec {
+        let spec = promptd::tune::LoraSpec {
             rank: 4,
             alpha: 8.0,
             targets: vec!["q".into(), "v".into()],
         };
-        let layout = LoraLayout::new(spec, &ModelShape::of(&t5.config)).unwrap();
-        let mut theta = Tensor::from_slice(&layout.pack(&named).unwrap()).set_requires_grad(true);
-        let expected: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
-                .unwrap();
-        let (ids, mask, labels) = tuning_batch(&expected);
-        let rows = ids.size()[0] as usize;
-        let grad = tch::with_grad(|| {
-            let tables = layout.tables(&theta, Kind::Float).unwrap();
-            let index = Tensor::ones([rows as i64], (Kind::Int64, tch::Device::Cpu));
-            let ad = promptd::model::adapters::Adapt::new(&tables, index);
-            let embeds = t5.embed(&ids).unwrap();
-            let loss = t5
-                .seq2seq_loss(&embeds, &mask, &labels, 0.0, Some(&ad))
-                .unwrap();
-            Tensor::run_backward(&[&loss], &[&theta], false, false).remove(0)
-        });
-        let settings = OptimizerSettings {
-            lr: 0.01,
-            ..OptimizerSettings::defaults(OptimizerKind::Adam)
-        };
-        let mut adam = Optimizer::new(settings, &theta).unwrap();
-        adam.step(&mut theta, &grad).unwrap();
-        let after: Vec<f32> = Vec::try_from(theta.detach()).unwrap();
-        let mut worst = 0f64;
-        for (name, got) in layout.unpack(&after) {
-            let want = &want.adam_step[&name];
-            for (g, w) in got.iter().zip(want) {
-                worst = worst.max((*g as f64 - w).abs());
-            }
-        }
-        // A first Adam step moves each value by about lr·sign(g): 1e-5 is a thousandth of it.
-        assert!(
-            worst <= 1e-5,
-            "{model}: largest difference from PyTorch's step {worst}"
-        );
-        eprintln!("{model}: one Adam step within {worst:.1e} of PyTorch's");
+        flat_adapter_matches_peft(&model, "lora", promptd::tune::AdapterSpec::Lora(spec));
+    }
+}
+
+#[test]
+fn ia3_loss_gradients_and_one_adam_step_match_peft() {
+    // PEFT's T5 default (k, v, and wo's input), what `promptd tune --method ia3` trains.
+    for model in model_names() {
+        let spec = promptd::tune::Ia3Spec::default();
+        flat_adapter_matches_peft(&model, "ia3", promptd::tune::AdapterSpec::Ia3(spec));
     }
 }

@@ -273,6 +273,12 @@ impl Promptd for GrpcApi {
             patience: size(r.patience),
             dropout: r.dropout,
             seed: r.seed,
+            method: r.method,
+            lora_rank: size(r.lora_rank),
+            lora_alpha: r.lora_alpha,
+            lora_targets: (!r.lora_targets.is_empty()).then_some(r.lora_targets),
+            ia3_targets: (!r.ia3_targets.is_empty()).then_some(r.ia3_targets),
+            ia3_feedforward: (!r.ia3_feedforward.is_empty()).then_some(r.ia3_feedforward),
         };
         let job = self
             .svc
@@ -344,5 +350,6 @@ fn tune_job(j: JobStatus) -> proto::TuneJob {
         error: j.error,
         created_ms: j.created_ms,
         finished_ms: j.finished_ms,
+        method: j.method,
     }
 }

@@ -74,6 +74,23 @@ impl AdapterTables {
         Ok(tables)
     }
 
+    /// Tables holding one IA3 adapter at index 1 (index 0: none) built from its vectors
+    /// `(site, scales the input, factors [features])` by differentiable ops (tuning IA3).
+    pub fn trainable_ia3(
+        scales: &[(Site, bool, &Tensor)],
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self, ModelError> {
+        let mut tables = Self::new(device, kind);
+        tables.capacity = 2;
+        for (site, input, v) in scales {
+            let v = v.f_to_kind(kind)?;
+            let table = Tensor::f_stack(&[v.f_ones_like()?, v], 0)?;
+            tables.ia3.insert((*site, *input), table);
+        }
+        Ok(tables)
+    }
+
     /// Adapter indices the tables hold (index 0 included).
     pub fn capacity(&self) -> i64 {
         self.capacity

@@ -459,3 +459,71 @@ fn tune_method_lora_writes_a_peft_lora_promptd_serves() {
         .iter()
         .any(|f| f.b.iter().any(|v| *v != 0.0)));
 }
+
+#[test]
+fn tune_method_ia3_writes_a_peft_ia3_promptd_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, report) = (tmp.path().join("ia3"), tmp.path().join("report.json"));
+    let train = tune_dir().join("train.jsonl");
+    let (ok, _, err) = promptd(&[
+        "tune",
+        "--model",
+        s(&model_dir()),
+        "--train",
+        s(&train),
+        "--method",
+        "ia3",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "6",
+        "--steps",
+        "20",
+        "--out",
+        s(&out),
+        "--report",
+        s(&report),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(report["method"], "ia3");
+    assert_eq!(
+        report["settings"]["ia3"]["feedforward"],
+        serde_json::json!(["wo"])
+    );
+    let losses: Vec<f64> = report["train_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[1].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.last().unwrap() < &losses[0],
+        "IA3 learns the batch: {losses:?}"
+    );
+    // A PEFT IA3 folder (PEFT's T5 default targets); promptd loads it with wo's input scaled.
+    let cfg: Value =
+        serde_json::from_slice(&std::fs::read(out.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "IA3");
+    assert_eq!(cfg["target_modules"], serde_json::json!(["k", "v", "wo"]));
+    assert_eq!(cfg["feedforward_modules"], serde_json::json!(["wo"]));
+    let limits = PromptLimits {
+        shape: Some(promptd::model::adapters::ModelShape::of(
+            &promptd::model::T5Config::from_dir(&model_dir()).unwrap(),
+        )),
+        ..PromptLimits::default()
+    };
+    let task = load_source(&PromptSource::PeftDir(out.clone()), 48, &limits).unwrap();
+    let adapter = task.adapter.expect("an IA3 adapter");
+    assert_eq!(adapter.modules(), ["k", "v", "wo"]);
+    let ia3 = &adapter.weights.ia3;
+    assert!(ia3.iter().any(|s| s.input && s.site.module.name() == "wo"));
+    assert!(ia3
+        .iter()
+        .all(|s| s.input == (s.site.module.name() == "wo")));
+    // The vectors start at one (PEFT's init) and moved.
+    assert!(ia3.iter().any(|s| s.values.iter().any(|v| *v != 1.0)));
+}

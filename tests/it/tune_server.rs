@@ -265,6 +265,77 @@ async fn a_jobs_curve_is_drawn_while_it_runs_and_after_it_ends() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lora_and_ia3_jobs_install_adapters_and_a_worse_one_waits_as_a_candidate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixtures().join("prompts").join(MODEL).join("task03.npy"),
+        dir.path().join("learned.npy"),
+    )
+    .unwrap();
+    let server = Served::start_in(dir, |_| {}).await;
+    let client = reqwest::Client::new();
+    let lora = json!({"train": rows(), "method": "lora", "lora_rank": 2, "lora_targets": ["q", "v", "wo"],
+                      "optimizer": "adam", "lr": 0.01, "steps": 4});
+    let ia3 =
+        json!({"train": rows(), "method": "ia3", "optimizer": "adam", "lr": 0.01, "steps": 4});
+    for (task, body, kind) in [("low-rank", lora, "lora"), ("scaled", ia3, "ia3")] {
+        let id = start_job(&client, &server, task, body).await;
+        let v = wait_until(&client, &server, &id, ended).await;
+        assert_eq!(
+            (v["state"].as_str(), v["method"].as_str()),
+            (Some("succeeded"), Some(kind)),
+            "{v}"
+        );
+        assert_eq!(v["version"], 1);
+        let info = get_json(&client, &server, &format!("/v1/prompts/{task}")).await;
+        assert_eq!(info["kind"], kind, "{info}");
+        assert_eq!(info["version"], 1);
+        let out = predict(&client, &server, task, "its engine vector it server").await;
+        assert_eq!(out["task"], task);
+    }
+    let info = get_json(&client, &server, "/v1/prompts/low-rank").await;
+    assert_eq!(info["adapter"]["rank"], 2, "{info}");
+    assert_eq!(info["adapter"]["modules"], json!(["q", "v", "wo"]));
+    // A LoRA that changes nothing (B starts at zero; one step of lr 1e-9) against a prompt that
+    // scores 1.0 on dev (its own top labels): a candidate, installed by promote from its one file.
+    let labels = json!(["positive", "negative", "neutral"]);
+    let mut dev = Vec::new();
+    for row in rows() {
+        let r: Value = client
+            .post(server.url("/v1/tasks/learned/predict"))
+            .json(&json!({"inputs": row["input"], "max_new_tokens": 0, "labels": labels}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        dev.push(json!({"input": row["input"], "target": r["outputs"][0]["label"]}));
+    }
+    let body = json!({"train": rows(), "dev": dev, "steps": 1, "method": "lora", "optimizer": "sgd",
+                      "lr": 1e-9, "metric": "rank-accuracy", "labels": labels});
+    let id = start_job(&client, &server, "learned", body).await;
+    let v = wait_until(&client, &server, &id, ended).await;
+    assert_eq!(v["state"], "candidate", "{v}");
+    assert_eq!(v["current_metric"], 1.0);
+    let info = get_json(&client, &server, "/v1/prompts/learned").await;
+    assert_eq!(info["kind"], "prompt");
+    let r = client
+        .post(server.url(&format!("/v1/tune-jobs/{id}/promote")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let info = get_json(&client, &server, "/v1/prompts/learned").await;
+    assert_eq!(
+        (info["kind"].as_str(), info["version"].as_u64()),
+        (Some("lora"), Some(2)),
+        "{info}"
+    );
+    assert_eq!(info["adapter"]["rank"], 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_job_requests_get_4xx_json_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Served::start_in(dir, |c| c.tune.max_steps = 50).await;
@@ -304,6 +375,46 @@ async fn bad_job_requests_get_4xx_json_and_change_nothing() {
             422,
         ),
         ("t", with("surprise", json!(1)), 422),
+        // Adapter jobs: a method, its own fields only, a rank within --max-lora-rank, targets
+        // that name layers of the served model.
+        ("t", with("method", json!("dora")), 422),
+        ("t", with("method", json!("lora")), 422),
+        ("t", with("lora_rank", json!(4)), 422),
+        (
+            "t",
+            json!({"train": rows(), "method": "lora", "lora_rank": 0}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "lora", "lora_rank": 65}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "lora", "lora_targets": ["nothing"]}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "lora", "lora_targets": []}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "lora", "ia3_targets": ["k"]}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "ia3", "lora_alpha": 4.0}),
+            422,
+        ),
+        (
+            "t",
+            json!({"train": rows(), "method": "ia3", "ia3_feedforward": ["wi_1"]}),
+            422,
+        ),
         ("t", with("train", json!([{"input": "x"}])), 422),
         ("bad%20name", ok.clone(), 400),
     ];

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 fn main() {
     compile_protos();
+    compile_int8();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let libtorch = match std::env::var("LIBTORCH") {
@@ -31,6 +32,27 @@ fn main() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+}
+
+/// The C++ shim over libtorch's dynamically quantized linear (`src/model/int8.cpp`), compiled
+/// against the same libtorch headers as tch's own wrapper.
+fn compile_int8() {
+    println!("cargo:rerun-if-changed=src/model/int8.cpp");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let libtorch = match std::env::var("LIBTORCH") {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".libtorch/torch"),
+    };
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("src/model/int8.cpp")
+        .include(libtorch.join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .warnings(false)
+        .compile("promptd_int8");
 }
 
 fn compile_protos() {

@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_json);
     promptd::model::set_cpu_matmul(cli.cpu_matmul);
+    promptd::model::int8::set_int8_kernel(cli.int8_kernel);
     let result = match cli.command {
         Command::Predict(args) => promptd::cli::predict::run(args),
         Command::Tune(args) => promptd::cli::tune::run_tune(args),

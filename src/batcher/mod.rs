@@ -454,6 +454,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_static_batch_decodes_alone_and_answers_as_continuous_does() {
         let config = EngineConfig {
+            int8: false,
             model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures/models/t5-v1_1-tiny"),
             device: tch::Device::Cpu,

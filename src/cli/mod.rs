@@ -27,6 +27,10 @@ pub struct Cli {
     /// uses torch's own linear.
     #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = crate::model::CpuMatmul::Onednn)]
     pub cpu_matmul: crate::model::CpuMatmul,
+    /// libtorch's quantized engine for `--dtype int8`: fbgemm (measured faster on AMD EPYC)
+    /// or onednn (faster from 64 rows up on Intel Xeons with AMX).
+    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = crate::model::int8::Int8Kernel::Fbgemm)]
+    pub int8_kernel: crate::model::int8::Int8Kernel,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,

@@ -50,7 +50,7 @@ impl DeviceSpec {
     }
 }
 
-/// `auto | f32 | bf16 | f16`
+/// `auto | f32 | bf16 | f16 | int8`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtypeSpec {
     /// f32 on CPU, bf16 on GPU.
@@ -61,6 +61,9 @@ pub enum DtypeSpec {
     Bf16,
     /// float16 (T5 v1.1/Flan overflow in f16: allowed with a warning)
     F16,
+    /// f32 weights with the linear layers also packed as int8 for serving on the CPU
+    /// ([`crate::model::int8`]); tuning keeps f32.
+    Int8,
 }
 
 impl FromStr for DtypeSpec {
@@ -71,18 +74,26 @@ impl FromStr for DtypeSpec {
             "f32" | "float32" => Ok(Self::F32),
             "bf16" | "bfloat16" => Ok(Self::Bf16),
             "f16" | "float16" => Ok(Self::F16),
-            _ => Err(format!("invalid dtype {s:?}: use auto, f32, bf16 or f16")),
+            "int8" => Ok(Self::Int8),
+            _ => Err(format!(
+                "invalid dtype {s:?}: use auto, f32, bf16, f16 or int8"
+            )),
         }
     }
 }
 
 impl DtypeSpec {
+    /// Whether the linear layers serve in int8 (`--dtype int8`).
+    pub fn is_int8(self) -> bool {
+        self == Self::Int8
+    }
+
     /// The dtype for `device`.
     pub fn resolve(self, device: Device) -> Kind {
         match self {
             Self::Auto if device == Device::Cpu => Kind::Float,
             Self::Auto | Self::Bf16 => Kind::BFloat16,
-            Self::F32 => Kind::Float,
+            Self::F32 | Self::Int8 => Kind::Float,
             Self::F16 => {
                 tracing::warn!(
                     "dtype f16: T5 v1.1/Flan activations overflow in float16; prefer bf16"

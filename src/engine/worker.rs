@@ -28,6 +28,8 @@ pub struct EngineConfig {
     pub device: Device,
     /// Weight dtype.
     pub kind: Kind,
+    /// Pack the linear layers as int8 for serving (`--dtype int8`).
+    pub int8: bool,
     /// Padded encoder positions per forward pass.
     pub max_batch_tokens: u64,
     /// Device memory for adapters, in bytes (`--adapter-memory-mb`); the rest wait in host memory.
@@ -130,7 +132,14 @@ fn engine_thread(
         device: cfg.device,
         kind: cfg.kind,
     };
-    let engine = T5Model::load(&cfg.model_dir, opts).and_then(Engine::new);
+    let engine = T5Model::load(&cfg.model_dir, opts)
+        .and_then(|mut model| {
+            if cfg.int8 {
+                model.quantize_int8(crate::model::int8::int8_kernel())?;
+            }
+            Ok(model)
+        })
+        .and_then(Engine::new);
     let mut engine = match engine {
         Ok(mut e) => {
             e.adapters_mut().set_budget(cfg.adapter_memory);

@@ -4,6 +4,8 @@ use tch::{Kind, Tensor};
 use super::adapters::{adapt_input, adapt_output, Adapt, Module, Part, Site};
 use super::config::{Activation, T5Config};
 use super::error::ModelError;
+use super::int8::Int8Kernel;
+use super::matmul::Linear;
 use super::packed::Packed;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
@@ -58,19 +60,25 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> 
     super::matmul::linear(x, weight, TRAINING.with(|t| t.get()))
 }
 
+/// `x @ layer.T` through the layer's serving kernel (its int8 pack under `--dtype int8`).
+fn apply(x: &Tensor, layer: &Linear) -> Result<Tensor, ModelError> {
+    let _span = span(Family::Matmul);
+    layer.forward(x, TRAINING.with(|t| t.get()))
+}
+
 /// `x @ weight.T` at `site`, through the rows' adapters (IA3 on its input, LoRA and IA3 on
-/// its output); plain [`linear`] without them.
+/// its output); the layer alone without them.
 fn project(
     x: &Tensor,
-    weight: &Tensor,
+    weight: &Linear,
     site: Site,
     ad: Option<&Adapt>,
 ) -> Result<Tensor, ModelError> {
     if ad.is_none() {
-        return linear(x, weight);
+        return apply(x, weight);
     }
     let x = adapt_input(ad, site, x.shallow_clone())?;
-    let y = linear(&x, weight)?;
+    let y = apply(&x, weight)?;
     adapt_output(ad, site, &x, y)
 }
 
@@ -87,12 +95,12 @@ fn activate(act: Activation, x: &Tensor) -> Result<Tensor, ModelError> {
 /// `T5DenseActDense` (v1.0) or `T5DenseGatedActDense` (v1.1, Flan).
 enum DenseReluDense {
     /// wo(act(wi(x)))
-    Act { wi: Tensor, wo: Tensor },
+    Act { wi: Linear, wo: Linear },
     /// wo(act(wi_0(x)) * wi_1(x))
     Gated {
-        wi_0: Tensor,
-        wi_1: Tensor,
-        wo: Tensor,
+        wi_0: Linear,
+        wi_1: Linear,
+        wo: Linear,
     },
 }
 
@@ -115,16 +123,19 @@ impl T5LayerFF {
     ) -> Result<Self, ModelError> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let p = format!("{prefix}.DenseReluDense");
+        let get = |n: &str, shape: &[i64]| {
+            Ok::<_, ModelError>(Linear::new(w.get(&format!("{p}.{n}.weight"), shape)?))
+        };
         let dense = if cfg.is_gated() {
             DenseReluDense::Gated {
-                wi_0: w.get(&format!("{p}.wi_0.weight"), &[f, d])?,
-                wi_1: w.get(&format!("{p}.wi_1.weight"), &[f, d])?,
-                wo: w.get(&format!("{p}.wo.weight"), &[d, f])?,
+                wi_0: get("wi_0", &[f, d])?,
+                wi_1: get("wi_1", &[f, d])?,
+                wo: get("wo", &[d, f])?,
             }
         } else {
             DenseReluDense::Act {
-                wi: w.get(&format!("{p}.wi.weight"), &[f, d])?,
-                wo: w.get(&format!("{p}.wo.weight"), &[d, f])?,
+                wi: get("wi", &[f, d])?,
+                wo: get("wo", &[d, f])?,
             }
         };
         Ok(Self {
@@ -137,20 +148,31 @@ impl T5LayerFF {
 
     /// Adds this module's weights to `out`.
     pub fn collect(&self, out: &mut Vec<Tensor>) {
+        let weight = |l: &Linear| l.weight().shallow_clone();
         match &self.dense {
-            DenseReluDense::Act { wi, wo } => out.extend([wi, wo].map(Tensor::shallow_clone)),
-            DenseReluDense::Gated { wi_0, wi_1, wo } => {
-                out.extend([wi_0, wi_1, wo].map(Tensor::shallow_clone))
-            }
+            DenseReluDense::Act { wi, wo } => out.extend([wi, wo].map(weight)),
+            DenseReluDense::Gated { wi_0, wi_1, wo } => out.extend([wi_0, wi_1, wo].map(weight)),
         }
         self.layer_norm.collect(out);
+    }
+
+    /// Packs the linear layers' weights as int8 (`--dtype int8`).
+    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        match &mut self.dense {
+            DenseReluDense::Act { wi, wo } => {
+                [wi, wo].into_iter().try_for_each(|l| l.quantize(kernel))
+            }
+            DenseReluDense::Gated { wi_0, wi_1, wo } => [wi_0, wi_1, wo]
+                .into_iter()
+                .try_for_each(|l| l.quantize(kernel)),
+        }
     }
 
     /// `x @ weight.T` at `module` of this layer, through the rows' adapters.
     fn project(
         &self,
         x: &Tensor,
-        weight: &Tensor,
+        weight: &Linear,
         module: Module,
         ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {
@@ -193,10 +215,10 @@ impl T5LayerFF {
 /// `T5Attention`: unscaled dot-product attention; the relative position bias (first block of
 /// each stack only) is folded into the additive bias the caller passes in.
 pub struct T5Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     n_heads: i64,
     d_kv: i64,
     /// `relative_attention_bias.weight` [num_buckets, n_heads], first block only.
@@ -226,10 +248,10 @@ impl T5Attention {
             None
         };
         Ok(Self {
-            q: get("q", &[inner, d])?,
-            k: get("k", &[inner, d])?,
-            v: get("v", &[inner, d])?,
-            o: get("o", &[d, inner])?,
+            q: Linear::new(get("q", &[inner, d])?),
+            k: Linear::new(get("k", &[inner, d])?),
+            v: Linear::new(get("v", &[inner, d])?),
+            o: Linear::new(get("o", &[d, inner])?),
             n_heads: cfg.num_heads,
             d_kv: cfg.d_kv,
             relative_attention_bias,
@@ -239,7 +261,7 @@ impl T5Attention {
 
     /// Adds this module's weights to `out`.
     pub fn collect(&self, out: &mut Vec<Tensor>) {
-        out.extend([&self.q, &self.k, &self.v, &self.o].map(Tensor::shallow_clone));
+        out.extend([&self.q, &self.k, &self.v, &self.o].map(|l| l.weight().shallow_clone()));
         out.extend(
             self.relative_attention_bias
                 .iter()
@@ -247,11 +269,18 @@ impl T5Attention {
         );
     }
 
+    /// Packs q, k, v and o as int8 (`--dtype int8`).
+    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
+            .into_iter()
+            .try_for_each(|l| l.quantize(kernel))
+    }
+
     /// `x @ weight.T` at `module` of this layer, through the rows' adapters.
     fn project(
         &self,
         x: &Tensor,
-        weight: &Tensor,
+        weight: &Linear,
         module: Module,
         ad: Option<&Adapt>,
     ) -> Result<Tensor, ModelError> {

@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
+use super::int8::{Int8Kernel, Int8Weight};
 
 /// The kernel for CPU f32 serving matmuls (`--cpu-matmul`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -74,6 +75,49 @@ pub fn linear(x: &Tensor, weight: &Tensor, training: bool) -> Result<Tensor, Mod
         .f_mkldnn_linear(weight, None::<Tensor>)?
         .f_to_dense(None, false)?;
     Ok(out.f_view(shape.as_slice())?)
+}
+
+/// A linear layer's weight [out, in], and its int8 pack once the model is quantized
+/// (`--dtype int8`): serving passes on the CPU multiply through the pack; training and anything
+/// with gradients keep the f32 weight (tuning stays f32 on an int8 server).
+pub struct Linear {
+    weight: Tensor,
+    int8: Option<Int8Weight>,
+}
+
+impl Linear {
+    /// A layer multiplying by `weight`.
+    pub fn new(weight: Tensor) -> Self {
+        Self { weight, int8: None }
+    }
+
+    /// The f32 (or the model's dtype) weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Packs the weight as int8 for serving passes.
+    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        self.int8 = Some(Int8Weight::new(&self.weight, kernel)?);
+        Ok(())
+    }
+
+    /// `x @ weight.T`: through the int8 pack when there is one and this is a serving pass on
+    /// f32 CPU activations, else as [`linear`].
+    pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
+        match &self.int8 {
+            Some(q)
+                if !training
+                    && x.device() == Device::Cpu
+                    && x.kind() == Kind::Float
+                    && x.numel() > 0
+                    && !x.requires_grad() =>
+            {
+                q.linear(x)
+            }
+            _ => linear(x, &self.weight, training),
+        }
+    }
 }
 
 #[cfg(test)]

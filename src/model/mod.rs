@@ -4,6 +4,7 @@ pub mod adapters;
 pub mod config;
 mod error;
 pub mod host;
+pub mod int8;
 pub mod layers;
 pub mod matmul;
 pub mod packed;

@@ -4,6 +4,7 @@ use tch::{Kind, Tensor};
 use super::adapters::{Adapt, Part};
 use super::config::T5Config;
 use super::error::ModelError;
+use super::int8::Int8Kernel;
 use super::layers::{
     dropout, position_bias, relative_position_bucket, T5Attention, T5LayerFF, T5LayerNorm,
 };
@@ -265,6 +266,14 @@ impl T5Block {
         })
     }
 
+    fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        self.self_attn.quantize(kernel)?;
+        if let Some((attn, _)) = &mut self.cross {
+            attn.quantize(kernel)?;
+        }
+        self.ff.quantize(kernel)
+    }
+
     fn collect(&self, out: &mut Vec<Tensor>) {
         self.self_attn.collect(out);
         self.self_norm.collect(out);
@@ -397,6 +406,11 @@ impl T5Stack {
             is_decoder,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Packs every block's linear layers as int8 (`--dtype int8`).
+    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        self.blocks.iter_mut().try_for_each(|b| b.quantize(kernel))
     }
 
     /// Adds every weight of the stack to `out`.

@@ -6,6 +6,7 @@ use tch::{Device, Kind, Tensor};
 use super::adapters::{Adapt, AdapterTables};
 use super::config::T5Config;
 use super::error::ModelError;
+use super::int8::Int8Kernel;
 use super::profile::{span, Family};
 use super::stack::{min_value, Columns, LayerCache, T5Stack};
 use super::weights::{WeightSource, Weights};
@@ -455,6 +456,21 @@ impl T5Model {
             lm_scale,
             opts,
         })
+    }
+
+    /// Packs every linear layer of both stacks as int8 for serving passes on the CPU
+    /// (`--dtype int8`): per-output-channel weights, activations quantized per call. The
+    /// embeddings, the LM head, norms and attention stay f32, and so does every pass with
+    /// gradients (tuning).
+    pub fn quantize_int8(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        if self.opts.device != Device::Cpu || self.opts.kind != Kind::Float {
+            return Err(ModelError::Config(format!(
+                "int8 runs on the CPU from f32 weights; this model is {:?} on {:?}",
+                self.opts.kind, self.opts.device
+            )));
+        }
+        self.encoder.quantize(kernel)?;
+        self.decoder.quantize(kernel)
     }
 
     /// Every weight of the model (shallow handles), e.g. to prove tuning never changes one.

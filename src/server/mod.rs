@@ -225,6 +225,7 @@ pub fn build(config: &ServerConfig) -> Result<Built, ServerError> {
         model_dir: config.model.clone(),
         device,
         kind,
+        int8: config.dtype.is_int8(),
         max_batch_tokens: config.policy.max_batch_tokens,
         adapter_memory: config.adapter_memory_mb << 20,
     };

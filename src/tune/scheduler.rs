@@ -355,6 +355,7 @@ mod tests {
     fn start(model: PathBuf) -> (TuneQueue, EngineHandle, std::thread::JoinHandle<()>) {
         let (scheduler, submitted) = TuneScheduler::new(0.25);
         let config = EngineConfig {
+            int8: false,
             model_dir: model,
             device: Device::Cpu,
             kind: Kind::Float,

@@ -16,6 +16,9 @@ struct Cli {
     /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn or blas.
     #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::Onednn)]
     cpu_matmul: promptd::model::CpuMatmul,
+    /// libtorch's quantized engine for `--dtype int8`.
+    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = promptd::model::int8::Int8Kernel::Fbgemm)]
+    int8_kernel: promptd::model::int8::Int8Kernel,
     /// How many LoRAs are applied in one batch: gathered (BGMV) or grouped (SGMV).
     #[arg(long, global = true, value_enum, default_value_t = promptd::model::adapters::LoraKernel::Gathered)]
     lora_kernel: promptd::model::adapters::LoraKernel,
@@ -85,6 +88,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     promptd::cli::init_tracing(false);
     promptd::model::set_cpu_matmul(cli.cpu_matmul);
+    promptd::model::int8::set_int8_kernel(cli.int8_kernel);
     promptd::model::adapters::set_lora_kernel(cli.lora_kernel);
     let result = match cli.command {
         Command::MakeModel(a) => random::make_model(RandomModel {

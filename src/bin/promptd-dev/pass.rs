@@ -25,9 +25,9 @@ pub struct On {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
-    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 | int8
     #[arg(long, default_value = "auto")]
-    dtype: DtypeSpec,
+    pub dtype: DtypeSpec,
 }
 
 impl On {
@@ -105,12 +105,17 @@ pub fn run(args: PassArgs) -> Result<(), String> {
     let (device, kind) = args.on.apply()?;
     let opts = ModelOptions { device, kind };
     let loading = Instant::now();
-    let model = match (&args.model, args.synthetic) {
+    let mut model = match (&args.model, args.synthetic) {
         (Some(dir), _) => T5Model::load(dir, opts),
         (None, Some(shape)) => T5Model::synthetic(shape.config(), opts, args.seed),
         (None, None) => unreachable!("clap requires --model or --synthetic"),
     }
     .map_err(|e| e.to_string())?;
+    if args.on.dtype.is_int8() {
+        model
+            .quantize_int8(promptd::model::int8::int8_kernel())
+            .map_err(|e| e.to_string())?;
+    }
     sync(device);
     let load_s = loading.elapsed().as_secs_f64();
     let config = model.config.clone();

@@ -14,6 +14,7 @@ use super::neighbors;
 use super::rows::{BatchStats, RowInput};
 use super::score::{self, LabelPair};
 use super::task::TaskWeights;
+use crate::model::int8::Int8Kernel;
 use crate::model::profile::{span, Family};
 use crate::model::{ModelError, T5Model};
 
@@ -47,6 +48,12 @@ impl Engine {
     /// The model.
     pub fn model(&self) -> &T5Model {
         &self.model
+    }
+
+    /// Packs the model's linear layers as int8 for the passes from now on (`--dtype int8`;
+    /// again with another kernel replaces the packs).
+    pub fn quantize_int8(&mut self, kernel: Int8Kernel) -> Result<(), EngineError> {
+        Ok(self.model.quantize_int8(kernel)?)
     }
 
     /// The prompt bank.

@@ -170,6 +170,7 @@ mod tests {
                 let got = q.linear(&x).unwrap();
                 assert_eq!(got.size(), want.size());
                 let err = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
+                eprintln!("{kernel:?} {shape:?}: relative error {err}");
                 assert!(err < 0.05, "{kernel:?} {shape:?}: relative error {err}");
             }
         }

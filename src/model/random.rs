@@ -98,20 +98,61 @@ impl Shape {
 /// projections, unit layer norms), so activations stay finite at every depth.
 pub struct Synthetic {
     opts: ModelOptions,
+    /// Hugging Face's `_init_weights` scales instead ([`T5Model::synthetic_hf_init`]): the
+    /// model's d_model and d_kv, and whether its head is the embedding matrix.
+    hf: Option<(i64, i64, bool)>,
+    seed: i64,
+}
+
+/// Normal values for tensor `name` of a model seeded with `seed`, from a generator of their
+/// own (SplitMix64, Box–Muller): the same values whatever else draws from libtorch's
+/// process-wide generator meanwhile (tests running side by side).
+fn own_normal(name: &str, shape: &[i64], seed: i64) -> Result<Tensor, ModelError> {
+    let mut state = name
+        .bytes()
+        .fold(seed as u64 ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+    let mut next = || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        // A uniform in (0, 1]: never 0, so the logarithm below is finite.
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    };
+    let n = shape.iter().product::<i64>().max(0) as usize;
+    let mut values = Vec::with_capacity(n + 1);
+    while values.len() < n {
+        let (u, v) = (next(), next());
+        let r = (-2.0 * u.ln()).sqrt();
+        let angle = std::f64::consts::TAU * v;
+        values.push((r * angle.cos()) as f32);
+        values.push((r * angle.sin()) as f32);
+    }
+    values.truncate(n);
+    Ok(Tensor::f_from_slice(&values)?.f_view(shape)?)
 }
 
 impl Synthetic {
     /// Seeds libtorch's generators (CPU and CUDA) with `seed`.
     pub fn new(opts: ModelOptions, seed: i64) -> Self {
         tch::manual_seed(seed);
-        Self { opts }
+        Self {
+            opts,
+            hf: None,
+            seed,
+        }
     }
 }
 
 impl WeightSource for Synthetic {
     fn contains(&self, name: &str) -> bool {
-        // An untied head, like every v1.1 checkpoint.
-        matches!(name, "shared.weight" | "lm_head.weight")
+        match self.hf {
+            Some((_, _, true)) => name == "shared.weight",
+            // An untied head, like every v1.1 checkpoint.
+            _ => matches!(name, "shared.weight" | "lm_head.weight"),
+        }
     }
 
     fn is_alias(&self, _a: &str, _b: &str) -> bool {
@@ -123,6 +164,21 @@ impl WeightSource for Synthetic {
         let options = (self.opts.kind, self.opts.device);
         if name.ends_with("layer_norm.weight") {
             return Ok(Tensor::f_ones(shape, options)?);
+        }
+        if let Some((d_model, d_kv, _)) = self.hf {
+            // transformers' T5PreTrainedModel._init_weights with factor 1.
+            let d = d_model as f64;
+            let std = if name.ends_with("relative_attention_bias.weight") {
+                d.powf(-0.5)
+            } else if name.ends_with(".q.weight") {
+                (d * d_kv as f64).powf(-0.5)
+            } else if name == "shared.weight" || name == "lm_head.weight" {
+                1.0
+            } else {
+                (*shape.last().unwrap_or(&1) as f64).powf(-0.5)
+            };
+            let t = own_normal(name, shape, self.seed)?.f_mul_scalar(std)?;
+            return Ok(t.f_to_kind(self.opts.kind)?.f_to_device(self.opts.device)?);
         }
         let std = if name.ends_with("relative_attention_bias.weight") {
             0.5
@@ -143,6 +199,22 @@ impl T5Model {
     /// dtype (no files, no host copy): for measuring shapes whose checkpoints are not at hand.
     pub fn synthetic(config: T5Config, opts: ModelOptions, seed: i64) -> Result<Self, ModelError> {
         let source = Synthetic::new(opts, seed);
+        Self::from_weights(config, &source, opts)
+    }
+
+    /// Like [`T5Model::synthetic`], with the scales of a freshly initialised transformers
+    /// model (`T5ForConditionalGeneration(config)`): queries scaled by (d_model·d_kv)^-0.5,
+    /// unit embeddings, the head tied to them when the config ties it. The values come from a
+    /// generator of the model's own, so the same seed gives the same model in any process
+    /// state.
+    pub fn synthetic_hf_init(
+        config: T5Config,
+        opts: ModelOptions,
+        seed: i64,
+    ) -> Result<Self, ModelError> {
+        let tied = config.tie_word_embeddings.unwrap_or(true);
+        let mut source = Synthetic::new(opts, seed);
+        source.hf = Some((config.d_model, config.d_kv, tied));
         Self::from_weights(config, &source, opts)
     }
 }

@@ -19,6 +19,7 @@ mod fleet;
 mod grpc;
 mod hostile;
 mod inspect_convert;
+mod int8;
 mod kserve;
 mod model_load;
 mod neighbors;

@@ -73,7 +73,16 @@ pub fn load(model: &str) -> Loaded {
 /// A CPU f32 engine over the model folder `dir`, with fixture `model`'s prompts registered
 /// (none when tests/fixtures/prompts/<model> does not exist).
 pub fn load_from(dir: &Path, model: &str) -> Loaded {
-    let t5 = T5Model::load(
+    load_with(dir, model, None)
+}
+
+/// [`load`] with the linear layers packed as int8 by `kernel` (`--dtype int8`).
+pub fn load_int8(model: &str, kernel: promptd::model::int8::Int8Kernel) -> Loaded {
+    load_with(&fixtures().join("models").join(model), model, Some(kernel))
+}
+
+fn load_with(dir: &Path, model: &str, int8: Option<promptd::model::int8::Int8Kernel>) -> Loaded {
+    let mut t5 = T5Model::load(
         dir,
         ModelOptions {
             device: tch::Device::Cpu,
@@ -81,6 +90,9 @@ pub fn load_from(dir: &Path, model: &str) -> Loaded {
         },
     )
     .unwrap();
+    if let Some(kernel) = int8 {
+        t5.quantize_int8(kernel).unwrap();
+    }
     let tokenizer = T5Tokenizer::from_dir(dir, 1).unwrap();
     let d_model = t5.config.d_model as usize;
     let mut engine = Engine::new(t5).unwrap();

@@ -30,7 +30,7 @@ pub struct PredictArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 | int8 (CPU: int8 linear layers)
     #[arg(long, default_value = "auto")]
     pub dtype: DtypeSpec,
     /// Per-input limits and the longest prompt.

@@ -73,7 +73,7 @@ pub struct ServeArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, env = "PROMPTD_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 | int8 (CPU: int8 linear layers)
     #[arg(long, env = "PROMPTD_DTYPE", default_value = "auto")]
     pub dtype: DtypeSpec,
     /// mixed: rows of any tasks share a forward pass; per-task: only rows of one task do

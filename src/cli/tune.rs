@@ -33,7 +33,8 @@ pub struct ModelArgs {
     /// auto | cpu | cuda | cuda:N
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
-    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 (the prompt itself is always f32)
+    /// auto (f32 on CPU, bf16 on GPU) | f32 | bf16 | f16 (the prompt itself is always f32);
+    /// int8 for `eval` only (CPU: int8 linear layers)
     #[arg(long, default_value = "auto")]
     pub dtype: DtypeSpec,
     /// Padded encoder tokens per evaluation pass.
@@ -263,6 +264,13 @@ fn progress_bar(total: usize, quiet: bool) -> ProgressBar {
 
 /// Runs `promptd tune`.
 pub fn run_tune(args: TuneArgs) -> Result<(), String> {
+    if args.model.dtype.is_int8() {
+        return Err(
+            "tuning runs in f32 (or bf16 on a GPU); --dtype int8 is for serve, predict and eval, \
+             which serve a prompt tuned in f32 as it is"
+                .into(),
+        );
+    }
     let started = Instant::now();
     let train = load_jsonl(&args.train).map_err(|e| e.to_string())?;
     let dev = match &args.dev {

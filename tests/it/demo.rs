@@ -66,8 +66,13 @@ struct Demo {
 
 /// The demo model on the CPU in f32 with every prompt of prompts/ registered.
 fn demo() -> Demo {
+    demo_with(None)
+}
+
+/// [`demo`], its linear layers packed as int8 by `int8` if given (`--dtype int8`).
+fn demo_with(int8: Option<promptd::model::int8::Int8Kernel>) -> Demo {
     let dir = demo_model();
-    let model = T5Model::load(
+    let mut model = T5Model::load(
         &dir,
         ModelOptions {
             device: tch::Device::Cpu,
@@ -75,6 +80,9 @@ fn demo() -> Demo {
         },
     )
     .unwrap();
+    if let Some(kernel) = int8 {
+        model.quantize_int8(kernel).unwrap();
+    }
     let tokenizer = T5Tokenizer::from_dir(&dir, 1).unwrap();
     let d_model = model.config.d_model as usize;
     let limits = PromptLimits {
@@ -143,6 +151,26 @@ fn demo_prompts_reach_the_published_accuracy_on_held_out_reviews() {
     eprintln!("{}", report.join("\n"));
 }
 
+#[test]
+fn int8_keeps_every_demo_tasks_accuracy_within_a_point_of_f32() {
+    // `--dtype int8` (fbgemm, the default): each task's held-out accuracy at most one point
+    // under f32's (the published numbers: README, BENCHMARKS.md).
+    let mut f32 = demo();
+    let mut int8 = demo_with(Some(promptd::model::int8::Int8Kernel::Fbgemm));
+    let mut report = Vec::new();
+    for (task, _) in FLOORS {
+        let test = data(task, "test");
+        let want = accuracy(&mut f32, task, Some(task), &test);
+        let got = accuracy(&mut int8, task, Some(task), &test);
+        report.push(format!("{task}: f32 {want:.3}, int8 {got:.3}"));
+        assert!(
+            got >= want - 0.01 - 1e-9,
+            "{task}: int8 {got:.3} is more than a point under f32's {want:.3}"
+        );
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
 fn row(demo: &Demo, task: &str, input: &str) -> RowInput {
     RowInput {
         prompt: Some(demo.slots[task].clone()),
@@ -194,6 +222,17 @@ fn one_mixed_batch_over_every_demo_task_answers_each_row_as_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
+    burst_of_every_demo_task(promptd::engine::DtypeSpec::Auto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_int8_server_answers_a_burst_of_every_demo_task_as_f32_does() {
+    burst_of_every_demo_task(promptd::engine::DtypeSpec::Int8).await;
+}
+
+/// README's sentence sent to every demo task at once, on a server of `dtype`: each answers as
+/// README says, and some pass holds more than four tasks.
+async fn burst_of_every_demo_task(dtype: promptd::engine::DtypeSpec) {
     let prompts = tempfile::tempdir().unwrap();
     for task in ANSWERS.map(|(t, _)| t) {
         let folder = repo().join(format!("prompts/{task}"));
@@ -213,6 +252,7 @@ async fn the_server_answers_a_burst_of_every_demo_task_in_one_pass() {
     }
     let server = common::inproc::Served::start_in(prompts, |c| {
         c.model = demo_model();
+        c.dtype = dtype;
         // Long enough that requests sent together wait for each other on a loaded machine.
         c.policy.max_wait = Duration::from_millis(300);
     })

@@ -118,6 +118,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ct2-dir", help="converted model folder (default MODEL/ct2-f32)")
+    ap.add_argument("--compute-type", default="float32",
+                    help="float32, or int8 (CTranslate2 quantizes the f32 model as it loads it)")
     ap.add_argument("--check", action="store_true",
                     help="compare with transformers' greedy tokens (needs torch + transformers)")
     args = ap.parse_args()
@@ -134,7 +136,7 @@ def main():
     ids = [tok.encode(r["input"], add_special_tokens=False).ids + [eos] for r in rows]
     source = [[tok.id_to_token(i) for i in x] for x in ids]
 
-    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type="float32",
+    translator = ctranslate2.Translator(str(ct2_dir), device="cpu", compute_type=args.compute_type,
                                         intra_threads=args.threads, inter_threads=1)
 
     def once():

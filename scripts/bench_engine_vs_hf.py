@@ -65,7 +65,7 @@ def families(prof, per: float) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
-    ap.add_argument("--prompts", required=True)
+    ap.add_argument("--prompts", help="prompt folder (<task>.npy) for rows with a task; rows without one get none")
     ap.add_argument("--rows", required=True)
     ap.add_argument("--new-tokens", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=10)
@@ -79,7 +79,7 @@ def main():
     rows = [json.loads(l) for l in open(args.rows) if l.strip()]
     prompts = {}
     for r in rows:
-        if r["task"] not in prompts:
+        if r.get("task") and r["task"] not in prompts:
             prompts[r["task"]] = load_prompt(pathlib.Path(args.prompts) / f"{r['task']}.npy")
     eos = model.config.eos_token_id
     with torch.no_grad():
@@ -87,7 +87,7 @@ def main():
         for r in rows:
             ids = tok(r["input"], add_special_tokens=False)["input_ids"] + [eos]
             e = model.shared(torch.tensor(ids))
-            embeds.append(torch.cat([prompts[r["task"]], e], 0))
+            embeds.append(torch.cat([prompts[r["task"]], e], 0) if r.get("task") else e)
         width = max(e.shape[0] for e in embeds)
         d = embeds[0].shape[1]
         batch = torch.zeros(len(rows), width, d)

@@ -4,8 +4,8 @@
 //! dynamically quantized linear (`quantized::linear_dynamic`, what PyTorch's `quantize_dynamic`
 //! runs), by its fbgemm or oneDNN engine. tch does not expose those operators, so a small C++
 //! shim (`int8.cpp`, built by build.rs against the same libtorch) reaches them through
-//! libtorch's dispatcher. Embeddings, the LM head, norms, attention scores, prompts and adapters
-//! stay f32.
+//! libtorch's dispatcher. The embedding lookup, norms, attention scores, prompts and adapters
+//! stay f32; the LM head is packed like the other linear layers.
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -61,7 +61,7 @@ pub(super) fn linear(x: &Tensor, weight: &Tensor) -> Result<Tensor, ModelError> 
 }
 
 /// `x @ layer.T` through the layer's serving kernel (its int8 pack under `--dtype int8`).
-fn apply(x: &Tensor, layer: &Linear) -> Result<Tensor, ModelError> {
+pub(super) fn apply(x: &Tensor, layer: &Linear) -> Result<Tensor, ModelError> {
     let _span = span(Family::Matmul);
     layer.forward(x, TRAINING.with(|t| t.get()))
 }

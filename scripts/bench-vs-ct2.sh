@@ -7,7 +7,7 @@
 #     prompt anywhere (CTranslate2 has none): promptd-dev engine-pass --dtype f32|int8,
 #     scripts/bench_ct2.py --compute-type float32|int8, scripts/bench_engine_vs_hf.py;
 #     rows/s = rows / the median pass, ms/token = the median pass / its most generated tokens.
-#   server: promptd serve --dtype f32|int8 with a 1-row prompt under promptd-dev bench, 64
+#   server: promptd serve --dtype f32|int8 --max-batch-size 64 with a 1-row prompt under promptd-dev bench, 64
 #     closed-loop clients sending one input of 4–12 words each, and one client alone; ms/token
 #     = clients / generated tokens per second (what one client waits per token).
 # The CPU's model and flags are printed first: the kernels' ranking depends on them.
@@ -42,7 +42,8 @@ run() {  # run <engine> <rows file>: one JSON line {"median_ms", "tokens", ...}
 
 echo "| level | inputs | batch | engine | rows/s | ms/token |"
 echo "|---|---|---:|---|---:|---:|"
-for inputs in short long; do
+# SERVER_ONLY=1 skips the engine rows.
+for inputs in $([[ -n "${SERVER_ONLY:-}" ]] || echo short long); do
   for batch in 1 8 64; do
     head -n "$batch" "$work/$inputs.jsonl" > "$work/rows.jsonl"
     for engine in promptd-f32 promptd-int8 ct2-f32 ct2-int8 transformers; do
@@ -59,7 +60,7 @@ done
 for dtype in f32 int8; do
   model_prompts="$prompts"
   "$bin" serve --model "$model" --prompts "$model_prompts" --addr "127.0.0.1:$port" --grpc-addr off \
-    --audit-log off --max-queue 4096 --dtype "$dtype" >/dev/null 2>"$models/server.log" &
+    --audit-log off --max-queue 4096 --max-batch-size 64 --dtype "$dtype" >/dev/null 2>"$models/server.log" &
   server_pid=$!
   until curl -sf "$url/readyz" >/dev/null; do
     kill -0 "$server_pid" 2>/dev/null || { cat "$models/server.log" >&2; exit 1; }

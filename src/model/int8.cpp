@@ -75,7 +75,7 @@ void* promptd_int8_pack(const at::Tensor* weight, char** error) {
 }
 
 // `x @ W.T` for f32 `x` [rows, in] through the pack: each row's activations quantized on its
-// own scale (7-bit when `reduce_range`, as PyTorch does for fbgemm on CPUs without VNNI).
+// own scale (7-bit when `reduce_range`, as PyTorch does on x86).
 at::Tensor* promptd_int8_linear(const at::Tensor* x, void* pack, bool reduce_range, char** error) {
   try {
     at::NoGradGuard no_grad;

@@ -70,7 +70,6 @@ fn take_error(e: *mut c_char, what: &str) -> ModelError {
 /// One linear layer's int8 weight, prepacked by libtorch's quantized engine.
 pub struct Int8Weight {
     pack: NonNull<c_void>,
-    kernel: Int8Kernel,
     outputs: i64,
 }
 
@@ -110,7 +109,6 @@ impl Int8Weight {
         match NonNull::new(pack) {
             Some(pack) => Ok(Self {
                 pack,
-                kernel,
                 outputs: size[0],
             }),
             None => Err(take_error(error, "packing a weight")),
@@ -131,9 +129,10 @@ impl Int8Weight {
             .ok_or_else(|| ModelError::Config("matmul of a scalar".into()))?;
         *shape.last_mut().expect("checked above") = self.outputs;
         let flat = x.f_reshape([-1, inner])?.f_contiguous()?;
-        // PyTorch's own choice: 7-bit activations on fbgemm, whose AVX2 kernels can overflow
-        // 16-bit sums with full-range ones; oneDNN takes the full range.
-        let reduce_range = self.kernel == Int8Kernel::Fbgemm;
+        // 7-bit activations, PyTorch's own choice for dynamic int8 on x86: without VNNI the
+        // u8 × s8 kernels sum pairs of products in 16 bits, which full-range activations can
+        // saturate (oneDNN's, given the full range, erred by 49% on a test input).
+        let reduce_range = true;
         let mut error = std::ptr::null_mut();
         // SAFETY: `flat` and the pack live through the call; the result is a new at::Tensor
         // that `Tensor::from_ptr` owns (and frees).
@@ -160,24 +159,31 @@ mod tests {
     #[test]
     fn int8_linear_is_close_to_f32_on_both_engines() {
         let _guard = tch::no_grad_guard();
-        tch::manual_seed(5);
-        let w = Tensor::randn([48, 64], (Kind::Float, tch::Device::Cpu)) * 0.05;
-        for kernel in [Int8Kernel::Fbgemm, Int8Kernel::Onednn] {
+        // Values of their own (libtorch's generator is shared with tests running beside this).
+        let wavy = |shape: &[i64], step: f64| {
+            let n: i64 = shape.iter().product();
+            Tensor::arange(n, (Kind::Float, tch::Device::Cpu))
+                .f_mul_scalar(step)
+                .unwrap()
+                .sin()
+                .view(shape)
+        };
+        let w = wavy(&[48, 64], 0.731) * 0.05;
+        for (kernel, bound) in [(Int8Kernel::Fbgemm, 0.04), (Int8Kernel::Onednn, 0.04)] {
             let q = Int8Weight::new(&w, kernel).unwrap();
             for shape in [vec![1i64, 64], vec![5, 64], vec![3, 7, 64]] {
-                let x = Tensor::randn(shape.as_slice(), (Kind::Float, tch::Device::Cpu));
+                let x = wavy(&shape, 1.37);
                 let want = x.linear::<Tensor>(&w, None);
                 let got = q.linear(&x).unwrap();
                 assert_eq!(got.size(), want.size());
                 let err = (&got - &want).norm().double_value(&[]) / want.norm().double_value(&[]);
-                eprintln!("{kernel:?} {shape:?}: relative error {err}");
-                assert!(err < 0.05, "{kernel:?} {shape:?}: relative error {err}");
+                assert!(err < bound, "{kernel:?} {shape:?}: relative error {err}");
             }
         }
         // Per-row quantization: each row of a batch equals the row alone, bit for bit.
         for kernel in [Int8Kernel::Fbgemm, Int8Kernel::Onednn] {
             let q = Int8Weight::new(&w, kernel).unwrap();
-            let x = Tensor::randn([9, 64], (Kind::Float, tch::Device::Cpu));
+            let x = wavy(&[9, 64], 2.11);
             let x = &x
                 * Tensor::from_slice(&[1e-3f32, 1.0, 30.0, 0.5, 2.0, 1.0, 1.0, 7.0, 0.1])
                     .view([9, 1]);

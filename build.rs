@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 fn main() {
     compile_protos();
-    compile_int8();
+    compile_shims();
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     println!("cargo:rerun-if-changed=build.rs");
     let libtorch = match std::env::var("LIBTORCH") {
@@ -34,10 +34,13 @@ fn main() {
     }
 }
 
-/// The C++ shim over libtorch's dynamically quantized linear (`src/model/int8.cpp`), compiled
-/// against the same libtorch headers as tch's own wrapper.
-fn compile_int8() {
+/// The C++ shims over libtorch's dynamically quantized linear (`src/model/int8.cpp`) and its
+/// oneDNN linear over a reordered weight (`src/model/onednn.cpp`), compiled against the same
+/// libtorch headers as tch's own wrapper.
+fn compile_shims() {
     println!("cargo:rerun-if-changed=src/model/int8.cpp");
+    println!("cargo:rerun-if-changed=src/model/onednn.cpp");
+    println!("cargo:rerun-if-changed=src/model/shim.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let libtorch = match std::env::var("LIBTORCH") {
         Ok(dir) => PathBuf::from(dir),
@@ -47,12 +50,13 @@ fn compile_int8() {
     cc::Build::new()
         .cpp(true)
         .file("src/model/int8.cpp")
+        .file("src/model/onednn.cpp")
         .include(libtorch.join("include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .warnings(false)
-        .compile("promptd_int8");
+        .compile("promptd_shims");
 }
 
 fn compile_protos() {

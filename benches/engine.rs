@@ -57,6 +57,7 @@ fn assets() -> (PathBuf, PathBuf) {
             out: prompts.clone(),
             count: 64,
             length: PROMPT_LEN,
+            min_length: None,
             d_model,
             seed: 0,
         })

@@ -35,3 +35,17 @@ stop_server() {
   kill -TERM "$server_pid"
   wait "$server_pid" || true
 }
+
+# pick_python: sets $py to python3 with torch, transformers, ctranslate2 and tokenizers:
+# $PYTHON, else .venv/bin/python, else .tools/probe/bin/python.
+pick_python() {
+  if [[ -n "${PYTHON:-}" ]]; then py="$PYTHON"
+  elif [[ -x "$root/.venv/bin/python" ]]; then py="$root/.venv/bin/python"
+  else py="$root/.tools/probe/bin/python"; fi
+}
+
+# one_row_prompt: sets $prompts to a folder of one 1-row prompt (task00000) for $model.
+one_row_prompt() {
+  prompts="$models/prompts-$d_model-1row"
+  [[ -d "$prompts" ]] || "$dev" make-prompts --count 1 --length 1 --d-model "$d_model" --out "$prompts" >&2
+}

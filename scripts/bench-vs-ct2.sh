@@ -8,8 +8,10 @@
 #     scripts/bench_ct2.py --compute-type float32|int8, scripts/bench_engine_vs_hf.py;
 #     rows/s = rows / the median pass, ms/token = the median pass / its most generated tokens.
 #   server: promptd serve --dtype f32|int8 --max-batch-size 64 with a 1-row prompt under promptd-dev bench, 64
-#     closed-loop clients sending one input of 4–12 words each, and one client alone; ms/token
-#     = clients / generated tokens per second (what one client waits per token).
+#     closed-loop clients each sending one of the engine's 64 short rows (--inputs-file), and
+#     one client alone; rows/s = clients / mean latency (the closed loop's rate: answers come
+#     in waves, so rows counted in a window jump by whole waves), ms/token = mean latency /
+#     mean generated tokens per row (what one client waits per token).
 # The CPU's model and flags are printed first: the kernels' ranking depends on them.
 #   scripts/bench-vs-ct2.sh [repeats] [server seconds]
 # Needs release builds (make build build-dev) and python3 with torch, transformers, ctranslate2
@@ -18,12 +20,9 @@ set -euo pipefail
 repeats="${1:-3}"; secs="${2:-20}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 source "$root/scripts/bench-common.sh"
-if [[ -n "${PYTHON:-}" ]]; then py="$PYTHON"
-elif [[ -x "$root/.venv/bin/python" ]]; then py="$root/.venv/bin/python"
-else py="$root/.tools/probe/bin/python"; fi
+pick_python
 prepare small 1
-prompts="$models/prompts-512-1row"
-[[ -d "$prompts" ]] || "$dev" make-prompts --count 1 --length 1 --d-model "$d_model" --out "$prompts" >&2
+one_row_prompt
 grep -m1 "model name" /proc/cpuinfo | sed 's/^/# cpu: /'
 echo "# flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_vnni|avx_vnni|amx_int8|amx_bf16)$' | tr '\n' ' ')"
 work="$(mktemp -d)"; trap 'rm -rf "$work"; [[ -n "${server_pid:-}" ]] && stop_server' EXIT
@@ -68,12 +67,12 @@ for dtype in f32 int8; do
   done
   for clients in 64 1; do
     "$dev" bench --url "$url" --tasks 1 --concurrency "$clients" --duration-s "$secs" --warmup-s 3 \
-      --min-words 4 --max-words 12 --max-new-tokens 16 --json 2>/dev/null | "$py" -c '
+      --inputs-file "$work/short.jsonl" --max-new-tokens 16 --json 2>/dev/null | "$py" -c '
 import json, sys
 r = json.loads(sys.stdin.read())
 # Each client waits this long per token of its own answer (as the engine rows: pass / steps).
-per_token = int(sys.argv[2]) * 1e3 / r["generated_tokens_per_s"]; rows_per_s = r["rows_per_s"]
-print(f"| server | short (4-12 words) | {sys.argv[2]} clients | promptd-{sys.argv[1]} | {rows_per_s:.1f} | {per_token:.2f} |")
+per_token = r["breakdown"]["request_ms"] / r["tokens_per_row"]; rows_per_s = r["rows_per_s_closed_loop"]
+print(f"| server | short | {sys.argv[2]} clients | promptd-{sys.argv[1]} | {rows_per_s:.1f} | {per_token:.2f} |")
 ' "$dtype" "$clients"
   done
   stop_server; server_pid=""

@@ -81,6 +81,16 @@ pub struct Metrics {
     pub tune_steps: Counter,
     /// Engine seconds spent on tuning jobs.
     pub tune_engine_seconds: Counter,
+    /// Decode steps of the running batch (set at each scrape).
+    pub decode_steps: Counter,
+    /// Engine seconds in decode steps (set at each scrape).
+    pub decode_seconds: Counter,
+    /// Rows decoding, summed over decode steps (set at each scrape).
+    pub decode_row_steps: Counter,
+    /// Where a predict request's time went outside the engine's own work, by phase: `validate`
+    /// (tokenizing and checks), `wait` (queued, admitted and decoded: from the queue to the
+    /// last row's answer) and `respond` (detokenizing and building the answer).
+    pub request_phase: HistogramVec,
     /// Latest training loss of each queued or running job (series leave when jobs end).
     pub tune_loss: GaugeVec,
     /// Open HTTP connections.
@@ -471,6 +481,24 @@ impl Metrics {
                 "promptd_tune_engine_seconds_total",
                 "Engine seconds spent on tuning jobs (steps and dev evaluations)",
             ),
+            decode_steps: r.float_counter(
+                "promptd_decode_steps_total",
+                "Decode steps of the running batch",
+            ),
+            decode_seconds: r.float_counter(
+                "promptd_decode_seconds_total",
+                "Engine seconds spent in decode steps",
+            ),
+            decode_row_steps: r.float_counter(
+                "promptd_decode_row_steps_total",
+                "Rows decoding, summed over decode steps (over promptd_decode_steps_total: rows per step)",
+            ),
+            request_phase: r.histograms(
+                "promptd_request_phase_seconds",
+                "Predict request time by phase: validate (tokenize, checks), wait (queue, admission and decoding until the last row's answer), respond (detokenize, build the answer)",
+                &buckets(0.0001, 2.0, 20),
+                &["phase"],
+            ),
             tune_loss: r.float_gauges(
                 "promptd_tune_loss",
                 "Latest training loss of each queued or running tuning job",
@@ -572,6 +600,17 @@ impl Metrics {
     /// The `tenant` label value (tenants come from the operator's file; bounded all the same).
     pub fn tenant_label(&self, tenant: &str) -> String {
         self.tenant_labels.label(tenant)
+    }
+
+    /// Brings the decode counters up to the engine thread's totals (at each scrape).
+    pub fn engine_times(&self, t: &crate::engine::worker::EngineTimes) {
+        for (counter, total) in [
+            (&self.decode_steps, t.steps as f64),
+            (&self.decode_seconds, t.step_seconds),
+            (&self.decode_row_steps, t.row_steps as f64),
+        ] {
+            counter.inc_by((total - counter.get()).max(0.0));
+        }
     }
 
     /// Prometheus text exposition of every metric.

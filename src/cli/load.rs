@@ -14,11 +14,9 @@ pub fn load_engine(
     let device = device.resolve()?;
     let kind = dtype.resolve(device);
     let mut model = T5Model::load(dir, ModelOptions { device, kind }).map_err(|e| e.to_string())?;
-    if dtype.is_int8() {
-        model
-            .quantize_int8(crate::model::int8::int8_kernel())
-            .map_err(|e| e.to_string())?;
-    }
+    model
+        .pack_for_serving(dtype.is_int8())
+        .map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
     let tokenizer = T5Tokenizer::from_dir(dir, eos).map_err(|e| e.to_string())?;
     let engine = Engine::new(model).map_err(|e| e.to_string())?;

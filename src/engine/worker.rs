@@ -4,6 +4,7 @@
 //! [`EngineHandle`]; every job carries its own reply channel. Prompt registration runs between
 //! batches, so the bank has a single writer.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -89,6 +90,39 @@ pub struct EngineHandle {
     /// Shared by every clone: the thread stops once the last clone is dropped.
     jobs: Arc<mpsc::Sender<Job>>,
     state: watch::Receiver<EngineState>,
+    times: Arc<Times>,
+}
+
+/// Where the engine thread's serving time went, summed since it started (metrics read it).
+#[derive(Default)]
+struct Times {
+    admissions: AtomicU64,
+    admit_ns: AtomicU64,
+    steps: AtomicU64,
+    step_ns: AtomicU64,
+    row_steps: AtomicU64,
+}
+
+/// The engine thread's serving work since it started: admissions (encoder passes, label
+/// scores, merging into the running batch) and decode steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EngineTimes {
+    /// Admissions of rows into the running batch.
+    pub admissions: u64,
+    /// Seconds spent admitting.
+    pub admit_seconds: f64,
+    /// Decode steps of the running batch.
+    pub steps: u64,
+    /// Seconds spent in decode steps.
+    pub step_seconds: f64,
+    /// Rows decoding, summed over steps.
+    pub row_steps: u64,
+}
+
+impl Times {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Wakes the engine thread after side work was submitted ([`EngineHandle::waker`]). It does
@@ -113,11 +147,13 @@ pub fn spawn(
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (jobs, rx) = mpsc::channel::<Job>();
     let (state_tx, state) = watch::channel(EngineState::Loading);
+    let times = Arc::new(Times::default());
+    let counted = times.clone();
     let thread = std::thread::Builder::new()
         .name("engine".into())
-        .spawn(move || engine_thread(cfg, side, rx, state_tx))?;
+        .spawn(move || engine_thread(cfg, side, rx, state_tx, &counted))?;
     let jobs = Arc::new(jobs);
-    Ok((EngineHandle { jobs, state }, thread))
+    Ok((EngineHandle { jobs, state, times }, thread))
 }
 
 fn engine_thread(
@@ -125,6 +161,7 @@ fn engine_thread(
     mut side: Box<dyn SideWork>,
     jobs: mpsc::Receiver<Job>,
     state: watch::Sender<EngineState>,
+    times: &Times,
 ) {
     let _guard = tch::no_grad_guard();
     let started = Instant::now();
@@ -134,9 +171,7 @@ fn engine_thread(
     };
     let engine = T5Model::load(&cfg.model_dir, opts)
         .and_then(|mut model| {
-            if cfg.int8 {
-                model.quantize_int8(crate::model::int8::int8_kernel())?;
-            }
+            model.pack_for_serving(cfg.int8)?;
             Ok(model)
         })
         .and_then(Engine::new);
@@ -216,11 +251,21 @@ fn engine_thread(
             Some(Job::Join { rows, reply }) => {
                 let t = Instant::now();
                 let admitted = running.admit(&mut engine, rows, cfg.max_batch_tokens);
-                let _ = reply.send((admitted, t.elapsed()));
+                let elapsed = t.elapsed();
+                Times::add(&times.admissions, 1);
+                Times::add(&times.admit_ns, elapsed.as_nanos() as u64);
+                let _ = reply.send((admitted, elapsed));
             }
             None => {}
         }
-        running.step(&engine);
+        if !running.is_empty() {
+            // Counted before the step: it answers the rows that finish.
+            Times::add(&times.steps, 1);
+            Times::add(&times.row_steps, running.len() as u64);
+            let t = Instant::now();
+            running.step(&engine);
+            Times::add(&times.step_ns, t.elapsed().as_nanos() as u64);
+        }
         side.note_serving(serving.elapsed(), busy);
         if side.may_step(idle) {
             side.step(&mut engine);
@@ -235,6 +280,18 @@ fn engine_thread(
 }
 
 impl EngineHandle {
+    /// The engine thread's serving work so far.
+    pub fn times(&self) -> EngineTimes {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        EngineTimes {
+            admissions: get(&self.times.admissions),
+            admit_seconds: get(&self.times.admit_ns) as f64 * 1e-9,
+            steps: get(&self.times.steps),
+            step_seconds: get(&self.times.step_ns) as f64 * 1e-9,
+            row_steps: get(&self.times.row_steps),
+        }
+    }
+
     /// Current engine state.
     pub fn state(&self) -> EngineState {
         if self.state.has_changed().is_err() {

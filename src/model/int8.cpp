@@ -3,7 +3,7 @@
 // (symmetric qint8) and prepacked once by the selected quantized engine (fbgemm or oneDNN);
 // each call quantizes its activations and returns f32. The ops are reached through the
 // dispatcher because libtorch exposes them to C++ only as registered operators. Every entry
-// point catches C++ exceptions and returns the message instead (freed by promptd_int8_free_error).
+// point catches C++ exceptions and returns the message instead (freed by promptd_shim_free_error).
 //
 // libtorch quantizes a call's activations with one range for the whole tensor, which would make
 // a row's answer depend on the other rows of its batch. Each row is therefore divided by its own
@@ -20,18 +20,10 @@
 #include <string>
 #include <vector>
 
-namespace {
-char* copy_message(const char* what) {
-  size_t n = std::strlen(what);
-  char* out = static_cast<char*>(std::malloc(n + 1));
-  if (out != nullptr) std::memcpy(out, what, n + 1);
-  return out;
-}
+#include "shim.h"
 
-c10::OperatorHandle op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
-}
-}  // namespace
+using promptd_shim::copy_message;
+using promptd_shim::op;
 
 extern "C" {
 
@@ -96,5 +88,6 @@ at::Tensor* promptd_int8_linear(const at::Tensor* x, void* pack, bool reduce_ran
 
 void promptd_int8_free_pack(void* pack) { delete static_cast<Pack*>(pack); }
 
-void promptd_int8_free_error(char* error) { std::free(error); }
+// Frees an error message of any of promptd's shims.
+void promptd_shim_free_error(char* error) { std::free(error); }
 }

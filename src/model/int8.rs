@@ -24,7 +24,7 @@ extern "C" {
         error: *mut *mut c_char,
     ) -> *mut c_void;
     fn promptd_int8_free_pack(pack: *mut c_void);
-    fn promptd_int8_free_error(error: *mut c_char);
+    fn promptd_shim_free_error(error: *mut c_char);
 }
 
 /// libtorch's quantized engine that packs and multiplies int8 weights (`--int8-kernel`).
@@ -54,17 +54,21 @@ pub fn int8_kernel() -> Int8Kernel {
     }
 }
 
-/// Takes the shim's error message (and frees it).
-fn take_error(e: *mut c_char, what: &str) -> ModelError {
+/// Takes a C++ shim's error message (and frees it): `what` failed, and why.
+pub(super) fn shim_error(e: *mut c_char, what: &str) -> ModelError {
     let message = if e.is_null() {
         "unknown error".to_string()
     } else {
-        // SAFETY: a non-null error is a NUL-terminated string the shim allocated with malloc.
+        // SAFETY: a non-null error is a NUL-terminated string a shim allocated with malloc.
         let text = unsafe { CStr::from_ptr(e) }.to_string_lossy().into_owned();
-        unsafe { promptd_int8_free_error(e) };
+        unsafe { promptd_shim_free_error(e) };
         text
     };
-    ModelError::Config(format!("int8 {what}: {message}"))
+    ModelError::Config(format!("{what}: {message}"))
+}
+
+fn take_error(e: *mut c_char, what: &str) -> ModelError {
+    shim_error(e, &format!("int8 {what}"))
 }
 
 /// One linear layer's int8 weight, prepacked by libtorch's quantized engine.

@@ -4,8 +4,8 @@ use tch::{Kind, Tensor};
 use super::adapters::{adapt_input, adapt_output, Adapt, Module, Part, Site};
 use super::config::{Activation, T5Config};
 use super::error::ModelError;
-use super::int8::Int8Kernel;
 use super::matmul::Linear;
+use super::matmul::Packing;
 use super::packed::Packed;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
@@ -156,15 +156,15 @@ impl T5LayerFF {
         self.layer_norm.collect(out);
     }
 
-    /// Packs the linear layers' weights as int8 (`--dtype int8`).
-    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+    /// Packs the linear layers' weights for serving passes.
+    pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
         match &mut self.dense {
             DenseReluDense::Act { wi, wo } => {
-                [wi, wo].into_iter().try_for_each(|l| l.quantize(kernel))
+                [wi, wo].into_iter().try_for_each(|l| l.pack(packing))
             }
             DenseReluDense::Gated { wi_0, wi_1, wo } => [wi_0, wi_1, wo]
                 .into_iter()
-                .try_for_each(|l| l.quantize(kernel)),
+                .try_for_each(|l| l.pack(packing)),
         }
     }
 
@@ -269,11 +269,11 @@ impl T5Attention {
         );
     }
 
-    /// Packs q, k, v and o as int8 (`--dtype int8`).
-    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+    /// Packs q, k, v and o for serving passes.
+    pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
         [&mut self.q, &mut self.k, &mut self.v, &mut self.o]
             .into_iter()
-            .try_for_each(|l| l.quantize(kernel))
+            .try_for_each(|l| l.pack(packing))
     }
 
     /// `x @ weight.T` at `module` of this layer, through the rows' adapters.

@@ -3,14 +3,17 @@
 //! libtorch's `linear` sends f32 on the CPU to its BLAS (MKL in the PyPI builds). MKL picks its
 //! kernels by CPU vendor: on AMD EPYC it ran at about half the rate of libtorch's own oneDNN on
 //! the same shapes (BENCHMARKS.md §11, "This stop: oneDNN"). A serving pass therefore
-//! multiplies through oneDNN (`mkldnn_linear`: the activations wrapped as a oneDNN tensor, the
-//! output read back dense), and everything else keeps `linear`:
+//! multiplies through oneDNN, by default over weights reordered once at load into oneDNN's own
+//! layout (`onednn.cpp`; plain `mkldnn_linear` reorders the weight on every call, which at a
+//! decode step's few rows is most of the call: BENCHMARKS.md §17), and everything else keeps
+//! `linear`:
 //! - GPUs and other dtypes (bf16 on the CPU already goes to oneDNN inside `linear`);
 //! - anything that needs gradients, and every training forward, so a tuning step stays the
 //!   same computation as PyTorch's;
 //! - `--cpu-matmul blas`, which puts every layer back on the BLAS (for comparisons, or on a CPU
 //!   where the BLAS is the faster one).
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
@@ -18,30 +21,44 @@ use tch::{Device, Kind, Tensor};
 use super::error::ModelError;
 use super::int8::{Int8Kernel, Int8Weight};
 
+extern "C" {
+    fn promptd_onednn_pack(weight: *const c_void, error: *mut *mut c_char) -> *mut c_void;
+    fn promptd_onednn_linear(
+        x: *const c_void,
+        packed: *const c_void,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+}
+
 /// The kernel for CPU f32 serving matmuls (`--cpu-matmul`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum CpuMatmul {
-    /// libtorch's oneDNN (`mkldnn_linear`), where libtorch was built with it.
+    /// libtorch's oneDNN over each weight reordered once at load into oneDNN's layout (a
+    /// second copy of every linear weight), where libtorch was built with oneDNN.
     #[default]
+    OnednnPacked,
+    /// libtorch's oneDNN (`mkldnn_linear`) over the plain weights (reordered at every call).
     Onednn,
     /// libtorch's BLAS, as `torch.nn.functional.linear` (MKL in the PyPI builds).
     Blas,
 }
 
-/// Set once by the command line, like libtorch's thread count (a process-wide library setting).
-static BLAS_ONLY: AtomicBool = AtomicBool::new(false);
+/// Set once by the command line, like libtorch's thread count (a process-wide library setting):
+/// the [`CpuMatmul`] as its index.
+static CHOICE: AtomicU8 = AtomicU8::new(0);
 
 /// Selects the CPU f32 serving matmul kernel for this process.
 pub fn set_cpu_matmul(choice: CpuMatmul) {
-    BLAS_ONLY.store(choice == CpuMatmul::Blas, Ordering::Relaxed);
+    CHOICE.store(choice as u8, Ordering::Relaxed);
 }
 
 /// The kernel CPU f32 serving matmuls use now (BLAS where libtorch has no oneDNN).
 pub fn cpu_matmul() -> CpuMatmul {
-    if BLAS_ONLY.load(Ordering::Relaxed) || !has_onednn() {
-        CpuMatmul::Blas
-    } else {
-        CpuMatmul::Onednn
+    match CHOICE.load(Ordering::Relaxed) {
+        _ if !has_onednn() => CpuMatmul::Blas,
+        0 => CpuMatmul::OnednnPacked,
+        1 => CpuMatmul::Onednn,
+        _ => CpuMatmul::Blas,
     }
 }
 
@@ -60,7 +77,7 @@ pub fn linear(x: &Tensor, weight: &Tensor, training: bool) -> Result<Tensor, Mod
         && x.numel() > 0
         && !x.requires_grad()
         && !weight.requires_grad()
-        && cpu_matmul() == CpuMatmul::Onednn;
+        && cpu_matmul() != CpuMatmul::Blas;
     if !onednn {
         return Ok(x.f_linear::<Tensor>(weight, None)?);
     }
@@ -77,18 +94,35 @@ pub fn linear(x: &Tensor, weight: &Tensor, training: bool) -> Result<Tensor, Mod
     Ok(out.f_view(shape.as_slice())?)
 }
 
-/// A linear layer's weight [out, in], and its int8 pack once the model is quantized
-/// (`--dtype int8`): serving passes on the CPU multiply through the pack; training and anything
-/// with gradients keep the f32 weight (tuning stays f32 on an int8 server).
+/// How a model's linear layers are packed for serving passes on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// int8 per output channel by libtorch's quantized engine (`--dtype int8`).
+    Int8(Int8Kernel),
+    /// f32 reordered into oneDNN's layout (`--cpu-matmul onednn-packed`).
+    Onednn,
+}
+
+/// A weight packed for serving passes.
+enum Pack {
+    Int8(Int8Weight),
+    /// The opaque oneDNN tensor `onednn.cpp` made.
+    Onednn(Tensor),
+}
+
+/// A linear layer's weight [out, in], and its pack for serving passes on the CPU once the
+/// model is packed ([`Packing`]): serving passes on f32 CPU activations multiply through the
+/// pack; training and anything with gradients keep the plain weight (tuning stays f32, and
+/// the same computation as PyTorch's, on a packed server).
 pub struct Linear {
     weight: Tensor,
-    int8: Option<Int8Weight>,
+    pack: Option<Pack>,
 }
 
 impl Linear {
     /// A layer multiplying by `weight`.
     pub fn new(weight: Tensor) -> Self {
-        Self { weight, int8: None }
+        Self { weight, pack: None }
     }
 
     /// The f32 (or the model's dtype) weight.
@@ -96,28 +130,79 @@ impl Linear {
         &self.weight
     }
 
-    /// Packs the weight as int8 for serving passes.
-    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
-        self.int8 = Some(Int8Weight::new(&self.weight, kernel)?);
+    /// Packs the weight for serving passes.
+    pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
+        self.pack = Some(match packing {
+            Packing::Int8(kernel) => Pack::Int8(Int8Weight::new(&self.weight, kernel)?),
+            Packing::Onednn => Pack::Onednn(onednn_pack(&self.weight)?),
+        });
         Ok(())
     }
 
-    /// `x @ weight.T`: through the int8 pack when there is one and this is a serving pass on
-    /// f32 CPU activations, else as [`linear`].
+    /// `x @ weight.T`: through the pack when there is one and this is a serving pass on f32
+    /// CPU activations, else as [`linear`].
     pub fn forward(&self, x: &Tensor, training: bool) -> Result<Tensor, ModelError> {
-        match &self.int8 {
-            Some(q)
-                if !training
-                    && x.device() == Device::Cpu
-                    && x.kind() == Kind::Float
-                    && x.numel() > 0
-                    && !x.requires_grad() =>
-            {
-                q.linear(x)
-            }
+        let serving = !training
+            && x.device() == Device::Cpu
+            && x.kind() == Kind::Float
+            && x.numel() > 0
+            && !x.requires_grad();
+        match &self.pack {
+            Some(Pack::Int8(q)) if serving => q.linear(x),
+            Some(Pack::Onednn(w)) if serving => onednn_linear(x, w, self.weight.size()[0]),
             _ => linear(x, &self.weight, training),
         }
     }
+}
+
+fn take_error(e: *mut c_char, what: &str) -> ModelError {
+    super::int8::shim_error(e, &format!("oneDNN {what}"))
+}
+
+/// `weight` [out, in] (f32, CPU) reordered into oneDNN's layout.
+fn onednn_pack(weight: &Tensor) -> Result<Tensor, ModelError> {
+    if weight.dim() != 2 || weight.device() != Device::Cpu || weight.kind() != Kind::Float {
+        return Err(ModelError::Config(format!(
+            "oneDNN packs 2-D f32 CPU weights, got {:?} {:?} on {:?}",
+            weight.size(),
+            weight.kind(),
+            weight.device()
+        )));
+    }
+    let mut error = std::ptr::null_mut();
+    // SAFETY: `weight` lives through the call; the result is a new at::Tensor that
+    // `Tensor::from_ptr` owns (and frees).
+    let out = unsafe { promptd_onednn_pack(weight.as_ptr() as *const c_void, &mut error) };
+    if out.is_null() {
+        return Err(take_error(error, "packing a weight"));
+    }
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
+/// `x @ W.T` for f32 `x` [..., in] through a weight [`onednn_pack`] made with `outputs` rows.
+fn onednn_linear(x: &Tensor, packed: &Tensor, outputs: i64) -> Result<Tensor, ModelError> {
+    let _guard = tch::no_grad_guard();
+    let mut shape = x.size();
+    let inner = *shape
+        .last()
+        .ok_or_else(|| ModelError::Config("matmul of a scalar".into()))?;
+    *shape.last_mut().expect("checked above") = outputs;
+    let flat = x.f_reshape([-1, inner])?.f_contiguous()?;
+    let mut error = std::ptr::null_mut();
+    // SAFETY: `flat` and `packed` live through the call; the result is a new at::Tensor that
+    // `Tensor::from_ptr` owns (and frees).
+    let out = unsafe {
+        promptd_onednn_linear(
+            flat.as_ptr() as *const c_void,
+            packed.as_ptr() as *const c_void,
+            &mut error,
+        )
+    };
+    if out.is_null() {
+        return Err(take_error(error, "linear"));
+    }
+    let out = unsafe { Tensor::from_ptr(out as *mut _) };
+    Ok(out.f_view(shape.as_slice())?)
 }
 
 #[cfg(test)]
@@ -146,5 +231,41 @@ mod tests {
         assert!(diff < 1e-4, "{diff}");
         let empty = Tensor::zeros([0, 32], (Kind::Float, Device::Cpu));
         assert_eq!(linear(&empty, &w, false).unwrap().size(), vec![0, 48]);
+    }
+
+    #[test]
+    fn a_packed_layer_equals_plain_onednn_bit_for_bit_and_trains_on_the_plain_weight() {
+        if !has_onednn() {
+            return;
+        }
+        let _guard = tch::no_grad_guard();
+        // Inputs of its own (libtorch's generator is shared with tests running in parallel).
+        let fill = |n: i64, shift: f64| {
+            Tensor::arange(n, (Kind::Float, Device::Cpu))
+                .f_mul_scalar(0.37)
+                .unwrap()
+                .f_add_scalar(shift)
+                .unwrap()
+                .sin()
+        };
+        let w = fill(48 * 32, 0.5).view([48, 32]);
+        let mut layer = Linear::new(w.shallow_clone());
+        layer.pack(Packing::Onednn).unwrap();
+        for shape in [vec![1i64, 32], vec![5, 32], vec![3, 7, 32]] {
+            let x = fill(shape.iter().product(), 1.5).view(shape.as_slice());
+            let packed = layer.forward(&x, false).unwrap();
+            let plain = x
+                .reshape([-1, 32])
+                .to_mkldnn()
+                .mkldnn_linear(&w, None::<Tensor>)
+                .to_dense(None, false)
+                .view(packed.size().as_slice());
+            assert!(packed.equal(&plain), "{shape:?}");
+            // A training pass multiplies by the plain weight through libtorch's linear.
+            let trained = layer.forward(&x, true).unwrap();
+            assert!(trained.equal(&x.linear::<Tensor>(&w, None)), "{shape:?}");
+        }
+        let empty = Tensor::zeros([0, 32], (Kind::Float, Device::Cpu));
+        assert_eq!(layer.forward(&empty, false).unwrap().size(), vec![0, 48]);
     }
 }

@@ -239,8 +239,11 @@ pub struct RandomPrompts {
     pub out: PathBuf,
     /// Number of prompts (tasks `task00000`, `task00001`, …).
     pub count: usize,
-    /// Rows per prompt.
+    /// Rows per prompt (the most, with `min_length`).
     pub length: usize,
+    /// Prompt k gets `min_length + k mod (length - min_length + 1)` rows: lengths spread
+    /// evenly over min_length..=length (None: every prompt `length` rows).
+    pub min_length: Option<usize>,
     /// Row width (the model's d_model).
     pub d_model: usize,
     /// Random seed.
@@ -420,11 +423,18 @@ pub fn make_prompts(args: RandomPrompts) -> Result<(), String> {
         .seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
-    let header = npy_header(args.length, args.d_model);
+    let min = args.min_length.unwrap_or(args.length);
+    if min == 0 || min > args.length {
+        return Err(format!(
+            "prompt lengths {min}..={}: need 1 <= min <= max",
+            args.length
+        ));
+    }
     let width = args.count.saturating_sub(1).to_string().len().max(5);
     for i in 0..args.count {
-        let mut bytes = header.clone();
-        for _ in 0..args.length * args.d_model {
+        let length = min + i % (args.length - min + 1);
+        let mut bytes = npy_header(length, args.d_model);
+        for _ in 0..length * args.d_model {
             // xorshift64*: uniform in [-0.5, 0.5), never all zeros.
             state ^= state >> 12;
             state ^= state << 25;
@@ -437,7 +447,7 @@ pub fn make_prompts(args: RandomPrompts) -> Result<(), String> {
         std::fs::write(&path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!(
-        "{}: {} prompts of {}x{}",
+        "{}: {} prompts of {min}..={} x {}",
         args.out.display(),
         args.count,
         args.length,

@@ -4,10 +4,10 @@ use tch::{Kind, Tensor};
 use super::adapters::{Adapt, Part};
 use super::config::T5Config;
 use super::error::ModelError;
-use super::int8::Int8Kernel;
 use super::layers::{
     dropout, position_bias, relative_position_bucket, T5Attention, T5LayerFF, T5LayerNorm,
 };
+use super::matmul::Packing;
 use super::packed::Packed;
 use super::profile::{span, Family};
 use super::weights::WeightSource;
@@ -266,12 +266,12 @@ impl T5Block {
         })
     }
 
-    fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
-        self.self_attn.quantize(kernel)?;
+    fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
+        self.self_attn.pack(packing)?;
         if let Some((attn, _)) = &mut self.cross {
-            attn.quantize(kernel)?;
+            attn.pack(packing)?;
         }
-        self.ff.quantize(kernel)
+        self.ff.pack(packing)
     }
 
     fn collect(&self, out: &mut Vec<Tensor>) {
@@ -408,9 +408,9 @@ impl T5Stack {
         })
     }
 
-    /// Packs every block's linear layers as int8 (`--dtype int8`).
-    pub fn quantize(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
-        self.blocks.iter_mut().try_for_each(|b| b.quantize(kernel))
+    /// Packs every block's linear layers for serving passes.
+    pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
+        self.blocks.iter_mut().try_for_each(|b| b.pack(packing))
     }
 
     /// Adds every weight of the stack to `out`.

@@ -7,6 +7,7 @@ use super::adapters::{Adapt, AdapterTables};
 use super::config::T5Config;
 use super::error::ModelError;
 use super::int8::Int8Kernel;
+use super::matmul::Packing;
 use super::profile::{span, Family};
 use super::stack::{min_value, Columns, LayerCache, T5Stack};
 use super::weights::{WeightSource, Weights};
@@ -29,7 +30,7 @@ pub struct T5Model {
     decoder: T5Stack,
     lm_head: Tensor,
     /// The head packed as int8 (`--dtype int8`).
-    lm_head_int8: Option<super::matmul::Linear>,
+    lm_head_packed: Option<super::matmul::Linear>,
     lm_scale: Option<f64>,
     opts: ModelOptions,
 }
@@ -455,7 +456,7 @@ impl T5Model {
             encoder,
             decoder,
             lm_head,
-            lm_head_int8: None,
+            lm_head_packed: None,
             lm_scale,
             opts,
         })
@@ -467,17 +468,39 @@ impl T5Model {
     /// gradients (tuning). At one row the head was most of a decode step's weight reads: 9.3 →
     /// 5.9 ms per token on t5-small's shape once it is packed too.
     pub fn quantize_int8(&mut self, kernel: Int8Kernel) -> Result<(), ModelError> {
+        self.pack(Packing::Int8(kernel))
+    }
+
+    /// Packs the model for serving: int8 when `int8` (`--dtype int8`, with `--int8-kernel`'s
+    /// engine), else an f32 model on the CPU reordered for oneDNN when `--cpu-matmul` is
+    /// onednn-packed (the default); anything else runs unpacked.
+    pub fn pack_for_serving(&mut self, int8: bool) -> Result<(), ModelError> {
+        if int8 {
+            self.quantize_int8(super::int8::int8_kernel())
+        } else if self.opts.device == Device::Cpu
+            && self.opts.kind == Kind::Float
+            && super::matmul::cpu_matmul() == super::matmul::CpuMatmul::OnednnPacked
+        {
+            self.pack(Packing::Onednn)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Packs every linear layer of both stacks and the LM head for serving passes on the CPU
+    /// (from f32 weights); training passes keep the plain weights.
+    pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
         if self.opts.device != Device::Cpu || self.opts.kind != Kind::Float {
             return Err(ModelError::Config(format!(
-                "int8 runs on the CPU from f32 weights; this model is {:?} on {:?}",
+                "packed layers ({packing:?}) run on the CPU from f32 weights; this model is {:?} on {:?}",
                 self.opts.kind, self.opts.device
             )));
         }
-        self.encoder.quantize(kernel)?;
-        self.decoder.quantize(kernel)?;
+        self.encoder.pack(packing)?;
+        self.decoder.pack(packing)?;
         let mut head = super::matmul::Linear::new(self.lm_head.shallow_clone());
-        head.quantize(kernel)?;
-        self.lm_head_int8 = Some(head);
+        head.pack(packing)?;
+        self.lm_head_packed = Some(head);
         Ok(())
     }
 
@@ -696,7 +719,7 @@ impl T5Model {
             Some(scale) => hidden.f_mul_scalar(scale)?,
             None => hidden.shallow_clone(),
         };
-        match &self.lm_head_int8 {
+        match &self.lm_head_packed {
             Some(head) => super::layers::apply(&h, head),
             None => super::layers::linear(&h, &self.lm_head),
         }

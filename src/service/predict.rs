@@ -168,7 +168,13 @@ impl Service {
         input: PredictInput,
         admission: &Admission,
     ) -> Result<PredictResponse, Error> {
+        let phase = |name: &str, since: std::time::Instant| {
+            (self.metrics.request_phase.with_label_values(&[name]))
+                .observe(since.elapsed().as_secs_f64())
+        };
+        let t = std::time::Instant::now();
         let valid = self.validated(entry, input).await?;
+        phase("validate", t);
         if !valid.stops.is_empty() {
             // Rows end at their stop string, seen as their tokens stream.
             let stream = self.stream_rows(entry, valid, admission.share.clone())?;
@@ -183,16 +189,20 @@ impl Service {
                 rows: vec![r],
             })
             .collect();
+        let t = std::time::Instant::now();
         let answers: Vec<RowOutput> = self
             .answer_units(units, &admission.share)
             .await?
             .into_iter()
             .flatten()
             .collect();
+        phase("wait", t);
+        let t = std::time::Instant::now();
         let outputs = answers
             .into_iter()
             .map(|out| self.output(out, &valid.labels, None))
             .collect::<Result<Vec<_>, _>>()?;
+        phase("respond", t);
         Ok(PredictResponse {
             task: entry.info.task.clone(),
             prompt_version: entry.info.version,

@@ -126,6 +126,7 @@ impl Service {
     /// The Prometheus text of every metric, the tuning gauges brought up to date first.
     pub fn metrics_text(&self) -> String {
         self.tuning.update_metrics(&self.metrics);
+        self.metrics.engine_times(&self.engine.times());
         if let Some(fleet) = &self.fleet {
             self.metrics.store.sync_age.set(fleet.sync_age_s());
         }

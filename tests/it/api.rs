@@ -473,6 +473,25 @@ async fn health_readiness_and_metrics() {
     }
     assert!(text.contains("promptd_prompts_loaded 1"));
     assert!(text.contains("promptd_generated_tokens_total 12"), "{text}");
+    // The engine thread's decode work: each generated token is one row of one step.
+    assert_eq!(
+        common::metric(&text, "promptd_decode_row_steps_total "),
+        12.0
+    );
+    let steps = common::metric(&text, "promptd_decode_steps_total ");
+    assert!((6.0..=12.0).contains(&steps), "{steps}");
+    assert!(common::metric(&text, "promptd_decode_seconds_total ") > 0.0);
+    // Every answered request timed its three phases.
+    let phases = ["validate", "wait", "respond"].map(|p| {
+        common::metric(
+            &text,
+            &format!("promptd_request_phase_seconds_count{{phase=\"{p}\"}} "),
+        )
+    });
+    assert!(
+        phases[0] >= 1.0 && phases.iter().all(|&n| n == phases[0]),
+        "{phases:?}"
+    );
 
     // Draining: readiness fails and new work is refused with 503.
     s.state.lifecycle.drain();
@@ -614,7 +633,17 @@ async fn request_timeout_gives_504_and_cancels_the_rows() {
     );
 }
 
-/// With the clock paused, a lone row waits exactly max wait; a full batch does not wait.
+fn queue_wait_sum(state: &Service) -> f64 {
+    let m = state.metrics.render();
+    m.lines()
+        .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// With the clock paused, under static decoding a lone row waits exactly max wait; a full
+/// batch does not wait.
 #[tokio::test(start_paused = true)]
 async fn a_batch_closes_at_max_wait_or_when_full() {
     // No request timeout: a paused clock jumps to the next timer while the engine thread works.
@@ -623,18 +652,12 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
             c.policy.max_wait = std::time::Duration::from_millis(50);
             c.policy.max_batch_size = 4;
             c.limits.request_timeout = std::time::Duration::ZERO;
+            c.decode = promptd::batcher::Decode::Static;
         },
         true,
     )
     .await;
-    let wait_sum = |state: &Service| -> f64 {
-        let m = state.metrics.render();
-        m.lines()
-            .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let wait_sum = queue_wait_sum;
     let r = call(&s.state, predict_req("keep", json!({"inputs": "alone"}))).await;
     assert_eq!(r.status, StatusCode::OK);
     let waited = wait_sum(&s.state);
@@ -647,6 +670,28 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
     assert_eq!(r.status, StatusCode::OK);
     let waited_full = wait_sum(&s.state) - waited;
     assert!(waited_full < 1e-3, "a full batch waited {waited_full}s");
+}
+
+/// Under continuous decoding (the default) an idle engine takes a lone row at once: rows that
+/// come later join the running batch at its next step, so waiting would only add latency.
+#[tokio::test(start_paused = true)]
+async fn a_lone_row_on_an_idle_engine_goes_at_once() {
+    let s = setup(
+        |c| {
+            c.policy.max_wait = std::time::Duration::from_millis(50);
+            c.policy.max_batch_size = 4;
+            c.limits.request_timeout = std::time::Duration::ZERO;
+        },
+        true,
+    )
+    .await;
+    let r = call(&s.state, predict_req("keep", json!({"inputs": "alone"}))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let waited = queue_wait_sum(&s.state);
+    assert!(
+        waited < 1e-3,
+        "a lone row on an idle engine waited {waited}s"
+    );
 }
 
 #[tokio::test]

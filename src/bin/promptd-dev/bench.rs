@@ -60,6 +60,12 @@ pub struct BenchArgs {
     /// Inputs per request.
     #[arg(long, default_value_t = 1)]
     pub inputs: usize,
+    /// Take the inputs from this file's JSON lines ({"input": ...}, as scripts/bench_rows.py
+    /// writes them) instead of random words: client c's k-th request starts at line
+    /// (c + k · concurrency) · inputs, so 64 clients over a 64-line file send the same 64 rows
+    /// as an engine batch of that file (the offline run takes the lines in order).
+    #[arg(long)]
+    pub inputs_file: Option<std::path::PathBuf>,
     /// max_new_tokens of every request (the most, with --min-new-tokens).
     #[arg(long, default_value_t = 16)]
     pub max_new_tokens: usize,
@@ -170,6 +176,32 @@ struct Tally {
     latencies: Vec<f64>,
     statuses: BTreeMap<String, u64>,
     rows: u64,
+    /// Tokens generated in the answered rows.
+    tokens: u64,
+}
+
+/// The inputs of `--inputs-file`.
+fn read_inputs(args: &BenchArgs) -> Result<Option<Arc<[String]>>, String> {
+    let Some(path) = &args.inputs_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let inputs: Vec<String> =
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, line)| {
+                let row: Value = serde_json::from_str(line)
+                    .map_err(|e| format!("{} line {}: {e}", path.display(), i + 1))?;
+                row["input"].as_str().map(str::to_string).ok_or_else(|| {
+                    format!("{} line {}: no \"input\" string", path.display(), i + 1)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    if inputs.is_empty() {
+        return Err(format!("{}: no inputs", path.display()));
+    }
+    Ok(Some(inputs.into()))
 }
 
 /// Runs the benchmark and prints the summary.
@@ -182,17 +214,18 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.min_new_tokens.is_some_and(|m| m > args.max_new_tokens) {
         return Err("--min-new-tokens must be at most --max-new-tokens".into());
     }
+    let inputs = read_inputs(&args)?;
     if args.offline {
-        return offline(&args);
+        return offline(&args, inputs.as_deref());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    runtime.block_on(bench(args))
+    runtime.block_on(bench(args, inputs))
 }
 
-async fn bench(args: BenchArgs) -> Result<(), String> {
+async fn bench(args: BenchArgs, inputs: Option<Arc<[String]>>) -> Result<(), String> {
     let args = Arc::new(args);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
@@ -229,12 +262,14 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
             let mut rng = Rng::new(args.seed);
             let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
             let mut next = Instant::now();
+            let mut sent = 0;
             while next < end {
                 tokio::time::sleep_until(next.into()).await;
                 if before_measured.is_none() && Instant::now() >= warm_until {
-                    before_measured = Some(scrape(&client, &args).await);
+                    before_measured = Some((scrape(&client, &args).await, Instant::now()));
                 }
-                let body = request_body(&args, &mut rng, &tasks);
+                let body = request_body(&args, &mut rng, &tasks, inputs.as_deref(), sent);
+                sent += args.inputs;
                 let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
                 handles.push(tokio::spawn(async move {
                     one(&client, &args, body, warm_until, end, &tally).await;
@@ -246,17 +281,20 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
         None => {
             for c in 0..args.concurrency {
                 let (client, args, tally) = (client.clone(), args.clone(), tally.clone());
+                let inputs = inputs.clone();
                 handles.push(tokio::spawn(async move {
                     let mut rng = Rng::new(args.seed.wrapping_add(c as u64 * 7919));
                     let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
+                    let mut first = c * args.inputs;
                     while Instant::now() < end {
-                        let body = request_body(&args, &mut rng, &tasks);
+                        let body = request_body(&args, &mut rng, &tasks, inputs.as_deref(), first);
+                        first += args.concurrency * args.inputs;
                         one(&client, &args, body, warm_until, end, &tally).await;
                     }
                 }));
             }
             tokio::time::sleep_until(warm_until.into()).await;
-            before_measured = Some(scrape(&client, &args).await);
+            before_measured = Some((scrape(&client, &args).await, Instant::now()));
         }
     }
     for h in handles {
@@ -264,24 +302,41 @@ async fn bench(args: BenchArgs) -> Result<(), String> {
     }
     progress.abort();
     let after = scrape(&client, &args).await;
-    let base = before_measured.unwrap_or(before);
-    summarize(&args, &tally.lock(), &base, &after);
+    let (base, from) = before_measured.unwrap_or((before, start));
+    summarize(
+        &args,
+        &tally.lock(),
+        &base,
+        &after,
+        from.elapsed().as_secs_f64(),
+    );
     Ok(())
 }
 
-fn request_body(args: &BenchArgs, rng: &mut Rng, tasks: &Tasks) -> (String, Value) {
+/// A request's task and body: its inputs are `--inputs-file`'s lines from `first` on (wrapping
+/// around), or random words.
+fn request_body(
+    args: &BenchArgs,
+    rng: &mut Rng,
+    tasks: &Tasks,
+    file: Option<&[String]>,
+    first: usize,
+) -> (String, Value) {
     let task = format!(
         "{}{:05}",
         args.task_prefix,
         args.first_task + tasks.draw(rng)
     );
     let inputs: Vec<String> = (0..args.inputs)
-        .map(|_| {
-            let n = args.min_words + rng.below(args.max_words - args.min_words + 1);
-            (0..n)
-                .map(|_| WORDS[rng.below(WORDS.len())])
-                .collect::<Vec<_>>()
-                .join(" ")
+        .map(|i| match file {
+            Some(lines) => lines[(first + i) % lines.len()].clone(),
+            None => {
+                let n = args.min_words + rng.below(args.max_words - args.min_words + 1);
+                (0..n)
+                    .map(|_| WORDS[rng.below(WORDS.len())])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
         })
         .collect();
     let max_new_tokens = match args.min_new_tokens {
@@ -310,10 +365,18 @@ async fn one(
     if let Some(key) = &args.key {
         req = req.bearer_auth(key);
     }
+    let mut tokens = 0;
     let status = match req.send().await {
         Ok(r) => {
             let status = r.status().as_u16().to_string();
-            let _ = r.bytes().await;
+            let body = r.bytes().await.unwrap_or_default();
+            if let Ok(answer) = serde_json::from_slice::<Value>(&body) {
+                let outputs = answer["outputs"].as_array().map(Vec::as_slice);
+                tokens = (outputs.unwrap_or_default().iter())
+                    .filter_map(|o| o["token_ids"].as_array())
+                    .map(|ids| ids.len() as u64)
+                    .sum();
+            }
             status
         }
         Err(e) if e.is_connect() => "connect_error".to_string(),
@@ -325,13 +388,14 @@ async fn one(
         if status == "200" {
             t.latencies.push(done.duration_since(sent).as_secs_f64());
             t.rows += args.inputs as u64;
+            t.tokens += tokens;
         }
         *t.statuses.entry(status).or_default() += 1;
     }
 }
 
 /// Counters of /metrics that the summary uses, in this order.
-const COUNTERS: [&str; 7] = [
+const COUNTERS: [&str; 18] = [
     "promptd_batch_size_count ",
     "promptd_batch_size_sum ",
     "promptd_batch_tasks_sum ",
@@ -339,6 +403,18 @@ const COUNTERS: [&str; 7] = [
     "promptd_decode_rows_count ",
     "promptd_decode_rows_sum ",
     "promptd_decode_tasks_sum ",
+    // 7..: where the time went.
+    "promptd_batch_duration_seconds_sum ",
+    "promptd_batch_duration_seconds_count ",
+    "promptd_decode_steps_total ",
+    "promptd_decode_seconds_total ",
+    "promptd_decode_row_steps_total ",
+    "promptd_queue_wait_seconds_sum ",
+    "promptd_queue_wait_seconds_count ",
+    "promptd_request_phase_seconds_sum{phase=\"validate\"} ",
+    "promptd_request_phase_seconds_sum{phase=\"wait\"} ",
+    "promptd_request_phase_seconds_sum{phase=\"respond\"} ",
+    "promptd_request_phase_seconds_count{phase=\"wait\"} ",
 ];
 
 type Counters = [f64; COUNTERS.len()];
@@ -368,12 +444,23 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
+/// Prints the summary; `scraped_s` is the time between the two scrapes of `before` and `after`.
+fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters, scraped_s: f64) {
     let mut lat = t.latencies.clone();
     lat.sort_by(f64::total_cmp);
     let secs = args.duration_s;
     let d: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
     let passes = d[0];
+    // Closed-loop rows that all generate as many tokens finish in waves, so the rows answered
+    // in a window move by whole waves; the server's token rate does not. Rows per second
+    // from it: tokens per second over the answered rows' mean tokens.
+    let tokens_per_row = t.tokens as f64 / t.rows as f64;
+    let mean_latency = lat.iter().sum::<f64>() / lat.len() as f64;
+    // In a closed loop each client always has one request out, so (Little's law) requests per
+    // second = clients / mean latency, a rate that answers arriving in waves cannot bias.
+    let closed_rows_per_s =
+        (args.rate.is_none()).then(|| (args.concurrency * args.inputs) as f64 / mean_latency);
+    let requests = d[17];
     let summary = json!({
         "mode": if args.rate.is_some() { "open" } else { "closed" },
         "rate": args.rate,
@@ -385,6 +472,24 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
         "requests_per_s": lat.len() as f64 / secs,
         "rows_per_s": t.rows as f64 / secs,
         "generated_tokens_per_s": d[3] / secs,
+        "rows_per_s_closed_loop": closed_rows_per_s,
+        "tokens_per_row": tokens_per_row,
+        // Mean milliseconds per request (client, validate, wait, respond), per row (queue),
+        // and the engine thread's seconds in the window (admissions, decode steps).
+        "breakdown": {
+            "request_ms": mean_latency * 1e3,
+            "validate_ms": d[14] / requests * 1e3,
+            "wait_ms": d[15] / requests * 1e3,
+            "respond_ms": d[16] / requests * 1e3,
+            "queue_ms_per_row": d[12] / d[13] * 1e3,
+            "admissions": d[8],
+            "admit_s": d[7],
+            "decode_steps": d[9],
+            "decode_s": d[10],
+            "rows_per_step": d[11] / d[9],
+            "ms_per_step": d[10] / d[9] * 1e3,
+            "engine_busy": (d[7] + d[10]) / scraped_s,
+        },
         "latency_ms": {
             "p50": percentile(&lat, 0.50) * 1e3,
             "p90": percentile(&lat, 0.90) * 1e3,
@@ -431,7 +536,7 @@ fn summarize(args: &BenchArgs, t: &Tally, before: &Counters, after: &Counters) {
 
 /// The same requests as the load, run by this process's own engine in full batches: what the
 /// hardware gives without a server. Runs for --warmup-s, then measures --duration-s.
-fn offline(args: &BenchArgs) -> Result<(), String> {
+fn offline(args: &BenchArgs, file: Option<&[String]>) -> Result<(), String> {
     use promptd::engine::continuous::Running;
     use promptd::engine::{Engine, RowInput};
     use promptd::engine::{Joining, RowResult};
@@ -442,7 +547,7 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
         return Err("--offline needs --model and --prompts".into());
     };
     let _guard = tch::no_grad_guard();
-    let model = T5Model::load(
+    let mut model = T5Model::load(
         model_dir,
         ModelOptions {
             device: tch::Device::Cpu,
@@ -450,6 +555,8 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
+    // As the server packs it.
+    model.pack_for_serving(false).map_err(|e| e.to_string())?;
     let eos = model.config.eos_ids()[0];
     let tokenizer = T5Tokenizer::from_dir(model_dir, eos).map_err(|e| e.to_string())?;
     let d_model = model.config.d_model as usize;
@@ -468,8 +575,10 @@ fn offline(args: &BenchArgs) -> Result<(), String> {
     }
     let mut rng = Rng::new(args.seed);
     let tasks = Tasks::new(args.tasks, args.dist, args.zipf_s);
+    let mut made = 0;
     let mut next_row = || -> Result<RowInput, String> {
-        let (task, body) = request_body(args, &mut rng, &tasks);
+        let (task, body) = request_body(args, &mut rng, &tasks, file, made);
+        made += 1;
         let slot = slots
             .get(&task)
             .ok_or_else(|| format!("no prompt for task {task} in the prompts folder"))?;

@@ -13,8 +13,8 @@ use promptd::model::random::{self, RandomModel, RandomPrompts, Shape};
 #[derive(Debug, Parser)]
 #[command(name = "promptd-dev", version, about)]
 struct Cli {
-    /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn or blas.
-    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::Onednn)]
+    /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn-packed, onednn or blas.
+    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::OnednnPacked)]
     cpu_matmul: promptd::model::CpuMatmul,
     /// libtorch's quantized engine for `--dtype int8`.
     #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = promptd::model::int8::Int8Kernel::Fbgemm)]
@@ -73,9 +73,13 @@ struct MakePromptsArgs {
     /// Number of prompts (tasks `task00000`, `task00001`, …).
     #[arg(long, default_value_t = 1000)]
     count: usize,
-    /// Rows per prompt.
+    /// Rows per prompt (the most, with --min-length).
     #[arg(long, default_value_t = 20)]
     length: usize,
+    /// Spread the lengths: prompt k gets min-length + k mod (length - min-length + 1) rows
+    /// (1 and 20 over 64 prompts: a mean of 10).
+    #[arg(long)]
+    min_length: Option<usize>,
     /// Row width (the model's d_model).
     #[arg(long)]
     d_model: usize,
@@ -101,6 +105,7 @@ fn main() -> std::process::ExitCode {
             out: a.out,
             count: a.count,
             length: a.length,
+            min_length: a.min_length,
             d_model: a.d_model,
             seed: a.seed,
         }),

@@ -111,11 +111,9 @@ pub fn run(args: PassArgs) -> Result<(), String> {
         (None, None) => unreachable!("clap requires --model or --synthetic"),
     }
     .map_err(|e| e.to_string())?;
-    if args.on.dtype.is_int8() {
-        model
-            .quantize_int8(promptd::model::int8::int8_kernel())
-            .map_err(|e| e.to_string())?;
-    }
+    model
+        .pack_for_serving(args.on.dtype.is_int8())
+        .map_err(|e| e.to_string())?;
     sync(device);
     let load_s = loading.elapsed().as_secs_f64();
     let config = model.config.clone();

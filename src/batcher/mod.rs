@@ -284,15 +284,7 @@ impl Batcher {
             let (batch, deadline, finished, held) = {
                 let mut policy = self.policy.lock();
                 let now = Instant::now();
-                // An idle engine under continuous batching takes rows at once: later ones
-                // join the running batch at its next step.
-                let idle = self.decode == Decode::Continuous
-                    && self.in_engine.load(Ordering::Acquire) == 0;
-                let batch = if idle {
-                    policy.next_batch_now(now, room)
-                } else {
-                    policy.next_batch_within(now, room)
-                };
+                let batch = policy.next_batch_within(now, room);
                 self.metrics.queue_depth.set(policy.len() as i64);
                 let finished = policy.is_closed() && policy.is_empty();
                 let held = policy.held_for_room(now, room);

@@ -337,26 +337,12 @@ impl<T: Queued> Policy<T> {
     /// wait goes first; while it does not fit in `room`, nothing else is admitted (see
     /// [`Policy::held_for_room`]), so smaller units can never starve it.
     pub fn next_batch_within(&mut self, now: Instant, room: usize) -> Option<Vec<Waiting<T>>> {
-        self.take_batch(now, room, false)
-    }
-
-    /// [`Policy::next_batch_within`] with every waiting row due at once: for an idle engine
-    /// under continuous batching, where waiting for a fuller batch only adds latency (rows that
-    /// come later join the running batch at its next step).
-    pub fn next_batch_now(&mut self, now: Instant, room: usize) -> Option<Vec<Waiting<T>>> {
-        self.take_batch(now, room, true)
-    }
-
-    fn take_batch(&mut self, now: Instant, room: usize, now_due: bool) -> Option<Vec<Waiting<T>>> {
         self.drop_cancelled();
         let room = room.min(self.cfg.max_batch_size);
         if self.len == 0 || room == 0 || self.held_for_room(now, room) {
             return None;
         }
-        let due = now_due
-            || self.len >= room
-            || self.closed
-            || self.next_deadline().is_some_and(|d| d <= now);
+        let due = self.len >= room || self.closed || self.next_deadline().is_some_and(|d| d <= now);
         if !due {
             return None;
         }
@@ -773,21 +759,6 @@ mod tests {
             "full batch goes at once"
         );
         assert_eq!(p.len(), 1);
-    }
-
-    #[test]
-    fn an_idle_engine_takes_rows_at_once() {
-        let t0 = Instant::now();
-        let mut p = Policy::new(cfg(3));
-        p.push_all(vec![row("a", 0)], t0).unwrap();
-        assert!(p.next_batch_within(t0, 3).is_none(), "not full, not old");
-        let b = p.next_batch_now(t0, 3).unwrap();
-        assert_eq!(ids(&b), [("a".into(), 0)]);
-        assert!(p.next_batch_now(t0, 3).is_none(), "nothing waits");
-        // Still at most the room, in the usual order.
-        p.push_all((0..4).map(|i| row("a", i)).collect(), t0)
-            .unwrap();
-        assert_eq!(p.next_batch_now(t0, 2).unwrap().len(), 2);
     }
 
     #[test]

@@ -633,17 +633,7 @@ async fn request_timeout_gives_504_and_cancels_the_rows() {
     );
 }
 
-fn queue_wait_sum(state: &Service) -> f64 {
-    let m = state.metrics.render();
-    m.lines()
-        .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// With the clock paused, under static decoding a lone row waits exactly max wait; a full
-/// batch does not wait.
+/// With the clock paused, a lone row waits exactly max wait; a full batch does not wait.
 #[tokio::test(start_paused = true)]
 async fn a_batch_closes_at_max_wait_or_when_full() {
     // No request timeout: a paused clock jumps to the next timer while the engine thread works.
@@ -652,12 +642,18 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
             c.policy.max_wait = std::time::Duration::from_millis(50);
             c.policy.max_batch_size = 4;
             c.limits.request_timeout = std::time::Duration::ZERO;
-            c.decode = promptd::batcher::Decode::Static;
         },
         true,
     )
     .await;
-    let wait_sum = queue_wait_sum;
+    let wait_sum = |state: &Service| -> f64 {
+        let m = state.metrics.render();
+        m.lines()
+            .find_map(|l| l.strip_prefix("promptd_queue_wait_seconds_sum "))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
     let r = call(&s.state, predict_req("keep", json!({"inputs": "alone"}))).await;
     assert_eq!(r.status, StatusCode::OK);
     let waited = wait_sum(&s.state);
@@ -670,28 +666,6 @@ async fn a_batch_closes_at_max_wait_or_when_full() {
     assert_eq!(r.status, StatusCode::OK);
     let waited_full = wait_sum(&s.state) - waited;
     assert!(waited_full < 1e-3, "a full batch waited {waited_full}s");
-}
-
-/// Under continuous decoding (the default) an idle engine takes a lone row at once: rows that
-/// come later join the running batch at its next step, so waiting would only add latency.
-#[tokio::test(start_paused = true)]
-async fn a_lone_row_on_an_idle_engine_goes_at_once() {
-    let s = setup(
-        |c| {
-            c.policy.max_wait = std::time::Duration::from_millis(50);
-            c.policy.max_batch_size = 4;
-            c.limits.request_timeout = std::time::Duration::ZERO;
-        },
-        true,
-    )
-    .await;
-    let r = call(&s.state, predict_req("keep", json!({"inputs": "alone"}))).await;
-    assert_eq!(r.status, StatusCode::OK);
-    let waited = queue_wait_sum(&s.state);
-    assert!(
-        waited < 1e-3,
-        "a lone row on an idle engine waited {waited}s"
-    );
 }
 
 #[tokio::test]

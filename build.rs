@@ -40,6 +40,7 @@ fn main() {
 fn compile_shims() {
     println!("cargo:rerun-if-changed=src/model/int8.cpp");
     println!("cargo:rerun-if-changed=src/model/onednn.cpp");
+    println!("cargo:rerun-if-changed=src/model/kernels.cpp");
     println!("cargo:rerun-if-changed=src/model/shim.h");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let libtorch = match std::env::var("LIBTORCH") {
@@ -47,10 +48,20 @@ fn compile_shims() {
         Err(_) => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".libtorch/torch"),
     };
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // kernels.cpp splits its work over libtorch's intra-op threads with at::parallel_for, whose
+    // OpenMP body is compiled into the caller: build with OpenMP against the GNU runtime the
+    // PyPI wheel bundles (one runtime, one thread pool in the process), else it runs serially.
+    let gomp = libtorch.join("lib/libgomp.so.1");
+    if gomp.exists() {
+        build.flag("-fopenmp");
+        println!("cargo:rustc-link-arg={}", gomp.display());
+    }
+    build
         .cpp(true)
         .file("src/model/int8.cpp")
         .file("src/model/onednn.cpp")
+        .file("src/model/kernels.cpp")
         .include(libtorch.join("include"))
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))

@@ -22,13 +22,14 @@ pub struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true, env = "PROMPTD_LOG_JSON")]
     pub log_json: bool,
-    /// Kernel for f32 matmuls on the CPU: onednn-packed (libtorch's oneDNN over weights
-    /// reordered once at load: a second copy of every linear weight; 1.4x plain oneDNN per
-    /// token at one row), onednn (libtorch's oneDNN, reordering at every call; measured about
-    /// 2x MKL on AMD EPYC) or blas (libtorch's BLAS, as torch.nn.functional.linear). The
-    /// results are the same bit for bit on both oneDNN kernels. Training always uses torch's
-    /// own linear.
-    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = crate::model::CpuMatmul::OnednnPacked)]
+    /// Kernel for f32 matmuls on the CPU: few-rows (promptd's own matrix-vector kernel over
+    /// the plain weight for passes of 1 or 2 rows, as a decode step of one or two requests,
+    /// and onednn-packed above), onednn-packed (libtorch's oneDNN over weights reordered once
+    /// at load: a second copy of every linear weight; 1.4x plain oneDNN per token at one row),
+    /// onednn (libtorch's oneDNN, reordering at every call; measured about 2x MKL on AMD EPYC)
+    /// or blas (libtorch's BLAS, as torch.nn.functional.linear). The results are the same bit
+    /// for bit on both oneDNN kernels. Training always uses torch's own linear.
+    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = crate::model::CpuMatmul::FewRows)]
     pub cpu_matmul: crate::model::CpuMatmul,
     /// libtorch's quantized engine for `--dtype int8`: fbgemm (measured faster on AMD EPYC)
     /// or onednn (faster from 64 rows up on Intel Xeons with AMX).

@@ -1,6 +1,7 @@
 //! `--dtype int8` on the CPU: the linear layers' weights quantized per output channel
 //! (symmetric int8) and prepacked once, activations quantized per call and per row (so a
-//! batched row equals the row alone; `int8.cpp` says how), through libtorch's own
+//! batched row equals the row alone: bit for bit on fbgemm, within one f32 rounding of the
+//! output on oneDNN where it picks its kernel by the row count; `int8.cpp` says how), through libtorch's own
 //! dynamically quantized linear (`quantized::linear_dynamic`, what PyTorch's `quantize_dynamic`
 //! runs), by its fbgemm or oneDNN engine. tch does not expose those operators, so a small C++
 //! shim (`int8.cpp`, built by build.rs against the same libtorch) reaches them through
@@ -184,7 +185,7 @@ mod tests {
                 assert!(err < bound, "{kernel:?} {shape:?}: relative error {err}");
             }
         }
-        // Per-row quantization: each row of a batch equals the row alone, bit for bit.
+        // Per-row quantization: each row of a batch equals the row alone (bit for bit on fbgemm).
         for kernel in [Int8Kernel::Fbgemm, Int8Kernel::Onednn] {
             let q = Int8Weight::new(&w, kernel).unwrap();
             let x = wavy(&[9, 64], 2.11);
@@ -194,7 +195,20 @@ mod tests {
             let batch = q.linear(&x).unwrap();
             for r in 0..9 {
                 let alone = q.linear(&x.narrow(0, r, 1)).unwrap();
-                assert!(batch.narrow(0, r, 1).equal(&alone), "{kernel:?} row {r}");
+                let d = (batch.narrow(0, r, 1) - &alone)
+                    .abs()
+                    .max()
+                    .double_value(&[]);
+                let m = alone.abs().max().double_value(&[]);
+                match kernel {
+                    Int8Kernel::Fbgemm => assert!(d == 0.0, "{kernel:?} row {r}: {d:e}"),
+                    // oneDNN picks its kernel by the row count where it has AMX / VNNI ones
+                    // (an Intel Xeon): the integer sums are the same, their f32 scaling may
+                    // round once differently.
+                    Int8Kernel::Onednn => {
+                        assert!(d <= 1e-6 * m, "{kernel:?} row {r}: {d:e} of {m:e}")
+                    }
+                }
             }
         }
         let q = Int8Weight::new(&w, Int8Kernel::Fbgemm).unwrap();

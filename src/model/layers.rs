@@ -33,6 +33,9 @@ impl T5LayerNorm {
     /// Normalises the last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let _span = span(Family::LayerNorm);
+        if !TRAINING.with(|t| t.get()) && super::kernels::rms_norm_takes(x, &self.weight) {
+            return super::kernels::rms_norm(x, &self.weight, self.eps);
+        }
         let x32 = x.f_to_kind(Kind::Float)?;
         let variance = x32
             .f_pow_tensor_scalar(2)?

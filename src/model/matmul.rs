@@ -20,6 +20,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::error::ModelError;
 use super::int8::{Int8Kernel, Int8Weight};
+use super::kernels;
 
 extern "C" {
     fn promptd_onednn_pack(weight: *const c_void, error: *mut *mut c_char) -> *mut c_void;
@@ -33,9 +34,12 @@ extern "C" {
 /// The kernel for CPU f32 serving matmuls (`--cpu-matmul`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum CpuMatmul {
+    /// promptd's own kernel over the plain weight for a pass of 1 or 2 rows (a decode step's
+    /// matrix-vector products, bound by reading the weight: `kernels.cpp`), onednn-packed above.
+    #[default]
+    FewRows,
     /// libtorch's oneDNN over each weight reordered once at load into oneDNN's layout (a
     /// second copy of every linear weight), where libtorch was built with oneDNN.
-    #[default]
     OnednnPacked,
     /// libtorch's oneDNN (`mkldnn_linear`) over the plain weights (reordered at every call).
     Onednn,
@@ -56,8 +60,9 @@ pub fn set_cpu_matmul(choice: CpuMatmul) {
 pub fn cpu_matmul() -> CpuMatmul {
     match CHOICE.load(Ordering::Relaxed) {
         _ if !has_onednn() => CpuMatmul::Blas,
-        0 => CpuMatmul::OnednnPacked,
-        1 => CpuMatmul::Onednn,
+        0 => CpuMatmul::FewRows,
+        1 => CpuMatmul::OnednnPacked,
+        2 => CpuMatmul::Onednn,
         _ => CpuMatmul::Blas,
     }
 }
@@ -149,10 +154,36 @@ impl Linear {
             && !x.requires_grad();
         match &self.pack {
             Some(Pack::Int8(q)) if serving => q.linear(x),
-            Some(Pack::Onednn(w)) if serving => onednn_linear(x, w, self.weight.size()[0]),
+            Some(Pack::Onednn(w)) if serving => match few_rows(x, &self.weight)? {
+                Some(out) => Ok(out),
+                None => onednn_linear(x, w, self.weight.size()[0]),
+            },
             _ => linear(x, &self.weight, training),
         }
     }
+}
+
+/// `x @ weight.T` by [`kernels::few_rows_linear`] where `--cpu-matmul few-rows` is chosen and
+/// `x` holds 1 to [`kernels::few_rows_max`] rows of a plain f32 CPU weight; `None` otherwise.
+fn few_rows(x: &Tensor, weight: &Tensor) -> Result<Option<Tensor>, ModelError> {
+    let inner = x.size().last().copied().unwrap_or(0);
+    let rows = if inner > 0 {
+        x.numel() as i64 / inner
+    } else {
+        0
+    };
+    if cpu_matmul() != CpuMatmul::FewRows
+        || !(1..=kernels::few_rows_max()).contains(&rows)
+        || weight.kind() != Kind::Float
+        || weight.device() != Device::Cpu
+    {
+        return Ok(None);
+    }
+    let _guard = tch::no_grad_guard();
+    let mut shape = x.size();
+    *shape.last_mut().expect("rows > 0") = weight.size()[0];
+    let out = kernels::few_rows_linear(&x.f_reshape([rows, inner])?, weight)?;
+    Ok(Some(out.f_view(shape.as_slice())?))
 }
 
 fn take_error(e: *mut c_char, what: &str) -> ModelError {
@@ -234,7 +265,7 @@ mod tests {
     }
 
     #[test]
-    fn a_packed_layer_equals_plain_onednn_bit_for_bit_and_trains_on_the_plain_weight() {
+    fn a_packed_layer_equals_its_kernels_bit_for_bit_and_trains_on_the_plain_weight() {
         if !has_onednn() {
             return;
         }
@@ -251,15 +282,21 @@ mod tests {
         let w = fill(48 * 32, 0.5).view([48, 32]);
         let mut layer = Linear::new(w.shallow_clone());
         layer.pack(Packing::Onednn).unwrap();
-        for shape in [vec![1i64, 32], vec![5, 32], vec![3, 7, 32]] {
+        // The default kernel (few-rows, which no test changes): one or two rows through
+        // promptd's own kernel, more through the packed weight.
+        assert_eq!(cpu_matmul(), CpuMatmul::FewRows);
+        for shape in [vec![1i64, 32], vec![2, 1, 32], vec![5, 32], vec![3, 7, 32]] {
             let x = fill(shape.iter().product(), 1.5).view(shape.as_slice());
             let packed = layer.forward(&x, false).unwrap();
-            let plain = x
-                .reshape([-1, 32])
-                .to_mkldnn()
-                .mkldnn_linear(&w, None::<Tensor>)
-                .to_dense(None, false)
-                .view(packed.size().as_slice());
+            let flat = x.reshape([-1, 32]);
+            let plain = if flat.size()[0] <= kernels::few_rows_max() {
+                kernels::few_rows_linear(&flat, &w).unwrap()
+            } else {
+                flat.to_mkldnn()
+                    .mkldnn_linear(&w, None::<Tensor>)
+                    .to_dense(None, false)
+            }
+            .view(packed.size().as_slice());
             assert!(packed.equal(&plain), "{shape:?}");
             // A training pass multiplies by the plain weight through libtorch's linear.
             let trained = layer.forward(&x, true).unwrap();

@@ -5,6 +5,7 @@ pub mod config;
 mod error;
 pub mod host;
 pub mod int8;
+pub mod kernels;
 pub mod layers;
 pub mod matmul;
 pub mod packed;

@@ -473,13 +473,17 @@ impl T5Model {
 
     /// Packs the model for serving: int8 when `int8` (`--dtype int8`, with `--int8-kernel`'s
     /// engine), else an f32 model on the CPU reordered for oneDNN when `--cpu-matmul` is
-    /// onednn-packed (the default); anything else runs unpacked.
+    /// few-rows (the default, onednn-packed above two rows) or onednn-packed; anything else runs
+    /// unpacked.
     pub fn pack_for_serving(&mut self, int8: bool) -> Result<(), ModelError> {
         if int8 {
             self.quantize_int8(super::int8::int8_kernel())
         } else if self.opts.device == Device::Cpu
             && self.opts.kind == Kind::Float
-            && super::matmul::cpu_matmul() == super::matmul::CpuMatmul::OnednnPacked
+            && matches!(
+                super::matmul::cpu_matmul(),
+                super::matmul::CpuMatmul::OnednnPacked | super::matmul::CpuMatmul::FewRows
+            )
         {
             self.pack(Packing::Onednn)
         } else {

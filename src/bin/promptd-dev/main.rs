@@ -13,8 +13,9 @@ use promptd::model::random::{self, RandomModel, RandomPrompts, Shape};
 #[derive(Debug, Parser)]
 #[command(name = "promptd-dev", version, about)]
 struct Cli {
-    /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): onednn-packed, onednn or blas.
-    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::OnednnPacked)]
+    /// Kernel for f32 matmuls on the CPU (as `promptd --cpu-matmul`): few-rows, onednn-packed,
+    /// onednn or blas.
+    #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::FewRows)]
     cpu_matmul: promptd::model::CpuMatmul,
     /// libtorch's quantized engine for `--dtype int8`.
     #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = promptd::model::int8::Int8Kernel::Fbgemm)]

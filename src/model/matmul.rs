@@ -5,8 +5,9 @@
 //! the same shapes (BENCHMARKS.md §11, "This stop: oneDNN"). A serving pass therefore
 //! multiplies through oneDNN, by default over weights reordered once at load into oneDNN's own
 //! layout (`onednn.cpp`; plain `mkldnn_linear` reorders the weight on every call, which at a
-//! decode step's few rows is most of the call: BENCHMARKS.md §17), and everything else keeps
-//! `linear`:
+//! decode step's few rows is most of the call: BENCHMARKS.md §17); by default a pass of one or
+//! two rows instead reads the plain weight through promptd's own matrix-vector kernel
+//! (`kernels.cpp`, `--cpu-matmul few-rows`: BENCHMARKS.md §19). Everything else keeps `linear`:
 //! - GPUs and other dtypes (bf16 on the CPU already goes to oneDNN inside `linear`);
 //! - anything that needs gradients, and every training forward, so a tuning step stays the
 //!   same computation as PyTorch's;

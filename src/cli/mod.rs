@@ -31,9 +31,11 @@ pub struct Cli {
     /// for bit on both oneDNN kernels. Training always uses torch's own linear.
     #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = crate::model::CpuMatmul::FewRows)]
     pub cpu_matmul: crate::model::CpuMatmul,
-    /// libtorch's quantized engine for `--dtype int8`: fbgemm (measured faster on AMD EPYC)
-    /// or onednn (faster from 64 rows up on Intel Xeons with AMX).
-    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = crate::model::int8::Int8Kernel::Fbgemm)]
+    /// libtorch's quantized engine for `--dtype int8`: auto (both timed on this CPU when the
+    /// model is packed; oneDNN for calls from the row count where it wins at every count up,
+    /// fbgemm below), fbgemm (measured faster on AMD EPYC) or onednn (faster from 32-64 rows
+    /// up on Intel Xeons with AMX) for every call.
+    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = crate::model::int8::Int8Kernel::Auto)]
     pub int8_kernel: crate::model::int8::Int8Kernel,
     /// What to run.
     #[command(subcommand)]

@@ -10,20 +10,112 @@
 // largest magnitude first and a fence row holding -1 and +1 is appended, so the tensor's range
 // is always [-1, 1]: every row is quantized on its own scale (per-row quantization, as
 // CTranslate2 does), the integer products are exact, and the output rows are multiplied back.
-// A batched row equals the row alone, bit for bit.
+// A batched row equals the row alone, bit for bit. The scaling into the fenced copy is one pass
+// over each row (`fence_rows`), the same arithmetic as `x.div(x.abs().amax(1).clamp_min(1e-30))`
+// and a cat without their four temporaries; the output rows are scaled back in place.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/ivalue.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "shim.h"
 
 using promptd_shim::copy_message;
 using promptd_shim::op;
+
+namespace {
+
+// Smallest row scale, as libtorch's clamp_min(1e-30) in f32.
+constexpr float kMinScale = 1e-30f;
+
+// The largest magnitude of `x[0..k)`, NaN when any element is NaN (as libtorch's amax). Max is
+// exact in any order, so the vector and scalar loops agree.
+float max_abs_portable(const float* x, int64_t k) {
+  float m = 0.0f;
+  bool nan = false;
+  for (int64_t i = 0; i < k; ++i) {
+    nan |= std::isnan(x[i]);
+    m = std::max(m, std::fabs(x[i]));
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) float max_abs_avx2(const float* x, int64_t k) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+  }
+  float lanes[8];
+  _mm256_storeu_ps(lanes, m);
+  float out = max_abs_portable(lanes, 8);
+  float tail = max_abs_portable(x + i, k - i);
+  if (_mm256_movemask_ps(nan) != 0 || std::isnan(tail)) return std::numeric_limits<float>::quiet_NaN();
+  return std::max(out, tail);
+}
+
+// `out[i] = x[i] / s`: IEEE division, the same result as the scalar loop and libtorch's div.
+__attribute__((target("avx2"))) void divide_avx2(const float* x, float s, float* out, int64_t k) {
+  const __m256 d = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= k; i += 8) _mm256_storeu_ps(out + i, _mm256_div_ps(_mm256_loadu_ps(x + i), d));
+  for (; i < k; ++i) out[i] = x[i] / s;
+}
+
+bool has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+// Each row of `x` [rows, k] divided by its largest magnitude into `fenced` [rows + fence, k],
+// whose last rows are the pack's fence; the scales go to `scale` [rows, 1].
+void fence_rows(const at::Tensor& x, const at::Tensor& fence, at::Tensor& fenced, at::Tensor& scale) {
+  const int64_t rows = x.size(0), k = x.size(1);
+  const float* xp = x.data_ptr<float>();
+  float* fp = fenced.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  // A few KiB of activations per task: enough to amortize a thread's wake-up.
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(k, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = xp + r * k;
+      float* out = fp + r * k;
+#if defined(__x86_64__)
+      if (has_avx2()) {
+        float m = max_abs_avx2(row, k);
+        float s = std::isnan(m) ? m : std::max(m, kMinScale);
+        sp[r] = s;
+        divide_avx2(row, s, out, k);
+        continue;
+      }
+#endif
+      float m = max_abs_portable(row, k);
+      float s = std::isnan(m) ? m : std::max(m, kMinScale);
+      sp[r] = s;
+      for (int64_t i = 0; i < k; ++i) out[i] = row[i] / s;
+    }
+  });
+  std::memcpy(fp + rows * k, fence.data_ptr<float>(), fence.numel() * sizeof(float));
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -73,12 +165,20 @@ at::Tensor* promptd_int8_linear(const at::Tensor* x, void* pack, bool reduce_ran
     at::NoGradGuard no_grad;
     static const c10::OperatorHandle linear = op("quantized::linear_dynamic");
     const Pack* p = static_cast<const Pack*>(pack);
-    int64_t rows = x->size(0);
-    at::Tensor scale = x->abs().amax({1}, true).clamp_min(1e-30);
-    at::Tensor fenced = at::cat({x->div(scale), p->fence}, 0);
+    TORCH_CHECK(x->dim() == 2 && x->scalar_type() == at::kFloat && x->device().is_cpu(),
+                "int8 linear takes 2-D f32 activations on the CPU");
+    at::Tensor xc = x->contiguous();
+    const int64_t rows = xc.size(0), k = xc.size(1);
+    // A fence of one row [1, k] (k >= 2) or two rows [2, 1] (k == 1).
+    TORCH_CHECK(p->fence.size(1) == k, "int8 linear: input width ", k, " against a weight of width ",
+                p->fence.size(1));
+    at::Tensor fenced = at::empty({rows + p->fence.size(0), k}, xc.options());
+    at::Tensor scale = at::empty({rows, 1}, xc.options());
+    fence_rows(xc, p->fence, fenced, scale);
     std::vector<c10::IValue> stack{fenced, p->packed, reduce_range};
     linear.callBoxed(&stack);
-    at::Tensor y = stack.at(0).toTensor().narrow(0, 0, rows).mul(scale);
+    at::Tensor y = stack.at(0).toTensor().narrow(0, 0, rows);
+    y.mul_(scale);
     return new at::Tensor(std::move(y));
   } catch (const std::exception& e) {
     *error = copy_message(e.what());

@@ -139,7 +139,7 @@ impl Linear {
     /// Packs the weight for serving passes.
     pub fn pack(&mut self, packing: Packing) -> Result<(), ModelError> {
         self.pack = Some(match packing {
-            Packing::Int8(kernel) => Pack::Int8(Int8Weight::new(&self.weight, kernel)?),
+            Packing::Int8(kernel) => Pack::Int8(Int8Weight::for_kernel(&self.weight, kernel)?),
             Packing::Onednn => Pack::Onednn(onednn_pack(&self.weight)?),
         });
         Ok(())

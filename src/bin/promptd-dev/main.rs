@@ -18,7 +18,7 @@ struct Cli {
     #[arg(long, global = true, env = "PROMPTD_CPU_MATMUL", value_enum, default_value_t = promptd::model::CpuMatmul::FewRows)]
     cpu_matmul: promptd::model::CpuMatmul,
     /// libtorch's quantized engine for `--dtype int8`.
-    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = promptd::model::int8::Int8Kernel::Fbgemm)]
+    #[arg(long, global = true, env = "PROMPTD_INT8_KERNEL", value_enum, default_value_t = promptd::model::int8::Int8Kernel::Auto)]
     int8_kernel: promptd::model::int8::Int8Kernel,
     /// How many LoRAs are applied in one batch: gathered (BGMV) or grouped (SGMV).
     #[arg(long, global = true, value_enum, default_value_t = promptd::model::adapters::LoraKernel::Gathered)]

@@ -9,14 +9,23 @@
 //   batch.
 // - `promptd_rms_norm`: T5's RMS norm (weight * x * rsqrt(mean(x^2) + eps)): libtorch's mean,
 //   then one pass over each row instead of three more ops and their temporaries.
+// - `promptd_one_query_attention`: a decode step's attention (one query per row and head) over
+//   the cached keys and values with T5's additive bias, unscaled: per (row, head) the scores,
+//   their softmax and the weighted sum of values in one pass over that head's cache, where
+//   libtorch's fused attention blocks for long queries and spends most of a decode step's call
+//   on its setup. Each (row, head) is computed alone, so a row's result does not depend on its
+//   batch.
 //
 // Every entry point catches C++ exceptions and returns the message instead (freed by
 // promptd_shim_free_error).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -100,6 +109,109 @@ void few_rows(const float* x, const float* w, float* y, int64_t n, int64_t k) {
   });
 }
 
+// One (row, head), portable: softmax(q . K^T + bias) V over `s` cached positions, into `out`.
+void attend_one_portable(const float* q, const float* keys, int64_t key_stride, const float* values,
+                         int64_t value_stride, const float* bias, int64_t bias_stride, int64_t s,
+                         int64_t dk, float* scores, float* out) {
+  for (int64_t j = 0; j < s; ++j) {
+    const float* key = keys + j * key_stride;
+    float d = 0.0f;
+    for (int64_t i = 0; i < dk; ++i) d += q[i] * key[i];
+    scores[j] = d + bias[j * bias_stride];
+  }
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < s; ++j) top = std::max(top, scores[j]);
+  for (int64_t i = 0; i < dk; ++i) out[i] = 0.0f;
+  // Every position masked out to -inf: nothing to attend (zeros, not NaN).
+  if (!std::isfinite(top)) return;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < s; ++j) {
+    scores[j] = std::exp(scores[j] - top);
+    sum += scores[j];
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t j = 0; j < s; ++j) {
+    const float* value = values + j * value_stride;
+    for (int64_t i = 0; i < dk; ++i) out[i] += scores[j] * value[i];
+  }
+  for (int64_t i = 0; i < dk; ++i) out[i] *= inv;
+}
+
+#if defined(__x86_64__)
+// The same with AVX2 + FMA: four keys' dot products at a time, and the weighted sum of values
+// 32 outputs at a time (independent accumulators, so neither waits on one FMA chain).
+__attribute__((target("avx2,fma"))) void attend_one_avx2(const float* q, const float* keys,
+                                                          int64_t key_stride, const float* values,
+                                                          int64_t value_stride, const float* bias,
+                                                          int64_t bias_stride, int64_t s,
+                                                          int64_t dk, float* scores, float* out) {
+  const int64_t vec = dk - dk % 8;
+  auto tail_dot = [&](const float* key) {
+    float t = 0.0f;
+    for (int64_t i = vec; i < dk; ++i) t += q[i] * key[i];
+    return t;
+  };
+  int64_t j = 0;
+  for (; j + 4 <= s; j += 4) {
+    const float* k0 = keys + j * key_stride;
+    const float* k1 = k0 + key_stride;
+    const float* k2 = k1 + key_stride;
+    const float* k3 = k2 + key_stride;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i < vec; i += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + i);
+      a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + i), a0);
+      a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + i), a1);
+      a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + i), a2);
+      a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + i), a3);
+    }
+    scores[j] = hsum(a0) + tail_dot(k0) + bias[j * bias_stride];
+    scores[j + 1] = hsum(a1) + tail_dot(k1) + bias[(j + 1) * bias_stride];
+    scores[j + 2] = hsum(a2) + tail_dot(k2) + bias[(j + 2) * bias_stride];
+    scores[j + 3] = hsum(a3) + tail_dot(k3) + bias[(j + 3) * bias_stride];
+  }
+  for (; j < s; ++j) {
+    const float* key = keys + j * key_stride;
+    __m256 a = _mm256_setzero_ps();
+    for (int64_t i = 0; i < vec; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(key + i), a);
+    scores[j] = hsum(a) + tail_dot(key) + bias[j * bias_stride];
+  }
+  float top = -std::numeric_limits<float>::infinity();
+  for (j = 0; j < s; ++j) top = std::max(top, scores[j]);
+  for (int64_t i = 0; i < dk; ++i) out[i] = 0.0f;
+  // Every position masked out to -inf: nothing to attend (zeros, not NaN).
+  if (!std::isfinite(top)) return;
+  float sum = 0.0f;
+  for (j = 0; j < s; ++j) {
+    scores[j] = std::exp(scores[j] - top);
+    sum += scores[j];
+  }
+  const float inv = 1.0f / sum;
+  int64_t i = 0;
+  for (; i + 32 <= dk; i += 32) {
+    __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0;
+    for (j = 0; j < s; ++j) {
+      const float* v = values + j * value_stride + i;
+      const __m256 w = _mm256_set1_ps(scores[j]);
+      o0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), o0);
+      o1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8), o1);
+      o2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 16), o2);
+      o3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 24), o3);
+    }
+    const __m256 scale = _mm256_set1_ps(inv);
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(o0, scale));
+    _mm256_storeu_ps(out + i + 8, _mm256_mul_ps(o1, scale));
+    _mm256_storeu_ps(out + i + 16, _mm256_mul_ps(o2, scale));
+    _mm256_storeu_ps(out + i + 24, _mm256_mul_ps(o3, scale));
+  }
+  for (; i < dk; ++i) {
+    float o = 0.0f;
+    for (j = 0; j < s; ++j) o += scores[j] * values[j * value_stride + i];
+    out[i] = o * inv;
+  }
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -167,6 +279,66 @@ at::Tensor* promptd_rms_norm(const at::Tensor* x, const at::Tensor* weight, doub
       }
     });
     return new at::Tensor(y);
+  } catch (const std::exception& e) {
+    *error = copy_message(e.what());
+    return nullptr;
+  }
+}
+
+// softmax(q K^T + bias) V for f32 CPU `q` [B, H, 1, dk] over `keys` and `values` [B, H, S, dk]
+// (any strides, each position's dk values contiguous) with `bias` broadcastable to
+// [B, H, 1, S]; T5 does not scale the scores. A new dense [B, H, 1, dk].
+at::Tensor* promptd_one_query_attention(const at::Tensor* q, const at::Tensor* keys,
+                                        const at::Tensor* values, const at::Tensor* bias,
+                                        char** error) {
+  try {
+    at::NoGradGuard no_grad;
+    TORCH_CHECK(q->dim() == 4 && keys->dim() == 4 && values->dim() == 4 && q->size(2) == 1,
+                "one-query attention takes [B, H, 1, dk] queries over [B, H, S, dk] keys");
+    for (const at::Tensor* t : {q, keys, values, bias})
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu(),
+                  "one-query attention takes f32 CPU tensors");
+    const int64_t b = q->size(0), h = q->size(1), dk = q->size(3), s = keys->size(2);
+    TORCH_CHECK(keys->sizes() == values->sizes() && keys->size(0) == b && keys->size(1) == h &&
+                    keys->size(3) == dk,
+                "one-query attention: queries ", q->sizes(), " keys ", keys->sizes(), " values ",
+                values->sizes());
+    at::Tensor qc = q->contiguous();
+    at::Tensor kc = keys->stride(3) == 1 ? *keys : keys->contiguous();
+    at::Tensor vc = values->stride(3) == 1 ? *values : values->contiguous();
+    at::Tensor mask = bias->expand({b, h, 1, s});
+    at::Tensor out = at::empty({b, h, 1, dk}, qc.options());
+    const float *qp = qc.data_ptr<float>(), *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>();
+    const float* mp = mask.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+#if defined(__x86_64__)
+    const bool avx2 = has_avx2();
+#else
+    const bool avx2 = false;
+#endif
+    // About 16 KiB of cache per task.
+    const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(s * dk, 1));
+    at::parallel_for(0, b * h, grain, [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(static_cast<size_t>(s));
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t i = bh / h, j = bh % h;
+        const float* kb = kp + i * kc.stride(0) + j * kc.stride(1);
+        const float* vb = vp + i * vc.stride(0) + j * vc.stride(1);
+        const float* mb = mp + i * mask.stride(0) + j * mask.stride(1);
+        const float* qb = qp + bh * dk;
+        float* ob = op + bh * dk;
+#if defined(__x86_64__)
+        if (avx2) {
+          attend_one_avx2(qb, kb, kc.stride(2), vb, vc.stride(2), mb, mask.stride(3), s, dk,
+                          scores.data(), ob);
+          continue;
+        }
+#endif
+        attend_one_portable(qb, kb, kc.stride(2), vb, vc.stride(2), mb, mask.stride(3), s, dk,
+                            scores.data(), ob);
+      }
+    });
+    return new at::Tensor(out);
   } catch (const std::exception& e) {
     *error = copy_message(e.what());
     return nullptr;

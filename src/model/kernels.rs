@@ -1,6 +1,7 @@
 //! promptd's own CPU kernels for f32 serving passes (`kernels.cpp`), where libtorch's calls cost
 //! more than the work: a linear layer over a decode step's few rows (a matrix-vector product
-//! bound by reading the weight), and T5's RMS norm in one pass instead of five ops.
+//! bound by reading the weight), T5's RMS norm in one pass instead of five ops, and a decode
+//! step's one-query attention in one pass over each head's cache.
 use std::ffi::{c_char, c_void};
 
 use tch::{Device, Kind, Tensor};
@@ -12,6 +13,13 @@ extern "C" {
     fn promptd_few_rows_linear(
         x: *const c_void,
         weight: *const c_void,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
+    fn promptd_one_query_attention(
+        q: *const c_void,
+        keys: *const c_void,
+        values: *const c_void,
+        bias: *const c_void,
         error: *mut *mut c_char,
     ) -> *mut c_void;
     fn promptd_rms_norm(
@@ -76,6 +84,39 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor, ModelEr
         )
     };
     owned(out, error, "rms norm")
+}
+
+/// Whether [`one_query_attention`] takes these: a decode step's one query per row and head,
+/// all f32 on the CPU, no gradients.
+pub fn one_query_attention_takes(q: &Tensor, keys: &Tensor, values: &Tensor) -> bool {
+    q.dim() == 4
+        && q.size()[2] == 1
+        && [q, keys, values]
+            .iter()
+            .all(|t| t.device() == Device::Cpu && t.kind() == Kind::Float && !t.requires_grad())
+}
+
+/// `softmax(q Kᵀ + bias) V` for queries [B, H, 1, dk] over keys and values [B, H, S, dk] with
+/// an additive f32 `bias` broadcastable to [B, H, 1, S], unscaled (T5): each (row, head) in one
+/// pass over its cache, alone, so a row's result does not depend on its batch.
+pub fn one_query_attention(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    bias: &Tensor,
+) -> Result<Tensor, ModelError> {
+    let mut error = std::ptr::null_mut();
+    // SAFETY: the tensors live through the call, which only reads them.
+    let out = unsafe {
+        promptd_one_query_attention(
+            q.as_ptr() as *const c_void,
+            keys.as_ptr() as *const c_void,
+            values.as_ptr() as *const c_void,
+            bias.as_ptr() as *const c_void,
+            &mut error,
+        )
+    };
+    owned(out, error, "one-query attention")
 }
 
 #[cfg(test)]
@@ -165,5 +206,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("rms norm"), "{e}");
+    }
+
+    #[test]
+    fn one_query_attention_matches_the_math_and_each_row_is_the_row_alone() {
+        let _guard = tch::no_grad_guard();
+        // Head widths with a tail past the vector blocks, T5's 64, and 64 + a block of 8.
+        for dk in [20i64, 64, 72] {
+            one_query_attention_case(dk);
+        }
+        assert!(!one_query_attention_takes(
+            &fill(&[1, 1, 2, 4], 0.0),
+            &fill(&[1, 1, 3, 4], 0.0),
+            &fill(&[1, 1, 3, 4], 0.0)
+        ));
+        let e = one_query_attention(
+            &fill(&[1, 1, 1, 4], 0.0),
+            &fill(&[1, 1, 3, 4], 0.0),
+            &fill(&[1, 1, 2, 4], 0.0),
+            &fill(&[1, 1, 1, 3], 0.0),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("one-query attention"), "{e}");
+    }
+
+    fn one_query_attention_case(dk: i64) {
+        let _guard = tch::no_grad_guard();
+        let (b, h, s, cap) = (5i64, 3i64, 11i64, 16i64);
+        let q = fill(&[b, h, 1, dk], 0.1);
+        // Keys and values as a cache's narrowed columns (strided), the bias per row and head
+        // with masked positions (T5's padding and late joiners), and one broadcast over rows.
+        let keys = fill(&[b, h, cap, dk], 0.7).narrow(2, 2, s);
+        let values = fill(&[b, h, cap, dk], 1.9).narrow(2, 2, s);
+        let masked = f64::from(f32::MIN);
+        let per_row = fill(&[b, h, 1, s], 0.3)
+            .f_mul_scalar(4.0)
+            .unwrap()
+            .narrow(3, 0, s);
+        let _ = per_row.narrow(0, 1, 1).narrow(3, 0, 4).fill_(masked);
+        let _ = per_row.narrow(0, 3, 1).narrow(3, 7, 4).fill_(masked);
+        for bias in [per_row, fill(&[1, h, 1, s], 2.0)] {
+            let got = one_query_attention(&q, &keys, &values, &bias).unwrap();
+            let scores = q.matmul(&keys.transpose(2, 3)) + &bias;
+            let want = scores.softmax(-1, Kind::Float).matmul(&values);
+            assert_eq!(got.size(), want.size());
+            let diff = max_diff(&got, &want);
+            assert!(diff < 1e-5, "{diff}");
+            for row in 0..b {
+                let one = |t: &Tensor| {
+                    if t.size()[0] == 1 {
+                        t.shallow_clone()
+                    } else {
+                        t.narrow(0, row, 1)
+                    }
+                };
+                let alone = one_query_attention(
+                    &q.narrow(0, row, 1),
+                    &keys.narrow(0, row, 1),
+                    &values.narrow(0, row, 1),
+                    &one(&bias),
+                )
+                .unwrap();
+                assert!(alone.equal(&got.narrow(0, row, 1)), "row {row}");
+            }
+        }
     }
 }

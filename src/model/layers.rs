@@ -404,12 +404,17 @@ impl T5Attention {
 
 /// Serving attention: fused (libtorch picks the kernel for the device). T5 adds the position
 /// bias and the padding mask as one float mask, and does not scale scores.
+/// A decode step's one query per row on the CPU in f32 takes promptd's own kernel
+/// ([`super::kernels::one_query_attention`]).
 fn fused(q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Result<Tensor, ModelError> {
     let mask = if bias.kind() == q.kind() {
         bias.shallow_clone()
     } else {
         bias.f_to_kind(q.kind())?
     };
+    if super::kernels::one_query_attention_takes(q, keys, values) {
+        return super::kernels::one_query_attention(q, keys, values, &mask);
+    }
     Ok(Tensor::f_scaled_dot_product_attention(
         q,
         keys,

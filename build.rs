@@ -57,7 +57,10 @@ fn compile_shims() {
         build.flag("-fopenmp");
         println!("cargo:rustc-link-arg={}", gomp.display());
     }
+    // The shims hold promptd's own numerical kernels (kernels.cpp): optimized in every profile,
+    // or a debug build's tests (fair_share's latencies among them) measure -O0 loops.
     build
+        .opt_level(2)
         .cpp(true)
         .file("src/model/int8.cpp")
         .file("src/model/onednn.cpp")

@@ -5,6 +5,7 @@
 //! empty running batch, so it decodes to its end before the next one joins.
 pub mod policy;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -152,6 +153,8 @@ pub struct Batcher {
     max_request_rows: usize,
     /// Rows handed to the engine and not answered yet.
     in_engine: AtomicUsize,
+    /// The same by tenant (tenants with none are absent).
+    in_engine_by_tenant: Mutex<HashMap<Arc<str>, usize>>,
 }
 
 impl Batcher {
@@ -172,6 +175,7 @@ impl Batcher {
             max_batch_tokens: cfg.max_batch_tokens,
             max_request_rows: cfg.max_queue.min(cfg.max_queue_per_task),
             in_engine: AtomicUsize::new(0),
+            in_engine_by_tenant: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,7 +288,14 @@ impl Batcher {
             let (batch, deadline, finished, held) = {
                 let mut policy = self.policy.lock();
                 let now = Instant::now();
-                let batch = policy.next_batch_within(now, room);
+                let mut batch = policy.next_batch_within(now, room);
+                if batch.is_none() && room == 0 && self.decode == Decode::Continuous {
+                    // The running batch is full: a tenant with no row in it joins anyway
+                    // (fair share must not wait for another tenant's flood to finish).
+                    let running = self.in_engine_by_tenant.lock();
+                    batch = policy
+                        .next_for_absent_tenants(|t| !running.contains_key(t), self.max_batch_size);
+                }
                 self.metrics.queue_depth.set(policy.len() as i64);
                 let finished = policy.is_closed() && policy.is_empty();
                 let held = policy.held_for_room(now, room);
@@ -328,10 +339,16 @@ impl Batcher {
         let mut rows = Vec::with_capacity(batch.len());
         let pending = batch.into_iter().flat_map(|waiting| {
             let waited = (now - waiting.enqueued).as_secs_f64();
-            waiting.item.rows.into_iter().map(move |p| (waited, p))
+            let tenant = waiting.item.share.tenant.clone();
+            (waiting.item.rows.into_iter()).map(move |p| (waited, tenant.clone(), p))
         });
-        for (waited, p) in pending {
+        for (waited, tenant, p) in pending {
             self.metrics.queue_wait.observe(waited);
+            *self
+                .in_engine_by_tenant
+                .lock()
+                .entry(tenant.clone())
+                .or_insert(0) += 1;
             let (reply, rx) = oneshot::channel();
             rows.push(Joining { row: p.row, reply });
             let to = p.reply;
@@ -354,6 +371,15 @@ impl Batcher {
                     Err(_) => Err(EngineError::Stopped),
                 };
                 let _ = to.send(out);
+                {
+                    let mut running = this.in_engine_by_tenant.lock();
+                    if let Some(n) = running.get_mut(&tenant) {
+                        *n -= 1;
+                        if *n == 0 {
+                            running.remove(&tenant);
+                        }
+                    }
+                }
                 this.in_engine.fetch_sub(1, Ordering::AcqRel);
                 this.metrics.engine_rows.dec();
                 this.wake.notify_one();
@@ -488,5 +514,69 @@ mod tests {
             answers.push(tokens);
         }
         assert_eq!(answers[0], answers[1]);
+    }
+
+    /// A flood of one tenant fills the running batch and the queue; a row of another tenant
+    /// sent after it joins at the next step boundary, not after the flood's rows finish: it is
+    /// answered before the flood's later rows (an order, not a timing).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_tenants_row_joins_a_batch_full_of_anothers_flood() {
+        let config = EngineConfig {
+            int8: false,
+            model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/models/t5-v1_1-tiny"),
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+            max_batch_tokens: 4096,
+            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
+        };
+        let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
+        engine.ready().await.unwrap();
+        let batcher = Batcher::new(
+            PolicyConfig {
+                max_batch_size: 4,
+                max_wait: Duration::ZERO,
+                ..PolicyConfig::default()
+            },
+            Decode::Continuous,
+            Arc::new(Metrics::new(10)),
+        );
+        tokio::spawn(batcher.clone().batching_loop(engine.clone()));
+        let share = |tenant: &str| Share {
+            tenant: Arc::from(tenant),
+            weight: 1,
+        };
+        let long = |i: i64| {
+            let (task, mut row) = row(i);
+            row.max_new_tokens = 40;
+            (task, row)
+        };
+        let flood = batcher
+            .submit((0..40).map(long).collect(), &share("flood"))
+            .unwrap();
+        // The running batch is full of the flood (room 0) before the quiet row comes.
+        while batcher.room() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut quiet = batcher.submit(vec![row(99)], &share("quiet")).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let mut waits = Vec::new();
+        for mut t in flood {
+            let done = done.clone();
+            waits.push(tokio::spawn(async move {
+                t.answer().await.unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        quiet[0].answer().await.unwrap();
+        let flood_answered = done.load(Ordering::SeqCst);
+        // Without the join it waits for a flood row to finish; the first four finish together.
+        assert!(
+            flood_answered < 4,
+            "{flood_answered} flood rows were answered before the quiet row"
+        );
+        for w in waits {
+            w.await.unwrap();
+        }
     }
 }

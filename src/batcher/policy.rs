@@ -1,6 +1,7 @@
 //! The batching policy: tenants share batch slots by weight (deficit round robin), and within a
 //! tenant its tasks take turns unit by unit; a batch closes at max size or when its oldest unit
-//! has waited max wait. A unit is one row, or the rows of an ensemble input (one per member),
+//! has waited max wait. A tenant with no row in a full running batch still joins it, one unit
+//! at a time ([`Policy::next_for_absent_tenants`]). A unit is one row, or the rows of an ensemble input (one per member),
 //! which join a pass together or not at all. Plain synchronous code, tested without a runtime.
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -397,6 +398,42 @@ impl<T: Queued> Policy<T> {
         Some(batch)
     }
 
+    /// With the running batch full: the head unit of each tenant that `absent` says has no row
+    /// in it, at most `max_rows` rows in all, taken at once. One tenant's flood filling every
+    /// slot cannot keep another tenant out until its rows finish: the running batch grows past
+    /// its size by at most one unit per such tenant.
+    pub fn next_for_absent_tenants(
+        &mut self,
+        absent: impl Fn(&str) -> bool,
+        max_rows: usize,
+    ) -> Option<Vec<Waiting<T>>> {
+        self.drop_cancelled();
+        if self.cfg.batching == Batching::PerTask {
+            return None;
+        }
+        let budget = self.cfg.max_batch_tokens;
+        let names: Vec<String> = self.ring.iter().filter(|n| absent(n)).cloned().collect();
+        let mut batch = Vec::new();
+        let (mut rows, mut widest) = (0usize, 0usize);
+        for name in names {
+            let tenant = self.tenants.get_mut(&name).expect("ring tenants exist");
+            let fits = |cost: usize, k: usize| {
+                rows + k <= max_rows && within_token_budget(rows, k, widest.max(cost), budget)
+            };
+            if let Some(w) = tenant.pop_fitting(fits) {
+                widest = widest.max(w.item.cost());
+                rows += w.item.rows();
+                batch.push(w);
+            }
+            if tenant.is_empty() {
+                self.tenants.remove(&name);
+                self.ring.retain(|x| x != &name);
+            }
+        }
+        self.len -= rows;
+        (!batch.is_empty()).then_some(batch)
+    }
+
     /// Whether admission waits for room: the oldest unit of several rows has waited max
     /// wait and needs more than `room` rows. The batching loop then waits for rows to finish
     /// instead of for a deadline.
@@ -662,6 +699,39 @@ mod tests {
             .collect();
         assert_eq!(tasks, [vec!["a"; 4], vec!["b"; 3], vec!["c"; 3]]);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_tenant_with_nothing_running_joins_a_full_batch_one_unit_at_a_time() {
+        let mut p = Policy::new(PolicyConfig {
+            max_queue: 1000,
+            max_queue_per_task: 1000,
+            ..cfg(4)
+        });
+        let now = Instant::now();
+        let flood: Vec<_> = (0..8).map(|i| tenant_row("flood", 1, "f", i)).collect();
+        p.push_all(flood, now).unwrap();
+        p.push_all(vec![tenant_row("quiet", 1, "q", 100)], now)
+            .unwrap();
+        p.push_all(vec![tenant_row("other", 1, "o", 200)], now)
+            .unwrap();
+        p.push_all(vec![tenant_row("other", 1, "o", 201)], now)
+            .unwrap();
+        // The flood fills the running batch; quiet and other have nothing in it: one unit
+        // each, the flood none (it is running).
+        let absent = |t: &str| t != "flood";
+        let b = p.next_for_absent_tenants(absent, 4).unwrap();
+        let mut got = ids(&b);
+        got.sort();
+        assert_eq!(got, [("o".into(), 200), ("q".into(), 100)]);
+        assert_eq!(p.len(), 9);
+        // At most `max_rows` rows.
+        assert_eq!(
+            ids(&p.next_for_absent_tenants(|_| true, 1).unwrap()).len(),
+            1
+        );
+        assert!(p.next_for_absent_tenants(|_| false, 4).is_none());
+        assert_eq!(p.len(), 8);
     }
 
     #[test]

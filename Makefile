@@ -10,7 +10,7 @@ GRPC_ADDR ?= 127.0.0.1:50051
 # sent together from a shell share one forward pass.
 MAX_WAIT_MS ?= 50
 
-.PHONY: all libtorch seaweedfs build build-dev build-cuda test module-graph test-tmpfs test-image api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
+.PHONY: all libtorch seaweedfs build build-dev build-cuda test module-graph test-fairness test-tmpfs test-image api-fuzz lint lint-docker lint-deploy run demo-model demo-prompts demo-study fixtures clean
 
 all: build
 
@@ -57,6 +57,11 @@ api-fuzz: libtorch
 
 # The fault tests on a real full and read-only tmpfs (needs root to mount; fails otherwise).
 # `make test` covers the same paths by injecting the errors through the store's writer.
+# The fair-share measurement (tests/fair_share.rs): a flooding tenant leaves another's p99 within
+# 2x. A wall-clock ratio, so not in `make test`; run it on an idle machine.
+test-fairness: libtorch
+	$(CARGO) test --release --test fair_share -- --ignored --nocapture
+
 test-tmpfs: libtorch
 	$(CARGO) test --test faults -- --ignored --nocapture
 

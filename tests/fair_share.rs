@@ -1,6 +1,13 @@
 //! Fair share across tenants, measured: a tenant flooding at ten times another's unloaded
 //! rows/s leaves the other's p99 within 2x of its p99 alone. A binary of its own, so no other
 //! test shares the two cores while it measures.
+//!
+//! A wall-clock ratio, so not part of `make test` (`make test-fairness` runs it): on a debug build
+//! of a tiny model it swung between 1.3x and 3.7x from run to run on one machine, and every
+//! speed-up of a lone row (the quiet tenant's p99 alone, and so the flood's rate) moved it. What
+//! the scheduler promises is checked by order in `make test` instead: DRR shares in
+//! `batcher::policy`'s tests, and a quiet tenant's row joining a running batch full of another
+//! tenant's flood (`a_quiet_tenants_row_joins_a_batch_full_of_anothers_flood`).
 #[path = "it/common/mod.rs"]
 mod common;
 
@@ -36,6 +43,7 @@ async fn sequential_latencies(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "a wall-clock ratio: `make test-fairness` runs it on an idle machine (see the header)"]
 async fn a_flooding_tenant_leaves_another_tenants_p99_within_2x() {
     let conf = tempfile::tempdir().unwrap();
     let path = conf.path().join("tenants.toml");

@@ -3,7 +3,9 @@
 //! batched row equals the row alone: bit for bit on fbgemm, within one f32 rounding of the
 //! output on oneDNN where it picks its kernel by the row count; `int8.cpp` says how), through libtorch's own
 //! dynamically quantized linear (`quantized::linear_dynamic`, what PyTorch's `quantize_dynamic`
-//! runs), by its fbgemm or oneDNN engine. tch does not expose those operators, so a small C++
+//! runs), by its fbgemm or oneDNN engine — by default each layer by the call's row count, as
+//! both engines measured on this CPU when the model is packed ([`Int8Kernel::Auto`]). tch
+//! does not expose those operators, so a small C++
 //! shim (`int8.cpp`, built by build.rs against the same libtorch) reaches them through
 //! libtorch's dispatcher. The embedding lookup, norms, attention scores, prompts and adapters
 //! stay f32; the LM head is packed like the other linear layers.

@@ -54,7 +54,7 @@ use super::{ensembles, health, kserve, neighbors, predict, prompts, tune};
         models::get_one,
         serve,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, super::sse::SseEvent)),
     modifiers(&BearerAuth, &Versions),
     security(("bearer" = [])),
     tags(

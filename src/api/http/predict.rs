@@ -117,7 +117,7 @@ impl PredictRequest {
     responses(
         (status = 200, description = "One output per input (× n), in order; with `stream`, server-sent events", content(
             (PredictResponse = "application/json"),
-            (String = "text/event-stream"))),
+            (super::sse::SseEvent = "text/event-stream"))),
         JsonIn, BodyLimit, Keyed, TaskRead, Queued,
         (status = 422, description = "A limit is violated (inputs, tokens, max_new_tokens, labels)", body = ErrorBody)))]
 pub async fn predict(

@@ -12,6 +12,22 @@ use serde_json::Value;
 use crate::service::stream::{PredictStream, StreamEvent};
 use crate::service::Error;
 
+/// One server-sent event as the OpenAPI document describes a `text/event-stream` response
+/// (what schema-driven clients and fuzzers check each event against): `data` is one JSON chunk,
+/// or `[DONE]` last.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SseEvent {
+    /// One JSON chunk (the route's own shape), or `[DONE]`.
+    data: String,
+    /// The event type (`message`, SSE's default, when absent).
+    event: Option<String>,
+    /// The event id (promptd sends none).
+    id: Option<String>,
+    /// A reconnection delay in ms (promptd sends none).
+    retry: Option<u64>,
+}
+
 /// How a route's stream looks on the wire.
 pub trait Chunks: Send + 'static {
     /// The chunks one event becomes (possibly none).

@@ -252,7 +252,7 @@ impl ChatRequest {
     responses(
         (status = 200, description = "The chat completion; with `stream`, server-sent events of `chat.completion.chunk` chunks, then `[DONE]`. The input is the last `user` message's text; other messages are ignored", content(
             (ChatCompletion = "application/json"),
-            (String = "text/event-stream"))),
+            (crate::api::http::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "A field is malformed or not supported (it is named in `param`)", body = OpenAiErrorBody),
         (status = 401, description = "Missing or unknown key", body = OpenAiErrorBody),
         (status = 403, description = "The key may not read this model", body = OpenAiErrorBody),

@@ -164,7 +164,7 @@ impl CompletionRequest {
     responses(
         (status = 200, description = "The completion; with `stream`, server-sent events of `text_completion` chunks, then `[DONE]`", content(
             (Completion = "application/json"),
-            (String = "text/event-stream"))),
+            (crate::api::http::sse::SseEvent = "text/event-stream"))),
         (status = 400, description = "A field is malformed or not supported (it is named in `param`)", body = OpenAiErrorBody),
         (status = 401, description = "Missing or unknown key", body = OpenAiErrorBody),
         (status = 403, description = "The key may not read this model", body = OpenAiErrorBody),

@@ -465,6 +465,23 @@ mod tests {
         (format!("task{i}"), row)
     }
 
+    /// The engine thread over the tiny f32 fixture, loaded.
+    async fn tiny_engine() -> EngineHandle {
+        let config = EngineConfig {
+            int8: false,
+            model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/models/t5-v1_1-tiny"),
+            device: tch::Device::Cpu,
+            kind: tch::Kind::Float,
+            max_batch_tokens: 4096,
+            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
+        };
+        // The thread stops once the last handle is dropped.
+        let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
+        engine.ready().await.unwrap();
+        engine
+    }
+
     #[test]
     fn static_decoding_admits_only_into_an_empty_running_batch() {
         let continuous = batcher(Decode::Continuous);
@@ -479,17 +496,7 @@ mod tests {
     /// every row is answered as under continuous decoding.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_static_batch_decodes_alone_and_answers_as_continuous_does() {
-        let config = EngineConfig {
-            int8: false,
-            model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/models/t5-v1_1-tiny"),
-            device: tch::Device::Cpu,
-            kind: tch::Kind::Float,
-            max_batch_tokens: 4096,
-            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
-        };
-        let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
-        engine.ready().await.unwrap();
+        let engine = tiny_engine().await;
         let mut answers = Vec::new();
         for decode in [Decode::Static, Decode::Continuous] {
             let batcher = batcher(decode);
@@ -521,17 +528,7 @@ mod tests {
     /// answered before the flood's later rows (an order, not a timing).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quiet_tenants_row_joins_a_batch_full_of_anothers_flood() {
-        let config = EngineConfig {
-            int8: false,
-            model_dir: Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("tests/fixtures/models/t5-v1_1-tiny"),
-            device: tch::Device::Cpu,
-            kind: tch::Kind::Float,
-            max_batch_tokens: 4096,
-            adapter_memory: crate::engine::adapters::DEFAULT_ADAPTER_MEMORY_MB << 20,
-        };
-        let (engine, _thread) = worker::spawn(config, Box::new(Idle)).unwrap();
-        engine.ready().await.unwrap();
+        let engine = tiny_engine().await;
         let batcher = Batcher::new(
             PolicyConfig {
                 max_batch_size: 4,
